@@ -1,0 +1,29 @@
+# Two entry points do all the set-up on a fresh machine:
+#   make sentiment   # the sentiment recipe on the embedded defaults (MODE=probe|finetune|scratch|lora)
+#   make test        # the test suite (what .ci/run calls)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODE ?= finetune
+ARGS ?=
+# Explicit single-process launch keeps `accelerate launch` from warning about missing config;
+# pass LAUNCH="--config_file recipes/accelerate_configs/ddp.yaml" (or your own) for more.
+LAUNCH ?= --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# Keep a torch that is already there (a GPU user installs theirs first); otherwise take the
+	# CPU build that lies on disk, so pip never resolves a multi-GB CUDA build.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+sentiment: $(VENV)/.installed
+	$(VENV)/bin/accelerate launch $(LAUNCH) recipes/sentiment.py --mode $(MODE) $(ARGS)
+
+test: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
+
+.PHONY: install sentiment test

@@ -1,0 +1,10 @@
+"""xfer_nlp: probe, fine-tune, LoRA or train from scratch a BERT-family text classifier, behind one switch."""
+
+from . import modeling as _modeling  # noqa: F401  registers the xfer-bert head with transformers' Auto classes
+from .api import RunResult, predict, run
+from .config import MODES, RunConfig
+from .errors import ConfigError, DataError, XferError
+from .hub import push
+
+__all__ = ["run", "predict", "push", "RunConfig", "RunResult", "MODES", "XferError", "ConfigError", "DataError"]
+__version__ = "0.1.0"

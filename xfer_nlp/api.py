@@ -1,0 +1,192 @@
+"""The Python entry points: `run` trains and exports one model, `predict` labels texts with an exported one."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from . import batches, hub, loop, modes, probe
+from .config import FIELD_NAMES, RunConfig, nearest, resolve
+from .data import load_text_data
+from .errors import ConfigError
+
+logger = logging.getLogger("xfer_nlp")
+
+
+@dataclass
+class RunResult:
+    """What a run produced; `print(result)` shows the metrics table. `results` is results.json as a dict."""
+
+    output_dir: Path
+    mode: str
+    metrics: dict[str, dict[str, float]]
+    train_seconds: float
+    trainable_params: int
+    total_params: int
+    results: dict = field(repr=False)
+
+    def __str__(self) -> str:
+        lines = [f"{self.mode} -> {self.output_dir}", f"{'split':<12}{'accuracy':>10}{'macro_f1':>10}"]
+        lines += [f"{split:<12}{m['accuracy']:>10.4f}{m['macro_f1']:>10.4f}" for split, m in self.metrics.items()]
+        lines.append(f"trained {self.trainable_params:,} of {self.total_params:,} parameters in "
+                     f"{self.train_seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _config_from(config: RunConfig | None, overrides: dict) -> RunConfig:
+    unknown = [k for k in overrides if k not in FIELD_NAMES]
+    if unknown:
+        raise ConfigError("Unknown option(s): " + "; ".join(f"'{k}'{nearest(k, FIELD_NAMES)}" for k in unknown))
+    return resolve(dataclasses.replace(config or RunConfig(), **overrides))
+
+
+def _check_output_dir(cfg: RunConfig) -> Path:
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output_dir '{out}' is a file. Pass a folder path.")
+    if (out / "results.json").exists() and not cfg.overwrite_output_dir:
+        raise ConfigError(f"--output_dir '{out}' already holds a finished run (results.json). Choose another "
+                          "--output_dir, or pass --overwrite_output_dir to replace it.")
+    return out
+
+
+def _setup_logging(accelerator: Accelerator, output_dir: Path) -> None:
+    """Main process: INFO to stderr and OUTPUT_DIR/train.log. Other processes: errors only."""
+    import datasets
+    import transformers
+
+    for h in [h for h in logger.handlers if getattr(h, "_xfer_nlp", False)]:
+        logger.removeHandler(h)
+        h.close()
+    logger.propagate = False
+    if not accelerator.is_main_process:
+        logger.setLevel(logging.ERROR)
+        transformers.utils.logging.set_verbosity_error()
+        datasets.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+        return
+    logger.setLevel(logging.INFO)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    for h in (logging.StreamHandler(sys.stderr), logging.FileHandler(output_dir / "train.log", encoding="utf-8")):
+        h.setFormatter(fmt)
+        h._xfer_nlp = True
+        logger.addHandler(h)
+    transformers.utils.logging.set_verbosity_error()  # its load reports (new head weights) are expected here
+
+
+def _hardware(accelerator: Accelerator) -> str:
+    n = accelerator.num_processes
+    if accelerator.device.type == "cuda":
+        return f"{n} x {torch.cuda.get_device_name(accelerator.device)}"
+    return f"{n} process(es) on {platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores)"
+
+
+def _peak_memory_mb(accelerator: Accelerator) -> float:
+    if accelerator.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(accelerator.device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB; peak of this process
+
+
+def run(config: RunConfig | None = None, **overrides) -> RunResult:
+    """Train (or, for mode probe, fit) one classifier and export it to `output_dir`.
+
+    >>> result = xfer_nlp.run(mode="probe", dataset_name="sst2", max_train_samples=1000)
+    >>> print(result)
+
+    Keyword arguments are RunConfig fields and override `config`. Works unchanged under `accelerate launch`.
+    """
+    cfg = _config_from(config, overrides)
+    output_dir = _check_output_dir(cfg)
+    trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() != "none"]
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              log_with=trackers or None, project_dir=str(output_dir))
+    _setup_logging(accelerator, output_dir)
+    set_seed(cfg.seed)
+
+    data = load_text_data(cfg)  # cheap checks and reads: fail before any model is loaded
+    for note in data.notes:
+        logger.info("Data: %s.", note)
+    built = modes.build(cfg, data.label_names)
+    with accelerator.main_process_first():
+        tokenized = batches.tokenize(data.splits, built.tokenizer, cfg.max_seq_length)
+    collator = batches.make_collator(built.tokenizer, accelerator.mixed_precision)
+    trainable, total = modes.count_parameters(built.model)
+    logger.info("Mode %s on %s (%s pooling): %s of %s parameters train; %s.", cfg.mode, cfg.model_name_or_path,
+                built.pooling, f"{trainable:,}", f"{total:,}",
+                ", ".join(f"{s} {len(d)}" for s, d in tokenized.items()))
+    if trackers:
+        accelerator.init_trackers("xfer_nlp", config={k: v for k, v in cfg.to_dict().items()
+                                                      if isinstance(v, (int, float, str, bool))})
+
+    start = time.perf_counter()
+    extra = {}
+    eval_splits = [s for s in tokenized if s != "train"]
+    if cfg.mode == "probe":
+        model = built.model.to(accelerator.device)
+        loaders = {s: accelerator.prepare(batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size))
+                   for s in tokenized}
+        metrics, extra["probe"] = probe.run_probe(accelerator, cfg, model, loaders, tokenized, len(data.label_names))
+        accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}, step=0)
+    else:
+        model = built.model
+        train_dl = batches.train_loader(tokenized["train"], collator, cfg.per_device_train_batch_size, cfg.seed)
+        eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
+        best, extra["history"] = loop.train(accelerator, cfg, model, train_dl, eval_dls, len(data.label_names))
+        extra["best_epoch"] = best["epoch"]
+        metrics = {s: best[s] for s in eval_splits}
+        model = accelerator.unwrap_model(model)
+    train_seconds = time.perf_counter() - start
+
+    exported = modes.export_model(model).to("cpu")
+    results = {
+        "mode": cfg.mode, "model": cfg.model_name_or_path, "dataset": cfg.dataset_name,
+        "train_samples": len(tokenized["train"]), "metrics": metrics, "train_seconds": round(train_seconds, 2),
+        "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(_peak_memory_mb(accelerator), 1),
+        "label_names": list(data.label_names), "pooling": built.pooling,
+        "architecture": type(exported).__name__, "data_source": data.source, "data_notes": list(data.notes),
+        "hardware": _hardware(accelerator), "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision, "torch": torch.__version__,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,
+        "config": cfg.to_dict(),
+    }
+    if accelerator.is_main_process:
+        hub.save_outputs(output_dir, exported, built.tokenizer, results)
+        logger.info("Saved the model, results.json and model card to %s.", output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if cfg.push_to_hub and accelerator.is_main_process:
+        url = hub.push(output_dir, cfg.hub_model_id, cfg.hub_private_repo, cfg.hub_token)
+        logger.info("Pushed to %s.", url)
+    return RunResult(output_dir, cfg.mode, metrics, round(train_seconds, 2), trainable, total, results)
+
+
+def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[dict]:
+    """Label texts with an exported model: [{"text", "label", "score", "scores": {label: p}}] in input order."""
+    from tqdm.auto import tqdm
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=str(model), top_k=None, device=-1 if not
+                          torch.cuda.is_available() else 0)
+    rows = []
+    show = len(texts) > batch_size
+    for start in tqdm(range(0, len(texts), batch_size), desc="Predicting", disable=not show):
+        chunk = texts[start:start + batch_size]
+        for text, scores in zip(chunk, classifier(chunk, batch_size=batch_size, truncation=True)):
+            best = max(scores, key=lambda s: s["score"])
+            rows.append({"text": text, "label": best["label"], "score": best["score"],
+                         "scores": {s["label"]: s["score"] for s in scores}})
+    return rows

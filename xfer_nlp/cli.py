@@ -1,0 +1,97 @@
+"""argv -> config -> run / predict / push; user mistakes print one clear paragraph, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import XferError
+
+USAGE = """usage: xfer-nlp {run,predict,push} ...
+
+  run      train one model (all flags: xfer-nlp run --help)
+  predict  label texts with an exported model
+  push     upload a finished run folder to the Hugging Face Hub
+"""
+
+
+def _error(e: Exception) -> int:
+    if int(os.environ.get("RANK", "0")) == 0:  # one voice under accelerate launch
+        print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def run_command(argv: list[str], default_config_dir: str | Path | None = None) -> int:
+    """`xfer-nlp run` and the recipes: parse, run, print the results table."""
+    from .api import run
+    from .config import parse_args
+
+    try:
+        result = run(parse_args(argv, default_config_dir))
+    except XferError as e:
+        return _error(e)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(result)
+    return 0
+
+
+def predict_command(argv: list[str]) -> int:
+    from .api import predict
+    from .data import read_texts, write_jsonl
+
+    parser = argparse.ArgumentParser(prog="xfer-nlp predict", description="Label texts with an exported model.")
+    parser.add_argument("texts", nargs="*", help="Texts to label (or use --input).")
+    parser.add_argument("--model", required=True, help="An output_dir of xfer-nlp run, or any text-classification "
+                                                       "model folder / Hub id.")
+    parser.add_argument("--input", help="File of texts: .txt (one a line), .jsonl, .json, .csv, .tsv or .parquet.")
+    parser.add_argument("--text_column", default="text", help="Column of --input that holds the text.")
+    parser.add_argument("--output", help="Write JSONL rows (text, label, score, scores) here instead of printing.")
+    parser.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass.")
+    args = parser.parse_args(argv)
+    try:
+        texts = list(args.texts) + (read_texts(args.input, args.text_column) if args.input else [])
+        if not texts:
+            raise XferError("No texts to label: pass them as arguments or with --input FILE.")
+        if not Path(args.model).exists() and args.model.count("/") != 1:
+            raise XferError(f"--model '{args.model}' is neither a folder nor a Hub id (user/name).")
+        rows = predict(args.model, texts, args.batch_size)
+    except XferError as e:
+        return _error(e)
+    if args.output:
+        write_jsonl(args.output, rows)
+        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    else:
+        for row in rows:
+            print(f"{row['label']}\t{row['score']:.4f}\t{row['text']}")
+    return 0
+
+
+def push_command(argv: list[str]) -> int:
+    from .hub import push
+
+    parser = argparse.ArgumentParser(prog="xfer-nlp push", description="Upload a finished run folder to the Hub.")
+    parser.add_argument("output_dir", help="Folder written by xfer-nlp run.")
+    parser.add_argument("--hub_model_id", help="user/name of the repository (default: your account / folder name).")
+    parser.add_argument("--hub_private_repo", action="store_true", help="Create the repository as private.")
+    parser.add_argument("--hub_token", help="Token (default: $HF_TOKEN or the cached `hf auth login`).")
+    args = parser.parse_args(argv)
+    try:
+        print(push(args.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token))
+    except XferError as e:
+        return _error(e)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"run": run_command, "predict": predict_command, "push": push_command}
+    if not argv or argv[0] not in commands:
+        print(USAGE, file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""Named datasets and local files -> clean DatasetDict(text, label) with train/validation(/test) splits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+from .config import RunConfig, nearest
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    folder: str  # name of the folder under the data root
+    label_names: tuple[str, ...]
+    hub_id: str  # used only when no local copy exists
+    hub_text: str
+    hub_label: str
+    hub_splits: tuple[str, ...]  # hub splits that carry labels
+
+
+REGISTRY = {
+    "sst2": RegistryEntry("sst2", ("negative", "positive"), "stanfordnlp/sst2", "sentence", "label",
+                          ("train", "validation")),  # the hub test split is unlabelled (-1)
+    "sst5": RegistryEntry("sst5", ("very negative", "negative", "neutral", "positive", "very positive"),
+                          "SetFit/sst5", "text", "label", ("train", "validation", "test")),
+    "mr": RegistryEntry("mr", ("negative", "positive"), "cornell-movie-review-data/rotten_tomatoes", "text", "label",
+                        ("train", "validation", "test")),
+    "subj": RegistryEntry("subj", ("subjective", "objective"), "SetFit/subj", "text", "label", ("train", "test")),
+    # The hub's coarse labels are ordered ABBR, ENTY, DESC, HUM, LOC, NUM; the local files use DESC, ENTY, ABBR, ...
+    # so a hub-loaded trec model names its classes by the hub's order (the names come from the hub's features).
+    "trec": RegistryEntry("trec", ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"), "CogComp/trec", "text",
+                          "coarse_label", ("train", "test")),
+}
+
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class TextData:
+    """The cleaned splits and what the labels mean."""
+
+    splits: DatasetDict  # columns: text (str), label (int)
+    label_names: tuple[str, ...]
+    source: str  # where it came from, for results and the model card
+    notes: tuple[str, ...] = ()  # unusual things done to the data (dropped rows, generated splits)
+
+
+def data_root(cfg: RunConfig) -> Path | None:
+    """Where registry sets live: --data_dir, $XFER_NLP_DATA_DIR, or a shared/data beside the cwd or project."""
+    explicit = cfg.data_dir or os.environ.get("XFER_NLP_DATA_DIR")
+    if explicit:
+        return Path(explicit)
+    for candidate in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _check_file(path: Path) -> str:
+    """Cheap checks before `datasets` sees the file; returns the datasets builder name."""
+    builder = FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(f"'{path}' has extension '{path.suffix}', which xfer_nlp cannot read. Use one of "
+                        f"{', '.join(FORMATS)} (JSON Lines: one {{\"text\": ..., \"label\": ...}} object a line).")
+    if path.stat().st_size == 0:
+        raise DataError(f"'{path}' is empty. Put labelled examples in it, or point --dataset_name at another file.")
+    raw = path.read_bytes()
+    if builder == "parquet":
+        if raw[:4] != b"PAR1":
+            raise DataError(f"'{path}' is named .parquet but is not a Parquet file (no PAR1 header). "
+                            "Rename it to its real format or re-export it as Parquet.")
+        return builder
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"'{path}' is not UTF-8: byte {raw[e.start]:#x} on line {line} cannot be decoded. "
+                        "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+    if not text.strip():
+        raise DataError(f"'{path}' holds only whitespace. Put labelled examples in it.")
+    if builder == "json" and text.lstrip()[0] not in "{[":
+        raise DataError(f"'{path}' is named {path.suffix} but does not start with a JSON object or array. "
+                        f"Rename it to its real format (.csv, .tsv) or write it as JSON Lines.")
+    return builder
+
+
+def _read_file(path: Path) -> Dataset:
+    builder = _check_file(path)
+    from datasets import load_dataset
+
+    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    try:
+        # keep_in_memory: the small files we read are faster in RAM than through datasets' arrow cache.
+        return load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True, **kwargs)
+    except Exception as e:  # datasets raises many types for malformed input; all mean "this file is broken"
+        cause = e.__cause__ or e
+        raise DataError(f"Could not read '{path}' as {builder}: {type(cause).__name__}: {str(cause)[:300]}. "
+                        "Check that every row is well-formed and has the same columns.") from None
+
+
+def _find_split_files(folder: Path) -> dict[str, Path]:
+    files = {}
+    for split, names in SPLIT_NAMES.items():
+        found = [p for p in sorted(folder.iterdir()) if p.stem.lower() in names and p.suffix.lower() in FORMATS]
+        if len(found) > 1:
+            raise DataError(f"'{folder}' has several files for the {split} split: {', '.join(p.name for p in found)}. "
+                            "Keep one.")
+        if found:
+            files[split] = found[0]
+    if "train" not in files:
+        present = ", ".join(p.name for p in sorted(folder.iterdir())) or "nothing"
+        raise DataError(f"'{folder}' has no train file (train.jsonl, train.csv, ...); it holds: {present}. "
+                        "Name the training file train.<ext>, or pass the file itself as --dataset_name.")
+    return files
+
+
+def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | None, str, str, str]:
+    """Returns the raw splits, registry label names (if any), source, and text/label column names."""
+    name = cfg.dataset_name
+    path = Path(name).expanduser()
+    if name in REGISTRY:
+        entry = REGISTRY[name]
+        root = data_root(cfg)
+        if root is not None and (root / entry.folder).is_dir():
+            files = _find_split_files(root / entry.folder)
+            return ({s: _read_file(p) for s, p in files.items()}, entry.label_names, str(root / entry.folder),
+                    cfg.text_column, cfg.label_column)
+        from datasets import load_dataset
+
+        try:
+            hub = load_dataset(entry.hub_id)
+        except Exception as e:
+            raise DataError(f"Dataset '{name}' has no local copy (looked in {root or 'no data root'}) and could not "
+                            f"be loaded from the Hub as '{entry.hub_id}': {str(e)[:200]}. Set --data_dir or "
+                            "$XFER_NLP_DATA_DIR to the folder that holds it.") from None
+        splits = {s: hub[s] for s in entry.hub_splits if s in hub}
+        names = tuple(hub["train"].features[entry.hub_label].names) if hasattr(
+            hub["train"].features[entry.hub_label], "names") else entry.label_names
+        return splits, names, f"hf:{entry.hub_id}", entry.hub_text, entry.hub_label
+    if path.is_dir():
+        return ({s: _read_file(p) for s, p in _find_split_files(path).items()}, None, str(path),
+                cfg.text_column, cfg.label_column)
+    if path.is_file():
+        return {"train": _read_file(path)}, None, str(path), cfg.text_column, cfg.label_column
+    looks_like_path = "/" in name or Path(name).suffix.lower() in FORMATS
+    if looks_like_path:
+        raise DataError(f"Data path '{name}' does not exist. Check the path, or use a registry name: "
+                        f"{', '.join(REGISTRY)}.")
+    raise DataError(f"Unknown dataset '{name}'{nearest(name, REGISTRY)}. Use a registry name ({', '.join(REGISTRY)}), "
+                    "a folder with train/validation/test files, or a data file.")
+
+
+def _labels_to_ids(raw: dict[str, list], registry_names) -> tuple[dict[str, list[int]], tuple[str, ...], list[str]]:
+    """Map each split's raw labels to ids 0..K-1 fixed by train; explain anything unusual."""
+    notes = []
+    train = raw["train"]
+    kinds = {type(v) for v in train}
+    if any(v is None for split in raw.values() for v in split):
+        raise DataError("Some rows have no label (null). Remove them or give them a label.")
+    if kinds <= {int, bool}:
+        values = sorted(set(int(v) for v in train))
+    elif kinds <= {int, float}:
+        bad = [v for v in train if float(v) != int(v)]
+        if bad:
+            raise DataError(f"The label column holds fractional numbers (e.g. {bad[0]}): this is a classification "
+                            "tool and needs class ids (0, 1, ...) or class names. Bin the values into classes first.")
+        values = sorted(set(int(v) for v in train))
+        raw = {s: [int(v) for v in vs] for s, vs in raw.items()}
+    elif kinds <= {str}:
+        values = sorted(set(train))
+    else:
+        raise DataError(f"The label column mixes types ({', '.join(sorted(k.__name__ for k in kinds))}). "
+                        "Use integer ids or strings throughout.")
+    if values and isinstance(values[0], int) and values[0] < 0:
+        raise DataError(f"Negative label {values[0]} in train. Labels must be ids >= 0 (or strings); -1 usually marks "
+                        "an unlabelled row, which cannot be trained on: remove those rows.")
+    if len(values) < 2:
+        raise DataError(f"Train has a single class ({values[0]!r}); a classifier needs at least two. Check the "
+                        "label column, or that the file was not filtered to one class.")
+    if isinstance(values[0], int) and values == list(range(len(values))):
+        mapping = {v: v for v in values}
+        names = tuple(registry_names) if registry_names and len(registry_names) == len(values) else tuple(
+            str(v) for v in values)
+    else:
+        mapping = {v: i for i, v in enumerate(values)}
+        names = tuple(str(v) for v in values)
+        if isinstance(values[0], int):
+            notes.append(f"label ids {values} are not 0..{len(values) - 1}: mapped in sorted order, names kept")
+            logger.warning("Label ids %s are not contiguous from 0; mapped to 0..%d in sorted order (names keep the "
+                           "original ids).", values, len(values) - 1)
+    for split, vs in raw.items():
+        unseen = sorted({v for v in vs if v not in mapping}, key=str)
+        if unseen:
+            raise DataError(f"The {split} split has label(s) {unseen[:5]} that never occur in train "
+                            f"(train has {values}). Fix those rows or add examples of that class to train.")
+    return {s: [mapping[v] for v in vs] for s, vs in raw.items()}, names, notes
+
+
+def stratified_subset(labels: list[int] | np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n indices with class proportions kept; for one seed, a smaller n gives a subset of a larger n."""
+    labels = np.asarray(labels)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts / counts.sum() * n
+    quota = np.maximum(np.floor(exact).astype(int), 1)
+    for i in np.argsort(-(exact - np.floor(exact)), kind="stable")[: max(0, n - quota.sum())]:
+        quota[i] += 1
+    quota = np.minimum(quota, counts)
+    chosen = np.concatenate([order[labels[order] == c][:q] for c, q in zip(classes, quota)])
+    return np.sort(chosen)
+
+
+def load_text_data(cfg: RunConfig) -> TextData:
+    """Read, clean and split the data named by the config."""
+    raw, registry_names, source, text_col, label_col = _load_raw(cfg)
+    notes = []
+    texts, labels = {}, {}
+    for split, ds in raw.items():
+        missing = [c for c in (text_col, label_col) if c not in ds.column_names]
+        if missing:
+            which = " and ".join(f"--{'text' if c == text_col else 'label'}_column '{c}'" for c in missing)
+            raise DataError(f"The {split} split of '{source}' has no column for {which}. Its columns are: "
+                            f"{', '.join(ds.column_names)}. Pass --text_column / --label_column to pick them.")
+        t, y = ds[text_col], ds[label_col]
+        keep = [i for i, x in enumerate(t) if x is not None and str(x).strip()]
+        if not keep:
+            raise DataError(f"Every text in the {split} split of '{source}' is empty or whitespace.")
+        if len(keep) < len(t):
+            notes.append(f"dropped {len(t) - len(keep)} empty text(s) from {split}")
+            logger.warning("Dropped %d empty or whitespace-only text(s) from %s.", len(t) - len(keep), split)
+        texts[split] = [str(t[i]) for i in keep]
+        labels[split] = [y[i] for i in keep]
+    labels, names, label_notes = _labels_to_ids(labels, registry_names)
+    notes += label_notes
+
+    if "validation" not in texts:
+        val_idx = stratified_subset(labels["train"], max(len(names), round(len(texts["train"]) * cfg.validation_split_ratio)),
+                                    cfg.seed)
+        is_val = np.zeros(len(texts["train"]), dtype=bool)
+        is_val[val_idx] = True
+        texts["validation"] = [x for x, v in zip(texts["train"], is_val) if v]
+        labels["validation"] = [x for x, v in zip(labels["train"], is_val) if v]
+        texts["train"] = [x for x, v in zip(texts["train"], is_val) if not v]
+        labels["train"] = [x for x, v in zip(labels["train"], is_val) if not v]
+        notes.append(f"no validation split: held out a seeded stratified {cfg.validation_split_ratio:.0%} of train")
+
+    if cfg.max_train_samples is not None:
+        available = len(texts["train"])
+        if cfg.max_train_samples > available:
+            raise DataError(f"--max_train_samples {cfg.max_train_samples} is larger than the {available} training "
+                            "examples available. Lower it, or leave it out to use them all.")
+        keep = stratified_subset(labels["train"], cfg.max_train_samples, cfg.seed)
+        texts["train"] = [texts["train"][i] for i in keep]
+        labels["train"] = [labels["train"][i] for i in keep]
+        if len(set(labels["train"])) < 2:
+            raise DataError(f"--max_train_samples {cfg.max_train_samples} leaves a single class; raise it.")
+
+    splits = DatasetDict({s: Dataset.from_dict({"text": texts[s], "label": labels[s]})
+                          for s in ("train", "validation", "test") if s in texts})
+    return TextData(splits, names, source, tuple(notes))
+
+
+def class_counts(ds: Dataset) -> dict[int, int]:
+    return dict(sorted(Counter(ds["label"]).items()))
+
+
+def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
+    """Texts to predict on: .txt (one a line), or any data format with a text column."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Input file '{path}' does not exist.")
+    if path.suffix.lower() == ".txt":
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ds = _read_file(path)
+    if text_column not in ds.column_names:
+        raise DataError(f"'{path}' has no column '{text_column}'; its columns are {', '.join(ds.column_names)}. "
+                        "Pass --text_column.")
+    return [str(t) for t in ds[text_column]]
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,13 @@
+"""The exceptions a user can cause: each message names the problem and the fix."""
+
+
+class XferError(ValueError):
+    """A user-facing problem; the CLI prints its message without a traceback."""
+
+
+class ConfigError(XferError):
+    """A bad option, option value or config file."""
+
+
+class DataError(XferError):
+    """A dataset that cannot be read or is not a labelled text set."""

@@ -1,0 +1,147 @@
+"""The frozen-encoder fast path: encode every split once (cached on disk), then fit a logistic-regression head.
+
+A probe trained by SGD inside a training loop pays a full encoder pass per epoch and ends with a poorly tuned head.
+Here the encoder sees each sentence once, and the head is SentEval's: L2-regularised multinomial logistic
+regression, its strength chosen on validation, fitted by L-BFGS on standardised features. The standardisation is
+folded into the exported linear layer, so the saved model computes exactly these logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .metrics import classification_metrics
+from .modeling import sentence_features
+
+logger = logging.getLogger(__name__)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of every tensor the features depend on (all but the head)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(model.state_dict().items()):
+        if not name.startswith("classifier."):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_fingerprint(ds) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for ids, label in zip(ds["input_ids"], ds["labels"]):
+        h.update(repr((ids, label)).encode())
+    return h.hexdigest()
+
+
+def encode(accelerator, model, loader, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) for every example of a prepared loader, gathered from all processes."""
+    feats, labels = [], []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+            with accelerator.autocast():
+                f = sentence_features(model, batch)
+            f, y = accelerator.gather_for_metrics((f.float(), batch["labels"]))
+            feats.append(f.cpu())
+            labels.append(y.cpu())
+    # Concatenated outside inference mode: the head is fitted with autograd on these.
+    return torch.cat(feats), torch.cat(labels)
+
+
+def cached_features(accelerator, cfg, model, key_parts: tuple, loader, desc: str):
+    """encode(), unless a cache file for exactly these weights, tokens, pooling and layer exists."""
+    key = hashlib.blake2b(repr(key_parts).encode(), digest_size=20).hexdigest()
+    cache_dir = Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features")
+    path = cache_dir / f"{key}.safetensors"
+    if not cfg.no_feature_cache and path.is_file():
+        try:
+            tensors = load_file(path)
+            return tensors["features"], tensors["labels"], True
+        except Exception as e:  # a damaged cache file is only a lost shortcut: re-encode
+            logger.warning("Feature cache %s is unreadable (%s); encoding again.", path, e)
+    feats, labels = encode(accelerator, model, loader, desc)
+    if not cfg.no_feature_cache and accelerator.is_main_process:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp)
+        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache entry
+    return feats, labels, False
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, c: float,
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise mean cross-entropy + ||W||^2 / (2 C n), scikit-learn's objective scaled by 1/(C n)."""
+    n, d = x.shape
+    w = torch.zeros(num_labels, d, dtype=torch.float64) if init is None else init[0].clone()
+    b = torch.zeros(num_labels, dtype=torch.float64) if init is None else init[1].clone()
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, tolerance_grad=1e-7, tolerance_change=1e-10,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w.T + b, y) + (w * w).sum() / (2 * c * n)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def fit_head(train: tuple, val: tuple, num_labels: int, c_grid: list[float]) -> dict:
+    """Fit one head per C (warm-started, smallest C first), keep the best on validation accuracy.
+
+    Returns the chosen head already un-standardised: logits = features @ weight.T + bias.
+    """
+    x, y = train[0].double(), train[1].long()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z, zv = (x - mean) / std, (val[0].double() - mean) / std
+    scores, best, head = {}, None, None
+    for c in sorted(c_grid):
+        head = fit_logistic(z, y, num_labels, c, init=head)
+        acc = float(((zv @ head[0].T + head[1]).argmax(1) == val[1]).double().mean())
+        scores[c] = acc
+        if best is None or acc > best[0]:  # ties keep the stronger regularisation
+            best = (acc, c, head)
+    _, c, (w, b) = best
+    weight = w / std
+    return {"weight": weight.float(), "bias": (b - weight @ mean).float(), "C": c, "validation_accuracy_by_C": scores}
+
+
+def run_probe(accelerator, cfg, model, loaders: dict, datasets: dict, num_labels: int) -> tuple[dict, dict]:
+    """Encode, fit, write the head into `model`; returns (metrics per split, probe details)."""
+    model.eval()  # frozen encoder, and no dropout noise in the features
+    base_key = (weights_fingerprint(model), getattr(model.config, "pooling", "pooler"),
+                model.config.num_hidden_layers, cfg.max_seq_length)
+    start = time.perf_counter()
+    features, hits = {}, {}
+    for split, loader in loaders.items():
+        key = base_key + (data_fingerprint(datasets[split]),)
+        *features[split], hits[split] = cached_features(accelerator, cfg, model, key, loader, f"Encoding {split}")
+    encode_seconds = time.perf_counter() - start
+    c_grid = [float(c) for c in cfg.probe_c_grid.split(",")]
+    head = fit_head(features["train"], features["validation"], num_labels, c_grid)
+    with torch.no_grad():
+        model.classifier.weight.copy_(head["weight"])
+        model.classifier.bias.copy_(head["bias"])
+    metrics = {}
+    for split in loaders:
+        if split == "train":
+            continue
+        x, y = features[split]
+        preds = (x @ head["weight"].T + head["bias"]).argmax(1)
+        metrics[split] = classification_metrics(preds.numpy(), y.numpy(), num_labels)
+    details = {"C": head["C"], "validation_accuracy_by_C": {str(k): v for k, v in head["validation_accuracy_by_C"].items()},
+               "encode_seconds": round(encode_seconds, 2), "feature_cache_hit": hits,
+               "fit_seconds": round(time.perf_counter() - start - encode_seconds, 2)}
+    logger.info("Probe head: C=%s chosen on validation (%s); features %s.", head["C"], details["validation_accuracy_by_C"],
+                "from cache" if all(hits.values()) else f"encoded in {encode_seconds:.1f}s")
+    return metrics, details
