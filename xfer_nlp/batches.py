@@ -67,14 +67,27 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             chunk = order[start:start + mega]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
             batches += [chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
-        for i in rng.permutation(len(batches)):
-            yield batches[i]
+        # The one short batch goes last: Accelerate's sharding expects every batch but the last to be full.
+        short = [b for b in batches if len(b) < self.batch_size]
+        full = [b for b in batches if len(b) == self.batch_size]
+        for i in rng.permutation(len(full)):
+            yield full[i]
+        yield from short
 
 
-def sorted_batches(lengths, batch_size: int) -> list[list[int]]:
+class SortedBatchSampler(Sampler[list[int]]):
     """Evaluation batches, longest first: least padding, and any out-of-memory shows on the first batch."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+    def __init__(self, lengths, batch_size: int):
+        self.order = np.argsort(-np.asarray(lengths), kind="stable")
+        self.batch_size = batch_size  # Accelerate reads it to shard and to drop padding samples when gathering
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def __iter__(self):
+        for i in range(0, len(self.order), self.batch_size):
+            yield self.order[i:i + self.batch_size].tolist()
 
 
 def make_collator(tokenizer, mixed_precision: str | None):
@@ -90,4 +103,4 @@ def train_loader(ds, collator, batch_size: int, seed: int) -> DataLoader:
 
 def eval_loader(ds, collator, batch_size: int) -> DataLoader:
     lengths = [len(x) for x in ds["input_ids"]]
-    return DataLoader(ds, batch_sampler=sorted_batches(lengths, batch_size), collate_fn=collator)
+    return DataLoader(ds, batch_sampler=SortedBatchSampler(lengths, batch_size), collate_fn=collator)

@@ -31,7 +31,9 @@ def evaluate(accelerator, model, loader, num_labels: int) -> dict[str, float]:
         p, y = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
         preds.append(p.cpu())
         labels.append(y.cpu())
-    return classification_metrics(torch.cat(preds).numpy(), torch.cat(labels).numpy(), num_labels)
+    preds, labels = torch.cat(preds), torch.cat(labels)
+    assert len(labels) == len(loader.dataset), "gather_for_metrics must count every example exactly once"
+    return classification_metrics(preds.numpy(), labels.numpy(), num_labels)
 
 
 def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) -> tuple[dict, list[dict]]:

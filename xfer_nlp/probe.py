@@ -52,7 +52,9 @@ def encode(accelerator, model, loader, desc: str) -> tuple[torch.Tensor, torch.T
             feats.append(f.cpu())
             labels.append(y.cpu())
     # Concatenated outside inference mode: the head is fitted with autograd on these.
-    return torch.cat(feats), torch.cat(labels)
+    feats, labels = torch.cat(feats), torch.cat(labels)
+    assert len(labels) == len(loader.dataset), "gather_for_metrics must count every example exactly once"
+    return feats, labels
 
 
 def cached_features(accelerator, cfg, model, key_parts: tuple, loader, desc: str):

@@ -1,0 +1,78 @@
+"""Fixtures: a tiny random BERT with its own word-level vocab, and tiny labelled text sets in every format."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: tests never touch the network
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json  # noqa: E402
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+POSITIVE = ["good", "great", "wonderful", "superb", "moving", "funny", "brilliant", "charming"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "terrible", "tedious", "clumsy", "lifeless"]
+FILLER = ["the", "film", "movie", "was", "is", "a", "and", "plot", "acting", "story", "really", "quite", "very",
+          "this", "it", "but", "overall", "cast", "script", "ending"]
+
+
+def make_rows(n: int, seed: int) -> list[dict]:
+    """Sentences whose label is the polarity word they contain: learnable by every mode in a few steps."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(FILLER, rng.randint(3, 9)) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT with random weights and a word-level vocab, saved as a real model folder."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(POSITIVE + NEGATIVE + FILLER)) + list(
+        "abcdefghijklmnopqrstuvwxyz")
+    # transformers 5 takes the vocabulary itself (`vocab=`); a vocab_file argument is silently ignored.
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(config).bert.save_pretrained(path)  # an encoder checkpoint, like a Hub one
+    tokenizer.save_pretrained(path)
+    # Like the embedded encoder, it declares sentence-transformers mean pooling, so mean is its default head.
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-data")
+    write_jsonl(path / "train.jsonl", make_rows(160, 1))
+    write_jsonl(path / "validation.jsonl", make_rows(48, 2))
+    write_jsonl(path / "test.jsonl", make_rows(40, 3))
+    return path
+
+
+@pytest.fixture
+def tiny_run(tiny_model_dir, tiny_data_dir, tmp_path):
+    """Keyword arguments for a fast xfer_nlp.run on the tiny model and data."""
+    return dict(model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
+                output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, per_device_eval_batch_size=32,
+                max_seq_length=32, feature_cache_dir=str(tmp_path / "features"), seed=0, logging_steps=5)
