@@ -253,6 +253,9 @@ def load_text_data(cfg: RunConfig) -> TextData:
         labels["validation"] = [x for x, v in zip(labels["train"], is_val) if v]
         texts["train"] = [x for x, v in zip(texts["train"], is_val) if not v]
         labels["train"] = [x for x, v in zip(labels["train"], is_val) if not v]
+        if len(set(labels["train"])) < 2:
+            raise DataError(f"Train has too few examples ({len(is_val)}) to hold out a validation split and keep "
+                            "every class. Add examples, or give a validation file beside train.")
         notes.append(f"no validation split: held out a seeded stratified {cfg.validation_split_ratio:.0%} of train")
 
     if cfg.max_train_samples is not None:

@@ -1,0 +1,168 @@
+"""Every data format loads; every bad input gives one clear error naming the problem and the fix."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA, make_rows, write_jsonl
+
+from xfer_nlp.config import RunConfig, resolve
+from xfer_nlp.data import load_text_data, stratified_subset
+from xfer_nlp.errors import DataError
+
+
+def load(dataset, **kw):
+    return load_text_data(resolve(RunConfig(dataset_name=str(dataset), **kw)))
+
+
+def write_table(path, rows, sep):
+    lines = [f"text{sep}label"] + [f"{r['text']}{sep}{r['label']}" for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "tsv", "parquet"])
+def test_each_format_loads(tmp_path, fmt):
+    rows = make_rows(40, 0)
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "jsonl":
+        write_jsonl(path, rows)
+    elif fmt == "json":
+        path.write_text(json.dumps(rows))
+    elif fmt in ("csv", "tsv"):
+        write_table(path, rows, "," if fmt == "csv" else "\t")
+    else:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_parquet(path)
+    data = load(path)
+    assert len(data.splits["train"]) + len(data.splits["validation"]) == 40
+    assert data.splits["train"][0]["text"] in {r["text"] for r in rows}
+    assert data.label_names == ("0", "1")
+
+
+def test_folder_with_splits(tiny_data_dir):
+    data = load(tiny_data_dir)
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 160, "validation": 48, "test": 40}
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
+@pytest.mark.parametrize("name,splits,labels", [("sst2", {"train": 6920, "validation": 872}, 2),
+                                                ("sst5", {"train": 8544, "validation": 1101, "test": 2210}, 5),
+                                                ("trec", {"train": 4907, "validation": 545, "test": 500}, 6)])
+def test_registry_sets_from_shared_data(name, splits, labels):
+    data = load(name)
+    assert {k: len(v) for k, v in data.splits.items()} == splits
+    assert len(data.label_names) == labels
+    assert data.source.endswith(name)
+
+
+def test_no_validation_split_holds_out_stratified_tenth(tmp_path):
+    rows = make_rows(200, 0)
+    data = load(write_jsonl(tmp_path / "train.jsonl", rows))
+    val = data.splits["validation"]["label"]
+    assert len(val) == 20 and sum(val) == 10
+    assert "held out" in data.notes[0]
+
+
+def test_max_train_samples_is_stratified_seeded_and_nested(tiny_data_dir):
+    small = load(tiny_data_dir, max_train_samples=20)
+    big = load(tiny_data_dir, max_train_samples=60)
+    assert sum(small.splits["train"]["label"]) == 10
+    assert set(small.splits["train"]["text"]) <= set(big.splits["train"]["text"])
+    assert load(tiny_data_dir, max_train_samples=20).splits["train"]["text"] == small.splits["train"]["text"]
+    assert load(tiny_data_dir, max_train_samples=20, seed=1).splits["train"]["text"] != small.splits["train"]["text"]
+
+
+def test_stratified_subset_keeps_rare_classes_and_nests():
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    for n in (5, 10, 50):
+        chosen = stratified_subset(labels, n, seed=3)
+        assert set(labels[chosen]) == {0, 1, 2}
+    assert set(stratified_subset(labels, 10, 3)) <= set(stratified_subset(labels, 50, 3))
+
+
+def test_string_labels_mapped_sorted(tmp_path):
+    rows = [{"text": r["text"], "label": "pos" if r["label"] else "neg"} for r in make_rows(40, 0)]
+    data = load(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert data.label_names == ("neg", "pos")
+    assert set(data.splits["train"]["label"]) == {0, 1}
+
+
+def test_noncontiguous_ids_are_remapped_with_names_kept(tmp_path):
+    rows = [{"text": r["text"], "label": 5 if r["label"] else 2} for r in make_rows(40, 0)]
+    data = load(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert data.label_names == ("2", "5")
+    assert any("not 0..1" in n for n in data.notes)
+
+
+def test_empty_texts_dropped_with_count(tmp_path):
+    rows = make_rows(40, 0) + [{"text": "   ", "label": 0}, {"text": "", "label": 1}]
+    data = load(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert any("dropped 2 empty" in n for n in data.notes)
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([{"text": "a", "label": 0.5}, {"text": "b", "label": 1.0}], "fractional"),
+    ([{"text": "a", "label": -1}, {"text": "b", "label": 1}], "Negative label"),
+    ([{"text": "a", "label": 1}, {"text": "b", "label": 1}], "single class"),
+    ([{"text": " ", "label": 1}, {"text": "", "label": 0}], "empty or whitespace"),
+    ([{"text": "a", "label": None}, {"text": "b", "label": 1}], "no label"),
+])
+def test_bad_labels_and_texts(tmp_path, rows, message):
+    with pytest.raises(DataError, match=message):
+        load(write_jsonl(tmp_path / "d.jsonl", rows * 10))
+
+
+def test_label_unseen_in_train(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", make_rows(20, 0))
+    write_jsonl(tmp_path / "validation.jsonl", [{"text": "x", "label": 7}] + make_rows(5, 1))
+    with pytest.raises(DataError, match=r"label\(s\) \[7\] that never occur in train"):
+        load(tmp_path)
+
+
+def test_missing_column_lists_existing(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"sentence": c, "label": i % 2} for i, c in enumerate("abcd")])
+    with pytest.raises(DataError, match="Its columns are: sentence, label") as e:
+        load(path)
+    assert "--text_column" in str(e.value)
+    assert len(load(path, text_column="sentence", validation_split_ratio=0.5).splits["train"]) == 2
+
+
+def test_too_small_to_hold_out_validation(tmp_path):
+    with pytest.raises(DataError, match="too few examples"):
+        load(write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}]))
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("nope.jsonl", None, "does not exist"),
+    ("e.jsonl", b"", "is empty"),
+    ("w.jsonl", b"  \n\n", "only whitespace"),
+    ("b.jsonl", b'{"text": "caf\xe9", "label": 0}\n', "not UTF-8: byte 0xe9 on line 1"),
+    ("c.jsonl", b"text,label\nhello,1\n", "does not start with a JSON"),
+    ("x.parquet", b"text,label\n", "not a Parquet file"),
+    ("d.xlsx", b"x", "cannot read"),
+    ("broken.jsonl", b'{"text": "a", "label": 0}\n{"text": \n', "Could not read"),
+])
+def test_bad_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load(path)
+
+
+def test_folder_without_train_file(tmp_path):
+    write_jsonl(tmp_path / "dev.jsonl", make_rows(4, 0))
+    with pytest.raises(DataError, match="no train file"):
+        load(tmp_path)
+
+
+def test_unknown_dataset_name_suggests_nearest():
+    with pytest.raises(DataError, match="did you mean 'sst2'"):
+        load("sts2")
+
+
+def test_max_train_samples_larger_than_data(tiny_data_dir):
+    with pytest.raises(DataError, match="larger than the 160 training examples"):
+        load(tiny_data_dir, max_train_samples=10_000)
