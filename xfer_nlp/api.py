@@ -111,10 +111,18 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     cfg = _config_from(config, overrides)
     output_dir = _check_output_dir(cfg)
     trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() != "none"]
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+    # Accelerate picks gloo DDP only when told cpu=True; a torchrun-style launch (`accelerate launch --multi_gpu`,
+    # `torchrun`) on a machine without CUDA would otherwise run each process alone.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=multi_cpu, mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               log_with=trackers or None, project_dir=str(output_dir))
     _setup_logging(accelerator, output_dir)
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in os.environ \
+            and accelerator.num_processes == 1:
+        logger.warning("`accelerate launch --cpu --num_processes N` starts a single process (accelerate issue #2741). "
+                       "For N CPU processes with DDP use `accelerate launch --multi_gpu --num_processes N` or "
+                       "`--config_file recipes/accelerate_configs/cpu_ddp.yaml` on a machine without GPUs.")
     set_seed(cfg.seed)
 
     data = load_text_data(cfg)  # cheap checks and reads: fail before any model is loaded

@@ -188,7 +188,9 @@ def parse_args(argv: list[str] | None = None, default_config_dir: str | Path | N
     from transformers import HfArgumentParser  # slow import: only when parsing a command line
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(RunConfig, description="Train a text classifier in one of four transfer modes.")
+    # No prefix matching: a misspelt flag must fail, not silently land on a longer one.
+    parser = HfArgumentParser(RunConfig, description="Train a text classifier in one of four transfer modes.",
+                              allow_abbrev=False)
     parser.add_argument("--config", default=None,
                         help="YAML file of option: value pairs; command-line flags override it. Default: the "
                              "recipe's config for the chosen --mode, when the recipe has one.")

@@ -1,0 +1,66 @@
+"""The recipe and the console script as a user runs them: real subprocesses, real files."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from xfer_nlp.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "sentiment.py"
+
+
+def sh(*args, **kw):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def tiny_flags(tiny_model_dir, tiny_data_dir, out, features):
+    return ["--model_name_or_path", tiny_model_dir, "--dataset_name", tiny_data_dir, "--output_dir", out,
+            "--max_seq_length", "32", "--feature_cache_dir", features]
+
+
+def test_help_explains_every_flag():
+    result = sh(RECIPE, "--help")
+    assert result.returncode == 0
+    for f in dataclasses.fields(RunConfig):
+        assert f"--{f.name}" in result.stdout
+    assert "--config" in result.stdout
+
+
+def test_user_error_is_one_clear_message_without_traceback(tmp_path):
+    result = sh(RECIPE, "--mode", "probe", "--dataset_name", "sst3", "--output_dir", tmp_path / "o")
+    assert result.returncode == 2
+    assert "error: Unknown dataset 'sst3'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_existing_results_are_never_overwritten(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    flags = tiny_flags(tiny_model_dir, tiny_data_dir, out, tmp_path / "f")
+    first = sh(RECIPE, "--mode", "probe", *flags)
+    assert first.returncode == 0, first.stderr
+    assert "validation" in first.stdout
+    before = (out / "results.json").read_bytes()
+    again = sh(RECIPE, "--mode", "probe", *flags)
+    assert again.returncode == 2 and "--overwrite_output_dir" in again.stderr
+    assert (out / "results.json").read_bytes() == before
+    forced = sh(RECIPE, "--mode", "probe", "--overwrite_output_dir", *flags)
+    assert forced.returncode == 0, forced.stderr
+
+
+def test_predict_command(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert sh(RECIPE, "--mode", "probe", *tiny_flags(tiny_model_dir, tiny_data_dir, out, tmp_path / "f")).returncode == 0
+    printed = sh("-m", "xfer_nlp.cli", "predict", "--model", out, "a good film", "a dull film")
+    assert printed.returncode == 0, printed.stderr
+    assert len(printed.stdout.strip().splitlines()) == 2
+    written = sh("-m", "xfer_nlp.cli", "predict", "--model", out, "--input", tiny_data_dir / "test.jsonl",
+                 "--output", tmp_path / "pred.jsonl")
+    assert written.returncode == 0, written.stderr
+    rows = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(rows) == 40
+    assert set(rows[0]) == {"text", "label", "score", "scores"}
+    assert abs(sum(rows[0]["scores"].values()) - 1) < 1e-4
+    missing = sh("-m", "xfer_nlp.cli", "predict", "--model", out, "--input", tmp_path / "nope.txt")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr

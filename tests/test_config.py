@@ -1,0 +1,73 @@
+"""Defaults < YAML < command line; bad options fail with the key, the allowed values and the nearest spelling."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xfer_nlp.config import FIELD_NAMES, MODE_DEFAULTS, RunConfig, parse_args, resolve
+from xfer_nlp.errors import ConfigError
+
+RECIPE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "sentiment"
+
+
+def test_yaml_then_command_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"mode": "lora", "learning_rate": 1e-3, "lora_r": 4}))
+    cfg = parse_args(["--config", str(path), "--lora_r", "16"])
+    assert (cfg.mode, cfg.learning_rate, cfg.lora_r) == ("lora", 1e-3, 16)
+
+
+def test_unknown_yaml_key_suggests_nearest(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learnin_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="'learnin_rate' \\(did you mean 'learning_rate'\\?\\)"):
+        parse_args(["--config", str(path)])
+
+
+def test_unknown_cli_flag_suggests_nearest():
+    with pytest.raises(ConfigError, match="did you mean 'num_train_epochs'"):
+        parse_args(["--num_train_epoch", "3"])
+
+
+@pytest.mark.parametrize("mode", sorted(MODE_DEFAULTS))
+def test_recipe_yaml_agrees_with_api_defaults(mode):
+    """The recipe's per-mode YAML and the Python API's per-mode defaults describe the same run."""
+    from_recipe = resolve(parse_args(["--mode", mode], default_config_dir=RECIPE_CONFIGS))
+    from_api = resolve(RunConfig(mode=mode))
+    assert from_recipe == from_api
+
+
+def test_mode_defaults_differ_where_they_should():
+    ft, sc, lo = (resolve(RunConfig(mode=m)) for m in ("finetune", "scratch", "lora"))
+    assert sc.learning_rate > ft.learning_rate and sc.num_train_epochs > ft.num_train_epochs
+    assert lo.learning_rate > ft.learning_rate
+    assert resolve(RunConfig(mode="probe")).learning_rate is None
+
+
+def test_explicit_value_beats_mode_default():
+    assert resolve(RunConfig(mode="scratch", learning_rate=1e-5)).learning_rate == 1e-5
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        resolve(RunConfig(per_device_train_batch_size=0, num_train_epochs=-1, learning_rate=0, report_to="tensorbord"))
+    message = str(e.value)
+    for part in ("per_device_train_batch_size", "num_train_epochs", "learning_rate", "did you mean 'tensorboard'"):
+        assert part in message
+
+
+def test_unknown_mode():
+    with pytest.raises(ConfigError, match="did you mean 'finetune'"):
+        resolve(RunConfig(mode="fintune"))
+
+
+def test_every_field_has_help():
+    import dataclasses
+
+    assert all(f.metadata.get("help") for f in dataclasses.fields(RunConfig))
+    assert len(FIELD_NAMES) == len(set(FIELD_NAMES))
+
+
+def test_token_never_saved():
+    assert RunConfig(hub_token="hf_secret").to_dict()["hub_token"] is None
