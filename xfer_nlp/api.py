@@ -159,6 +159,8 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
         model = accelerator.unwrap_model(model)
     train_seconds = time.perf_counter() - start
 
+    if cfg.mode == "lora" and cfg.save_lora_adapter and accelerator.is_main_process:
+        model.save_pretrained(output_dir / "adapter")  # before merging: merge_and_unload consumes the adapters
     exported = modes.export_model(model).to("cpu")
     results = {
         "mode": cfg.mode, "model": cfg.model_name_or_path, "dataset": cfg.dataset_name,

@@ -85,6 +85,8 @@ class RunConfig:
     lora_alpha: int = _f(16, "lora: adapter scaling numerator.")
     lora_dropout: float = _f(0.1, "lora: dropout on the adapter input.")
     lora_target_modules: str = _f("query,key,value,dense", "lora: comma-separated module names that get adapters.")
+    save_lora_adapter: bool = _f(False, "lora: also save the unmerged peft adapter (and head) under "
+                                 "OUTPUT_DIR/adapter; the main export always has the adapters merged.")
     seed: int = _f(42, "Seed for subsets, splits, initialisation, shuffling and dropout.")
     mixed_precision: Optional[str] = _f(None, "no, fp16 or bf16. Default: whatever `accelerate launch` / its config "
                                         "says.", choices=("no", "fp16", "bf16"))

@@ -92,9 +92,6 @@ lower accuracy on text from another domain, on other languages, and on inputs lo
 tokens (they are truncated). Labels inherit the biases of the training data; review errors before relying on
 predictions for decisions about people.
 """
-    comparison = results.get("comparison_markdown")
-    if comparison:
-        body += f"\n## Comparison with the other modes\n\n{comparison}\n"
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
@@ -112,7 +109,6 @@ def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool 
          token: str | None = None) -> str:
     """Upload a finished run folder; returns the repo URL. Local files are only read."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     output_dir = Path(output_dir)
     if not (output_dir / "results.json").is_file():
@@ -126,8 +122,9 @@ def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool 
         api.upload_folder(repo_id=repo.repo_id, folder_path=output_dir, repo_type="model",
                           ignore_patterns=["checkpoints/*", "*.tmp", "logs/*"],
                           commit_message="Upload model trained with xfer_nlp")
-    except (HfHubHTTPError, OSError, ValueError) as e:
+    except Exception as e:  # HTTP errors, refused connections (httpx), timeouts: all mean "the upload failed"
         msg = str(e).replace(token, "***") if token else str(e)
-        raise PushError(f"Pushing '{output_dir}' to the Hub failed: {msg.splitlines()[0][:300]}. Every local output "
+        msg = f"{type(e).__name__}: {(msg.splitlines() or [''])[0][:300]}"
+        raise PushError(f"Pushing '{output_dir}' to the Hub failed ({msg}). Every local output "
                         f"is intact; retry just the upload with: {retry}") from None
     return repo.url if hasattr(repo, "url") else str(repo)

@@ -1,0 +1,92 @@
+"""Pushing to the Hub with the real huggingface_hub client, against a Hub-compatible server on 127.0.0.1."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+from hub_server import TOKEN, HubServer
+
+import xfer_nlp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, endpoint, token=TOKEN):
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": os.environ.get("HF_HOME", "")}
+    env.pop("HF_TOKEN", None)
+    if token:
+        env["HF_TOKEN"] = token
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tiny_data_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hub-run")
+    return xfer_nlp.run(mode="probe", model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
+                        output_dir=str(tmp / "run"), feature_cache_dir=str(tmp / "f"), max_seq_length=32).output_dir
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_recipe_push_uploads_model_card_and_results(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    with HubServer() as hub:
+        result = cli(ROOT / "recipes" / "sentiment.py", "--mode", "probe", "--model_name_or_path", tiny_model_dir,
+                     "--dataset_name", tiny_data_dir, "--output_dir", out, "--max_seq_length", "32",
+                     "--feature_cache_dir", tmp_path / "f", "--push_to_hub", "--hub_model_id", "tester/tiny-probe",
+                     "--hub_private_repo", "--hub_token", TOKEN, endpoint=hub.endpoint, token=None)
+        assert result.returncode == 0, result.stderr[-2000:]
+        repo = hub.state.repos["tester/tiny-probe"]
+    assert repo["private"] is True
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "results.json", "config_xfer.yaml", "README.md"):
+        assert repo["files"][name] == (out / name).read_bytes(), name
+    card = ModelCard(repo["files"]["README.md"].decode())
+    assert card.data.pipeline_tag == "text-classification"
+    metrics = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    local = json.loads((out / "results.json").read_text())["metrics"]
+    assert metrics[("validation", "accuracy")] == round(local["validation"]["accuracy"], 4)
+    assert metrics[("test", "macro_f1")] == round(local["test"]["macro_f1"], 4)
+    # the token never lands in an output, a log or the uploaded files
+    for blob in [*repo["files"].values(), result.stdout.encode(), result.stderr.encode(),
+                 *(p.read_bytes() for p in out.iterdir() if p.is_file())]:
+        assert TOKEN.encode() not in blob
+
+
+@pytest.mark.parametrize("failure", ["unauthorised", "server_error", "unreachable"])
+def test_failed_push_keeps_outputs_and_names_the_retry(finished_run, failure):
+    before = snapshot(finished_run)
+    with HubServer() as hub:
+        endpoint = hub.endpoint
+        if failure == "server_error":
+            hub.state.fail_with = 500
+        if failure != "unreachable":
+            result = cli("-m", "xfer_nlp.cli", "push", finished_run, "--hub_model_id", "tester/x", endpoint=endpoint,
+                         token=TOKEN if failure == "server_error" else "hf_wrong")
+    if failure == "unreachable":  # the server is gone: nothing listens on that port any more
+        result = cli("-m", "xfer_nlp.cli", "push", finished_run, "--hub_model_id", "tester/x", endpoint=endpoint)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "Every local output is intact" in result.stderr
+    assert f"xfer-nlp push {finished_run} --hub_model_id tester/x" in result.stderr
+    assert snapshot(finished_run) == before
+
+
+def test_retry_push_after_failure_succeeds(finished_run):
+    with HubServer() as hub:
+        result = cli("-m", "xfer_nlp.cli", "push", finished_run, "--hub_model_id", "tester/retry",
+                     endpoint=hub.endpoint)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "tester/retry" in result.stdout
+        assert set(hub.state.repos["tester/retry"]["files"]) >= {"model.safetensors", "results.json", "README.md"}
+
+
+def test_push_of_unfinished_folder_is_refused(tmp_path):
+    with pytest.raises(xfer_nlp.XferError, match="no finished run"):
+        xfer_nlp.push(tmp_path)
