@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,12 +54,18 @@ def _config_from(config: RunConfig | None, overrides: dict) -> RunConfig:
 
 
 def _check_output_dir(cfg: RunConfig) -> Path:
+    """Never lose earlier results: a finished or interrupted run in output_dir needs an explicit choice."""
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir '{out}' is a file. Pass a folder path.")
-    if (out / "results.json").exists() and not cfg.overwrite_output_dir:
+    if cfg.overwrite_output_dir:
+        return out
+    if (out / "results.json").exists():
         raise ConfigError(f"--output_dir '{out}' already holds a finished run (results.json). Choose another "
                           "--output_dir, or pass --overwrite_output_dir to replace it.")
+    if any((out / "checkpoints").glob("checkpoint-*")) and not cfg.resume_from_checkpoint:
+        raise ConfigError(f"--output_dir '{out}' holds checkpoints of an unfinished run. Pass "
+                          "--resume_from_checkpoint latest to continue it, or --overwrite_output_dir to start over.")
     return out
 
 
@@ -117,6 +124,9 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     accelerator = Accelerator(cpu=multi_cpu, mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               log_with=trackers or None, project_dir=str(output_dir))
+    if cfg.overwrite_output_dir and accelerator.is_main_process:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)  # stale checkpoints must not be resumed later
+    accelerator.wait_for_everyone()
     _setup_logging(accelerator, output_dir)
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in os.environ \
             and accelerator.num_processes == 1:

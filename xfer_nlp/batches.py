@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 from datasets import DatasetDict
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
@@ -96,11 +97,19 @@ def make_collator(tokenizer, mixed_precision: str | None):
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple, return_tensors="pt")
 
 
+def _own_generator() -> torch.Generator:
+    # Each DataLoader iterator draws a seed from its generator; with none it draws from the global RNG, which
+    # would shift dropout masks whenever an iterator is created (an evaluation, a resume) and break exact resume.
+    return torch.Generator().manual_seed(0)
+
+
 def train_loader(ds, collator, batch_size: int, seed: int) -> DataLoader:
     lengths = [len(x) for x in ds["input_ids"]]
-    return DataLoader(ds, batch_sampler=LengthGroupedBatchSampler(lengths, batch_size, seed), collate_fn=collator)
+    return DataLoader(ds, batch_sampler=LengthGroupedBatchSampler(lengths, batch_size, seed), collate_fn=collator,
+                      generator=_own_generator())
 
 
 def eval_loader(ds, collator, batch_size: int) -> DataLoader:
     lengths = [len(x) for x in ds["input_ids"]]
-    return DataLoader(ds, batch_sampler=SortedBatchSampler(lengths, batch_size), collate_fn=collator)
+    return DataLoader(ds, batch_sampler=SortedBatchSampler(lengths, batch_size), collate_fn=collator,
+                      generator=_own_generator())

@@ -90,6 +90,12 @@ class RunConfig:
     seed: int = _f(42, "Seed for subsets, splits, initialisation, shuffling and dropout.")
     mixed_precision: Optional[str] = _f(None, "no, fp16 or bf16. Default: whatever `accelerate launch` / its config "
                                         "says.", choices=("no", "fp16", "bf16"))
+    save_steps: Optional[int] = _f(None, "Also checkpoint every this many optimizer steps (a checkpoint is always "
+                                   "written at each epoch end). Checkpoints live in OUTPUT_DIR/checkpoints.")
+    save_total_limit: Optional[int] = _f(2, "Keep at most this many checkpoints (oldest deleted first); 0 or None "
+                                         "keeps all.")
+    resume_from_checkpoint: Optional[str] = _f(None, "Continue an interrupted run: 'latest' (the newest intact "
+                                               "checkpoint in OUTPUT_DIR/checkpoints) or a checkpoint folder.")
     logging_steps: int = _f(50, "Log the training loss every this many optimizer steps.")
     report_to: str = _f("none", "Trackers through Accelerate: none, all, or a comma list of tensorboard, wandb, "
                         "trackio.")
@@ -132,7 +138,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
             problems.append(f"--{name} must be a positive {'integer' if integer else 'number'}, got {value!r}.")
 
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                 "max_seq_length", "logging_steps", "max_train_samples", "lora_r", "lora_alpha"):
+                 "max_seq_length", "logging_steps", "max_train_samples", "lora_r", "lora_alpha", "save_steps"):
         positive(name, integer=True)
     for name in ("num_train_epochs", "learning_rate"):
         positive(name)
@@ -150,6 +156,13 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}.")
     if cfg.pooling is not None and cfg.pooling not in POOLINGS:
         problems.append(f"--pooling '{cfg.pooling}'{nearest(cfg.pooling, POOLINGS)} is not one of {', '.join(POOLINGS)}.")
+    if cfg.save_total_limit is not None and cfg.save_total_limit < 0:
+        problems.append(f"--save_total_limit must be >= 0, got {cfg.save_total_limit}.")
+    if cfg.resume_from_checkpoint and cfg.mode == "probe":
+        problems.append("--resume_from_checkpoint does not apply to probe: it has no training loop to resume; a "
+                        "second run reuses the cached features and takes seconds.")
+    if cfg.resume_from_checkpoint and cfg.overwrite_output_dir:
+        problems.append("--resume_from_checkpoint and --overwrite_output_dir contradict each other; pass one.")
     if cfg.probe_layer == 0:
         problems.append("--probe_layer 0 would be the embeddings alone; use -1 for the last layer or k>0 for layer k.")
     try:

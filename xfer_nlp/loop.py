@@ -1,23 +1,54 @@
-"""The Accelerate training loop, written out: forward, backward, step, evaluate each epoch, keep the best epoch."""
+"""The Accelerate training loop, written out: forward, backward, step, evaluate each epoch, checkpoint, resume."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from .checkpoint import Checkpoints, CheckpointError
 from .errors import XferError
 from .metrics import classification_metrics
 from .modes import param_groups
 
 logger = logging.getLogger(__name__)
 
+# Settings that may differ between an interrupted run and its resumption without changing what is computed.
+RESUME_MAY_DIFFER = {"resume_from_checkpoint", "overwrite_output_dir", "report_to", "logging_steps", "save_steps",
+                     "save_total_limit", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_token",
+                     "per_device_eval_batch_size", "feature_cache_dir", "no_feature_cache", "data_dir"}
+
 
 class TrainingDiverged(XferError):
     """The loss became NaN or infinite."""
+
+
+@dataclass
+class Progress:
+    """Where training stands; checkpointed with the model so a resumed run continues at the same batch."""
+
+    epoch: int = 0
+    step: int = 0  # optimizer steps on this process
+    batches_in_epoch: int = 0  # batches of the current epoch already consumed
+    best_epoch: int = 0
+    best: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
 
 
 @torch.no_grad()
@@ -36,6 +67,15 @@ def evaluate(accelerator, model, loader, num_labels: int) -> dict[str, float]:
     return classification_metrics(preds.numpy(), labels.numpy(), num_labels)
 
 
+def _check_same_run(saved: dict, cfg) -> None:
+    now = cfg.to_dict()
+    differ = sorted(k for k in now if k not in RESUME_MAY_DIFFER and saved.get(k) != now[k])
+    if differ:
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in differ)
+        raise CheckpointError(f"Cannot resume: the run would not be the same ({detail}). Resume with the original "
+                              "settings, or start a new run in another --output_dir.")
+
+
 def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) -> tuple[dict, list[dict]]:
     """Train `model` in place and leave the best epoch's weights in it; returns (best metrics, per-epoch history)."""
     sampler = train_dl.batch_sampler
@@ -47,53 +87,88 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
     total = local_steps * accelerator.num_processes
     scheduler = accelerator.prepare(get_scheduler("linear", optimizer, num_training_steps=total,
                                                   num_warmup_steps=math.ceil(cfg.warmup_ratio * total)))
+    progress = Progress()
+    accelerator.register_for_checkpointing(progress)
+    checkpoints = Checkpoints(Path(cfg.output_dir) / "checkpoints", accelerator, cfg.save_total_limit)
+    best_file = checkpoints.folder / "best.safetensors"
+    best_state = None
+    if cfg.resume_from_checkpoint:
+        path = checkpoints.resolve(cfg.resume_from_checkpoint)
+        _check_same_run(load_xfer_state(path)["config"], cfg)
+        accelerator.load_state(str(path))
+        if progress.best_epoch:
+            best_state = load_file(best_file)
+        logger.info("Resumed from %s: epoch %d, step %d, %d batches into the epoch.", path, progress.epoch + 1,
+                    progress.step, progress.batches_in_epoch)
 
-    history, best, best_state = [], None, None
-    bar = tqdm(total=local_steps, desc=f"Training ({cfg.mode})", disable=not accelerator.is_local_main_process)
-    step, epoch, running, seen = 0, 0, torch.zeros((), device=accelerator.device), 0
-    while step < local_steps:
-        sampler.set_epoch(epoch)
+    def save_checkpoint():
+        checkpoints.save(progress.step, {"config": cfg.to_dict(), "progress": progress.state_dict()})
+
+    bar = tqdm(total=local_steps, initial=progress.step, desc=f"Training ({cfg.mode})",
+               disable=not accelerator.is_local_main_process)
+    running, seen = torch.zeros((), device=accelerator.device), 0
+    # A run resumed at its very last step still owes that epoch's evaluation, hence the second condition.
+    while progress.step < local_steps or progress.batches_in_epoch > 0:
+        sampler.set_epoch(progress.epoch)
         model.train()
-        for batch in train_dl:
+        batches = accelerator.skip_first_batches(train_dl, progress.batches_in_epoch) \
+            if progress.batches_in_epoch else train_dl
+        for batch in batches:
+            if progress.step >= local_steps:
+                break
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+            progress.batches_in_epoch += 1
             running += loss.detach()
             seen += 1
             if not accelerator.sync_gradients:
                 continue
-            step += 1
+            progress.step += 1
             bar.update(1)
-            if step % cfg.logging_steps == 0 or step == local_steps:
+            if progress.step % cfg.logging_steps == 0 or progress.step == local_steps:
                 mean_loss = (accelerator.reduce(running, "mean") / seen).item()  # the only host sync per log
                 if not math.isfinite(mean_loss):
-                    raise TrainingDiverged(f"The training loss became {mean_loss} at step {step} (epoch {epoch + 1}). "
-                                           f"Lower --learning_rate (now {cfg.learning_rate}) or use fp32 / bf16 "
-                                           "instead of fp16.")
+                    raise TrainingDiverged(
+                        f"The training loss became {mean_loss} at step {progress.step} (epoch {progress.epoch + 1}). "
+                        f"Lower --learning_rate (now {cfg.learning_rate}), or use fp32 or bf16 instead of fp16. "
+                        f"The last good checkpoint, if any, is in {checkpoints.folder}.")
                 lr = scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-                accelerator.log({"train/loss": mean_loss, "train/learning_rate": lr, "train/epoch": epoch}, step=step)
+                accelerator.log({"train/loss": mean_loss, "train/learning_rate": lr, "train/epoch": progress.epoch},
+                                step=progress.step)
                 running.zero_()
                 seen = 0
-            if step >= local_steps:
-                break
-        epoch += 1
+            if cfg.save_steps and progress.step % cfg.save_steps == 0:
+                save_checkpoint()
+        progress.epoch += 1
+        progress.batches_in_epoch = 0
         metrics = {name: evaluate(accelerator, model, dl, num_labels) for name, dl in eval_dls.items()}
-        record = {"epoch": epoch, "step": step, **{f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
-        history.append(record)
-        accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=step)
-        logger.info("Epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                                     if isinstance(v, float)))
-        if best is None or metrics["validation"]["accuracy"] > best["validation"]["accuracy"]:
-            best = {**metrics, "epoch": epoch}
+        record = {"epoch": progress.epoch, "step": progress.step,
+                  **{f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
+        progress.history.append(record)
+        accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
+        logger.info("Epoch %d: %s", progress.epoch, ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                                              if isinstance(v, float)))
+        if not progress.best or metrics["validation"]["accuracy"] > progress.best["validation"]["accuracy"]:
+            progress.best, progress.best_epoch = metrics, progress.epoch
             best_state = {k: v.detach().to("cpu", copy=True)
                           for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            if accelerator.is_main_process:
+                checkpoints.folder.mkdir(parents=True, exist_ok=True)
+                tmp = best_file.with_suffix(".tmp")
+                save_file({k: v.contiguous() for k, v in best_state.items()}, tmp)
+                os.replace(tmp, best_file)
+        save_checkpoint()
     bar.close()
-    unwrapped = accelerator.unwrap_model(model)
-    if history and best["epoch"] != history[-1]["epoch"]:
-        logger.info("Keeping epoch %d, the best on validation accuracy.", best["epoch"])
-        unwrapped.load_state_dict(best_state)
-    return best, history
+    if progress.best_epoch != progress.history[-1]["epoch"]:
+        logger.info("Keeping epoch %d, the best on validation accuracy.", progress.best_epoch)
+        accelerator.unwrap_model(model).load_state_dict(best_state)
+    return {**progress.best, "epoch": progress.best_epoch}, progress.history
+
+
+def load_xfer_state(path: Path) -> dict:
+    return json.loads((Path(path) / "xfer_state.json").read_text())

@@ -1,0 +1,159 @@
+"""Crash safety: a SIGKILLed run resumes to the same weights; damaged checkpoints are never trusted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_rows, write_jsonl
+from safetensors.torch import load_file
+
+import xfer_nlp
+from xfer_nlp.checkpoint import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = Path(sys.executable).parent / "accelerate"
+
+
+@pytest.fixture(scope="module")
+def bigger_data(tmp_path_factory):
+    """Enough batches that a run lasts a few seconds, so it can be killed mid-epoch."""
+    path = tmp_path_factory.mktemp("resume-data")
+    write_jsonl(path / "train.jsonl", make_rows(1600, 11))
+    write_jsonl(path / "validation.jsonl", make_rows(64, 12))
+    return path
+
+
+def recipe_cmd(processes, model, data, out, *extra):
+    launcher = ["--multi_gpu", "--main_process_port", "29610"] if processes > 1 else ["--cpu"]
+    return [str(ACCELERATE), "launch", *launcher, "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "recipes/sentiment.py", "--mode", "finetune",
+            "--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(out),
+            "--max_seq_length", "32", "--per_device_train_batch_size", str(16 // processes), "--num_train_epochs", "2",
+            "--learning_rate", "1e-3", "--save_steps", "10", "--save_total_limit", "3", "--logging_steps", "10",
+            "--seed", "0", *extra]
+
+
+def run_to_end(cmd):
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (torchrun's workers can leave the launcher's process group)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def run_and_kill(cmd, out, after_step):
+    """Start the run and SIGKILL it and every process under it once checkpoint-<after_step> exists."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    target = out / "checkpoints" / f"checkpoint-{after_step}"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    time.sleep(0.5)
+    assert target.exists(), "the run ended before it could be killed"
+    assert not (out / "results.json").exists(), "the run finished before it was killed"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigkill_then_resume_matches_uninterrupted_run(processes, tiny_model_dir, bigger_data, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_to_end(recipe_cmd(processes, tiny_model_dir, bigger_data, straight))
+    run_and_kill(recipe_cmd(processes, tiny_model_dir, bigger_data, killed), killed, after_step=30)
+    refused = subprocess.run(recipe_cmd(processes, tiny_model_dir, bigger_data, killed), capture_output=True,
+                             text=True, cwd=ROOT, timeout=600)
+    assert refused.returncode != 0 and "--resume_from_checkpoint latest" in refused.stderr
+    resumed = run_to_end(recipe_cmd(processes, tiny_model_dir, bigger_data, killed,
+                                    "--resume_from_checkpoint", "latest"))
+    assert "Resumed from" in resumed.stderr
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after resume"
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (straight, killed))
+    assert ra["metrics"] == rb["metrics"] and ra["history"] == rb["history"]
+    assert len(list((killed / "checkpoints").glob("checkpoint-*"))) <= 3  # save_total_limit
+
+
+@pytest.fixture
+def interrupted(tiny_model_dir, tiny_data_dir, tmp_path):
+    """A finished run with its checkpoints, then made to look interrupted (results.json removed)."""
+    out = tmp_path / "run"
+    xfer_nlp.run(mode="finetune", model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
+                 output_dir=str(out), max_seq_length=32, per_device_train_batch_size=16, num_train_epochs=2,
+                 save_steps=4, save_total_limit=None, seed=0)
+    (out / "results.json").unlink()
+    return out
+
+
+def resume_kwargs(tiny_model_dir, tiny_data_dir, out, spec="latest", **kw):
+    return dict(mode="finetune", model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
+                output_dir=str(out), max_seq_length=32, per_device_train_batch_size=16, num_train_epochs=2,
+                save_steps=4, save_total_limit=None, seed=0, resume_from_checkpoint=spec, **kw)
+
+
+def test_latest_skips_a_truncated_checkpoint(interrupted, tiny_model_dir, tiny_data_dir, caplog):
+    checkpoints = sorted((interrupted / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    newest = checkpoints[-1] / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    # a temporary folder left by a kill mid-save is never a candidate
+    (interrupted / "checkpoints" / ".tmp-checkpoint-99").mkdir()
+    with caplog.at_level("WARNING", logger="xfer_nlp"):
+        result = xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted))
+    assert f"Skipping damaged checkpoint {checkpoints[-1]}" in caplog.text and "truncated" in caplog.text
+    assert result.results["history"][-1]["epoch"] == 2
+
+
+def test_explicit_damaged_checkpoint_is_an_error(interrupted, tiny_model_dir, tiny_data_dir):
+    target = sorted((interrupted / "checkpoints").glob("checkpoint-*"))[0]
+    (target / "optimizer.bin").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="is damaged: optimizer.bin is truncated"):
+        xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted, spec=str(target)))
+
+
+def test_resume_with_different_settings_is_refused(interrupted, tiny_model_dir, tiny_data_dir):
+    with pytest.raises(CheckpointError, match="learning_rate: checkpoint 5e-05, now 0.01"):
+        xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted, learning_rate=1e-2))
+
+
+def test_resume_without_checkpoints_is_an_error(tiny_model_dir, tiny_data_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="No intact checkpoint"):
+        xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, tmp_path / "empty"))
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path):
+    with pytest.raises(xfer_nlp.XferError, match="loss became nan.*Lower --learning_rate"):
+        xfer_nlp.run(mode="finetune", model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
+                     output_dir=str(tmp_path / "o"), max_seq_length=32, per_device_train_batch_size=16,
+                     num_train_epochs=3, learning_rate=1e12, warmup_ratio=0.0, logging_steps=1, save_steps=1)
+    checkpoints = list((tmp_path / "o" / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints, "the last good checkpoint must survive"
+    assert not (tmp_path / "o" / "results.json").exists()
