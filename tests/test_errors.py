@@ -1,0 +1,103 @@
+"""User mistakes end in one clear message before any training; malformed data never crashes the library."""
+
+import shutil
+import string
+
+import pytest
+from conftest import make_rows, write_jsonl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import xfer_nlp
+from xfer_nlp.config import RunConfig, resolve
+from xfer_nlp.data import load_text_data
+
+
+def test_model_folder_without_weights(tiny_model_dir, tiny_data_dir, tmp_path):
+    broken = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(xfer_nlp.ConfigError, match="no \\*.safetensors weights"):
+        xfer_nlp.run(mode="probe", model_name_or_path=str(broken), dataset_name=str(tiny_data_dir),
+                     output_dir=str(tmp_path / "o"))
+
+
+def test_model_folder_with_only_pickle_weights(tiny_model_dir, tiny_data_dir, tmp_path):
+    broken = tmp_path / "pickle"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").rename(broken / "pytorch_model.bin")
+    with pytest.raises(xfer_nlp.ConfigError, match="pickle weights, .bin, which xfer_nlp does not load"):
+        xfer_nlp.run(mode="probe", model_name_or_path=str(broken), dataset_name=str(tiny_data_dir),
+                     output_dir=str(tmp_path / "o"))
+
+
+def test_model_folder_without_tokenizer(tiny_model_dir, tiny_data_dir, tmp_path):
+    broken = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model_dir, broken)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (broken / name).unlink(missing_ok=True)
+    with pytest.raises(xfer_nlp.ConfigError, match="no tokenizer files"):
+        xfer_nlp.run(mode="probe", model_name_or_path=str(broken), dataset_name=str(tiny_data_dir),
+                     output_dir=str(tmp_path / "o"))
+
+
+def test_missing_model_folder(tiny_data_dir, tmp_path):
+    with pytest.raises(xfer_nlp.ConfigError, match="is not a folder"):
+        xfer_nlp.run(mode="probe", model_name_or_path=str(tmp_path / "nowhere"), dataset_name=str(tiny_data_dir),
+                     output_dir=str(tmp_path / "o"))
+
+
+def test_long_texts_are_truncated_with_a_count(tiny_model_dir, tmp_path, caplog):
+    rows = make_rows(40, 0)
+    rows[0]["text"] = " ".join(["good film"] * 200)
+    rows[1]["text"] = " ".join(["dull plot"] * 200)
+    data = write_jsonl(tmp_path / "long" / "train.jsonl", rows)
+    with caplog.at_level("WARNING", logger="xfer_nlp"):
+        result = xfer_nlp.run(mode="probe", model_name_or_path=str(tiny_model_dir), dataset_name=str(data),
+                              output_dir=str(tmp_path / "o"), max_seq_length=32, feature_cache_dir=str(tmp_path / "f"))
+    truncated = [r.message for r in caplog.records if "truncated" in r.message]
+    assert truncated and "longer than --max_seq_length 32" in truncated[0]
+    assert result.metrics["validation"]["accuracy"] >= 0
+
+
+def test_unknown_keyword_in_python_api(tmp_path):
+    with pytest.raises(xfer_nlp.ConfigError, match="did you mean 'learning_rate'"):
+        xfer_nlp.run(mode="finetune", learnig_rate=1e-3, output_dir=str(tmp_path / "o"))
+
+
+TEXT = st.one_of(st.text(max_size=30), st.none(), st.integers(), st.floats(allow_nan=True), st.booleans())
+LABEL = st.one_of(st.integers(-3, 5), st.text(alphabet=string.ascii_letters, max_size=3), st.none(), st.floats(),
+                  st.booleans(), st.lists(st.integers(), max_size=2))
+ROW = st.one_of(st.fixed_dictionaries({"text": TEXT, "label": LABEL}),
+                st.dictionaries(st.sampled_from(["text", "label", "x"]), st.one_of(TEXT, LABEL), max_size=3))
+
+
+def _serialise(rows, fmt, junk):
+    import json
+
+    if fmt == "jsonl":
+        lines = [json.dumps(r) for r in rows]
+        if junk:
+            lines.insert(len(lines) // 2, junk)
+        return "\n".join(lines) + "\n"
+    out = ["text,label"]
+    for r in rows:
+        out.append(f"{json.dumps(r.get('text'))},{r.get('label', '')}")
+    if junk:
+        out.insert(1, junk)
+    return "\n".join(out) + "\n"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(ROW, min_size=0, max_size=12), fmt=st.sampled_from(["jsonl", "csv"]),
+       junk=st.sampled_from(["", "{", "not json, at all", '"unclosed', ",,,,", "\x00\x01", "[1, 2]"]))
+def test_malformed_rows_give_a_clear_error_or_load(tmp_path_factory, rows, fmt, junk):
+    path = tmp_path_factory.mktemp("fuzz") / f"data.{fmt}"
+    path.write_text(_serialise(rows, fmt, junk), encoding="utf-8")
+    try:
+        data = load_text_data(resolve(RunConfig(dataset_name=str(path), validation_split_ratio=0.3)))
+    except xfer_nlp.XferError as e:  # the only exception a user's data may cause; anything else fails the test
+        assert len(str(e)) > 20
+        return
+    assert set(data.splits["train"].column_names) == {"text", "label"}
+    assert len(set(data.splits["train"]["label"])) >= 2
