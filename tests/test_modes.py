@@ -129,3 +129,23 @@ def test_pipeline_reproduces_probe_predictions(tiny_run, tiny_data_dir):
 def test_result_prints_as_table(tiny_run):
     text = str(xfer_nlp.run(mode="probe", **tiny_run))
     assert "validation" in text and "accuracy" in text and "parameters" in text
+
+
+def test_bf16_autocast_run(tiny_run):
+    """bf16 autocast on CPU (AMX/AVX512-bf16 where the CPU has it): trains, evaluates and exports fp32 weights."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # the process-wide state was created in fp32 by earlier tests
+    try:
+        result = xfer_nlp.run(mode="finetune", mixed_precision="bf16", num_train_epochs=1, **tiny_run)
+    finally:
+        AcceleratorState._reset_state()
+    assert result.results["mixed_precision"] == "bf16"
+    weights = exported(result.output_dir)
+    assert all(t.dtype == torch.float32 for t in weights.values())
+
+
+def test_tensorboard_tracking(tiny_run):
+    result = xfer_nlp.run(mode="finetune", num_train_epochs=1, report_to="tensorboard", **tiny_run)
+    events = list(result.output_dir.rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
