@@ -174,7 +174,8 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     exported = modes.export_model(model).to("cpu")
     results = {
         "mode": cfg.mode, "model": cfg.model_name_or_path, "dataset": cfg.dataset_name,
-        "train_samples": len(tokenized["train"]), "metrics": metrics, "train_seconds": round(train_seconds, 2),
+        "train_samples": len(tokenized["train"]), "split_sizes": {s: len(d) for s, d in tokenized.items()},
+        "metrics": metrics, "train_seconds": round(train_seconds, 2),
         "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(_peak_memory_mb(accelerator), 1),
         "label_names": list(data.label_names), "pooling": built.pooling,
         "architecture": type(exported).__name__, "data_source": data.source, "data_notes": list(data.notes),

