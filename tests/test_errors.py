@@ -13,30 +13,29 @@ from xfer_nlp.config import RunConfig, resolve
 from xfer_nlp.data import load_text_data
 
 
-def test_model_folder_without_weights(tiny_model_dir, tiny_data_dir, tmp_path):
-    broken = tmp_path / "no-weights"
-    shutil.copytree(tiny_model_dir, broken)
-    (broken / "model.safetensors").unlink()
-    with pytest.raises(xfer_nlp.ConfigError, match="no \\*.safetensors weights"):
-        xfer_nlp.run(mode="probe", model_name_or_path=str(broken), dataset_name=str(tiny_data_dir),
-                     output_dir=str(tmp_path / "o"))
+def _drop_weights(folder):
+    (folder / "model.safetensors").unlink()
 
 
-def test_model_folder_with_only_pickle_weights(tiny_model_dir, tiny_data_dir, tmp_path):
-    broken = tmp_path / "pickle"
-    shutil.copytree(tiny_model_dir, broken)
-    (broken / "model.safetensors").rename(broken / "pytorch_model.bin")
-    with pytest.raises(xfer_nlp.ConfigError, match="pickle weights, .bin, which xfer_nlp does not load"):
-        xfer_nlp.run(mode="probe", model_name_or_path=str(broken), dataset_name=str(tiny_data_dir),
-                     output_dir=str(tmp_path / "o"))
+def _pickle_weights(folder):
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
 
 
-def test_model_folder_without_tokenizer(tiny_model_dir, tiny_data_dir, tmp_path):
-    broken = tmp_path / "no-tokenizer"
-    shutil.copytree(tiny_model_dir, broken)
+def _drop_tokenizer(folder):
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        (broken / name).unlink(missing_ok=True)
-    with pytest.raises(xfer_nlp.ConfigError, match="no tokenizer files"):
+        (folder / name).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (_drop_weights, "no \\*.safetensors weights"),
+    (_pickle_weights, "pickle weights, .bin, which xfer_nlp does not load"),
+    (_drop_tokenizer, "no tokenizer files"),
+])
+def test_broken_model_folder(tiny_model_dir, tiny_data_dir, tmp_path, damage, message):
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    damage(broken)
+    with pytest.raises(xfer_nlp.ConfigError, match=message):
         xfer_nlp.run(mode="probe", model_name_or_path=str(broken), dataset_name=str(tiny_data_dir),
                      output_dir=str(tmp_path / "o"))
 
