@@ -46,7 +46,7 @@ def test_folder_with_splits(tiny_data_dir):
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 160, "validation": 48, "test": 40}
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data or XFER_NLP_DATA_DIR")
 @pytest.mark.parametrize("name,splits,labels", [("sst2", {"train": 6920, "validation": 872}, 2),
                                                 ("sst5", {"train": 8544, "validation": 1101, "test": 2210}, 5),
                                                 ("trec", {"train": 4907, "validation": 545, "test": 500}, 6)])
