@@ -8,7 +8,8 @@ from conftest import SHARED_DATA
 import xfer_nlp
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="needs ../shared/data/sst2 or XFER_NLP_DATA_DIR")]
+              pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(),
+                                 reason="needs ../shared/data/sst2 or XFER_NLP_DATA_DIR")]
 
 
 @pytest.fixture(scope="module")
