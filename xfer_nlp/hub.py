@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .config import EMBEDDED_MODEL
 from .errors import XferError
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,10 @@ MODE_DESCRIPTIONS = {
     "scratch": "training from scratch: the encoder's architecture with randomly initialised weights",
     "lora": "LoRA: low-rank adapters on the encoder (merged into these weights) and the head were trained",
 }
+
+
+# Where the embedded encoder comes from on the Hub, so the card links its base model.
+HUB_IDS = {EMBEDDED_MODEL: "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 class PushError(XferError):
@@ -40,9 +45,9 @@ def model_card(results: dict) -> ModelCard:
                         dataset_name=dataset, dataset_split=split, metric_type=metric, metric_name=metric,
                         metric_value=round(value, 4))
              for split, m in results["metrics"].items() for metric, value in m.items()]
+    base = HUB_IDS.get(results["model"], results["model"])
     data = ModelCardData(
-        base_model=None if results["mode"] == "scratch" or "/" not in results["model"] or
-        Path(results["model"]).exists() else results["model"],
+        base_model=None if results["mode"] == "scratch" or "/" not in base or Path(base).exists() else base,
         library_name="transformers", pipeline_tag="text-classification", license="apache-2.0",
         tags=["xfer_nlp", results["mode"], "text-classification"], model_name=Path(cfg["output_dir"]).name,
         eval_results=evals)
