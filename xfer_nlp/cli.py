@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from .errors import XferError
@@ -20,6 +21,9 @@ USAGE = """usage: xfer-nlp {run,predict,push} ...
 def _error(e: Exception) -> int:
     if int(os.environ.get("RANK", "0")) == 0:  # one voice under accelerate launch
         print(f"error: {e}", file=sys.stderr)
+    else:
+        # torchrun stops every worker as soon as one exits: give rank 0 the time to print the message.
+        time.sleep(3)
     return 2
 
 
