@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,10 +271,6 @@ def load_text_data(cfg: RunConfig) -> TextData:
     splits = DatasetDict({s: Dataset.from_dict({"text": texts[s], "label": labels[s]})
                           for s in ("train", "validation", "test") if s in texts})
     return TextData(splits, names, source, tuple(notes))
-
-
-def class_counts(ds: Dataset) -> dict[int, int]:
-    return dict(sorted(Counter(ds["label"]).items()))
 
 
 def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
