@@ -78,9 +78,9 @@ def _setup_logging(accelerator: Accelerator, output_dir: Path) -> None:
         logger.removeHandler(h)
         h.close()
     logger.propagate = False
+    transformers.utils.logging.set_verbosity_error()  # its load reports (new head weights) are expected here
     if not accelerator.is_main_process:
         logger.setLevel(logging.ERROR)
-        transformers.utils.logging.set_verbosity_error()
         datasets.utils.logging.set_verbosity_error()
         datasets.disable_progress_bars()
         return
@@ -91,7 +91,6 @@ def _setup_logging(accelerator: Accelerator, output_dir: Path) -> None:
         h.setFormatter(fmt)
         h._xfer_nlp = True
         logger.addHandler(h)
-    transformers.utils.logging.set_verbosity_error()  # its load reports (new head weights) are expected here
 
 
 def _hardware(accelerator: Accelerator) -> str:
