@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
 from . import batches, hub, loop, modes, probe
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
@@ -120,7 +120,9 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     # Accelerate picks gloo DDP only when told cpu=True; a torchrun-style launch (`accelerate launch --multi_gpu`,
     # `torchrun`) on a machine without CUDA would otherwise run each process alone.
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=multi_cpu, mixed_precision=cfg.mixed_precision,
+    # Parameters that thaw mid-run get no gradient while frozen: DDP must be told to expect that.
+    ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.gradual_unfreezing else []
+    accelerator = Accelerator(cpu=multi_cpu, mixed_precision=cfg.mixed_precision, kwargs_handlers=ddp,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               log_with=trackers or None, project_dir=str(output_dir))
     if cfg.overwrite_output_dir and accelerator.is_main_process:
@@ -162,7 +164,7 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
         model = built.model
         train_dl = batches.train_loader(tokenized["train"], collator, cfg.per_device_train_batch_size, cfg.seed)
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
-        best, extra["history"] = loop.train(accelerator, cfg, model, train_dl, eval_dls, len(data.label_names))
+        best, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, train_dl, eval_dls, len(data.label_names))
         extra["best_epoch"] = best["epoch"]
         metrics = {s: best[s] for s in eval_splits}
         model = accelerator.unwrap_model(model)

@@ -15,6 +15,7 @@ from .errors import ConfigError
 
 MODES = ("probe", "finetune", "scratch", "lora")
 POOLINGS = ("mean", "cls", "pooler")
+SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "stlr")
 REPORT_TO = ("none", "all", "tensorboard", "wandb", "trackio")
 
 # The embedded encoder: a name, not a path, so results and model cards stay portable.
@@ -67,6 +68,21 @@ class RunConfig:
                                         "2e-4, lora 5e-4; unused by probe).")
     weight_decay: float = _f(0.01, "AdamW weight decay (never applied to biases and LayerNorm weights).")
     warmup_ratio: Optional[float] = _f(None, "Fraction of steps for linear warm-up (default per mode).")
+    lr_scheduler_type: str = _f("linear", "Learning-rate schedule after warm-up: linear, cosine, constant_with_warmup "
+                                "(transformers' get_scheduler), or stlr (ULMFiT's slanted triangular rate; "
+                                "--warmup_ratio is then its cut_frac).", choices=SCHEDULERS)
+    stlr_ratio: float = _f(32.0, "stlr: how much smaller the lowest learning rate is than the peak (ULMFiT: 32).")
+    layer_lr_decay: float = _f(1.0, "finetune/lora: the head trains at --learning_rate, the top encoder layer at "
+                               "lr*decay, the next at lr*decay^2, ..., the embeddings lowest (1.0 = off; ELECTRA "
+                               "uses 0.8, ULMFiT 1/2.6).")
+    gradual_unfreezing: bool = _f(False, "finetune/lora: train the head alone first, then unfreeze one encoder layer "
+                                  "from the top every --unfreeze_interval epochs, embeddings last (ULMFiT).")
+    unfreeze_interval: float = _f(1.0, "gradual_unfreezing: epochs per stage (fractions allowed, e.g. 0.25).")
+    reinit_layers: int = _f(0, "finetune: re-initialise the top N encoder layers (and the pooler) before training "
+                            "(Zhang et al. 2021, for small data).")
+    freeze_layers: Optional[int] = _f(None, "finetune/lora: keep the embeddings and the bottom K encoder layers "
+                                      "frozen (K < 0: all but the top |K|); 0 freezes the embeddings alone. "
+                                      "Default: nothing frozen.")
     per_device_train_batch_size: int = _f(32, "Training batch size per process.")
     per_device_eval_batch_size: int = _f(128, "Evaluation / encoding batch size per process.")
     gradient_accumulation_steps: int = _f(1, "Batches per optimizer step.")
@@ -163,6 +179,30 @@ def resolve(cfg: RunConfig) -> RunConfig:
                         "second run reuses the cached features and takes seconds.")
     if cfg.resume_from_checkpoint and cfg.overwrite_output_dir:
         problems.append("--resume_from_checkpoint and --overwrite_output_dir contradict each other; pass one.")
+    if cfg.lr_scheduler_type not in SCHEDULERS:
+        problems.append(f"--lr_scheduler_type '{cfg.lr_scheduler_type}'{nearest(cfg.lr_scheduler_type, SCHEDULERS)} "
+                        f"is not one of {', '.join(SCHEDULERS)}.")
+    if not 0 < cfg.layer_lr_decay <= 1:
+        problems.append(f"--layer_lr_decay must be in (0, 1] (1.0 = off), got {cfg.layer_lr_decay}.")
+    if cfg.unfreeze_interval <= 0:
+        problems.append(f"--unfreeze_interval must be a positive number of epochs, got {cfg.unfreeze_interval}.")
+    if cfg.stlr_ratio < 1:
+        problems.append(f"--stlr_ratio must be >= 1, got {cfg.stlr_ratio}.")
+    if cfg.reinit_layers < 0:
+        problems.append(f"--reinit_layers must be >= 0, got {cfg.reinit_layers}.")
+    pretrained_only = {"gradual_unfreezing": cfg.gradual_unfreezing, "layer_lr_decay": cfg.layer_lr_decay != 1.0,
+                       "freeze_layers": cfg.freeze_layers is not None, "reinit_layers": cfg.reinit_layers != 0}
+    allowed = {"probe": (), "scratch": (), "lora": ("gradual_unfreezing", "layer_lr_decay", "freeze_layers"),
+               "finetune": tuple(pretrained_only)}[cfg.mode]
+    for name, used in pretrained_only.items():
+        if used and name not in allowed:
+            why = {"probe": "the probe trains no encoder layer (its head is fitted on frozen features)",
+                   "scratch": "it is about pretrained layers, and scratch starts from random weights",
+                   "lora": "LoRA keeps the pretrained weights frozen, so there is nothing to re-initialise"}[cfg.mode]
+            problems.append(f"--{name} does not apply to mode {cfg.mode}: {why}. Use it with "
+                            f"{' or '.join(m for m in ('finetune', 'lora') if m == 'finetune' or name != 'reinit_layers')}.")
+    if cfg.mode == "probe" and cfg.lr_scheduler_type != "linear":
+        problems.append("--lr_scheduler_type does not apply to probe: its head is fitted by L-BFGS, not stepped.")
     if cfg.probe_layer == 0:
         problems.append("--probe_layer 0 would be the embeddings alone; use -1 for the last layer or k>0 for layer k.")
     try:

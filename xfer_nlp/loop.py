@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from transformers import get_scheduler
 from .checkpoint import Checkpoints, CheckpointError
 from .errors import XferError
 from .metrics import classification_metrics
-from .modes import param_groups
+from . import schedules
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class Progress:
     step: int = 0  # optimizer steps on this process
     batches_in_epoch: int = 0  # batches of the current epoch already consumed
     best_epoch: int = 0
+    seconds: float = 0.0  # training time so far, across resumptions
+    stage: int = 0  # gradual unfreezing stage in force: a record only, since it is a pure function of `step`
     best: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
 
@@ -76,17 +79,42 @@ def _check_same_run(saved: dict, cfg) -> None:
                               "settings, or start a new run in another --output_dir.")
 
 
-def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) -> tuple[dict, list[dict]]:
-    """Train `model` in place and leave the best epoch's weights in it; returns (best metrics, per-epoch history)."""
+def describe(cfg, model, groups: list[schedules.Group], steps_per_epoch: int) -> tuple[dict, int]:
+    """The resolved schedule as logged and saved in results.json, and the last gradual-unfreezing stage."""
+    params = dict(model.named_parameters())
+    layers = schedules.num_layers(params)
+    depths = sorted({g.depth for g in groups})
+    stage_steps = max(1, round(cfg.unfreeze_interval * steps_per_epoch))
+    stages = [{"stage": d, "from_step": d * stage_steps, "from_epoch": round(d * stage_steps / steps_per_epoch, 3),
+               "adds": schedules.depth_label(d, layers)} for d in depths] if cfg.gradual_unfreezing else []
+    return {"lr_scheduler_type": cfg.lr_scheduler_type, "layer_lr_decay": cfg.layer_lr_decay,
+            "groups": [{"group": g.label, "lr": g.lr, "weight_decay": g.weight_decay,
+                        "params": sum(params[n].numel() for n in g.names)} for g in groups],
+            "stages": stages}, (depths[-1] if cfg.gradual_unfreezing else 0)
+
+
+def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) -> tuple[dict, list[dict], dict]:
+    """Train `model` in place and leave the best epoch's weights in it.
+
+    Returns (best metrics, per-epoch history, the resolved schedule: parameter groups, learning rates, stages).
+    """
     sampler = train_dl.batch_sampler
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+    params = dict(model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    groups = schedules.param_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.layer_lr_decay, trainable)
+    optimizer = torch.optim.AdamW([{"params": [params[n] for n in g.names], "lr": g.lr,
+                                    "weight_decay": g.weight_decay} for g in groups], lr=cfg.learning_rate)
+    # Every parameter that will ever train still requires grad here, so DDP registers it; stages freeze after.
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     eval_dls = {name: accelerator.prepare(dl) for name, dl in eval_dls.items()}
     # Counted on the sharded loader; the prepared scheduler steps once per process per optimizer step.
-    local_steps = max(1, math.ceil(math.ceil(len(train_dl) / cfg.gradient_accumulation_steps) * cfg.num_train_epochs))
+    steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
+    local_steps = max(1, math.ceil(steps_per_epoch * cfg.num_train_epochs))
     total = local_steps * accelerator.num_processes
-    scheduler = accelerator.prepare(get_scheduler("linear", optimizer, num_training_steps=total,
-                                                  num_warmup_steps=math.ceil(cfg.warmup_ratio * total)))
+    scheduler = accelerator.prepare(schedules.make_scheduler(cfg.lr_scheduler_type, optimizer, total,
+                                                             cfg.warmup_ratio, cfg.stlr_ratio))
+    readable, last_stage = describe(cfg, accelerator.unwrap_model(model), groups, steps_per_epoch)
+    depths = {n: g.depth for g in groups for n in g.names}
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
     checkpoints = Checkpoints(Path(cfg.output_dir) / "checkpoints", accelerator, cfg.save_total_limit)
@@ -104,9 +132,24 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
     def save_checkpoint():
         checkpoints.save(progress.step, {"config": cfg.to_dict(), "progress": progress.state_dict()})
 
+    logger.info("Schedule: %s; %s.", cfg.lr_scheduler_type, ", ".join(
+        f"{g['group']} lr {g['lr']:.2e}{'' if g['weight_decay'] else ' (no decay)'}" for g in readable["groups"]))
+    if cfg.gradual_unfreezing:
+        logger.info("Gradual unfreezing: %s.", ", ".join(f"from epoch {s['from_epoch']:g} + {s['adds']}"
+                                                          for s in readable["stages"]))
+
+    thawed = -1  # the stage the requires_grad flags are set for; a resumed run starts from none
+
+    def thaw(stage: int) -> None:
+        nonlocal thawed
+        for name, depth in depths.items():
+            params[name].requires_grad = depth <= stage
+        progress.stage = thawed = stage
+
     bar = tqdm(total=local_steps, initial=progress.step, desc=f"Training ({cfg.mode})",
                disable=not accelerator.is_local_main_process)
     running, seen = torch.zeros((), device=accelerator.device), 0
+    clock = time.perf_counter() - progress.seconds
     # A run resumed at its very last step still owes that epoch's evaluation, hence the second condition.
     while progress.step < local_steps or progress.batches_in_epoch > 0:
         sampler.set_epoch(progress.epoch)
@@ -116,6 +159,10 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
         for batch in batches:
             if progress.step >= local_steps:
                 break
+            if cfg.gradual_unfreezing:
+                stage = schedules.stage_at(progress.step, steps_per_epoch, cfg.unfreeze_interval, last_stage)
+                if stage != thawed:
+                    thaw(stage)
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -147,7 +194,8 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
         progress.epoch += 1
         progress.batches_in_epoch = 0
         metrics = {name: evaluate(accelerator, model, dl, num_labels) for name, dl in eval_dls.items()}
-        record = {"epoch": progress.epoch, "step": progress.step,
+        progress.seconds = time.perf_counter() - clock
+        record = {"epoch": progress.epoch, "step": progress.step, "seconds": round(progress.seconds, 2),
                   **{f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
         progress.history.append(record)
         accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
@@ -167,7 +215,7 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
     if progress.best_epoch != progress.history[-1]["epoch"]:
         logger.info("Keeping epoch %d, the best on validation accuracy.", progress.best_epoch)
         accelerator.unwrap_model(model).load_state_dict(best_state)
-    return {**progress.best, "epoch": progress.best_epoch}, progress.history
+    return {**progress.best, "epoch": progress.best_epoch}, progress.history, readable
 
 
 def load_xfer_state(path: Path) -> dict:

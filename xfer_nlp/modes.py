@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from . import schedules
 from .config import EMBEDDED_MODEL, RunConfig
 from .errors import ConfigError
 from .modeling import XferBertConfig, XferBertForSequenceClassification
@@ -112,6 +113,8 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
         with torch.no_grad():
             model.classifier.weight.normal_(0.0, config.initializer_range, generator=generator)
             model.classifier.bias.zero_()
+        if cfg.reinit_layers:
+            _reinit_top_layers(model, cfg.reinit_layers, cfg.seed)
 
     if cfg.mode == "probe":
         for name, p in model.named_parameters():
@@ -126,22 +129,56 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
             model = get_peft_model(model, lora)
         except ValueError as e:
             raise ConfigError(f"--lora_target_modules {cfg.lora_target_modules}: {e}") from None
+    if cfg.freeze_layers is not None:
+        _freeze_bottom(model, cfg.freeze_layers)
     return Built(model, tokenizer, pooling, path)
+
+
+def _encoder_layers(model) -> int:
+    layers = schedules.num_layers(n for n, _ in model.named_parameters())
+    if not layers:
+        raise ConfigError(f"Found no encoder layers (parameters named '...layer.N...') in {type(model).__name__}; "
+                          "--freeze_layers, --reinit_layers and layer-wise schedules need them.")
+    return layers
+
+
+def _reinit_top_layers(model, n: int, seed: int) -> None:
+    """Zhang et al. 2021: the top layers of a pretrained encoder are specialised to its pretraining task.
+
+    Written out rather than `model._init_weights`: transformers 5 skips tensors it has marked as loaded.
+    """
+    layers = _encoder_layers(model)
+    if n > layers:
+        raise ConfigError(f"--reinit_layers {n} is more than the encoder's {layers} layers.")
+    std = model.config.initializer_range
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not (1 <= schedules.depth(name + ".", layers) <= n or name.endswith("pooler")):
+                continue
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, std, generator=generator)
+                module.bias.zero_()
+            elif isinstance(module, torch.nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+
+
+def _freeze_bottom(model, k: int) -> None:
+    layers = _encoder_layers(model)
+    if not -layers < k <= layers:
+        raise ConfigError(f"--freeze_layers {k} is outside {-layers + 1}..{layers} for this {layers}-layer encoder "
+                          f"({layers} freezes every layer, -1 all but the top one, 0 the embeddings alone).")
+    frozen = set(schedules.frozen_by_freeze_layers(k, [n for n, _ in model.named_parameters()], layers))
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad = False
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total)."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay on weight matrices only: biases and LayerNorm weights are left alone, as in BERT's recipe."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def export_model(model: torch.nn.Module) -> torch.nn.Module:

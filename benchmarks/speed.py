@@ -1,0 +1,174 @@
+"""xfer_nlp against transformers' Trainer, side by side in one invocation: throughput, time to accuracy, memory.
+
+    python benchmarks/speed.py --task finetune            # full: 3 epochs on sst2 train (6,920 sentences)
+    python benchmarks/speed.py --task finetune --short    # ~200 steps: 1 epoch
+    python benchmarks/speed.py --task scratch --num_train_epochs 5 --learning_rate 1e-4
+    python benchmarks/speed.py --task finetune --mixed_precision bf16
+
+Every contestant runs in its own subprocess (so peak RSS is its own), one after the other, on the same model
+(the embedded encoder with xfer_nlp's mean-pooling head, built by `xfer_nlp.modes.build` from the same seed),
+data, seed, batch size (32), learning rate, warm-up (10%), weight decay (0.01) and epochs, evaluating on sst2
+validation after every epoch. Peers:
+  trainer-pad128   run_glue.py's defaults: every batch padded to 128 tokens;
+  trainer-dynamic  dynamic padding (DataCollatorWithPadding);
+  trainer-grouped  dynamic padding + train_sampling_strategy="group_by_length";
+  xfer_nlp         `xfer_nlp.run(mode=...)`, the recipe's code path.
+Samples/s counts training samples over the training call's wall time (for both: per-epoch evaluation included).
+The probe's peer (a frozen-encoder Trainer) is in benchmarks/probe.py.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PEERS = ("trainer-pad128", "trainer-dynamic", "trainer-grouped")
+
+
+def _splits(args):
+    from xfer_nlp.config import RunConfig, resolve
+    from xfer_nlp.data import load_text_data
+
+    return load_text_data(resolve(RunConfig(dataset_name=args.dataset_name, mode=args.task, seed=args.seed,
+                                            max_train_samples=args.max_train_samples))).splits
+
+
+def run_trainer(args, name: str, workdir: str) -> dict:
+    from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
+                              default_data_collator)
+
+    from xfer_nlp.config import RunConfig, resolve
+    from xfer_nlp.metrics import classification_metrics
+    from xfer_nlp.modes import build
+
+    splits = _splits(args)
+    cfg = resolve(RunConfig(mode=args.task, seed=args.seed))
+    built = build(cfg, tuple(str(i) for i in range(2)))
+    tok = built.tokenizer
+    pad = {"padding": "max_length"} if name == "trainer-pad128" else {}
+    data = splits.map(lambda b: tok(b["text"], truncation=True, max_length=128, **pad), batched=True,
+                      remove_columns=["text"])
+    evals = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_evaluate(self, _args, state, _control, metrics=None, **k):
+            evals.append({"epoch": round(state.epoch), "seconds": time.perf_counter() - self.start,
+                          "accuracy": metrics["eval_accuracy"]})
+
+    targs = TrainingArguments(
+        output_dir=workdir, num_train_epochs=args.num_train_epochs, learning_rate=args.learning_rate,
+        per_device_train_batch_size=32, per_device_eval_batch_size=128, warmup_steps=0.1, weight_decay=0.01,  # a float < 1 is a ratio in transformers 5
+        seed=args.seed, eval_strategy="epoch", save_strategy="no", logging_steps=50, report_to=[],
+        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=args.mixed_precision == "bf16",
+        fp16=args.mixed_precision == "fp16",
+        train_sampling_strategy="group_by_length" if name == "trainer-grouped" else "random")
+    trainer = Trainer(
+        model=built.model, args=targs, train_dataset=data["train"], eval_dataset=data["validation"],
+        data_collator=default_data_collator if pad else DataCollatorWithPadding(tok),
+        compute_metrics=lambda p: classification_metrics(np.argmax(p.predictions, -1), p.label_ids, 2),
+        callbacks=[Clock()])
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "samples": len(data["train"]) * args.num_train_epochs, "evals": evals}
+
+
+def run_xfer(args, workdir: str) -> dict:
+    import xfer_nlp
+
+    r = xfer_nlp.run(mode=args.task, dataset_name=args.dataset_name, seed=args.seed, output_dir=workdir,
+                     learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
+                     max_train_samples=args.max_train_samples, mixed_precision=args.mixed_precision,
+                     overwrite_output_dir=True)
+    evals = [{"epoch": h["epoch"], "seconds": h["seconds"], "accuracy": h["validation_accuracy"]}
+             for h in r.results["history"]]
+    return {"seconds": r.train_seconds, "samples": r.results["train_samples"] * args.num_train_epochs,
+            "evals": evals}
+
+
+def one(args) -> None:
+    """Child process: run one contestant, print its JSON on the last line."""
+    with tempfile.TemporaryDirectory() as work:
+        out = run_xfer(args, work) if args.one == "xfer_nlp" else run_trainer(args, args.one, work)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def time_to(evals: list[dict], target: float) -> float | None:
+    return next((e["seconds"] for e in evals if e["accuracy"] >= target - 1e-9), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("finetune", "scratch"), default="finetune")
+    parser.add_argument("--dataset_name", default="sst2")
+    parser.add_argument("--num_train_epochs", type=float, default=3.0)
+    parser.add_argument("--learning_rate", type=float, default=2e-5)
+    parser.add_argument("--max_train_samples", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--mixed_precision", choices=("no", "bf16", "fp16"), default="no")
+    parser.add_argument("--short", action="store_true", help="one epoch (~200 steps on sst2) instead of the full run")
+    parser.add_argument("--contestants", default=",".join((*PEERS, "xfer_nlp")),
+                        help="comma list of trainer-pad128, trainer-dynamic, trainer-grouped, xfer_nlp")
+    parser.add_argument("--out", default=None, help="markdown file for the table (default: print only)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.short:
+        args.num_train_epochs = 1.0
+    if args.one:
+        return one(args)
+
+    results = {}
+    for name in args.contestants.split(","):
+        argv = ["--task", args.task, "--dataset_name", args.dataset_name, "--num_train_epochs",
+                str(args.num_train_epochs), "--learning_rate", str(args.learning_rate), "--seed", str(args.seed),
+                "--mixed_precision", args.mixed_precision, "--one", name]
+        if args.max_train_samples:
+            argv += ["--max_train_samples", str(args.max_train_samples)]
+        child = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+        if child.returncode:
+            sys.exit(f"{name} failed:\n{child.stderr[-3000:]}")
+        results[name] = json.loads(child.stdout.strip().splitlines()[-1])
+        r = results[name]
+        print(f"{name}: {r['samples'] / r['seconds']:.1f} samples/s, {r['seconds']:.0f} s, "
+              f"accuracy {r['evals'][-1]['accuracy']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+
+    peers = [p for p in PEERS if p in results]
+    best_peer = max(peers, key=lambda p: results[p]["samples"] / results[p]["seconds"]) if peers else None
+    target = results[best_peer]["evals"][-1]["accuracy"] if best_peer else None
+    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()} CPU, {torch.get_num_threads()} threads, "
+             f"torch {torch.__version__}; {args.task} on {args.dataset_name}, {args.num_train_epochs:g} epochs, "
+             f"lr {args.learning_rate:g}, batch 32, precision {args.mixed_precision}, seed {args.seed}.",
+             f"Command: `python benchmarks/speed.py {' '.join(a for a in sys.argv[1:])}`", "",
+             "| contestant | train samples/s | wall s | time to peer's final accuracy (s) | final val accuracy "
+             "| peak RSS MB | xfer_nlp speed-up |", "|---|---|---|---|---|---|---|"]
+    mine = results.get("xfer_nlp")
+    for name, r in results.items():
+        rate = r["samples"] / r["seconds"]
+        reach = time_to(r["evals"], target) if target is not None else None
+        ratio = f"{(mine['samples'] / mine['seconds']) / rate:.2f} x" if mine and name != "xfer_nlp" else "—"
+        lines.append(f"| {name} | {rate:.1f} | {r['seconds']:.0f} | {'—' if reach is None else f'{reach:.0f}'} | "
+                     f"{r['evals'][-1]['accuracy']:.4f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+    if best_peer:
+        lines.append(f"\nThe peer's final accuracy is {best_peer}'s ({target:.4f}); '—' means never reached.")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
