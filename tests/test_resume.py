@@ -83,15 +83,21 @@ def run_and_kill(cmd, out, after_step):
     assert not (out / "results.json").exists(), "the run finished before it was killed"
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_sigkill_then_resume_matches_uninterrupted_run(processes, tiny_model_dir, bigger_data, tmp_path):
+# 100 steps an epoch; with a stage every quarter epoch the kill at step 30 lands inside stage 1 (layer.1 thawed).
+SCHEDULE = ("--gradual_unfreezing", "--unfreeze_interval", "0.25", "--layer_lr_decay", "0.5",
+            "--lr_scheduler_type", "stlr")
+
+
+@pytest.mark.parametrize("processes,schedule", [(1, ()), (2, ()), (2, SCHEDULE)],
+                         ids=["1-process", "2-process", "2-process-mid-unfreezing-schedule"])
+def test_sigkill_then_resume_matches_uninterrupted_run(processes, schedule, tiny_model_dir, bigger_data, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run_to_end(recipe_cmd(processes, tiny_model_dir, bigger_data, straight))
-    run_and_kill(recipe_cmd(processes, tiny_model_dir, bigger_data, killed), killed, after_step=30)
-    refused = subprocess.run(recipe_cmd(processes, tiny_model_dir, bigger_data, killed), capture_output=True,
-                             text=True, cwd=ROOT, timeout=600)
+    run_to_end(recipe_cmd(processes, tiny_model_dir, bigger_data, straight, *schedule))
+    run_and_kill(recipe_cmd(processes, tiny_model_dir, bigger_data, killed, *schedule), killed, after_step=30)
+    refused = subprocess.run(recipe_cmd(processes, tiny_model_dir, bigger_data, killed, *schedule),
+                             capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert refused.returncode != 0 and "--resume_from_checkpoint latest" in refused.stderr
-    resumed = run_to_end(recipe_cmd(processes, tiny_model_dir, bigger_data, killed,
+    resumed = run_to_end(recipe_cmd(processes, tiny_model_dir, bigger_data, killed, *schedule,
                                     "--resume_from_checkpoint", "latest"))
     assert "Resumed from" in resumed.stderr
     a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
