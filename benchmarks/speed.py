@@ -1,9 +1,9 @@
 """xfer_nlp against transformers' Trainer, side by side in one invocation: throughput, time to accuracy, memory.
 
-    python benchmarks/speed.py --task finetune            # full: 3 epochs on sst2 train (6,920 sentences)
-    python benchmarks/speed.py --task finetune --short    # ~200 steps: 1 epoch
-    python benchmarks/speed.py --task scratch --num_train_epochs 5 --learning_rate 1e-4
-    python benchmarks/speed.py --task finetune --mixed_precision bf16
+    python benchmarks/speed.py --short          # 100 steps: 1 epoch on 3,200 examples, every contestant
+    python benchmarks/speed.py --contestants trainer-grouped,trainer-grouped@bf16,xfer_nlp,xfer_nlp@bf16
+                                                # full: 3 epochs on sst2 train (6,920 sentences)
+    python benchmarks/speed.py --task scratch --num_train_epochs 5 --learning_rate 1e-4 ...
 
 Every contestant runs in its own subprocess (so peak RSS is its own), one after the other, on the same model
 (the embedded encoder with xfer_nlp's mean-pooling head, built by `xfer_nlp.modes.build` from the same seed),
@@ -13,6 +13,8 @@ validation after every epoch. Peers:
   trainer-dynamic  dynamic padding (DataCollatorWithPadding);
   trainer-grouped  dynamic padding + train_sampling_strategy="group_by_length";
   xfer_nlp         `xfer_nlp.run(mode=...)`, the recipe's code path.
+NAME@bf16 runs that contestant under bf16 autocast (Trainer: bf16=True; xfer_nlp: mixed_precision="bf16");
+without a suffix, --mixed_precision (default no: fp32) applies.
 Samples/s counts training samples over the training call's wall time (for both: per-epoch evaluation included).
 The probe's peer (a frozen-encoder Trainer) is in benchmarks/probe.py.
 """
@@ -42,7 +44,7 @@ def _splits(args):
                                             max_train_samples=args.max_train_samples))).splits
 
 
-def run_trainer(args, name: str, workdir: str) -> dict:
+def run_trainer(args, name: str, workdir: str, precision: str) -> dict:
     from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
                               default_data_collator)
 
@@ -71,8 +73,8 @@ def run_trainer(args, name: str, workdir: str) -> dict:
         output_dir=workdir, num_train_epochs=args.num_train_epochs, learning_rate=args.learning_rate,
         per_device_train_batch_size=32, per_device_eval_batch_size=128, warmup_steps=0.1, weight_decay=0.01,  # a float < 1 is a ratio in transformers 5
         seed=args.seed, eval_strategy="epoch", save_strategy="no", logging_steps=50, report_to=[],
-        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=args.mixed_precision == "bf16",
-        fp16=args.mixed_precision == "fp16",
+        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16",
+        fp16=precision == "fp16",
         train_sampling_strategy="group_by_length" if name == "trainer-grouped" else "random")
     trainer = Trainer(
         model=built.model, args=targs, train_dataset=data["train"], eval_dataset=data["validation"],
@@ -85,12 +87,12 @@ def run_trainer(args, name: str, workdir: str) -> dict:
     return {"seconds": seconds, "samples": len(data["train"]) * args.num_train_epochs, "evals": evals}
 
 
-def run_xfer(args, workdir: str) -> dict:
+def run_xfer(args, workdir: str, precision: str) -> dict:
     import xfer_nlp
 
     r = xfer_nlp.run(mode=args.task, dataset_name=args.dataset_name, seed=args.seed, output_dir=workdir,
                      learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
-                     max_train_samples=args.max_train_samples, mixed_precision=args.mixed_precision,
+                     max_train_samples=args.max_train_samples, mixed_precision=precision,
                      overwrite_output_dir=True)
     evals = [{"epoch": h["epoch"], "seconds": h["seconds"], "accuracy": h["validation_accuracy"]}
              for h in r.results["history"]]
@@ -100,8 +102,10 @@ def run_xfer(args, workdir: str) -> dict:
 
 def one(args) -> None:
     """Child process: run one contestant, print its JSON on the last line."""
+    name, _, precision = args.one.partition("@")
+    precision = precision or args.mixed_precision
     with tempfile.TemporaryDirectory() as work:
-        out = run_xfer(args, work) if args.one == "xfer_nlp" else run_trainer(args, args.one, work)
+        out = run_xfer(args, work, precision) if name == "xfer_nlp" else run_trainer(args, name, work, precision)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
@@ -119,14 +123,16 @@ def main() -> None:
     parser.add_argument("--max_train_samples", type=int, default=None)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--mixed_precision", choices=("no", "bf16", "fp16"), default="no")
-    parser.add_argument("--short", action="store_true", help="one epoch (~200 steps on sst2) instead of the full run")
+    parser.add_argument("--short", action="store_true", help="100 steps (1 epoch on 3,200 examples) instead of the "
+                                                             "full run")
     parser.add_argument("--contestants", default=",".join((*PEERS, "xfer_nlp")),
-                        help="comma list of trainer-pad128, trainer-dynamic, trainer-grouped, xfer_nlp")
+                        help="comma list of trainer-pad128, trainer-dynamic, trainer-grouped, xfer_nlp; NAME@bf16 "
+                             "runs one in bf16")
     parser.add_argument("--out", default=None, help="markdown file for the table (default: print only)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.short:
-        args.num_train_epochs = 1.0
+        args.num_train_epochs, args.max_train_samples = 1.0, args.max_train_samples or 3200
     if args.one:
         return one(args)
 
@@ -145,6 +151,7 @@ def main() -> None:
         print(f"{name}: {r['samples'] / r['seconds']:.1f} samples/s, {r['seconds']:.0f} s, "
               f"accuracy {r['evals'][-1]['accuracy']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
 
+    # The peer to beat: the fastest Trainer configuration at the baseline precision.
     peers = [p for p in PEERS if p in results]
     best_peer = max(peers, key=lambda p: results[p]["samples"] / results[p]["seconds"]) if peers else None
     target = results[best_peer]["evals"][-1]["accuracy"] if best_peer else None
@@ -153,16 +160,22 @@ def main() -> None:
              f"lr {args.learning_rate:g}, batch 32, precision {args.mixed_precision}, seed {args.seed}.",
              f"Command: `python benchmarks/speed.py {' '.join(a for a in sys.argv[1:])}`", "",
              "| contestant | train samples/s | wall s | time to peer's final accuracy (s) | final val accuracy "
-             "| peak RSS MB | xfer_nlp speed-up |", "|---|---|---|---|---|---|---|"]
-    mine = results.get("xfer_nlp")
+             "| peak RSS MB | xfer_nlp speed-up (same precision) |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         rate = r["samples"] / r["seconds"]
         reach = time_to(r["evals"], target) if target is not None else None
-        ratio = f"{(mine['samples'] / mine['seconds']) / rate:.2f} x" if mine and name != "xfer_nlp" else "—"
+        # each xfer_nlp contestant against the peers at its own precision
+        mine = results.get("xfer_nlp" + name[len(name.partition("@")[0]):])
+        ratio = f"{(mine['samples'] / mine['seconds']) / rate:.2f} x" if mine and not name.startswith("xfer") else "—"
         lines.append(f"| {name} | {rate:.1f} | {r['seconds']:.0f} | {'—' if reach is None else f'{reach:.0f}'} | "
                      f"{r['evals'][-1]['accuracy']:.4f} | {r['peak_rss_mb']:.0f} | {ratio} |")
     if best_peer:
-        lines.append(f"\nThe peer's final accuracy is {best_peer}'s ({target:.4f}); '—' means never reached.")
+        lines.append(f"\nThe peer's final accuracy is {best_peer}'s ({target:.4f}), the fastest Trainer configuration "
+                     "at the baseline precision; '—' means never reached.")
+    if "xfer_nlp@bf16" in results and best_peer:
+        a, b = results["xfer_nlp@bf16"], results[best_peer]
+        lines.append(f"xfer_nlp@bf16 (the recipe's default on this CPU) against {best_peer} in fp32: "
+                     f"{(a['samples'] / a['seconds']) / (b['samples'] / b['seconds']):.2f} x the throughput.")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -1,6 +1,7 @@
 """One run per mode through the public API, asserting which weights moved and what was written."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,16 +134,20 @@ def test_result_prints_as_table(tiny_run):
 
 def test_bf16_autocast_run(tiny_run):
     """bf16 autocast on CPU (AMX/AVX512-bf16 where the CPU has it): trains, evaluates and exports fp32 weights."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()  # the process-wide state was created in fp32 by earlier tests
-    try:
-        result = xfer_nlp.run(mode="finetune", mixed_precision="bf16", num_train_epochs=1, **tiny_run)
-    finally:
-        AcceleratorState._reset_state()
+    fp32 = xfer_nlp.run(mode="probe", mixed_precision="no", **{**tiny_run, "output_dir": tiny_run["output_dir"] + "32"})
+    result = xfer_nlp.run(mode="finetune", mixed_precision="bf16", num_train_epochs=1, **tiny_run)
+    assert fp32.results["mixed_precision"] == "no"  # one process, two precisions: each run() sets its own
     assert result.results["mixed_precision"] == "bf16"
     weights = exported(result.output_dir)
     assert all(t.dtype == torch.float32 for t in weights.values())
+    # the reported metrics were rescored in fp32: exactly what pipeline() computes with the export
+    from transformers import pipeline
+
+    rows = [json.loads(line) for line in (Path(tiny_run["dataset_name"]) / "validation.jsonl").read_text().splitlines()]
+    classifier = pipeline("text-classification", model=str(result.output_dir), device=-1)
+    predicted = [p["label"] for p in classifier([r["text"] for r in rows], batch_size=16)]
+    accuracy = sum(p == str(r["label"]) for p, r in zip(predicted, rows)) / len(rows)
+    assert accuracy == pytest.approx(result.metrics["validation"]["accuracy"], abs=1e-9)
 
 
 def test_tensorboard_tracking(tiny_run):

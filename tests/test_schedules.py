@@ -111,7 +111,7 @@ def test_gradual_unfreezing_run_trains_each_layer_from_its_stage(tiny_run, tiny_
         assert not torch.equal(state["classifier.weight"], after[0]["classifier.weight"]) or epoch == 0
     log = (result.output_dir / "train.log").read_text()
     assert "Gradual unfreezing: from epoch 0 + head, from epoch 1 + layer.1" in log
-    assert "layer.0 lr 2.50e-04" in log
+    assert "peak learning rates head 1.00e-03, layer.1 5.00e-04, layer.0 2.50e-04, embeddings 1.25e-04" in log
 
 
 def test_gradual_unfreezing_under_two_process_ddp(tiny_model_dir, tiny_data_dir, tmp_path):

@@ -2,9 +2,11 @@
 
 from . import modeling as _modeling  # noqa: F401  registers the xfer-bert head with transformers' Auto classes
 from .api import RunResult, predict, run
+from .compare import Comparison, compare
 from .config import MODES, RunConfig
 from .errors import ConfigError, DataError, XferError
 from .hub import push
+from .report import write_report
 
-__all__ = ["run", "predict", "push", "RunConfig", "RunResult", "MODES", "XferError", "ConfigError", "DataError"]
+__all__ = ["run", "compare", "write_report", "predict", "push", "Comparison", "RunConfig", "RunResult", "MODES", "XferError", "ConfigError", "DataError"]
 __version__ = "0.1.0"

@@ -91,9 +91,9 @@ class SortedBatchSampler(Sampler[list[int]]):
             yield self.order[i:i + self.batch_size].tolist()
 
 
-def make_collator(tokenizer, mixed_precision: str | None):
-    # Multiples of 8 let fp16/bf16 matmuls hit tensor-core shapes; in fp32 they only add padding.
-    multiple = 8 if mixed_precision in ("fp16", "bf16") else None
+def make_collator(tokenizer, mixed_precision: str | None, device_type: str):
+    # Multiples of 8 let fp16/bf16 matmuls hit tensor-core shapes; on CPU and in fp32 they only add padding.
+    multiple = 8 if mixed_precision in ("fp16", "bf16") and device_type == "cuda" else None
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple, return_tensors="pt")
 
 

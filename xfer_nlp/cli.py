@@ -10,9 +10,11 @@ from pathlib import Path
 
 from .errors import XferError
 
-USAGE = """usage: xfer-nlp {run,predict,push} ...
+USAGE = """usage: xfer-nlp {run,compare,report,predict,push} ...
 
   run      train one model (all flags: xfer-nlp run --help)
+  compare  run modes x training-set sizes x seeds and report which approach wins (xfer-nlp compare --help)
+  report   rewrite a comparison folder's tables and plots, without training
   predict  label texts with an exported model
   push     upload a finished run folder to the Hugging Face Hub
 """
@@ -38,6 +40,38 @@ def run_command(argv: list[str], default_config_dir: str | Path | None = None) -
         return _error(e)
     if int(os.environ.get("RANK", "0")) == 0:
         print(result)
+    return 0
+
+
+def compare_command(argv: list[str]) -> int:
+    """`xfer-nlp compare`: the grid flags plus every run flag, which applies to every cell."""
+    from .compare import CompareArgs, compare
+    from .config import parse_args
+
+    try:
+        if any(a == "--mode" or a.startswith("--mode=") for a in argv):
+            raise XferError("compare takes --modes (a comma list, e.g. probe,finetune), not --mode.")
+        cfg, grid = parse_args(argv, extra_types=(CompareArgs,))
+        result = compare(cfg, modes=grid.modes, train_sizes=grid.train_sizes, seeds=grid.seeds,
+                         output_dir=cfg.output_dir)
+    except XferError as e:
+        return _error(e)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(result)
+    return 1 if result.failed else 0
+
+
+def report_command(argv: list[str]) -> int:
+    from .report import write_report
+
+    parser = argparse.ArgumentParser(prog="xfer-nlp report", description="Rewrite comparison.md, comparison.csv and "
+                                     "the plots of a compare output folder from its finished runs; never trains.")
+    parser.add_argument("output_dir", help="Folder written by xfer-nlp compare.")
+    args = parser.parse_args(argv)
+    try:
+        print(write_report(args.output_dir))
+    except XferError as e:
+        return _error(e)
     return 0
 
 
@@ -90,7 +124,8 @@ def push_command(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"run": run_command, "predict": predict_command, "push": push_command}
+    commands = {"run": run_command, "compare": compare_command, "report": report_command,
+                "predict": predict_command, "push": push_command}
     if not argv or argv[0] not in commands:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

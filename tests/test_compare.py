@@ -1,0 +1,149 @@
+"""The comparison grid: variants, nested subsets, resumability, failures, the report and its plots."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import xfer_nlp
+from xfer_nlp.compare import parse_variants
+from xfer_nlp.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+XFER = Path(sys.executable).parent / "xfer-nlp"
+
+
+def grid_args(tiny_model_dir, tiny_data_dir, tmp_path):
+    return dict(model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
+                per_device_train_batch_size=16, max_seq_length=32, feature_cache_dir=str(tmp_path / "features"),
+                num_train_epochs=1, learning_rate=1e-3)
+
+
+def test_variants_parse_with_their_settings():
+    variants = parse_variants("probe,finetune,finetune[freeze_layers=4],"
+                              "finetune[gradual_unfreezing=true,layer_lr_decay=0.8],lora")
+    assert [v.label for v in variants] == ["probe", "finetune", "finetune[freeze_layers=4]",
+                                           "finetune[gradual_unfreezing=true,layer_lr_decay=0.8]", "lora"]
+    assert variants[2].overrides == {"freeze_layers": 4}
+    assert variants[3].overrides == {"gradual_unfreezing": True, "layer_lr_decay": 0.8}
+    assert variants[3].slug == "finetune-gradual_unfreezing_True-layer_lr_decay_0.8"
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("probe,finetune[freez_layers=4]", "'freez_layers' is not a run option (did you mean 'freeze_layers'?)"),
+    ("finetune[seed=3]", "'seed' is set by the grid itself"),
+    ("probe,fintune", "Unknown mode 'fintune' in --modes (did you mean 'finetune'?)"),
+    ("finetune[freeze_layers=four]", "freeze_layers=four is not a number"),
+    ("probe,probe", "lists a variant twice"),
+])
+def test_bad_variants_fail_naming_the_key(spec, message):
+    with pytest.raises(ConfigError) as e:
+        parse_variants(spec)
+    assert message in str(e.value)
+
+
+def test_invalid_cell_fails_before_any_cell_runs(tiny_model_dir, tiny_data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="--gradual_unfreezing does not apply to mode scratch"):
+        xfer_nlp.compare(modes="probe,scratch[gradual_unfreezing=true]", train_sizes="40", seeds="0",
+                         output_dir=tmp_path / "bad", **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
+    assert not (tmp_path / "bad" / "runs").exists()
+
+
+def test_grid_runs_reports_and_skips_finished_cells(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "grid"
+    kwargs = dict(modes="probe,finetune,finetune[freeze_layers=1]", train_sizes="40,all", seeds="0,1",
+                  output_dir=out, **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
+    result = xfer_nlp.compare(**kwargs)
+    assert result.ran == 12 and not result.failed
+    cells = pd.read_csv(out / "comparison.csv")
+    assert len(cells) == 12 and set(cells.status) == {"done"}
+    assert set(cells.train_samples) == {40, 160}
+    # nested and shared: the same seed draws the same 40 examples for every mode
+    picked = {}
+    for folder in (out / "runs").iterdir():
+        r = json.loads((folder / "results.json").read_text())
+        assert r["config"]["max_train_samples"] in (40, None)
+        picked.setdefault((r["config"]["seed"], r["config"]["max_train_samples"]), set()).add(r["train_samples"])
+    frozen = cells[cells.label == "finetune[freeze_layers=1]"].trainable_params.iloc[0]
+    assert cells[cells.label == "probe"].trainable_params.iloc[0] < frozen < \
+        cells[cells.label == "finetune"].trainable_params.iloc[0]
+    md = (out / "comparison.md").read_text()
+    assert "## The textbook table, measured" in md and "Data needed (95% of own full-data accuracy)" in md
+    assert "finetune[freeze_layers=1]" in md and "± " in md
+    for plot in ("learning_curve.png", "accuracy_vs_time.png", "trainable_params.png"):
+        assert (out / plot).stat().st_size > 10_000, plot
+        assert f"![{plot}]({plot})" in md
+    # each run's model card carries the comparison table
+    card = (out / "runs" / "probe-n40-s0" / "README.md").read_text()
+    assert "## Comparison" in card and "finetune[freeze_layers=1]" in card
+
+    before = {f.name: (f / "results.json").stat().st_mtime_ns for f in (out / "runs").iterdir()}
+    again = xfer_nlp.compare(**kwargs)
+    assert again.ran == 0 and again.skipped == 12
+    assert before == {f.name: (f / "results.json").stat().st_mtime_ns for f in (out / "runs").iterdir()}
+
+
+def test_a_failing_cell_is_reported_and_the_others_survive(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "grid"
+    # an absurd learning rate makes the loss NaN: that cell stops with TrainingDiverged, the probe cell still runs
+    result = xfer_nlp.compare(modes="finetune[learning_rate=1e12],probe", train_sizes="40", seeds="0",
+                              output_dir=out, **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
+    name = "finetune-learning_rate_1000000000000.0-n40-s0"
+    assert list(result.failed) == [name] and result.ran == 1
+    assert "TrainingDiverged" in result.failed[name] and "Lower --learning_rate" in result.failed[name]
+    assert (out / "runs" / "probe-n40-s0" / "results.json").is_file()
+    assert "Traceback" in (out / "runs" / name / "failed.txt").read_text()
+    md = (out / "comparison.md").read_text()
+    assert f"{name}: failed" in md and "| probe |" in md
+
+
+def test_report_reruns_without_training(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "grid"
+    xfer_nlp.compare(modes="probe", train_sizes="40", seeds="0", output_dir=out,
+                     **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
+    (out / "comparison.md").unlink()
+    cmd = subprocess.run([str(XFER), "report", str(out)], capture_output=True, text=True, timeout=300)
+    assert cmd.returncode == 0, cmd.stderr
+    assert (out / "comparison.md").is_file() and "probe" in cmd.stdout
+    empty = subprocess.run([str(XFER), "report", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 2 and "Run xfer-nlp compare first" in empty.stderr
+
+
+def test_killed_grid_resumes_the_interrupted_cell(tiny_model_dir, bigger_data, tmp_path):
+    """SIGKILL mid-cell; the rerun skips the finished cell and resumes the interrupted one from its checkpoint."""
+    out = tmp_path / "grid"
+    cmd = [str(XFER), "compare", "--modes", "probe,finetune", "--train_sizes", "all", "--seeds", "0",
+           "--output_dir", str(out), "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(bigger_data),
+           "--max_seq_length", "32", "--num_train_epochs", "2", "--learning_rate", "1e-3", "--save_steps", "10",
+           "--feature_cache_dir", str(tmp_path / "f")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    target = out / "runs" / "finetune-nall-s0" / "checkpoints" / "checkpoint-20"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert target.exists() and not (out / "runs" / "finetune-nall-s0" / "results.json").exists()
+    probe_done = (out / "runs" / "probe-nall-s0" / "results.json").stat().st_mtime_ns
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(resuming)" in resumed.stderr and "Resumed from" in resumed.stderr
+    assert (out / "runs" / "probe-nall-s0" / "results.json").stat().st_mtime_ns == probe_done
+    assert "1 cells run, 1 already done" in resumed.stdout
+
+
+@pytest.fixture
+def bigger_data(tmp_path):
+    from conftest import make_rows, write_jsonl
+
+    write_jsonl(tmp_path / "data" / "train.jsonl", make_rows(800, 21))
+    write_jsonl(tmp_path / "data" / "validation.jsonl", make_rows(64, 22))
+    return tmp_path / "data"

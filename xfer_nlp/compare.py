@@ -1,0 +1,274 @@
+"""The grid of runs (mode variants x training-set sizes x seeds): planned up front, run cell by cell, resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+import traceback
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import FIELD_NAMES, MODES, RunConfig, nearest, resolve
+from .errors import ConfigError, XferError
+
+logger = logging.getLogger("xfer_nlp.compare")  # its own handlers: each run() resets those of "xfer_nlp"
+
+
+def _setup_logging(output_dir: Path, main: bool) -> None:
+    """Main process: grid progress to stderr and OUTPUT_DIR/compare.log (each cell also keeps its train.log)."""
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if main else logging.ERROR)
+    if main:
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        for h in (logging.StreamHandler(sys.stderr), logging.FileHandler(output_dir / "compare.log", encoding="utf-8")):
+            h.setFormatter(fmt)
+            logger.addHandler(h)
+
+# Settings a variant may not set: the grid owns them.
+GRID_OWNED = ("mode", "max_train_samples", "seed", "output_dir", "resume_from_checkpoint", "overwrite_output_dir",
+              "push_to_hub")
+
+
+@dataclass
+class CompareArgs:
+    """The grid; every other option is a run option and applies to every cell."""
+
+    modes: str = field(default="probe,finetune,scratch,lora", metadata={"help": (
+        "Comma list of modes or variants with their own settings, e.g. "
+        "'probe,finetune,finetune[freeze_layers=4],finetune[gradual_unfreezing=true,layer_lr_decay=0.8],lora'. "
+        "Each is a line in the plots and a column in the tables, under that label.")})
+    train_sizes: str = field(default="100,500,2000,all", metadata={"help": (
+        "Comma list of training-set sizes; 'all' is the whole training split. Subsets are stratified, seeded and "
+        "nested (the 100 are inside the 500), and the same for every mode.")})
+    seeds: str = field(default="0,1,2", metadata={"help": "Comma list of seeds; each cell is run once per seed."})
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str  # as the user wrote it: the name in tables and plots
+    mode: str
+    overrides: dict
+
+    @property
+    def slug(self) -> str:
+        """A folder-safe name: finetune[freeze_layers=4] -> finetune-freeze_layers_4."""
+        inner = "-".join(f"{k}_{v}" for k, v in self.overrides.items())
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.mode}-{inner}" if inner else self.mode)
+
+
+@dataclass(frozen=True)
+class Cell:
+    variant: Variant
+    size: str  # a number, or "all"
+    seed: int
+    config: RunConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant.slug}-n{self.size}-s{self.seed}"
+
+
+def _split_top_level(spec: str) -> list[str]:
+    """Split on commas that are not inside [...]."""
+    parts, depth, current = [], 0, ""
+    for ch in spec:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [p.strip() for p in parts + [current] if p.strip()]
+
+
+def _typed(name: str, text: str):
+    """A variant value converted to the type of its RunConfig field."""
+    kind = str(typing.get_type_hints(RunConfig)[name])
+    if "bool" in kind:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"Variant value {name}={text} must be true or false.")
+        return text.lower() in ("true", "1", "yes")
+    if text.lower() in ("none", "null") and "Optional" in kind:
+        return None
+    for cast in ((int,) if "int" in kind else ()) + ((float,) if "float" in kind else ()):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if "int" in kind or "float" in kind:
+        raise ConfigError(f"Variant value {name}={text} is not a number.")
+    return text
+
+
+def parse_variants(spec: str) -> list[Variant]:
+    """'probe,finetune[freeze_layers=4]' -> variants; a bad mode or key fails here, before any cell runs."""
+    variants = []
+    for item in _split_top_level(spec):
+        m = re.fullmatch(r"([a-z_]+)(?:\[(.*)\])?", item)
+        if not m:
+            raise ConfigError(f"Cannot read the variant '{item}': write mode or mode[key=value,key=value].")
+        mode, inner = m.group(1), m.group(2)
+        if mode not in MODES:
+            raise ConfigError(f"Unknown mode '{mode}' in --modes{nearest(mode, MODES)}. Choose from {', '.join(MODES)}.")
+        overrides = {}
+        for pair in filter(None, (p.strip() for p in (inner or "").split(","))):
+            key, sep, value = pair.partition("=")
+            key = key.strip()
+            if not sep:
+                raise ConfigError(f"Variant '{item}': '{pair}' is not key=value.")
+            if key not in FIELD_NAMES or key in GRID_OWNED:
+                why = "is set by the grid itself" if key in GRID_OWNED else "is not a run option"
+                raise ConfigError(f"Variant '{item}': '{key}' {why}"
+                                  f"{nearest(key, [f for f in FIELD_NAMES if f not in GRID_OWNED])}.")
+            overrides[key] = _typed(key, value.strip())
+        variants.append(Variant(item, mode, overrides))
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels) or len({v.slug for v in variants}) != len(variants):
+        raise ConfigError(f"--modes lists a variant twice: {spec}")
+    if not variants:
+        raise ConfigError("--modes is empty; name at least one mode.")
+    return variants
+
+
+def parse_sizes(spec: str) -> list[str]:
+    sizes = [s.strip() for s in spec.split(",") if s.strip()]
+    for s in sizes:
+        if s != "all" and not (s.isdigit() and int(s) > 0):
+            raise ConfigError(f"--train_sizes entry '{s}' must be a positive integer or 'all'.")
+    if not sizes or len(set(sizes)) != len(sizes):
+        raise ConfigError(f"--train_sizes must list distinct sizes, got '{spec}'.")
+    return sorted(sizes, key=lambda s: float("inf") if s == "all" else int(s))
+
+
+def parse_seeds(spec: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got '{spec}'.") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must list distinct integers, got '{spec}'.")
+    return seeds
+
+
+def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
+    """Every cell's resolved config; any invalid combination is reported before the first cell runs."""
+    cells, problems = [], []
+    for variant in parse_variants(args.modes):
+        for size in parse_sizes(args.train_sizes):
+            for seed in parse_seeds(args.seeds):
+                name = f"{variant.slug}-n{size}-s{seed}"
+                try:
+                    cfg = resolve(dataclasses.replace(
+                        base, **variant.overrides, mode=variant.mode, seed=seed,
+                        max_train_samples=None if size == "all" else int(size),
+                        output_dir=str(output_dir / "runs" / name), overwrite_output_dir=False,
+                        resume_from_checkpoint=None, push_to_hub=False))
+                except ConfigError as e:
+                    problems.append(f"{variant.label}: {e}")
+                    break
+                cells.append(Cell(variant, size, seed, cfg))
+    if problems:
+        raise ConfigError("The grid has invalid cells:\n" + "\n".join(dict.fromkeys(problems)))
+    return cells
+
+
+def _prepare_cell(cell: Cell, main: bool) -> RunConfig | None:
+    """None when the cell is finished; else the config that finishes it (resuming an interrupted run)."""
+    out = Path(cell.config.output_dir)
+    if (out / "results.json").is_file():
+        return None
+    if any((out / "checkpoints").glob("checkpoint-*")):
+        return dataclasses.replace(cell.config, resume_from_checkpoint="latest")
+    if not main:
+        return cell.config
+    if out.exists():
+        shutil.rmtree(out)  # started but left nothing to resume from
+    out.mkdir(parents=True)
+    (out / "cell.json").write_text(json.dumps({"label": cell.variant.label, "mode": cell.variant.mode,
+                                               "size": cell.size, "seed": cell.seed,
+                                               "overrides": cell.variant.overrides}) + "\n")
+    return cell.config
+
+
+@dataclass
+class Comparison:
+    """A finished (or partly failed) grid; `print(comparison)` shows the summary table."""
+
+    output_dir: Path
+    ran: int
+    skipped: int
+    failed: dict[str, str]
+    seconds: float
+    summary: str = field(repr=False)
+
+    def __str__(self) -> str:
+        failed = f", {len(self.failed)} failed: {', '.join(self.failed)}" if self.failed else ""
+        return (f"{self.summary}\n\n{self.ran} cells run, {self.skipped} already done{failed}; {self.seconds:.0f} s. "
+                f"Report: {self.output_dir / 'comparison.md'}")
+
+
+def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, train_sizes: str =
+            CompareArgs.train_sizes, seeds: str = CompareArgs.seeds, output_dir: str | Path | None = None,
+            **overrides) -> Comparison:
+    """Run every cell of modes x train_sizes x seeds into output_dir/runs/, then write the report.
+
+    >>> xfer_nlp.compare(modes="probe,finetune", train_sizes="100,all", seeds="0,1", dataset_name="sst2")
+
+    Keyword arguments are run options applied to every cell. Finished cells are skipped and an interrupted one
+    resumes, so the same call continues a killed grid. A failing cell is reported and the others still run.
+    """
+    from . import hub
+    from .report import write_report
+    from .api import run
+
+    base = dataclasses.replace(config or RunConfig(), **overrides)
+    output_dir = Path(output_dir or base.output_dir or Path("runs") / f"{Path(str(base.dataset_name)).stem}-compare")
+    cells = plan(base, CompareArgs(modes, train_sizes, seeds), output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    main = int(os.environ.get("RANK", "0")) == 0
+    _setup_logging(output_dir, main)
+    logger.info("Grid of %d cells: %s x sizes %s x seeds %s, in %s.", len(cells), modes, train_sizes, seeds, output_dir)
+    start, ran, skipped, failed = time.perf_counter(), 0, 0, {}
+    bar = tqdm(cells, desc="Grid", unit="cell", position=0, disable=not main)
+    grid_file = output_dir / "grid.json"
+    for i, cell in enumerate(bar, 1):
+        bar.set_description(f"Grid: cell {i}/{len(cells)} {cell.variant.label} n={cell.size} seed={cell.seed}")
+        cfg = _prepare_cell(cell, main)
+        if cfg is None:
+            skipped += 1
+            continue
+        logger.info("Cell %d/%d: %s%s", i, len(cells), cell.name, " (resuming)" if cfg.resume_from_checkpoint else "")
+        cell_start = time.perf_counter()
+        try:
+            run(cfg)
+            ran += 1
+        except (XferError, RuntimeError, ValueError, OSError) as e:
+            failed[cell.name] = f"{type(e).__name__}: {e}"
+            logger.error("Cell %s failed; the grid goes on. %s", cell.name, failed[cell.name])
+            if main:
+                (Path(cfg.output_dir) / "failed.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        if main:  # wall-clock of the whole grid, summed over the invocations that built it
+            spent = json.loads(grid_file.read_text())["wall_seconds"] if grid_file.is_file() else 0.0
+            grid_file.write_text(json.dumps({"wall_seconds": spent + time.perf_counter() - cell_start}) + "\n")
+    bar.close()
+    summary = write_report(output_dir, [c.variant.label for c in cells]) if main else ""
+    if main:
+        for cell in cells:  # every finished run's model card carries the comparison it was part of
+            results_file = Path(cell.config.output_dir) / "results.json"
+            if results_file.is_file():
+                hub.model_card(json.loads(results_file.read_text()), comparison=summary).save(
+                    Path(cell.config.output_dir) / "README.md")
+    return Comparison(output_dir, ran, skipped, failed, time.perf_counter() - start, summary)
