@@ -147,3 +147,14 @@ def bigger_data(tmp_path):
     write_jsonl(tmp_path / "data" / "train.jsonl", make_rows(800, 21))
     write_jsonl(tmp_path / "data" / "validation.jsonl", make_rows(64, 22))
     return tmp_path / "data"
+
+
+def test_compare_command_line_help_and_mistakes():
+    helped = subprocess.run([str(XFER), "compare", "--help"], capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0
+    for flag in ("--modes", "--train_sizes", "--seeds", "--gradual_unfreezing", "--freeze_layers"):
+        assert flag in helped.stdout
+    wrong = subprocess.run([str(XFER), "compare", "--mode", "probe"], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "compare takes --modes" in wrong.stderr
+    typo = subprocess.run([str(XFER), "compare", "--train_size", "100"], capture_output=True, text=True, timeout=300)
+    assert typo.returncode == 2 and "did you mean 'train_sizes'" in typo.stderr
