@@ -158,3 +158,22 @@ def test_compare_command_line_help_and_mistakes():
     assert wrong.returncode == 2 and "compare takes --modes" in wrong.stderr
     typo = subprocess.run([str(XFER), "compare", "--train_size", "100"], capture_output=True, text=True, timeout=300)
     assert typo.returncode == 2 and "did you mean 'train_sizes'" in typo.stderr
+
+
+def test_grid_under_two_process_ddp(tiny_model_dir, tiny_data_dir, tmp_path):
+    """The whole grid under a real 2-process launch: every cell trains on both ranks, one report is written."""
+    out = tmp_path / "grid"
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29640",
+           str(XFER), "compare", "--modes", "probe,finetune[freeze_layers=1]", "--train_sizes", "40,all",
+           "--seeds", "0", "--output_dir", str(out), "--model_name_or_path", str(tiny_model_dir),
+           "--dataset_name", str(tiny_data_dir), "--max_seq_length", "32", "--num_train_epochs", "1",
+           "--learning_rate", "1e-3", "--per_device_train_batch_size", "8", "--feature_cache_dir", str(tmp_path / "f")]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = pd.read_csv(out / "comparison.csv")
+    assert len(cells) == 4 and set(cells.status) == {"done"}
+    for folder in (out / "runs").iterdir():
+        assert json.loads((folder / "results.json").read_text())["num_processes"] == 2
+    assert result.stdout.count("cells run") == 1  # one voice
