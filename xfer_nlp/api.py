@@ -239,7 +239,9 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
         hub.save_outputs(output_dir, exported, built.tokenizer, results)
         logger.info("Saved the model, results.json and model card to %s.", output_dir)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # Not end_training(): it also destroys the process group, which the next run() of a compare grid needs.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     if cfg.push_to_hub and accelerator.is_main_process:
         url = hub.push(output_dir, cfg.hub_model_id, cfg.hub_private_repo, cfg.hub_token)
         logger.info("Pushed to %s.", url)
