@@ -42,7 +42,6 @@ class Progress:
     batches_in_epoch: int = 0  # batches of the current epoch already consumed
     best_epoch: int = 0
     seconds: float = 0.0  # training time so far, across resumptions
-    stage: int = 0  # gradual unfreezing stage in force: a record only, since it is a pure function of `step`
     best: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
 
@@ -145,7 +144,7 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
         nonlocal thawed
         for name, depth in depths.items():
             params[name].requires_grad = depth <= stage
-        progress.stage = thawed = stage
+        thawed = stage
 
     bar = tqdm(total=local_steps, initial=progress.step, desc=f"Training ({cfg.mode})",
                disable=not accelerator.is_local_main_process)
