@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, endpoint, token=TOKEN):
-    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": os.environ.get("HF_HOME", "")}
-    env.pop("HF_TOKEN", None)
-    if token:
-        env["HF_TOKEN"] = token
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=300)
+    # A fresh HF_HOME keeps a token saved by `hf auth login` out of the test and the caches out of the repo.
+    with tempfile.TemporaryDirectory(prefix="hf-home-") as hf_home:
+        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": hf_home}
+        env.pop("HF_TOKEN", None)
+        if token:
+            env["HF_TOKEN"] = token
+        return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env,
+                              timeout=300)
 
 
 @pytest.fixture(scope="module")
