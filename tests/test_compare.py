@@ -115,6 +115,25 @@ def test_report_reruns_without_training(tiny_model_dir, tiny_data_dir, tmp_path)
     assert empty.returncode == 2 and "Run xfer-nlp compare first" in empty.stderr
 
 
+def test_report_chooses_and_orders_variants(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "grid"
+    args = grid_args(tiny_model_dir, tiny_data_dir, tmp_path)
+    xfer_nlp.compare(modes="probe[probe_c_grid=1]", train_sizes="40", seeds="0", output_dir=out, **args)
+    xfer_nlp.compare(modes="probe", train_sizes="40", seeds="0", output_dir=out, **args)  # a second run, same folder
+    cmd = subprocess.run([str(XFER), "report", str(out), "--modes", "probe,probe[probe_c_grid=1]"],
+                         capture_output=True, text=True, timeout=300)
+    assert cmd.returncode == 0, cmd.stderr
+    md = (out / "comparison.md").read_text()
+    assert md.startswith("# Comparison: probe, probe[probe_c_grid=1]\n")
+    assert md.index("| probe | 40 |") < md.index("| probe[probe_c_grid=1] | 40 |")
+    only = subprocess.run([str(XFER), "report", str(out), "--modes", "probe[probe_c_grid=1]"],
+                          capture_output=True, text=True, timeout=300)
+    assert only.returncode == 0 and "| probe | 40 |" not in (out / "comparison.md").read_text()
+    wrong = subprocess.run([str(XFER), "report", str(out), "--modes", "probe,lora"], capture_output=True, text=True,
+                           timeout=300)
+    assert wrong.returncode == 2 and "variant(s) lora" in wrong.stderr and "probe[probe_c_grid=1]" in wrong.stderr
+
+
 def test_killed_grid_resumes_the_interrupted_cell(tiny_model_dir, bigger_data, tmp_path):
     """SIGKILL mid-cell; the rerun skips the finished cell and resumes the interrupted one from its checkpoint."""
     out = tmp_path / "grid"

@@ -62,14 +62,20 @@ def compare_command(argv: list[str]) -> int:
 
 
 def report_command(argv: list[str]) -> int:
+    from .compare import parse_variants
     from .report import write_report
 
     parser = argparse.ArgumentParser(prog="xfer-nlp report", description="Rewrite comparison.md, comparison.csv and "
                                      "the plots of a compare output folder from its finished runs; never trains.")
     parser.add_argument("output_dir", help="Folder written by xfer-nlp compare.")
+    parser.add_argument("--modes", help="Variants to report, in this order, written as compare's --modes wrote them "
+                                        "(e.g. 'probe,finetune,finetune[freeze_layers=4]'); default: every variant "
+                                        "in the folder, in folder-name order. Use it after several compare runs "
+                                        "into one folder.")
     args = parser.parse_args(argv)
     try:
-        print(write_report(args.output_dir))
+        labels = [v.label for v in parse_variants(args.modes)] if args.modes else None
+        print(write_report(args.output_dir, labels))
     except XferError as e:
         return _error(e)
     return 0

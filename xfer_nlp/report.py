@@ -181,7 +181,12 @@ def write_report(output_dir: str | Path, labels: list[str] | None = None) -> str
     cells = load_cells(output_dir)
     if cells.empty:
         raise XferError(f"'{output_dir}' holds no comparison cells (runs/*/cell.json). Run xfer-nlp compare first.")
-    labels = list(dict.fromkeys(labels or list(cells.label)))
+    found = list(dict.fromkeys(cells.label))
+    missing = [label for label in labels or [] if label not in found]
+    if missing:
+        raise XferError(f"No cell in '{output_dir}' is of the variant(s) {', '.join(missing)}. This folder holds: "
+                        f"{', '.join(found)} (write each as compare's --modes named it).")
+    labels = list(dict.fromkeys(labels or found))
     cells = cells[cells.label.isin(labels)]
     cells.drop(columns=["overrides"]).to_csv(output_dir / "comparison.csv", index=False)
     summary = summarise(cells, labels)
