@@ -8,6 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json  # noqa: E402
 import random  # noqa: E402
+import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -34,6 +35,14 @@ def make_rows(n: int, seed: int) -> list[dict]:
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": label})
     return rows
+
+
+def free_port() -> str:
+    """A port nothing listens on now, for one multi-process launch: a fixed one can still be held by the
+    rendezvous of a launch an earlier test killed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 def write_jsonl(path: Path, rows) -> Path:

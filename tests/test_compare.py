@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import free_port
 
 import xfer_nlp
 from xfer_nlp.compare import parse_variants
@@ -183,7 +184,7 @@ def test_grid_under_two_process_ddp(tiny_model_dir, tiny_data_dir, tmp_path):
     """The whole grid under a real 2-process launch: every cell trains on both ranks, one report is written."""
     out = tmp_path / "grid"
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29640",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
            str(XFER), "compare", "--modes", "probe,finetune[freeze_layers=1]", "--train_sizes", "40,all",
            "--seeds", "0", "--output_dir", str(out), "--model_name_or_path", str(tiny_model_dir),
            "--dataset_name", str(tiny_data_dir), "--max_seq_length", "32", "--num_train_epochs", "1",

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -19,7 +20,7 @@ ACCELERATE = Path(sys.executable).parent / "accelerate"
 def launch(processes, mode, out, tiny_model_dir, tiny_data_dir, tmp_path, *extra):
     kind = ["--multi_gpu"] if processes > 1 else ["--cpu"]
     cmd = [str(ACCELERATE), "launch", *kind, "--num_processes", str(processes), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + processes),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
            "recipes/sentiment.py", "--mode", mode, "--model_name_or_path", str(tiny_model_dir),
            "--dataset_name", str(tiny_data_dir), "--output_dir", str(out), "--max_seq_length", "32",
            "--feature_cache_dir", str(tmp_path / f"features{processes}"), "--seed", "0", *extra]

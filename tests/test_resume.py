@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_rows, write_jsonl
+from conftest import free_port, make_rows, write_jsonl
 from safetensors.torch import load_file
 
 import xfer_nlp
@@ -30,7 +30,7 @@ def bigger_data(tmp_path_factory):
 
 
 def recipe_cmd(processes, model, data, out, *extra):
-    launcher = ["--multi_gpu", "--main_process_port", "29610"] if processes > 1 else ["--cpu"]
+    launcher = ["--multi_gpu", "--main_process_port", free_port()] if processes > 1 else ["--cpu"]
     return [str(ACCELERATE), "launch", *launcher, "--num_processes", str(processes), "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "recipes/sentiment.py", "--mode", "finetune",
             "--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(out),
