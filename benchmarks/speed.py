@@ -23,6 +23,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,10 @@ def one(args) -> None:
     print(json.dumps(out))
 
 
+def _rss(values: list[float]) -> str:
+    return f"{statistics.median(values):.0f}" + (f" ({values[0]:.0f}-{values[-1]:.0f})" if len(values) > 1 else "")
+
+
 def time_to(evals: list[dict], target: float) -> float | None:
     return next((e["seconds"] for e in evals if e["accuracy"] >= target - 1e-9), None)
 
@@ -128,6 +133,9 @@ def main() -> None:
     parser.add_argument("--contestants", default=",".join((*PEERS, "xfer_nlp")),
                         help="comma list of trainer-pad128, trainer-dynamic, trainer-grouped, xfer_nlp; NAME@bf16 "
                              "runs one in bf16")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the whole line-up this many times, round-robin, and report each contestant's median "
+                             "run, with the range of peak RSS (this machine's RSS varies by ~100 MB between runs)")
     parser.add_argument("--out", default=None, help="markdown file for the table (default: print only)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -136,20 +144,25 @@ def main() -> None:
     if args.one:
         return one(args)
 
-    results = {}
-    for name in args.contestants.split(","):
-        argv = ["--task", args.task, "--dataset_name", args.dataset_name, "--num_train_epochs",
-                str(args.num_train_epochs), "--learning_rate", str(args.learning_rate), "--seed", str(args.seed),
-                "--mixed_precision", args.mixed_precision, "--one", name]
-        if args.max_train_samples:
-            argv += ["--max_train_samples", str(args.max_train_samples)]
-        child = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
-        if child.returncode:
-            sys.exit(f"{name} failed:\n{child.stderr[-3000:]}")
-        results[name] = json.loads(child.stdout.strip().splitlines()[-1])
-        r = results[name]
-        print(f"{name}: {r['samples'] / r['seconds']:.1f} samples/s, {r['seconds']:.0f} s, "
-              f"accuracy {r['evals'][-1]['accuracy']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    runs = {name: [] for name in args.contestants.split(",")}
+    for _ in range(args.repeats):
+        for name in runs:
+            argv = ["--task", args.task, "--dataset_name", args.dataset_name, "--num_train_epochs",
+                    str(args.num_train_epochs), "--learning_rate", str(args.learning_rate), "--seed", str(args.seed),
+                    "--mixed_precision", args.mixed_precision, "--one", name]
+            if args.max_train_samples:
+                argv += ["--max_train_samples", str(args.max_train_samples)]
+            child = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+            if child.returncode:
+                sys.exit(f"{name} failed:\n{child.stderr[-3000:]}")
+            r = json.loads(child.stdout.strip().splitlines()[-1])
+            runs[name].append(r)
+            print(f"{name}: {r['samples'] / r['seconds']:.1f} samples/s, {r['seconds']:.0f} s, "
+                  f"accuracy {r['evals'][-1]['accuracy']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    # Each contestant's median run by training time (its time-to-accuracy comes from that run); RSS is
+    # reported as the median with its range, since it does not follow the training time.
+    results = {name: sorted(rs, key=lambda r: r["seconds"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
+    rss = {name: sorted(r["peak_rss_mb"] for r in rs) for name, rs in runs.items()}
 
     # The peer to beat: the fastest Trainer configuration at the baseline precision.
     peers = [p for p in PEERS if p in results]
@@ -157,7 +170,8 @@ def main() -> None:
     target = results[best_peer]["evals"][-1]["accuracy"] if best_peer else None
     lines = [f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()} CPU, {torch.get_num_threads()} threads, "
              f"torch {torch.__version__}; {args.task} on {args.dataset_name}, {args.num_train_epochs:g} epochs, "
-             f"lr {args.learning_rate:g}, batch 32, precision {args.mixed_precision}, seed {args.seed}.",
+             f"lr {args.learning_rate:g}, batch 32, precision {args.mixed_precision}, seed {args.seed}"
+             + (f"; median of {args.repeats} round-robin repeats." if args.repeats > 1 else "."),
              f"Command: `python benchmarks/speed.py {' '.join(a for a in sys.argv[1:])}`", "",
              "| contestant | train samples/s | wall s | time to peer's final accuracy (s) | final val accuracy "
              "| peak RSS MB | xfer_nlp speed-up (same precision) |", "|---|---|---|---|---|---|---|"]
@@ -168,7 +182,7 @@ def main() -> None:
         mine = results.get("xfer_nlp" + name[len(name.partition("@")[0]):])
         ratio = f"{(mine['samples'] / mine['seconds']) / rate:.2f} x" if mine and not name.startswith("xfer") else "—"
         lines.append(f"| {name} | {rate:.1f} | {r['seconds']:.0f} | {'—' if reach is None else f'{reach:.0f}'} | "
-                     f"{r['evals'][-1]['accuracy']:.4f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+                     f"{r['evals'][-1]['accuracy']:.4f} | {_rss(rss[name])} | {ratio} |")
     if best_peer:
         lines.append(f"\nThe peer's final accuracy is {best_peer}'s ({target:.4f}), the fastest Trainer configuration "
                      "at the baseline precision; '—' means never reached.")

@@ -211,6 +211,10 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
                 os.replace(tmp, best_file)
         save_checkpoint()
     bar.close()
+    # Training is over and the last checkpoint holds the optimizer: free its state (two fp32 copies of the
+    # trainable weights) so that loading the best epoch, the fp32 rescoring and the export reuse that memory
+    # instead of raising the peak.
+    optimizer, scheduler = accelerator.free_memory(optimizer, scheduler)
     if progress.best_epoch != progress.history[-1]["epoch"]:
         logger.info("Keeping epoch %d, the best on validation accuracy.", progress.best_epoch)
         accelerator.wait_for_everyone()
