@@ -4,6 +4,7 @@
     python benchmarks/speed.py --contestants trainer-grouped,trainer-grouped@bf16,xfer_nlp,xfer_nlp@bf16
                                                 # full: 3 epochs on sst2 train (6,920 sentences)
     python benchmarks/speed.py --task scratch --num_train_epochs 5 --learning_rate 1e-4 ...
+    python benchmarks/speed.py --repeats 3 ...  # the line-up 3 times round-robin; median run, RSS range
 
 Every contestant runs in its own subprocess (so peak RSS is its own), one after the other, on the same model
 (the embedded encoder with xfer_nlp's mean-pooling head, built by `xfer_nlp.modes.build` from the same seed),
