@@ -211,10 +211,11 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
                 os.replace(tmp, best_file)
         save_checkpoint()
     bar.close()
-    # Training is over and the last checkpoint holds the optimizer: free its state (two fp32 copies of the
-    # trainable weights) so that loading the best epoch, the fp32 rescoring and the export reuse that memory
-    # instead of raising the peak.
-    optimizer, scheduler = accelerator.free_memory(optimizer, scheduler)
+    # Training is over and the last checkpoint holds the optimizer: free its state (AdamW's two fp32 moments of
+    # the trainable weights) so that loading the best epoch, the fp32 rescoring and the export reuse that memory
+    # instead of raising the peak. Clearing the state, not accelerator.free_memory(): that one also resets the
+    # accelerator and, under DeepSpeed, destroys the engine that still holds the model.
+    optimizer.state.clear()
     if progress.best_epoch != progress.history[-1]["epoch"]:
         logger.info("Keeping epoch %d, the best on validation accuracy.", progress.best_epoch)
         accelerator.wait_for_everyone()
