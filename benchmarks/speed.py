@@ -5,6 +5,7 @@
                                                 # full: 3 epochs on sst2 train (6,920 sentences)
     python benchmarks/speed.py --task scratch --num_train_epochs 5 --learning_rate 1e-4 ...
     python benchmarks/speed.py --repeats 3 ...  # the line-up 3 times round-robin; median run, RSS range
+    python benchmarks/speed.py --heap ...       # + glibc's heap at the RSS peak: in use / free but held
 
 Every contestant runs in its own subprocess (so peak RSS is its own), one after the other, on the same model
 (the embedded encoder with xfer_nlp's mean-pooling head, built by `xfer_nlp.modes.build` from the same seed),
@@ -21,13 +22,16 @@ The probe's peer (a frozen-encoder Trainer) is in benchmarks/probe.py.
 """
 
 import argparse
+import ctypes
 import json
+import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,13 +106,50 @@ def run_xfer(args, workdir: str, precision: str) -> dict:
             "evals": evals}
 
 
+class HeapWatch(threading.Thread):
+    """Samples RSS every 10 ms and, at each new high, glibc's heap statistics (mallinfo2; Linux with glibc 2.33+).
+
+    At the peak they split the process's memory into heap bytes in use, heap bytes free but still held (freed
+    chunks glibc keeps: fragmentation), and large blocks glibc mapped on their own; the rest of RSS is code and
+    libraries.
+    """
+
+    class _Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.mallinfo2 = ctypes.CDLL(None).mallinfo2
+        self.mallinfo2.restype = self._Info
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak, self.at_peak = 0, {}
+
+    def run(self):
+        with open("/proc/self/statm") as statm:
+            while True:
+                statm.seek(0)
+                rss = int(statm.read().split()[1]) * self.page
+                if rss > self.peak + 2**20:  # mallinfo2 walks the free lists: only at a new high
+                    info = self.mallinfo2()
+                    self.peak = rss
+                    self.at_peak = {"heap_in_use_mb": info.uordblks / 2**20, "heap_free_mb": info.fordblks / 2**20,
+                                    "mmapped_mb": info.hblkhd / 2**20}
+                time.sleep(0.01)
+
+
 def one(args) -> None:
     """Child process: run one contestant, print its JSON on the last line."""
     name, _, precision = args.one.partition("@")
     precision = precision or args.mixed_precision
+    watch = HeapWatch() if args.heap else None
+    if watch:
+        watch.start()
     with tempfile.TemporaryDirectory() as work:
         out = run_xfer(args, work, precision) if name == "xfer_nlp" else run_trainer(args, name, work, precision)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if watch:
+        out["heap_at_peak"] = watch.at_peak
     print(json.dumps(out))
 
 
@@ -137,6 +178,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="run the whole line-up this many times, round-robin, and report each contestant's median "
                              "run, with the range of peak RSS (this machine's RSS varies by ~100 MB between runs)")
+    parser.add_argument("--heap", action="store_true",
+                        help="also report glibc's heap at each contestant's RSS peak: bytes in use, free but held "
+                             "(fragmentation), mapped on their own (Linux, glibc 2.33+)")
     parser.add_argument("--out", default=None, help="markdown file for the table (default: print only)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -150,7 +194,7 @@ def main() -> None:
         for name in runs:
             argv = ["--task", args.task, "--dataset_name", args.dataset_name, "--num_train_epochs",
                     str(args.num_train_epochs), "--learning_rate", str(args.learning_rate), "--seed", str(args.seed),
-                    "--mixed_precision", args.mixed_precision, "--one", name]
+                    "--mixed_precision", args.mixed_precision, "--one", name] + (["--heap"] if args.heap else [])
             if args.max_train_samples:
                 argv += ["--max_train_samples", str(args.max_train_samples)]
             child = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
@@ -191,6 +235,13 @@ def main() -> None:
         a, b = results["xfer_nlp@bf16"], results[best_peer]
         lines.append(f"xfer_nlp@bf16 (the recipe's default on this CPU) against {best_peer} in fp32: "
                      f"{(a['samples'] / a['seconds']) / (b['samples'] / b['seconds']):.2f} x the throughput.")
+    if args.heap:
+        lines += ["", "glibc's heap at each contestant's RSS peak (its median run):", "",
+                  "| contestant | peak RSS MB | heap in use MB | heap free but held MB | mapped blocks MB |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['peak_rss_mb']:.0f} | {r['heap_at_peak']['heap_in_use_mb']:.0f} | "
+                  f"{r['heap_at_peak']['heap_free_mb']:.0f} | {r['heap_at_peak']['mmapped_mb']:.0f} |"
+                  for name, r in results.items()]
     text = "\n".join(lines)
     print(text)
     if args.out:
