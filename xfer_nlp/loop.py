@@ -8,10 +8,12 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -92,6 +94,40 @@ def describe(cfg, model, groups: list[schedules.Group], steps_per_epoch: int) ->
             "stages": stages}, (depths[-1] if cfg.gradual_unfreezing else 0)
 
 
+@contextmanager
+def reused_embedding_grad(accelerator, model):
+    """On one CPU process, keep the word embeddings' gradient in one buffer across steps instead of a new one a step.
+
+    Autograd's dense embedding gradient is a fresh vocab x hidden tensor every backward pass (47 MB for the
+    embedded encoder), and glibc serves blocks that large from new mappings: zero-filling it faults in every 4 KB
+    page, 34-61 ms of a 215-270 ms bf16 step inside a real run (torch.profiler). Here the embedding emits its
+    sparse gradient (the rows of the batch) and a hook adds it into a buffer that stays mapped, which fused AdamW
+    then reads as the usual dense gradient: bit-identical values (tests/test_loop.py), 7-9% off a full bf16 run
+    (benchmarks/RESULTS.md). Not under DDP/FSDP/DeepSpeed, whose gradient hooks expect the dense gradient, nor on
+    GPUs, whose caching allocator already reuses the memory, nor with gradient accumulation, where autograd would
+    add later micro-batches' rows one by one: the same sum in another order, so not bit-identical.
+    """
+    embeddings = accelerator.unwrap_model(model).get_input_embeddings()
+    if (accelerator.distributed_type != DistributedType.NO or accelerator.device.type != "cpu"
+            or accelerator.gradient_accumulation_steps != 1 or not isinstance(embeddings, torch.nn.Embedding)
+            or embeddings.sparse or not embeddings.weight.requires_grad):
+        yield
+        return
+    buffer = torch.zeros_like(embeddings.weight)
+
+    def densify(weight):
+        buffer.zero_().index_add_(0, weight.grad._indices()[0], weight.grad._values())
+        weight.grad = buffer
+
+    embeddings.sparse = True
+    hook = embeddings.weight.register_post_accumulate_grad_hook(densify)
+    try:
+        yield
+    finally:
+        hook.remove()
+        embeddings.sparse = False
+
+
 def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) -> tuple[dict, list[dict], dict]:
     """Train `model` in place and leave the best epoch's weights in it.
 
@@ -146,71 +182,72 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
             params[name].requires_grad = depth <= stage
         thawed = stage
 
-    bar = tqdm(total=local_steps, initial=progress.step, desc=f"Training ({cfg.mode})",
-               disable=not accelerator.is_local_main_process)
-    running, seen = torch.zeros((), device=accelerator.device), 0
-    clock = time.perf_counter() - progress.seconds
-    # A run resumed at its very last step still owes that epoch's evaluation, hence the second condition.
-    while progress.step < local_steps or progress.batches_in_epoch > 0:
-        sampler.set_epoch(progress.epoch)
-        model.train()
-        batches = accelerator.skip_first_batches(train_dl, progress.batches_in_epoch) \
-            if progress.batches_in_epoch else train_dl
-        for batch in batches:
-            if progress.step >= local_steps:
-                break
-            if cfg.gradual_unfreezing:
-                stage = schedules.stage_at(progress.step, steps_per_epoch, cfg.unfreeze_interval, last_stage)
-                if stage != thawed:
-                    thaw(stage)
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            progress.batches_in_epoch += 1
-            running += loss.detach()
-            seen += 1
-            if not accelerator.sync_gradients:
-                continue
-            progress.step += 1
-            bar.update(1)
-            if progress.step % cfg.logging_steps == 0 or progress.step == local_steps:
-                mean_loss = (accelerator.reduce(running, "mean") / seen).item()  # the only host sync per log
-                if not math.isfinite(mean_loss):
-                    raise TrainingDiverged(
-                        f"The training loss became {mean_loss} at step {progress.step} (epoch {progress.epoch + 1}). "
-                        f"Lower --learning_rate (now {cfg.learning_rate}), or use fp32 or bf16 instead of fp16. "
-                        f"The last good checkpoint, if any, is in {checkpoints.folder}.")
-                lr = scheduler.get_last_lr()[0]
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-                accelerator.log({"train/loss": mean_loss, "train/learning_rate": lr, "train/epoch": progress.epoch},
-                                step=progress.step)
-                running.zero_()
-                seen = 0
-            if cfg.save_steps and progress.step % cfg.save_steps == 0:
-                save_checkpoint()
-        progress.epoch += 1
-        progress.batches_in_epoch = 0
-        metrics = {name: evaluate(accelerator, model, dl, num_labels) for name, dl in eval_dls.items()}
-        progress.seconds = time.perf_counter() - clock
-        record = {"epoch": progress.epoch, "step": progress.step, "seconds": round(progress.seconds, 2),
-                  **{f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
-        progress.history.append(record)
-        accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
-        logger.info("Epoch %d (%.0f s): %s", progress.epoch, progress.seconds, ", ".join(
-            f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds"))
-        if not progress.best or metrics["validation"]["accuracy"] > progress.best["validation"]["accuracy"]:
-            progress.best, progress.best_epoch = metrics, progress.epoch
-            if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
-                checkpoints.folder.mkdir(parents=True, exist_ok=True)
-                tmp = best_file.with_suffix(".tmp")
-                save_file({k: v.detach().contiguous() for k, v in
-                           accelerator.unwrap_model(model).state_dict().items()}, tmp)
-                os.replace(tmp, best_file)
-        save_checkpoint()
-    bar.close()
+    with reused_embedding_grad(accelerator, model):
+        bar = tqdm(total=local_steps, initial=progress.step, desc=f"Training ({cfg.mode})",
+                   disable=not accelerator.is_local_main_process)
+        running, seen = torch.zeros((), device=accelerator.device), 0
+        clock = time.perf_counter() - progress.seconds
+        # A run resumed at its very last step still owes that epoch's evaluation, hence the second condition.
+        while progress.step < local_steps or progress.batches_in_epoch > 0:
+            sampler.set_epoch(progress.epoch)
+            model.train()
+            batches = accelerator.skip_first_batches(train_dl, progress.batches_in_epoch) \
+                if progress.batches_in_epoch else train_dl
+            for batch in batches:
+                if progress.step >= local_steps:
+                    break
+                if cfg.gradual_unfreezing:
+                    stage = schedules.stage_at(progress.step, steps_per_epoch, cfg.unfreeze_interval, last_stage)
+                    if stage != thawed:
+                        thaw(stage)
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                progress.batches_in_epoch += 1
+                running += loss.detach()
+                seen += 1
+                if not accelerator.sync_gradients:
+                    continue
+                progress.step += 1
+                bar.update(1)
+                if progress.step % cfg.logging_steps == 0 or progress.step == local_steps:
+                    mean_loss = (accelerator.reduce(running, "mean") / seen).item()  # the only host sync per log
+                    if not math.isfinite(mean_loss):
+                        raise TrainingDiverged(
+                            f"The training loss became {mean_loss} at step {progress.step} (epoch {progress.epoch + 1}). "
+                            f"Lower --learning_rate (now {cfg.learning_rate}), or use fp32 or bf16 instead of fp16. "
+                            f"The last good checkpoint, if any, is in {checkpoints.folder}.")
+                    lr = scheduler.get_last_lr()[0]
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                    accelerator.log({"train/loss": mean_loss, "train/learning_rate": lr, "train/epoch": progress.epoch},
+                                    step=progress.step)
+                    running.zero_()
+                    seen = 0
+                if cfg.save_steps and progress.step % cfg.save_steps == 0:
+                    save_checkpoint()
+            progress.epoch += 1
+            progress.batches_in_epoch = 0
+            metrics = {name: evaluate(accelerator, model, dl, num_labels) for name, dl in eval_dls.items()}
+            progress.seconds = time.perf_counter() - clock
+            record = {"epoch": progress.epoch, "step": progress.step, "seconds": round(progress.seconds, 2),
+                      **{f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
+            progress.history.append(record)
+            accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
+            logger.info("Epoch %d (%.0f s): %s", progress.epoch, progress.seconds, ", ".join(
+                f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds"))
+            if not progress.best or metrics["validation"]["accuracy"] > progress.best["validation"]["accuracy"]:
+                progress.best, progress.best_epoch = metrics, progress.epoch
+                if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
+                    checkpoints.folder.mkdir(parents=True, exist_ok=True)
+                    tmp = best_file.with_suffix(".tmp")
+                    save_file({k: v.detach().contiguous() for k, v in
+                               accelerator.unwrap_model(model).state_dict().items()}, tmp)
+                    os.replace(tmp, best_file)
+            save_checkpoint()
+        bar.close()
     # Training is over and the last checkpoint holds the optimizer: free its state (AdamW's two fp32 moments of
     # the trainable weights) so that loading the best epoch, the fp32 rescoring and the export reuse that memory
     # instead of raising the peak. Clearing the state, not accelerator.free_memory(): that one also resets the
