@@ -3,6 +3,7 @@
     python benchmarks/levers.py                      # foreach, fused, bf16, compile
     python benchmarks/levers.py --variants fused,bf16
     python benchmarks/levers.py --profile            # where a fused fp32 and a bf16 step spend their time
+    python benchmarks/levers.py --in_run bf16        # the same for 10 steps inside a real run (xfer_nlp.run)
 
 Each variant runs in this process on the same random batches (32 x 26 tokens, about sst2's mean length):
 3 warm-up steps (for compile: its compile time), then the mean of 20 steps of forward, backward, AdamW step.
@@ -10,15 +11,20 @@ Each variant runs in this process on the same random batches (32 x 26 tokens, ab
   fused    AdamW(fused=True), fp32          (what loop.py uses)
   bf16     fused + CPU bf16 autocast         (what --mixed_precision auto picks on AVX512-BF16/AMX CPUs)
   compile  torch.compile(dynamic=True) + foreach, fp32
+--in_run profiles steps 301-310 of a real 2-epoch fine-tune on sst2 instead: real batch lengths, and
+the heap as a real run leaves it, which decides what fresh allocations cost (page faults); it also counts the
+process's minor page faults over those steps.
 """
 
 import argparse
 import contextlib
+import resource
+import tempfile
 import time
 
 import torch
 
-import xfer_nlp  # noqa: F401  registers the mean-pooling head
+import xfer_nlp
 from xfer_nlp.config import RunConfig, resolve
 from xfer_nlp.modes import build
 
@@ -58,15 +64,46 @@ def measure(variant: str, steps: int = 20, profile: bool = False) -> tuple[float
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             for i in range(5):
                 step(batches[i % 4])
-        kinds = {}
-        for event in prof.key_averages():
-            kind = KINDS.get(event.key, "everything else")
-            kinds[kind] = kinds.get(kind, 0) + event.self_cpu_time_total
-        total = sum(kinds.values())
         print(f"{variant}: {ms:.0f} ms a step unprofiled; share of the profiled self CPU time:")
-        for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
-            print(f"  {kind:32s} {100 * us / total:5.1f}%")
+        print_kinds(prof)
     return warm, ms
+
+
+def print_kinds(prof) -> None:
+    kinds = {}
+    for event in prof.key_averages():
+        kind = KINDS.get(event.key, "everything else")
+        kinds[kind] = kinds.get(kind, 0) + event.self_cpu_time_total
+    total = sum(kinds.values())
+    for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:32s} {100 * us / total:5.1f}%")
+
+
+def profile_in_run(precision: str, first: int = 300, steps: int = 10) -> None:
+    """Profile the training steps after optimizer step `first` of a real xfer_nlp.run (full sst2, 2 epochs)."""
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    step, calls, at = torch.optim.AdamW.step, [0], {}
+
+    def counted_step(self, *a, **k):  # one call per optimizer step: from the end of one to the end of another
+        calls[0] += 1
+        out = step(self, *a, **k)
+        if calls[0] == first:
+            prof.start()
+            at["faults"], at["time"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        if calls[0] == first + steps:
+            prof.stop()
+            at["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - at["faults"]
+            at["time"] = time.perf_counter() - at["time"]
+        return out
+
+    torch.optim.AdamW.step = counted_step
+    with tempfile.TemporaryDirectory() as out:
+        xfer_nlp.run(mode="finetune", dataset_name="sst2", num_train_epochs=2, learning_rate=2e-5,
+                     mixed_precision=precision, output_dir=out)
+    torch.optim.AdamW.step = step
+    print(f"{precision}, steps {first + 1}-{first + steps} of a real run: {at['time'] / steps * 1000:.0f} ms a step "
+          f"profiled, {at['faults'] / steps:.0f} minor page faults a step; share of the self CPU time:")
+    print_kinds(prof)
 
 
 def main() -> None:
@@ -74,8 +111,12 @@ def main() -> None:
     parser.add_argument("--variants", default="foreach,fused,bf16,compile")
     parser.add_argument("--profile", action="store_true",
                         help="profile 5 more steps of each variant and print the time by kind of operation")
+    parser.add_argument("--in_run", choices=("no", "bf16"),
+                        help="instead: profile 10 steps inside a real 2-epoch run at this precision (about 2-4 min)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.in_run:
+        return profile_in_run(args.in_run)
     for variant in args.variants.split(","):
         warm, ms = measure(variant, profile=args.profile)
         print(f"{variant:8s} warm-up {warm:5.1f} s, {ms:4.0f} ms a step", flush=True)

@@ -5,7 +5,8 @@
                                                 # full: 3 epochs on sst2 train (6,920 sentences)
     python benchmarks/speed.py --task scratch --num_train_epochs 5 --learning_rate 1e-4 ...
     python benchmarks/speed.py --repeats 3 ...  # the line-up 3 times round-robin; median run, RSS range
-    python benchmarks/speed.py --heap ...       # + glibc's heap at the RSS peak: in use / free but held
+    python benchmarks/speed.py --heap ...       # + glibc's heap at the RSS peak (in use / free but held)
+                                                # and the most ever in use
 
 Every contestant runs in its own subprocess (so peak RSS is its own), one after the other, on the same model
 (the embedded encoder with xfer_nlp's mean-pooling head, built by `xfer_nlp.modes.build` from the same seed),
@@ -23,6 +24,7 @@ The probe's peer (a frozen-encoder Trainer) is in benchmarks/probe.py.
 
 import argparse
 import ctypes
+import itertools
 import json
 import os
 import platform
@@ -111,7 +113,8 @@ class HeapWatch(threading.Thread):
 
     At the peak they split the process's memory into heap bytes in use, heap bytes free but still held (freed
     chunks glibc keeps: fragmentation), and large blocks glibc mapped on their own; the rest of RSS is code and
-    libraries.
+    libraries. Every 50 ms it also reads the bytes in use (heap + mapped blocks), for their high-water mark over
+    the run: what the program itself held at most, whatever the allocator made of it.
     """
 
     class _Info(ctypes.Structure):
@@ -123,15 +126,18 @@ class HeapWatch(threading.Thread):
         self.mallinfo2 = ctypes.CDLL(None).mallinfo2
         self.mallinfo2.restype = self._Info
         self.page = os.sysconf("SC_PAGE_SIZE")
-        self.peak, self.at_peak = 0, {}
+        self.peak, self.at_peak, self.max_in_use = 0, {}, 0
 
     def run(self):
         with open("/proc/self/statm") as statm:
-            while True:
+            for tick in itertools.count():
                 statm.seek(0)
                 rss = int(statm.read().split()[1]) * self.page
-                if rss > self.peak + 2**20:  # mallinfo2 walks the free lists: only at a new high
+                new_high = rss > self.peak + 2**20
+                if new_high or tick % 5 == 0:  # mallinfo2 walks the free lists: not at every tick
                     info = self.mallinfo2()
+                    self.max_in_use = max(self.max_in_use, (info.uordblks + info.hblkhd) / 2**20)
+                if new_high:
                     self.peak = rss
                     self.at_peak = {"heap_in_use_mb": info.uordblks / 2**20, "heap_free_mb": info.fordblks / 2**20,
                                     "mmapped_mb": info.hblkhd / 2**20}
@@ -149,7 +155,7 @@ def one(args) -> None:
         out = run_xfer(args, work, precision) if name == "xfer_nlp" else run_trainer(args, name, work, precision)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if watch:
-        out["heap_at_peak"] = watch.at_peak
+        out["heap_at_peak"] = {**watch.at_peak, "max_in_use_mb": watch.max_in_use}
     print(json.dumps(out))
 
 
@@ -180,7 +186,8 @@ def main() -> None:
                              "run, with the range of peak RSS (this machine's RSS varies by ~100 MB between runs)")
     parser.add_argument("--heap", action="store_true",
                         help="also report glibc's heap at each contestant's RSS peak: bytes in use, free but held "
-                             "(fragmentation), mapped on their own (Linux, glibc 2.33+)")
+                             "(fragmentation), mapped on their own; and the most bytes ever in use over the run "
+                             "(Linux, glibc 2.33+)")
     parser.add_argument("--out", default=None, help="markdown file for the table (default: print only)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -237,11 +244,11 @@ def main() -> None:
                      f"{(a['samples'] / a['seconds']) / (b['samples'] / b['seconds']):.2f} x the throughput.")
     if args.heap:
         lines += ["", "glibc's heap at each contestant's RSS peak (its median run):", "",
-                  "| contestant | peak RSS MB | heap in use MB | heap free but held MB | mapped blocks MB |",
-                  "|---|---|---|---|---|"]
+                  "| contestant | peak RSS MB | heap in use MB | heap free but held MB | mapped blocks MB "
+                  "| most ever in use (heap + mapped) MB |", "|---|---|---|---|---|---|"]
         lines += [f"| {name} | {r['peak_rss_mb']:.0f} | {r['heap_at_peak']['heap_in_use_mb']:.0f} | "
-                  f"{r['heap_at_peak']['heap_free_mb']:.0f} | {r['heap_at_peak']['mmapped_mb']:.0f} |"
-                  for name, r in results.items()]
+                  f"{r['heap_at_peak']['heap_free_mb']:.0f} | {r['heap_at_peak']['mmapped_mb']:.0f} | "
+                  f"{r['heap_at_peak']['max_in_use_mb']:.0f} |" for name, r in results.items()]
     text = "\n".join(lines)
     print(text)
     if args.out:
