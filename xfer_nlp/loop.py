@@ -100,10 +100,10 @@ def reused_embedding_grad(accelerator, model):
 
     Autograd's dense embedding gradient is a fresh vocab x hidden tensor every backward pass (47 MB for the
     embedded encoder), and glibc serves blocks that large from new mappings: zero-filling it faults in every 4 KB
-    page, 34-61 ms of a 215-270 ms bf16 step inside a real run (torch.profiler). Here the embedding emits its
-    sparse gradient (the rows of the batch) and a hook adds it into a buffer that stays mapped, which fused AdamW
-    then reads as the usual dense gradient: bit-identical values (tests/test_loop.py), 7-9% off a full bf16 run
-    (benchmarks/RESULTS.md). Not under DDP/FSDP/DeepSpeed, whose gradient hooks expect the dense gradient, nor on
+    page, 34-62 ms of a bf16 step in stretches of a real run (torch.profiler; benchmarks/levers.py --in_run).
+    Here the embedding emits its sparse gradient (the rows of the batch) and a hook adds it into a buffer that
+    stays mapped, which fused AdamW then reads as the usual dense gradient: bit-identical values
+    (tests/test_loop.py); full bf16 runs 1-9% faster for 47 MB more peak memory (benchmarks/RESULTS.md). Not under DDP/FSDP/DeepSpeed, whose gradient hooks expect the dense gradient, nor on
     GPUs, whose caching allocator already reuses the memory, nor with gradient accumulation, where autograd would
     add later micro-batches' rows one by one: the same sum in another order, so not bit-identical.
     """
