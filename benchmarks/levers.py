@@ -108,7 +108,8 @@ def profile_in_run(precision: str, first: int = 300, steps: int = 10) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="foreach,fused,bf16,compile")
+    parser.add_argument("--variants", default="foreach,fused,bf16,compile",
+                        help="comma list of the step variants to time (see the top of this file)")
     parser.add_argument("--profile", action="store_true",
                         help="profile 5 more steps of each variant and print the time by kind of operation")
     parser.add_argument("--in_run", choices=("no", "bf16"),
