@@ -1,5 +1,7 @@
 """The training step's CPU lever: the word-embedding gradient kept in one buffer must change nothing but speed."""
 
+import contextlib
+
 import torch
 from accelerate import Accelerator
 
@@ -18,7 +20,7 @@ def train_steps(model_dir, reuse: bool, accumulate: int) -> tuple[dict, list[int
     weight = model.get_input_embeddings().weight
     generator = torch.Generator().manual_seed(1)
     addresses = []
-    with reused_embedding_grad(accelerator, model) if reuse else torch.enable_grad():
+    with reused_embedding_grad(accelerator, model) if reuse else contextlib.nullcontext():
         lever_on = model.get_input_embeddings().sparse
         for _ in range(4 * accumulate):
             ids = torch.randint(0, weight.shape[0], (8, 12), generator=generator)

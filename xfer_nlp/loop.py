@@ -103,9 +103,10 @@ def reused_embedding_grad(accelerator, model):
     page, 34-62 ms of a bf16 step in stretches of a real run (torch.profiler; benchmarks/levers.py --in_run).
     Here the embedding emits its sparse gradient (the rows of the batch) and a hook adds it into a buffer that
     stays mapped, which fused AdamW then reads as the usual dense gradient: bit-identical values
-    (tests/test_loop.py); full bf16 runs 1-9% faster for 47 MB more peak memory (benchmarks/RESULTS.md). Not under DDP/FSDP/DeepSpeed, whose gradient hooks expect the dense gradient, nor on
-    GPUs, whose caching allocator already reuses the memory, nor with gradient accumulation, where autograd would
-    add later micro-batches' rows one by one: the same sum in another order, so not bit-identical.
+    (tests/test_loop.py); full bf16 runs 1-9% faster for 47 MB more peak memory (benchmarks/RESULTS.md).
+    Not under DDP/FSDP/DeepSpeed, whose gradient hooks expect the dense gradient, nor on GPUs, whose caching
+    allocator already reuses the memory, nor with gradient accumulation, where autograd would add later
+    micro-batches' rows one by one: the same sum in another order, so not bit-identical.
     """
     embeddings = accelerator.unwrap_model(model).get_input_embeddings()
     if (accelerator.distributed_type != DistributedType.NO or accelerator.device.type != "cpu"
