@@ -154,6 +154,8 @@ def one(args) -> None:
     with tempfile.TemporaryDirectory() as work:
         out = run_xfer(args, work, precision) if name == "xfer_nlp" else run_trainer(args, name, work, precision)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():  # both tools train on the GPU when there is one: its memory is the one that binds
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if watch:
         out["heap_at_peak"] = {**watch.at_peak, "max_in_use_mb": watch.max_in_use}
     print(json.dumps(out))
@@ -161,6 +163,12 @@ def one(args) -> None:
 
 def _rss(values: list[float]) -> str:
     return f"{statistics.median(values):.0f}" + (f" ({values[0]:.0f}-{values[-1]:.0f})" if len(values) > 1 else "")
+
+
+def _machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} GPU, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def time_to(evals: list[dict], target: float) -> float | None:
@@ -220,13 +228,14 @@ def main() -> None:
     peers = [p for p in PEERS if p in results]
     best_peer = max(peers, key=lambda p: results[p]["samples"] / results[p]["seconds"]) if peers else None
     target = results[best_peer]["evals"][-1]["accuracy"] if best_peer else None
-    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()} CPU, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}; {args.task} on {args.dataset_name}, {args.num_train_epochs:g} epochs, "
+    gpu = torch.cuda.is_available()
+    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d}, {_machine()}; {args.task} on {args.dataset_name}, {args.num_train_epochs:g} epochs, "
              f"lr {args.learning_rate:g}, batch 32, precision {args.mixed_precision}, seed {args.seed}"
              + (f"; median of {args.repeats} round-robin repeats." if args.repeats > 1 else "."),
              f"Command: `python benchmarks/speed.py {' '.join(a for a in sys.argv[1:])}`", "",
              "| contestant | train samples/s | wall s | time to peer's final accuracy (s) | final val accuracy "
-             "| peak RSS MB | xfer_nlp speed-up (same precision) |", "|---|---|---|---|---|---|---|"]
+             "| peak RSS MB |" + (" peak GPU MB |" if gpu else "") + " xfer_nlp speed-up (same precision) |",
+             "|---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|"]
     for name, r in results.items():
         rate = r["samples"] / r["seconds"]
         reach = time_to(r["evals"], target) if target is not None else None
@@ -234,13 +243,14 @@ def main() -> None:
         mine = results.get("xfer_nlp" + name[len(name.partition("@")[0]):])
         ratio = f"{(mine['samples'] / mine['seconds']) / rate:.2f} x" if mine and not name.startswith("xfer") else "—"
         lines.append(f"| {name} | {rate:.1f} | {r['seconds']:.0f} | {'—' if reach is None else f'{reach:.0f}'} | "
-                     f"{r['evals'][-1]['accuracy']:.4f} | {_rss(rss[name])} | {ratio} |")
+                     f"{r['evals'][-1]['accuracy']:.4f} | {_rss(rss[name])} |"
+                     + (f" {r['peak_gpu_mb']:.0f} |" if gpu else "") + f" {ratio} |")
     if best_peer:
         lines.append(f"\nThe peer's final accuracy is {best_peer}'s ({target:.4f}), the fastest Trainer configuration "
                      "at the baseline precision; '—' means never reached.")
     if "xfer_nlp@bf16" in results and best_peer:
         a, b = results["xfer_nlp@bf16"], results[best_peer]
-        lines.append(f"xfer_nlp@bf16 (the recipe's default on this CPU) against {best_peer} in fp32: "
+        lines.append(f"xfer_nlp@bf16 (the recipe's default on CPUs with native bf16) against {best_peer} in fp32: "
                      f"{(a['samples'] / a['seconds']) / (b['samples'] / b['seconds']):.2f} x the throughput.")
     if args.heap:
         lines += ["", "glibc's heap at each contestant's RSS peak (its median run):", "",
