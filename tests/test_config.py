@@ -71,3 +71,31 @@ def test_every_field_has_help():
 
 def test_token_never_saved():
     assert RunConfig(hub_token="hf_secret").to_dict()["hub_token"] is None
+
+
+def test_auto_precision_follows_the_gpu_measurement(monkeypatch, tiny_model_dir, tmp_path):
+    """On a bf16 GPU, auto keeps small encoders in fp32 (their steps are launch-bound: bf16's casts only add
+    launches) and gives bf16 from bert-base's size up (benchmarks/precision.py on an H100)."""
+    import torch
+    from transformers import BertConfig
+
+    from xfer_nlp.api import GPU_BF16_MIN_PARAMS, encoder_parameters, resolve_precision
+    from xfer_nlp.config import EMBEDDED_MODEL
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    base = tmp_path / "bert-base"
+    BertConfig().save_pretrained(base)  # a config alone: counted on the meta device, no weights needed
+    assert encoder_parameters(str(base)) == 109_482_240
+    assert encoder_parameters(EMBEDDED_MODEL) < GPU_BF16_MIN_PARAMS <= encoder_parameters(str(base))
+    assert resolve_precision("auto", "finetune", str(base)) == "bf16"
+    assert resolve_precision("auto", "finetune", EMBEDDED_MODEL) == "no"
+    assert resolve_precision("auto", "scratch", str(tiny_model_dir)) == "no"
+    assert resolve_precision("auto", "probe", str(base)) == "no"
+    assert resolve_precision("fp16", "finetune", str(tiny_model_dir)) == "fp16"  # an explicit choice stands
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # so does `accelerate launch --mixed_precision`
+    assert resolve_precision("auto", "finetune", EMBEDDED_MODEL) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert resolve_precision("auto", "finetune", str(base)) == "no"  # a GPU without bf16 (V100, T4): fp32

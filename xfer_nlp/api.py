@@ -54,14 +54,12 @@ def _config_from(config: RunConfig | None, overrides: dict) -> RunConfig:
     return resolve(dataclasses.replace(config or RunConfig(), **overrides))
 
 
-def native_bf16() -> bool:
-    """Whether this machine computes in bf16 natively (a bf16-capable GPU, or a CPU with AVX512-BF16 / AMX).
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX); without them bf16 is emulated and slower.
 
     Measured on a 2-core AVX512-BF16 CPU (benchmarks/RESULTS.md): a fine-tuning step of the embedded encoder takes
-    219 ms in bf16 autocast against 465 ms in fp32. Without those instructions bf16 is emulated and slower.
+    219 ms in bf16 autocast against 465 ms in fp32.
     """
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -69,11 +67,31 @@ def native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def resolve_precision(requested: str, mode: str) -> str:
-    """auto: what `accelerate launch --mixed_precision` asked for, else bf16 where the hardware has it, else no.
+# Measured on an H100 (benchmarks/precision.py; RESULTS.md, "On a GPU"): batch-32 steps of small encoders are bound
+# by kernel launches, and autocast's casts only add launches. The embedded MiniLM-L6 (22.7M) takes 16.4 ms a step
+# in fp32 against 21.9 ms in bf16 (full sst2 fine-tuning: 1,524 against 935 samples/s); bert-base (110M) at 128
+# tokens 58.4 against 32.4 ms, bert-large (335M) 173 against 66 ms. So on GPUs auto picks bf16 from bert-base up.
+GPU_BF16_MIN_PARAMS = 100_000_000
 
-    The probe stays in fp32 under auto: its features are the whole model, and fp32 keeps its reported accuracy
-    exactly what the exported model computes in `pipeline()`.
+
+def encoder_parameters(model_name_or_path: str) -> int | None:
+    """The encoder's parameter count from its config alone (built on the meta device: no weights read or held)."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(modes.resolve_model_path(model_name_or_path))
+        with torch.device("meta"):
+            return sum(p.numel() for p in AutoModel.from_config(config).parameters())
+    except (OSError, ValueError, KeyError):
+        return None  # an unreadable model: its loader names the problem a moment later
+
+
+def resolve_precision(requested: str, mode: str, model_name_or_path: str) -> str:
+    """auto: what `accelerate launch --mixed_precision` asked for, else what measured fastest on this hardware.
+
+    That is bf16 on CPUs that compute it natively, bf16 on bf16 GPUs for encoders of GPU_BF16_MIN_PARAMS or more,
+    and fp32 (no) otherwise. The probe stays in fp32 under auto: its features are the whole model, and fp32 keeps
+    its reported accuracy exactly what the exported model computes in `pipeline()`.
     """
     if requested != "auto":
         return requested
@@ -82,7 +100,12 @@ def resolve_precision(requested: str, mode: str) -> str:
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if launched in ("fp16", "bf16"):
         return launched
-    return "bf16" if native_bf16() else "no"
+    if torch.cuda.is_available():
+        if not torch.cuda.is_bf16_supported():
+            return "no"
+        params = encoder_parameters(model_name_or_path)
+        return "bf16" if params is None or params >= GPU_BF16_MIN_PARAMS else "no"
+    return "bf16" if cpu_has_bf16() else "no"
 
 
 def _check_output_dir(cfg: RunConfig) -> Path:
@@ -172,7 +195,8 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     # Accelerate keeps one process-wide state; each run() (a notebook, a compare grid) sets its own precision.
     # PartialState, which holds the process group, is kept.
     AcceleratorState._reset_state()
-    accelerator = Accelerator(cpu=multi_cpu, mixed_precision=resolve_precision(cfg.mixed_precision, cfg.mode), kwargs_handlers=ddp,
+    precision = resolve_precision(cfg.mixed_precision, cfg.mode, cfg.model_name_or_path)
+    accelerator = Accelerator(cpu=multi_cpu, mixed_precision=precision, kwargs_handlers=ddp,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               log_with=trackers or None, project_dir=str(output_dir))
     if cfg.overwrite_output_dir and accelerator.is_main_process:

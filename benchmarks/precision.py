@@ -1,0 +1,90 @@
+"""Which precision trains fastest here? fp32 against bf16 / fp16 autocast, by encoder size and sequence length.
+
+    python benchmarks/precision.py                                  # all sizes, lengths 32 and 128, batch 32
+    python benchmarks/precision.py --sizes minilm --seq_lens 32 --steps 20 --out results/precision.md
+
+Times xfer_nlp's training step (Accelerator(mixed_precision=...), accelerator.backward, fused AdamW, zero_grad)
+on randomly initialised BERT encoders of the three common sizes, with random token ids of a fixed length, after
+warm-up steps. It answers what `--mixed_precision auto` should pick on this machine: autocast halves the
+arithmetic, but adds a cast per weight per step, which costs more than it saves when a step is too small to
+keep the device busy (a small encoder on a large GPU).
+"""
+
+import argparse
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from transformers import BertConfig, BertForSequenceClassification
+
+SIZES = {  # name: (layers, hidden, heads, intermediate)
+    "minilm": (6, 384, 12, 1536),  # the embedded encoder's shape (22.7M parameters)
+    "base": (12, 768, 12, 3072),  # bert-base (110M)
+    "large": (24, 1024, 16, 4096),  # bert-large (335M)
+}
+
+
+def step_ms(size: str, seq_len: int, precision: str, batch: int, steps: int, warmup: int) -> float:
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(mixed_precision=precision)
+    layers, hidden, heads, inter = SIZES[size]
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_hidden_layers=layers, hidden_size=hidden,
+                                                     num_attention_heads=heads, intermediate_size=inter,
+                                                     num_labels=2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ids = torch.randint(1000, 30000, (batch, seq_len), device=accelerator.device)
+    labels = torch.randint(0, 2, (batch,), device=accelerator.device)
+    cuda = accelerator.device.type == "cuda"
+    for i in range(warmup + steps):
+        if i == warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        loss = model(input_ids=ids, labels=labels).loss
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="minilm,base,large", help=f"comma list of {', '.join(SIZES)}")
+    parser.add_argument("--seq_lens", default="32,128", help="comma list of token lengths (sst2's median is ~25)")
+    parser.add_argument("--precisions", default="no,bf16,fp16", help="comma list of no, bf16, fp16")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per cell")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--out", default=None, help="markdown file for the table (default: print only)")
+    args = parser.parse_args()
+    precisions = args.precisions.split(",")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d}, {device}, torch {torch.__version__}; batch {args.batch}, "
+             f"mean time per step over {args.steps} steps after {args.warmup} warm-up steps.",
+             f"Command: `python benchmarks/precision.py {' '.join(__import__('sys').argv[1:])}`", "",
+             "| encoder | tokens | " + " | ".join(f"{p} ms/step" for p in precisions) + " | fastest |",
+             "|---|---|" + "---|" * (len(precisions) + 1)]
+    for size in args.sizes.split(","):
+        for seq_len in map(int, args.seq_lens.split(",")):
+            ms = {p: step_ms(size, seq_len, p, args.batch, args.steps, args.warmup) for p in precisions}
+            lines.append(f"| {size} | {seq_len} | " + " | ".join(f"{ms[p]:.1f}" for p in precisions)
+                         + f" | {min(ms, key=ms.get)} |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
