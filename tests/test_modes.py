@@ -138,6 +138,8 @@ def test_bf16_autocast_run(tiny_run):
     result = xfer_nlp.run(mode="finetune", mixed_precision="bf16", num_train_epochs=1, **tiny_run)
     assert fp32.results["mixed_precision"] == "no"  # one process, two precisions: each run() sets its own
     assert result.results["mixed_precision"] == "bf16"
+    assert "Precision fp32 on" in (Path(fp32.output_dir) / "train.log").read_text()  # the log says which one ran
+    assert "Precision bf16 on" in (Path(result.output_dir) / "train.log").read_text()
     weights = exported(result.output_dir)
     assert all(t.dtype == torch.float32 for t in weights.values())
     # the reported metrics were rescored in fp32: exactly what pipeline() computes with the export

@@ -221,6 +221,9 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     logger.info("Mode %s on %s (%s pooling): %s of %s parameters train; %s.", cfg.mode, cfg.model_name_or_path,
                 built.pooling, f"{trainable:,}", f"{total:,}",
                 ", ".join(f"{s} {len(d)}" for s, d in tokenized.items()))
+    shown = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
+    logger.info("Precision %s%s on %s.", shown, " (chosen by --mixed_precision auto)" if cfg.mixed_precision == "auto"
+                else "", _hardware(accelerator))
     if trackers:
         accelerator.init_trackers("xfer_nlp", config={k: v for k, v in cfg.to_dict().items()
                                                       if isinstance(v, (int, float, str, bool))})
