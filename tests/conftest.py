@@ -45,6 +45,13 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
+def launch_env() -> dict:
+    """Environment for launched runs that may start 2 processes: one OpenMP thread each (they share this
+    machine's cores), and no GPUs, so they test DDP over gloo on CPU as they say, also on a one-GPU machine,
+    where two processes would otherwise share one device."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import free_port
+from conftest import free_port, launch_env
 
 import xfer_nlp
 from xfer_nlp.compare import parse_variants
@@ -189,8 +189,7 @@ def test_grid_under_two_process_ddp(tiny_model_dir, tiny_data_dir, tmp_path):
            "--seeds", "0", "--output_dir", str(out), "--model_name_or_path", str(tiny_model_dir),
            "--dataset_name", str(tiny_data_dir), "--max_seq_length", "32", "--num_train_epochs", "1",
            "--learning_rate", "1e-3", "--per_device_train_batch_size", "8", "--feature_cache_dir", str(tmp_path / "f")]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=launch_env())
     assert result.returncode == 0, result.stderr[-3000:]
     cells = pd.read_csv(out / "comparison.csv")
     assert len(cells) == 4 and set(cells.status) == {"done"}

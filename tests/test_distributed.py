@@ -5,13 +5,12 @@ torchrun-style launcher (`--multi_gpu`), for which xfer_nlp selects gloo on a ma
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, launch_env
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -24,8 +23,7 @@ def launch(processes, mode, out, tiny_model_dir, tiny_data_dir, tmp_path, *extra
            "recipes/sentiment.py", "--mode", mode, "--model_name_or_path", str(tiny_model_dir),
            "--dataset_name", str(tiny_data_dir), "--output_dir", str(out), "--max_seq_length", "32",
            "--feature_cache_dir", str(tmp_path / f"features{processes}"), "--seed", "0", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=launch_env(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "results.json").read_text()), result
 

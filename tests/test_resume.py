@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, make_rows, write_jsonl
+from conftest import free_port, launch_env, make_rows, write_jsonl
 from safetensors.torch import load_file
 
 import xfer_nlp
@@ -40,8 +40,7 @@ def recipe_cmd(processes, model, data, out, *extra):
 
 
 def run_to_end(cmd):
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=launch_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -67,7 +66,7 @@ def descendants(pid: int) -> list[int]:
 def run_and_kill(cmd, out, after_step):
     """Start the run and SIGKILL it and every process under it once checkpoint-<after_step> exists."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            start_new_session=True, env=launch_env())
     target = out / "checkpoints" / f"checkpoint-{after_step}"
     deadline = time.time() + 300
     while not target.exists() and proc.poll() is None and time.time() < deadline:
