@@ -5,9 +5,9 @@
 
 Times xfer_nlp's training step (Accelerator(mixed_precision=...), accelerator.backward, fused AdamW, zero_grad)
 on randomly initialised BERT encoders of the three common sizes, with random token ids of a fixed length, after
-warm-up steps. It answers what `--mixed_precision auto` should pick on this machine: autocast halves the
-arithmetic, but adds a cast per weight per step, which costs more than it saves when a step is too small to
-keep the device busy (a small encoder on a large GPU).
+warm-up steps. It answers what `--mixed_precision auto` should pick on this machine: autocast moves the matrix
+products to faster bf16/fp16 units and halves the bytes they read, but adds cast kernels, which cost more than
+they save when a step is too small to keep the device busy (a small encoder on a large GPU).
 """
 
 import argparse
