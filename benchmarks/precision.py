@@ -11,14 +11,14 @@ they save when a step is too small to keep the device busy (a small encoder on a
 """
 
 import argparse
-import platform
+import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from common import machine, publish
 from transformers import BertConfig, BertForSequenceClassification
 
 SIZES = {  # name: (layers, hidden, heads, intermediate)
@@ -66,11 +66,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="markdown file for the table (default: print only)")
     args = parser.parse_args()
     precisions = args.precisions.split(",")
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
-        f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d}, {device}, torch {torch.__version__}; batch {args.batch}, "
+    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d}, {machine()}; batch {args.batch}, "
              f"mean time per step over {args.steps} steps after {args.warmup} warm-up steps.",
-             f"Command: `python benchmarks/precision.py {' '.join(__import__('sys').argv[1:])}`", "",
+             f"Command: `python benchmarks/precision.py {' '.join(sys.argv[1:])}`", "",
              "| encoder | tokens | " + " | ".join(f"{p} ms/step" for p in precisions) + " | fastest |",
              "|---|---|" + "---|" * (len(precisions) + 1)]
     for size in args.sizes.split(","):
@@ -79,11 +77,7 @@ def main() -> None:
             lines.append(f"| {size} | {seq_len} | " + " | ".join(f"{ms[p]:.1f}" for p in precisions)
                          + f" | {min(ms, key=ms.get)} |")
             print(lines[-1], flush=True)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@
 """
 
 import argparse
-import platform
 import resource
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine, publish
 
 import xfer_nlp
 from xfer_nlp.batches import eval_loader, make_collator, tokenize
@@ -101,10 +101,7 @@ def main() -> None:
     cold, warm = runs["cold"][0], runs["warm"][0]
     acc = runs["cold"][1].metrics["validation"]["accuracy"]
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} on "
-        + (f"{torch.cuda.get_device_name()} GPU" if torch.cuda.is_available() else
-           f"{platform.machine()} CPU ({torch.get_num_threads()} threads)") + ", "
-        f"torch {torch.__version__}, one process. Command: `python benchmarks/probe.py`.", "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, one process. Command: `python benchmarks/probe.py`.", "",
         "| sst2 (train 6,920, validation 872) | seconds | ratio | validation accuracy |", "|---|---|---|---|",
         f"| floor: one encoder pass over train + validation | {floor:.1f} | 1.00 | — |",
         f"| xfer_nlp probe, cold cache (whole `run()` call) | {cold:.1f} | {cold / floor:.2f} x floor | {acc:.4f} |",
@@ -122,9 +119,7 @@ def main() -> None:
         lines.append(f"| {name} | {r.results['split_sizes']['train']} / {r.results['split_sizes']['validation']} | "
                      f"{r.metrics['validation']['accuracy']:.4f} | {r.metrics['validation']['macro_f1']:.4f} |")
     lines.append(f"\nPeak RSS of the benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB.")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

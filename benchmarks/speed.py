@@ -27,7 +27,6 @@ import ctypes
 import itertools
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,10 +35,10 @@ import tempfile
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine, publish
 
 PEERS = ("trainer-pad128", "trainer-dynamic", "trainer-grouped")
 
@@ -165,12 +164,6 @@ def _rss(values: list[float]) -> str:
     return f"{statistics.median(values):.0f}" + (f" ({values[0]:.0f}-{values[-1]:.0f})" if len(values) > 1 else "")
 
 
-def _machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} GPU, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
 def time_to(evals: list[dict], target: float) -> float | None:
     return next((e["seconds"] for e in evals if e["accuracy"] >= target - 1e-9), None)
 
@@ -229,7 +222,7 @@ def main() -> None:
     best_peer = max(peers, key=lambda p: results[p]["samples"] / results[p]["seconds"]) if peers else None
     target = results[best_peer]["evals"][-1]["accuracy"] if best_peer else None
     gpu = torch.cuda.is_available()
-    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d}, {_machine()}; {args.task} on {args.dataset_name}, {args.num_train_epochs:g} epochs, "
+    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d}, {machine()}; {args.task} on {args.dataset_name}, {args.num_train_epochs:g} epochs, "
              f"lr {args.learning_rate:g}, batch 32, precision {args.mixed_precision}, seed {args.seed}"
              + (f"; median of {args.repeats} round-robin repeats." if args.repeats > 1 else "."),
              f"Command: `python benchmarks/speed.py {' '.join(a for a in sys.argv[1:])}`", "",
@@ -259,11 +252,7 @@ def main() -> None:
         lines += [f"| {name} | {r['peak_rss_mb']:.0f} | {r['heap_at_peak']['heap_in_use_mb']:.0f} | "
                   f"{r['heap_at_peak']['heap_free_mb']:.0f} | {r['heap_at_peak']['mmapped_mb']:.0f} | "
                   f"{r['heap_at_peak']['max_in_use_mb']:.0f} |" for name, r in results.items()]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":
