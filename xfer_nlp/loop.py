@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .checkpoint import Checkpoints, CheckpointError
+from .dropout import cpu_dropout
 from .errors import XferError
 from .metrics import classification_metrics
 from . import schedules
@@ -183,7 +184,9 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
             params[name].requires_grad = depth <= stage
         thawed = stage
 
-    with reused_embedding_grad(accelerator, model):
+    # GPUs' own dropout kernels draw masks fast; the CPU's bernoulli_ does not (xfer_nlp/dropout.py).
+    masks = cpu_dropout(accelerator.unwrap_model(model)) if accelerator.device.type == "cpu" else nullcontext()
+    with reused_embedding_grad(accelerator, model), masks:
         bar = tqdm(total=local_steps, initial=progress.step, desc=f"Training ({cfg.mode})",
                    disable=not accelerator.is_local_main_process)
         running, seen = torch.zeros((), device=accelerator.device), 0
