@@ -1,6 +1,7 @@
 """Speed levers one at a time: milliseconds per fine-tuning step of the embedded encoder.
 
     python benchmarks/levers.py                      # foreach, fused, bf16, compile
+    python benchmarks/levers.py --variants fused,masks,bf16,bf16-masks   # the dropout masks' lever
     python benchmarks/levers.py --variants fused,bf16
     python benchmarks/levers.py --profile            # where a fused fp32 and a bf16 step spend their time
     python benchmarks/levers.py --in_run bf16        # the same for 10 steps inside a real run (xfer_nlp.run)
@@ -10,6 +11,7 @@ Each variant runs in this process on the same random batches (32 x 26 tokens, ab
   foreach  AdamW(foreach=True), fp32
   fused    AdamW(fused=True), fp32          (what loop.py uses)
   bf16     fused + CPU bf16 autocast         (what --mixed_precision auto picks on AVX512-BF16/AMX CPUs)
+  masks, bf16-masks   fused / bf16 with xfer_nlp.dropout's 16-bit dropout masks (what loop.py uses on CPUs)
   compile  torch.compile(dynamic=True) + foreach, fp32
 --in_run profiles steps 301-310 of a real 2-epoch fine-tune on sst2 instead: real batch lengths, and
 the heap as a real run leaves it, which decides what fresh allocations cost (page faults); it also counts the
@@ -26,12 +28,13 @@ import torch
 
 import xfer_nlp
 from xfer_nlp.config import RunConfig, resolve
+from xfer_nlp.dropout import cpu_dropout
 from xfer_nlp.modes import build
 
 
 # Self CPU time of torch.profiler's aten ops, grouped by what they do in a fine-tuning step.
 KINDS = {"aten::mm": "matrix multiplies", "aten::addmm": "matrix multiplies", "aten::bmm": "matrix multiplies",
-         "aten::bernoulli_": "dropout masks (bernoulli_)", "aten::fill_": "zero-fills (fill_)",
+         "aten::bernoulli_": "dropout masks", "aten::random_": "dropout masks", "aten::fill_": "zero-fills (fill_)",
          "aten::copy_": "copies and bf16 casts (copy_)", "aten::_fused_adamw_": "AdamW (fused)"}
 
 
@@ -40,10 +43,11 @@ def measure(variant: str, steps: int = 20, profile: bool = False) -> tuple[float
     torch.manual_seed(0)
     batches = [dict(input_ids=torch.randint(1000, 20000, (32, 26)), attention_mask=torch.ones(32, 26, dtype=torch.long),
                     labels=torch.randint(0, 2, (32,))) for _ in range(4)]
-    fused = variant in ("fused", "bf16")
+    fused = variant in ("fused", "bf16", "masks", "bf16-masks")
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=fused, foreach=None if fused else True)
     forward = torch.compile(model, dynamic=True) if variant == "compile" else model
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if variant == "bf16" else contextlib.nullcontext
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if variant.startswith("bf16") \
+        else contextlib.nullcontext
 
     def step(batch):
         with autocast():
@@ -52,20 +56,21 @@ def measure(variant: str, steps: int = 20, profile: bool = False) -> tuple[float
         optimizer.step()
         optimizer.zero_grad()
 
-    start = time.perf_counter()
-    for i in range(3):
-        step(batches[i % 4])
-    warm = time.perf_counter() - start
-    start = time.perf_counter()
-    for i in range(steps):
-        step(batches[i % 4])
-    ms = (time.perf_counter() - start) / steps * 1000
-    if profile:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            for i in range(5):
-                step(batches[i % 4])
-        print(f"{variant}: {ms:.0f} ms a step unprofiled; share of the profiled self CPU time:")
-        print_kinds(prof)
+    with cpu_dropout(model) if variant.endswith("masks") else contextlib.nullcontext():
+        start = time.perf_counter()
+        for i in range(3):
+            step(batches[i % 4])
+        warm = time.perf_counter() - start
+        start = time.perf_counter()
+        for i in range(steps):
+            step(batches[i % 4])
+        ms = (time.perf_counter() - start) / steps * 1000
+        if profile:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                for i in range(5):
+                    step(batches[i % 4])
+            print(f"{variant}: {ms:.0f} ms a step unprofiled; share of the profiled self CPU time:")
+            print_kinds(prof)
     return warm, ms
 
 

@@ -6,9 +6,10 @@ Here the mask comes from 16 random bits per element (two per 32-bit draw): 0.64 
 probability is 1 - p rounded to a multiple of 1/65536 (p = 0.1 runs as 0.1000061); FlashAttention rounds p to
 1/255 for the same reason. Measured in benchmarks/RESULTS.md (levers table).
 
-Only the `nn.Dropout` modules are swapped. The attention probabilities' dropout stays inside SDPA: an eager
-attention with these masks was 1.5% faster again in bf16 but held the batch's attention matrices for the
-backward pass, 128 MB more peak memory on the short benchmark.
+Only the `nn.Dropout` modules are swapped; the attention probabilities' dropout stays inside SDPA (whose CPU
+kernels fall back to their unfused path and `bernoulli_` when they must drop out). An eager attention with these
+masks, tried and not kept: 15% faster a bf16 step at 64 tokens, but no faster on sst2's short sentences
+(`benchmarks/speed.py --short`, bf16: 126 and 130 samples/s against 124 and 131) for 40-50 MB more peak RSS.
 """
 
 from __future__ import annotations
