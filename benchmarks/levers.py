@@ -5,6 +5,7 @@
     python benchmarks/levers.py --variants fused,bf16
     python benchmarks/levers.py --profile            # where a fused fp32 and a bf16 step spend their time
     python benchmarks/levers.py --in_run bf16        # the same for 10 steps inside a real run (xfer_nlp.run)
+    python benchmarks/levers.py --gemm               # GFLOP/s of the step's linear layers, fp32 and bf16
 
 Each variant runs in this process on the same random batches (32 x 26 tokens, about sst2's mean length):
 3 warm-up steps (for compile: its compile time), then the mean of 20 steps of forward, backward, AdamW step.
@@ -25,6 +26,7 @@ import tempfile
 import time
 
 import torch
+from common import machine
 
 import xfer_nlp
 from xfer_nlp.config import RunConfig, resolve
@@ -111,6 +113,21 @@ def profile_in_run(precision: str, first: int = 300, steps: int = 10) -> None:
     print_kinds(prof)
 
 
+def gemm_rates() -> None:
+    """What the CPU's matrix units give on the shapes of a 32 x 26-token step: the ceiling for any tool."""
+    for dtype in (torch.float32, torch.bfloat16):
+        rates = []
+        for m, k, n in ((832, 384, 384), (832, 384, 1536), (832, 1536, 384)):
+            a, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+            for _ in range(10):
+                torch.nn.functional.linear(a, w)
+            start = time.perf_counter()
+            for _ in range(200):
+                torch.nn.functional.linear(a, w)
+            rates.append(f"{m}x{k}x{n} {2 * m * k * n * 200 / (time.perf_counter() - start) / 1e9:.0f}")
+        print(f"{str(dtype):15s} GFLOP/s: {', '.join(rates)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="foreach,fused,bf16,compile",
@@ -119,8 +136,11 @@ def main() -> None:
                         help="profile 5 more steps of each variant and print the time by kind of operation")
     parser.add_argument("--in_run", choices=("no", "bf16"),
                         help="instead: profile 10 steps inside a real 2-epoch run at this precision (about 2-4 min)")
+    parser.add_argument("--gemm", action="store_true", help="instead: time the step's matrix multiplies alone")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(machine())
+    if args.gemm:
+        return gemm_rates()
     if args.in_run:
         return profile_in_run(args.in_run)
     for variant in args.variants.split(","):

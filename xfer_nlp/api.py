@@ -57,8 +57,9 @@ def _config_from(config: RunConfig | None, overrides: dict) -> RunConfig:
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX); without them bf16 is emulated and slower.
 
-    Measured on a 2-core AVX512-BF16 CPU (benchmarks/RESULTS.md): a fine-tuning step of the embedded encoder takes
-    219 ms in bf16 autocast against 465 ms in fp32.
+    Measured (benchmarks/RESULTS.md): on a 2-core AMD EPYC with AVX512-BF16 a fine-tuning step of the embedded
+    encoder takes 219 ms in bf16 autocast against 465 ms in fp32; on a 2-core Intel Xeon with AMX a full sst2
+    fine-tune trains at 159 samples/s in bf16 against 100 in fp32.
     """
     try:
         flags = Path("/proc/cpuinfo").read_text()
