@@ -142,8 +142,8 @@ def test_latest_skips_a_truncated_checkpoint(interrupted, tiny_model_dir, tiny_d
 
 def test_explicit_damaged_checkpoint_is_an_error(interrupted, tiny_model_dir, tiny_data_dir):
     target = sorted((interrupted / "checkpoints").glob("checkpoint-*"))[0]
-    (target / "optimizer.bin").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="is damaged: optimizer.bin is truncated"):
+    (target / "optimizer.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="is damaged: optimizer.pt is truncated"):
         xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted, spec=str(target)))
 
 
@@ -161,7 +161,72 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tiny_model_dir, 
     with pytest.raises(xfer_nlp.XferError, match="loss became nan.*Lower --learning_rate"):
         xfer_nlp.run(mode="finetune", model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
                      output_dir=str(tmp_path / "o"), max_seq_length=32, per_device_train_batch_size=16,
-                     num_train_epochs=3, learning_rate=1e12, warmup_ratio=0.0, logging_steps=1, save_steps=1)
+                     num_train_epochs=3, learning_rate=1e12, warmup_ratio=0.5, logging_steps=1, save_steps=1)
     checkpoints = list((tmp_path / "o" / "checkpoints").glob("checkpoint-*"))
     assert checkpoints, "the last good checkpoint must survive"
+    for checkpoint in checkpoints:  # and every checkpoint left is a good one
+        weights = load_file(checkpoint / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values()), f"{checkpoint} holds non-finite weights"
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+class Planted:
+    """A pickle that runs code when unpickled: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('code ran')",))
+
+
+def _replant_manifest(checkpoint: Path) -> None:
+    """What an attacker who can write the folder does: recompute the manifest so the check passes."""
+    import hashlib
+
+    files = {p.name: {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+             for p in sorted(checkpoint.iterdir()) if p.is_file() and p.name != "manifest.json"}
+    (checkpoint / "manifest.json").write_text(json.dumps({"step": 0, "files": files}))
+
+
+CHECKPOINT_FILES = ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng-rank0.safetensors", "xfer_state.json",
+                    "manifest.json"]
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_FILES + ["optimizer.pt (inside its real state)",
+                                                     "scheduler.pt (inside its real state)"])
+def test_a_pickle_planted_in_a_checkpoint_never_runs(name, interrupted, tiny_model_dir, tiny_data_dir, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    target = sorted((interrupted / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    file = target / name.split()[0]
+    if "inside" in name:
+        state = torch.load(file, weights_only=True)
+        torch.save({**state, "planted": Planted(marker)}, file)
+    else:
+        file.write_bytes(pickle.dumps(Planted(marker)))
+    if name != "manifest.json":
+        _replant_manifest(target)
+    try:
+        result = xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted, spec=str(target)))
+    except xfer_nlp.XferError as e:
+        assert "Checkpoint" in str(e) or "checkpoint" in str(e)
+    else:  # proceeding is fine only from the legitimate data
+        assert result.results["history"][-1]["epoch"] == 2
+    assert not marker.exists(), f"code planted in {name} ran on resume"
+
+
+def test_a_legacy_pickle_checkpoint_is_refused_not_unpickled(interrupted, tiny_model_dir, tiny_data_dir, tmp_path):
+    """Accelerate's save_state layout (what earlier versions wrote): its RNG pickle is never opened."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    target = sorted((interrupted / "checkpoints").glob("checkpoint-*"))[0]
+    for f in ("optimizer.pt", "scheduler.pt", "rng-rank0.safetensors"):
+        (target / f).unlink()
+    (target / "random_states_0.pkl").write_bytes(pickle.dumps(Planted(marker)))
+    _replant_manifest(target)
+    with pytest.raises(CheckpointError, match="lacks scheduler.pt, optimizer.pt, rng-rank0.safetensors"):
+        xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted, spec=str(target)))
+    assert not marker.exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .checkpoint import Checkpoints, CheckpointError
+from .checkpoint import Checkpoints, CheckpointError, set_rng_states
 from .dropout import cpu_dropout
 from .errors import XferError
 from .metrics import classification_metrics
@@ -52,6 +51,10 @@ class Progress:
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        known = {f.name for f in dataclasses.fields(self)}
+        if not isinstance(state, dict) or not state.keys() <= known:
+            raise CheckpointError(f"The checkpoint's progress record is malformed (fields {sorted(state)[:8]}); "
+                                  "resume from another checkpoint or start over.")
         for k, v in state.items():
             setattr(self, k, v)
 
@@ -72,8 +75,16 @@ def evaluate(accelerator, model, loader, num_labels: int) -> dict[str, float]:
     return classification_metrics(preds.numpy(), labels.numpy(), num_labels)
 
 
-def _check_same_run(saved: dict, cfg) -> None:
-    now = cfg.to_dict()
+def world_of(accelerator, cfg) -> dict:
+    """What a resumed run must share with the interrupted one beyond its config: the processes, the whole batch."""
+    return {"num_processes": accelerator.num_processes,
+            "effective_batch_size": cfg.per_device_train_batch_size * accelerator.num_processes
+            * cfg.gradient_accumulation_steps}
+
+
+def _check_same_run(state: dict, cfg, world: dict) -> None:
+    saved = {**state["config"], **state.get("world", {})}
+    now = {**cfg.to_dict(), **world}
     differ = sorted(k for k in now if k not in RESUME_MAY_DIFFER and saved.get(k) != now[k])
     if differ:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in differ)
@@ -144,6 +155,12 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
     optimizer = torch.optim.AdamW([{"params": [params[n] for n in g.names], "lr": g.lr,
                                     "weight_decay": g.weight_decay} for g in groups], lr=cfg.learning_rate,
                                   fused=True)
+    checkpoints = Checkpoints(Path(cfg.output_dir) / "checkpoints", accelerator, cfg.save_total_limit)
+    world = world_of(accelerator, cfg)
+    saved = checkpoints.load(checkpoints.resolve(cfg.resume_from_checkpoint)) if cfg.resume_from_checkpoint else None
+    if saved:
+        _check_same_run(saved.state, cfg, world)
+        _restore(model.load_state_dict, saved.model, "model weights")  # before prepare: every wrapper starts from them
     # Every parameter that will ever train still requires grad here, so DDP registers it; stages freeze after.
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     eval_dls = {name: accelerator.prepare(dl) for name, dl in eval_dls.items()}
@@ -156,18 +173,27 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
     readable, last_stage = describe(cfg, accelerator.unwrap_model(model), groups, steps_per_epoch)
     depths = {n: g.depth for g in groups for n in g.names}
     progress = Progress()
-    accelerator.register_for_checkpointing(progress)
-    checkpoints = Checkpoints(Path(cfg.output_dir) / "checkpoints", accelerator, cfg.save_total_limit)
     best_file = checkpoints.folder / "best.safetensors"
-    if cfg.resume_from_checkpoint:
-        path = checkpoints.resolve(cfg.resume_from_checkpoint)
-        _check_same_run(load_xfer_state(path)["config"], cfg)
-        accelerator.load_state(str(path))
-        logger.info("Resumed from %s: epoch %d, step %d, %d batches into the epoch.", path, progress.epoch + 1,
+    if saved:
+        _restore(optimizer.load_state_dict, saved.optimizer, "optimizer state")
+        _restore(scheduler.load_state_dict, saved.scheduler, "scheduler state")
+        if saved.scaler is not None and accelerator.scaler is not None:
+            _restore(accelerator.scaler.load_state_dict, saved.scaler, "gradient-scaler state")
+        progress.load_state_dict(saved.state["progress"])
+        set_rng_states(*saved.rng)  # last, as Accelerate's load_state does: nothing after it may draw
+        logger.info("Resumed from %s: epoch %d, step %d, %d batches into the epoch.", saved.path, progress.epoch + 1,
                     progress.step, progress.batches_in_epoch)
+        del saved
 
     def save_checkpoint():
-        checkpoints.save(progress.step, {"config": cfg.to_dict(), "progress": progress.state_dict()})
+        # A checkpoint is only ever a good one: weights that are no longer finite end the run before any is written.
+        if not all(torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()):
+            raise TrainingDiverged(
+                f"The weights became NaN or infinite by step {progress.step} (epoch {progress.epoch + 1}). Lower "
+                f"--learning_rate (now {cfg.learning_rate}), or use fp32 or bf16 instead of fp16. The last good "
+                f"checkpoint, if any, is in {checkpoints.folder}.")
+        checkpoints.save(progress.step, model, optimizer, scheduler,
+                         {"config": cfg.to_dict(), "world": world, "progress": progress.state_dict()})
 
     rates = {g["group"]: g["lr"] for g in readable["groups"]}  # a depth's decay and no-decay groups share a rate
     logger.info("Schedule: %s, peak learning rates %s (no weight decay on biases and LayerNorm weights).",
@@ -272,5 +298,11 @@ def train(accelerator, cfg, model, train_dl, eval_dls: dict, num_labels: int) ->
     return {**best, "epoch": progress.best_epoch}, progress.history, readable
 
 
-def load_xfer_state(path: Path) -> dict:
-    return json.loads((Path(path) / "xfer_state.json").read_text())
+def _restore(load_state_dict, state, what: str) -> None:
+    """Load a state a checkpoint held; one that does not fit this run (shapes, groups, keys) is a clear refusal."""
+    try:
+        load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"The checkpoint's {what} does not fit this run ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}). Resume from a checkpoint of this run, or start "
+                              "over with --overwrite_output_dir.") from None
