@@ -95,3 +95,45 @@ def tiny_run(tiny_model_dir, tiny_data_dir, tmp_path):
     return dict(model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
                 output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, per_device_eval_batch_size=32,
                 max_seq_length=32, feature_cache_dir=str(tmp_path / "features"), seed=0, logging_steps=5)
+
+
+def tiny_configs():
+    """One tiny config per encoder family xfer_nlp supports: hidden 32, 2 layers, the tiny vocab, [PAD] = 0."""
+    from transformers import (AlbertConfig, BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, MPNetConfig,
+                              ModernBertConfig, RobertaConfig, XLMRobertaConfig)
+
+    v = len(VOCAB)
+    common = dict(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  max_position_embeddings=80, pad_token_id=0)
+    return {
+        "bert": BertConfig(**common),
+        "roberta": RobertaConfig(**common),
+        "xlm-roberta": XLMRobertaConfig(**common),
+        "distilbert": DistilBertConfig(vocab_size=v, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                       max_position_embeddings=80, pad_token_id=0),
+        "albert": AlbertConfig(**common, embedding_size=16),
+        "electra": ElectraConfig(**common, embedding_size=16),
+        "deberta-v2": DebertaV2Config(**common, relative_attention=True, position_biased_input=False,
+                                      pos_att_type=["p2c", "c2p"], max_relative_positions=16),
+        "mpnet": MPNetConfig(**common),
+        "modernbert": ModernBertConfig(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=80, pad_token_id=0,
+                                       bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,
+                                       global_attn_every_n_layers=2, local_attention=16),
+    }
+
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(POSITIVE + NEGATIVE + FILLER)) + list(
+    "abcdefghijklmnopqrstuvwxyz")
+
+
+def save_tiny_encoder(config, path: Path) -> Path:
+    """A random encoder of `config`'s family with the word-level tokenizer, saved as a Hub-style model folder."""
+    import torch
+    from transformers import AutoModel, BertTokenizerFast
+
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True, model_max_length=64)
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -16,8 +16,9 @@ RESULT_KEYS = {"mode", "model", "dataset", "train_samples", "metrics", "train_se
 
 
 def encoder_weights(model_dir):
-    """The pretrained encoder's tensors, keyed as inside a classifier (bert.*); the mean-pooling head has no pooler."""
-    return {f"bert.{k}": v for k, v in load_file(model_dir / "model.safetensors").items() if not k.startswith("pooler")}
+    """The pretrained encoder's tensors, keyed as inside the pooled classifier (encoder.*), which has no pooler."""
+    return {f"encoder.{k}": v for k, v in load_file(model_dir / "model.safetensors").items()
+            if not k.startswith("pooler")}
 
 
 def exported(out):
@@ -103,8 +104,8 @@ def test_lora_moves_only_adapters_and_head(tiny_run, tiny_model_dir):
     assert results["trainable_params"] == 2 * 2 * (8 * 32 + 32 * 8) + 32 * 2 + 2
 
 
-@pytest.mark.parametrize("pooling,architecture", [("mean", "XferBertForSequenceClassification"),
-                                                  ("cls", "XferBertForSequenceClassification"),
+@pytest.mark.parametrize("pooling,architecture", [("mean", "XferPooledForSequenceClassification"),
+                                                  ("cls", "XferPooledForSequenceClassification"),
                                                   ("pooler", "BertForSequenceClassification")])
 def test_pooling_choice_exports_loadable_model(tiny_run, pooling, architecture):
     from transformers import AutoModelForSequenceClassification

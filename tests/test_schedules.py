@@ -11,6 +11,7 @@ import xfer_nlp
 from xfer_nlp import schedules
 from xfer_nlp.config import RunConfig, resolve
 from xfer_nlp.errors import ConfigError
+from xfer_nlp.families import BY_TYPE, Layout
 from xfer_nlp.modes import build
 
 # The parameter names of a 6-layer BERT classifier (one weight per module is enough to place it).
@@ -19,11 +20,13 @@ BERT6 = (["bert.embeddings.word_embeddings.weight", "bert.embeddings.LayerNorm.w
          + [f"bert.encoder.layer.{i}.output.LayerNorm.bias" for i in range(6)]
          + ["bert.pooler.dense.weight", "classifier.weight", "classifier.bias"])
 HEAD = {"bert.pooler.dense.weight", "classifier.weight", "classifier.bias"}
+BERT = Layout(BY_TYPE["bert"], pooled=False, layers=6)
 
 
 def pretrained(model_dir):
     """The encoder's tensors as named inside the classifier (the mean-pooling head has no pooler)."""
-    return {f"bert.{k}": v for k, v in load_file(model_dir / "model.safetensors").items() if not k.startswith("pooler")}
+    return {f"encoder.{k}": v for k, v in load_file(model_dir / "model.safetensors").items()
+            if not k.startswith("pooler")}
 
 
 def layer(i):
@@ -31,12 +34,12 @@ def layer(i):
 
 
 def test_stages_unfreeze_from_the_top_embeddings_last():
-    assert schedules.num_layers(BERT6) == 6
-    assert set(schedules.trainable_at_stage(0, BERT6, 6)) == HEAD
-    assert set(schedules.trainable_at_stage(1, BERT6, 6)) == HEAD | layer(5)
-    assert set(schedules.trainable_at_stage(2, BERT6, 6)) == HEAD | layer(5) | layer(4)
-    assert set(schedules.trainable_at_stage(6, BERT6, 6)) == set(BERT6) - {n for n in BERT6 if "embeddings" in n}
-    assert set(schedules.trainable_at_stage(7, BERT6, 6)) == set(BERT6)
+    assert {BERT.layer_index(n) for n in BERT6} == {None, 0, 1, 2, 3, 4, 5}
+    assert set(schedules.trainable_at_stage(0, BERT6, BERT)) == HEAD
+    assert set(schedules.trainable_at_stage(1, BERT6, BERT)) == HEAD | layer(5)
+    assert set(schedules.trainable_at_stage(2, BERT6, BERT)) == HEAD | layer(5) | layer(4)
+    assert set(schedules.trainable_at_stage(6, BERT6, BERT)) == set(BERT6) - {n for n in BERT6 if "embeddings" in n}
+    assert set(schedules.trainable_at_stage(7, BERT6, BERT)) == set(BERT6)
 
 
 def test_stage_at_counts_fractional_intervals():
@@ -46,24 +49,25 @@ def test_stage_at_counts_fractional_intervals():
 
 def test_freeze_layers_selects_embeddings_and_bottom_layers():
     emb = {n for n in BERT6 if "embeddings" in n}
-    assert set(schedules.frozen_by_freeze_layers(0, BERT6, 6)) == emb
-    assert set(schedules.frozen_by_freeze_layers(2, BERT6, 6)) == emb | layer(0) | layer(1)
-    assert set(schedules.frozen_by_freeze_layers(-1, BERT6, 6)) == set(BERT6) - HEAD - layer(5)
-    assert set(schedules.frozen_by_freeze_layers(6, BERT6, 6)) == set(BERT6) - HEAD
+    assert set(schedules.frozen_by_freeze_layers(0, BERT6, BERT)) == emb
+    assert set(schedules.frozen_by_freeze_layers(2, BERT6, BERT)) == emb | layer(0) | layer(1)
+    assert set(schedules.frozen_by_freeze_layers(-1, BERT6, BERT)) == set(BERT6) - HEAD - layer(5)
+    assert set(schedules.frozen_by_freeze_layers(6, BERT6, BERT)) == set(BERT6) - HEAD
 
 
 def test_depths_read_peft_names():
     names = ["base_model.model.bert.encoder.layer.1.attention.self.query.lora_A.default.weight",
              "base_model.model.bert.encoder.layer.0.output.dense.lora_B.default.weight",
              "base_model.model.classifier.modules_to_save.default.weight"]
-    assert [schedules.depth(n, 2) for n in names] == [1, 2, 0]
+    assert [Layout(BY_TYPE["bert"], pooled=False, layers=2).depth(n) for n in names] == [1, 2, 0]
 
 
 def test_param_groups_decay_by_depth_and_skip_decay_on_biases_and_norms(tiny_model_dir):
     cfg = resolve(RunConfig(mode="finetune", model_name_or_path=str(tiny_model_dir)))
-    model = build(cfg, ("0", "1")).model
+    built = build(cfg, ("0", "1"))
+    model = built.model
     trainable = {n for n, _ in model.named_parameters()}
-    groups = schedules.param_groups(model, 1e-3, 0.01, 0.5, trainable)
+    groups = schedules.param_groups(model, built.layout, 1e-3, 0.01, 0.5, trainable)
     by_label = {}
     for g in groups:
         by_label.setdefault(g.label, set()).add(g.lr)

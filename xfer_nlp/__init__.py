@@ -1,6 +1,5 @@
 """xfer_nlp: probe, fine-tune, LoRA or train from scratch a BERT-family text classifier, behind one switch."""
 
-from . import modeling as _modeling  # noqa: F401  registers the xfer-bert head with transformers' Auto classes
 from .api import RunResult, predict, run
 from .compare import Comparison, compare
 from .config import MODES, RunConfig

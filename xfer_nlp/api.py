@@ -236,13 +236,15 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
         model = built.model.to(accelerator.device)
         loaders = {s: accelerator.prepare(batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size))
                    for s in tokenized}
-        metrics, extra["probe"] = probe.run_probe(accelerator, cfg, model, loaders, tokenized, len(data.label_names))
+        metrics, extra["probe"] = probe.run_probe(accelerator, cfg, model, built.layout, loaders, tokenized,
+                                                   len(data.label_names))
         accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}, step=0)
     else:
         model = built.model
         train_dl = batches.train_loader(tokenized["train"], collator, cfg.per_device_train_batch_size, cfg.seed)
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
-        best, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, train_dl, eval_dls, len(data.label_names))
+        best, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls,
+                                                                     len(data.label_names))
         extra["best_epoch"] = best["epoch"]
         metrics = {s: best[s] for s in eval_splits}
         model = accelerator.unwrap_model(model)

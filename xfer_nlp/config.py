@@ -100,7 +100,9 @@ class RunConfig:
     lora_r: int = _f(8, "lora: adapter rank.")
     lora_alpha: int = _f(16, "lora: adapter scaling numerator.")
     lora_dropout: float = _f(0.1, "lora: dropout on the adapter input.")
-    lora_target_modules: str = _f("query,key,value,dense", "lora: comma-separated module names that get adapters.")
+    lora_target_modules: Optional[str] = _f(None, "lora: comma-separated module names that get adapters (default: "
+                                            "the encoder family's attention and feed-forward projections, e.g. "
+                                            "BERT's query,key,value,dense inside the encoder layers).")
     save_lora_adapter: bool = _f(False, "lora: also save the unmerged peft adapter (and head) under "
                                  "OUTPUT_DIR/adapter; the main export always has the adapters merged.")
     seed: int = _f(42, "Seed for subsets, splits, initialisation, shuffling and dropout.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import yaml
@@ -38,40 +39,83 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+# What each setting is for: a card lists those that shaped its mode's model.
+CARD_SETTINGS = {
+    "probe": ("max_seq_length", "pooling", "probe_layer", "probe_c_grid", "seed", "max_train_samples"),
+    "trained": ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "weight_decay", "warmup_ratio", "lr_scheduler_type", "layer_lr_decay", "gradual_unfreezing",
+                "freeze_layers", "reinit_layers", "max_seq_length", "pooling", "seed", "mixed_precision",
+                "max_train_samples"),
+    "lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
+}
+
+
+def base_model_id(model: str) -> str | None:
+    """The encoder's Hub id, where it has one (a local folder has none)."""
+    hub_id = HUB_IDS.get(model, model)
+    return None if "/" not in hub_id or Path(hub_id).exists() or hub_id.startswith((".", "/", "~")) else hub_id
+
+
+def dataset_id(dataset: str) -> str | None:
+    """The Hub id of a registry dataset or of a dataset named by its Hub id; None for local files."""
+    from .data import REGISTRY
+
+    if dataset in REGISTRY:
+        return REGISTRY[dataset].hub_id
+    return base_model_id(dataset)
+
+
+def needs_remote_code(results: dict) -> bool:
+    return results.get("architecture") == "XferPooledForSequenceClassification"
+
+
+def usage_snippet(results: dict, model_id: str) -> str:
+    remote = needs_remote_code(results)
+    flag = ", trust_remote_code=True" if remote else ""
+    why = ("# The mean/cls-pooling head is defined in this repository's modeling.py; transformers runs it only\n"
+           "# with trust_remote_code=True. Nothing else is needed (xfer_nlp need not be installed).\n") if remote else ""
+    return (f"{why}from transformers import pipeline\n\n"
+            f'classifier = pipeline("text-classification", model="{model_id}"{flag})\n'
+            'print(classifier("a gripping, beautifully made film"))')
+
+
 def model_card(results: dict, comparison: str | None = None) -> ModelCard:
     """The card for one run; `comparison` is the summary table of the compare grid the run belonged to."""
     cfg = results["config"]
-    dataset = results["dataset"]
-    evals = [EvalResult(task_type="text-classification", task_name="Text Classification", dataset_type=dataset,
-                        dataset_name=dataset, dataset_split=split, metric_type=metric, metric_name=metric,
-                        metric_value=round(value, 4))
-             for split, m in results["metrics"].items() for metric, value in m.items()]
-    base = HUB_IDS.get(results["model"], results["model"])
+    dataset, mode = results["dataset"], results["mode"]
+    data_id = dataset_id(dataset)
+    evals = []
+    for split, m in results["metrics"].items():
+        for metric, value in m.items():
+            if metric not in ("accuracy", "macro_f1"):
+                continue
+            f1 = metric == "macro_f1"
+            evals.append(EvalResult(
+                task_type="text-classification", task_name="Text Classification", dataset_type=data_id or dataset,
+                dataset_name=dataset, dataset_split=split, metric_type="f1" if f1 else "accuracy",
+                metric_name="Macro F1" if f1 else "Accuracy", metric_args={"average": "macro"} if f1 else None,
+                metric_value=round(value, 4)))
     data = ModelCardData(
-        base_model=None if results["mode"] == "scratch" or "/" not in base or Path(base).exists() else base,
+        base_model=None if mode == "scratch" else base_model_id(results["model"]), datasets=[data_id] if data_id else None,
         library_name="transformers", pipeline_tag="text-classification", license="apache-2.0",
-        tags=["xfer_nlp", results["mode"], "text-classification"], model_name=Path(cfg["output_dir"]).name,
-        eval_results=evals)
+        tags=["xfer_nlp", mode, "text-classification"], model_name=Path(cfg["output_dir"]).name, eval_results=evals)
     rows = "\n".join(f"| {split} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for split, m in results["metrics"].items())
-    needs_import = results.get("architecture") == "XferBertForSequenceClassification"
-    load = ("import xfer_nlp  # registers the mean/cls-pooling BERT head with transformers' Auto classes\n"
-            if needs_import else "") + "from transformers import pipeline\n\n" \
-        f'classifier = pipeline("text-classification", model="{cfg.get("hub_model_id") or cfg["output_dir"]}")\n' \
-        'print(classifier("a gripping, beautifully made film"))'
-    hyper = {k: cfg[k] for k in ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
-                                 "gradient_accumulation_steps", "weight_decay", "warmup_ratio", "max_seq_length",
-                                 "pooling", "seed", "mixed_precision", "max_train_samples") if cfg.get(k) is not None}
-    if results["mode"] == "lora":
-        hyper.update({k: cfg[k] for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")})
-    if results["mode"] == "probe":
-        hyper["probe_C"] = results.get("probe", {}).get("C")
+    settings = CARD_SETTINGS["probe" if mode == "probe" else "trained"] + (CARD_SETTINGS["lora"] if mode == "lora" else ())
+    hyper = {k: cfg[k] for k in settings if cfg.get(k) is not None}
+    if mode == "probe":
+        hyper["probe_C (chosen)"] = results.get("probe", {}).get("C")
+        chosen = "The head's regularisation strength C was chosen on the validation split"
+    else:
+        chosen = f"Epoch {results.get('best_epoch')} was kept as the best on the validation split"
+    chosen += (", so validation scores are optimistic; the test split was scored once, with that choice."
+               if "test" in results["metrics"] else ", so its scores are optimistic; this dataset has no test split.")
     compared = ("## Comparison\n\nThis run is one cell of an `xfer-nlp compare` grid on the same data; the other "
                 f"approaches scored:\n\n{comparison}\n") if comparison else ""
     body = f"""
 # {Path(cfg["output_dir"]).name}
 
 A text classifier for **{dataset}** ({", ".join(results["label_names"])}), trained with
-[xfer_nlp](https://pypi.org/project/xfer-nlp/) in mode **{results["mode"]}**: {MODE_DESCRIPTIONS[results["mode"]]}.
+[xfer_nlp](https://pypi.org/project/xfer-nlp/) in mode **{mode}**: {MODE_DESCRIPTIONS[mode]}.
 Encoder: `{results["model"]}` ({results.get("pooling")} pooling).
 
 ## Results
@@ -80,13 +124,14 @@ Encoder: `{results["model"]}` ({results.get("pooling")} pooling).
 |---|---|---|
 {rows}
 
+{chosen}
 Trained on {results["train_samples"]} examples in {results["train_seconds"]:.1f} s on {results["hardware"]};
 {results["trainable_params"]:,} of {results["total_params"]:,} parameters trained; peak memory {results["peak_memory_mb"]:.0f} MB.
 
 ## How to use
 
 ```python
-{load}
+{usage_snippet(results, cfg.get("hub_model_id") or cfg["output_dir"])}
 ```
 
 ## Training hyperparameters
@@ -105,31 +150,71 @@ predictions for decisions about people.
 
 
 def save_outputs(output_dir: Path, model, tokenizer, results: dict) -> None:
-    """Everything a run leaves behind, loadable by `pipeline("text-classification", model=output_dir)`."""
+    """Everything a run leaves behind, loadable by `pipeline("text-classification", model=output_dir)`.
+
+    The model and tokenizer are written into a temporary folder first, so the names of the files they consist of
+    are known exactly: results.json lists them, and `push` uploads that list and nothing else from the folder.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    staging = output_dir / ".export.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)  # a pooled head's modeling.py and auto_map come with it (register_for_auto_class)
+    tokenizer.save_pretrained(staging)
+    exported = sorted(p.name for p in staging.iterdir() if p.is_file())
+    for name in exported:
+        os.replace(staging / name, output_dir / name)
+    shutil.rmtree(staging)
+    adapter = sorted(f"adapter/{p.name}" for p in (output_dir / "adapter").glob("*") if p.is_file()) \
+        if results["config"].get("save_lora_adapter") else []
+    results = {**results, "files": exported + adapter + ["config_xfer.yaml", "README.md", "results.json"]}
     (output_dir / "config_xfer.yaml").write_text(yaml.safe_dump(results["config"], sort_keys=False), encoding="utf-8")
     model_card(results).save(output_dir / "README.md")
     write_json(output_dir / "results.json", results)  # last: its presence marks a finished run
 
 
+def _files_to_push(output_dir: Path, results: dict) -> list[Path]:
+    """The files the run wrote (results.json lists them), each checked to be a plain file inside the folder."""
+    names = results.get("files")
+    if not isinstance(names, list) or not names:
+        raise PushError(f"'{output_dir}/results.json' does not list the files the run wrote (it was made by an older "
+                        "xfer_nlp); re-run it with --overwrite_output_dir, then push.")
+    root = output_dir.resolve()
+    files = []
+    for name in names:
+        path = (output_dir / str(name))
+        if not path.is_file() or path.is_symlink() or root not in path.resolve().parents:
+            raise PushError(f"'{output_dir}' lacks {name}, which its run wrote (or it is no plain file inside the "
+                            "folder). Re-run with --overwrite_output_dir, then push.")
+        files.append(path)
+    return files
+
+
 def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool = False,
          token: str | None = None) -> str:
-    """Upload a finished run folder; returns the repo URL. Local files are only read."""
-    from huggingface_hub import HfApi
+    """Upload a finished run's own files (never anything else in the folder); returns the repo URL.
+
+    Local files are only read. The card's usage snippet is rewritten for the id pushed to.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     output_dir = Path(output_dir)
     if not (output_dir / "results.json").is_file():
         raise PushError(f"'{output_dir}' holds no finished run (no results.json); train first, then push.")
+    results = json.loads((output_dir / "results.json").read_text(encoding="utf-8"))
+    files = _files_to_push(output_dir, results)
     api = HfApi(token=token)
     retry = f"xfer-nlp push {output_dir} --hub_model_id {hub_model_id or '<user>/<name>'}"
     try:
         if hub_model_id is None:
             hub_model_id = f"{api.whoami()['name']}/{output_dir.name}"
         repo = api.create_repo(hub_model_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(repo_id=repo.repo_id, folder_path=output_dir, repo_type="model",
-                          ignore_patterns=["checkpoints/*", "*.tmp", "logs/*"],
+        operations = []
+        for path in files:
+            content = path.read_bytes()
+            if path.name == "README.md" and path.parent == output_dir:
+                content = _card_for(content.decode("utf-8"), results, repo.repo_id).encode("utf-8")
+            operations.append(CommitOperationAdd(path.relative_to(output_dir).as_posix(), content))
+        api.create_commit(repo_id=repo.repo_id, operations=operations, repo_type="model",
                           commit_message="Upload model trained with xfer_nlp")
     except Exception as e:  # HTTP errors, refused connections (httpx), timeouts: all mean "the upload failed"
         msg = str(e).replace(token, "***") if token else str(e)
@@ -137,3 +222,10 @@ def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool 
         raise PushError(f"Pushing '{output_dir}' to the Hub failed ({msg}). Every local output "
                         f"is intact; retry just the upload with: {retry}") from None
     return repo.url if hasattr(repo, "url") else str(repo)
+
+
+def _card_for(card: str, results: dict, repo_id: str) -> str:
+    """The card with its usage snippet naming `repo_id` (it named the id or the folder the run was trained into)."""
+    cfg = results["config"]
+    trained_as = cfg.get("hub_model_id") or cfg["output_dir"]
+    return card.replace(usage_snippet(results, trained_as), usage_snippet(results, repo_id))

@@ -1,47 +1,75 @@
-"""A BERT classifier whose head reads mean-pooled or raw [CLS] states, registered with transformers' Auto classes.
+"""A classifier over any transformers encoder whose head reads mean-pooled or raw first-token states.
 
-Stock `BertForSequenceClassification` always feeds the [CLS] pooler (dense + tanh) to its head. Sentence encoders
-such as the embedded MiniLM were trained for mean pooling, where a linear head scores far better. Importing
-`xfer_nlp` registers `xfer-bert` so `AutoModelForSequenceClassification` and `pipeline()` load it.
+Stock `*ForSequenceClassification` heads read the first token (through a pooler or a dense layer); sentence
+encoders such as the embedded MiniLM were trained for mean pooling, where a linear head scores far better. No stock
+class expresses that, so exports of this head carry this file: it imports torch and transformers only, and
+`save_pretrained` copies it beside the weights with an `auto_map` in config.json, so
+`pipeline("text-classification", model=FOLDER, trust_remote_code=True)` loads the model where only transformers is
+installed. Its model_type is its own, so loading it without trust_remote_code fails loudly instead of building a
+stock head with random weights.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 
 
-class XferBertConfig(BertConfig):
-    model_type = "xfer-bert"
+class XferPooledConfig(PretrainedConfig):
+    """`encoder` is the wrapped encoder's own config (any family); `pooling` is mean or cls."""
 
-    def __init__(self, pooling: str = "mean", **kwargs):
-        super().__init__(**kwargs)
+    model_type = "xfer-pooled"
+    sub_configs = {"encoder": AutoConfig}
+
+    def __init__(self, encoder: dict | PretrainedConfig | None = None, pooling: str = "mean",
+                 classifier_dropout: float | None = None, **kwargs):
+        if isinstance(encoder, dict):
+            encoder = AutoConfig.for_model(**encoder)
+        self.encoder = encoder
         self.pooling = pooling
+        self.classifier_dropout = classifier_dropout
+        super().__init__(**kwargs)
 
 
-class XferBertForSequenceClassification(BertPreTrainedModel):
-    config_class = XferBertConfig
-    config: XferBertConfig
+class XferPooledForSequenceClassification(PreTrainedModel):
+    config_class = XferPooledConfig
+    base_model_prefix = "encoder"
+    _supports_sdpa = True
+    _supports_attention_backend = True
 
-    def __init__(self, config: XferBertConfig):
+    def __init__(self, config: XferPooledConfig):
         super().__init__(config)
         if config.pooling not in ("mean", "cls"):
-            raise ValueError(f"XferBertConfig.pooling must be 'mean' or 'cls', got {config.pooling!r}")
+            raise ValueError(f"XferPooledConfig.pooling must be 'mean' or 'cls', got {config.pooling!r}")
         self.num_labels = config.num_labels
-        self.bert = BertModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.encoder = _bare_encoder(config.encoder)
+        enc = config.encoder
+        dropout = config.classifier_dropout
+        if dropout is None:
+            dropout = next((getattr(enc, k) for k in ("hidden_dropout_prob", "dropout", "embedding_dropout")
+                            if isinstance(getattr(enc, k, None), float)), 0.1)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(enc.hidden_size, config.num_labels)
         self.post_init()
+
+    def _init_weights(self, module):
+        if module is self.classifier:
+            module.weight.data.normal_(0.0, getattr(self.config.encoder, "initializer_range", 0.02))
+            module.bias.data.zero_()
+
+    def get_input_embeddings(self):
+        return self.encoder.get_input_embeddings()
 
     def features(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs) -> torch.Tensor:
         """The sentence vector the head reads (before dropout)."""
         kwargs.pop("return_dict", None)  # peft passes it; this model always returns a dataclass
-        hidden = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           return_dict=True, **kwargs).last_hidden_state
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(input_ids, attention_mask=attention_mask, return_dict=True, **kwargs).last_hidden_state
         if self.config.pooling == "cls":
             return hidden[:, 0]
         if attention_mask is None:
@@ -57,13 +85,18 @@ class XferBertForSequenceClassification(BertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-AutoConfig.register("xfer-bert", XferBertConfig)
-AutoModelForSequenceClassification.register(XferBertConfig, XferBertForSequenceClassification)
+def _bare_encoder(config: PretrainedConfig) -> PreTrainedModel:
+    """The family's base model without a pooler (this head never reads one, and DDP rejects unused weights)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    cls = MODEL_MAPPING[type(config)]
+    return cls(config, **no_pooler(cls))
 
 
-def sentence_features(model, batch: dict) -> torch.Tensor:
-    """What the classifier head of `model` reads, for either head type (stock BERT: the pooler output)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if isinstance(model, XferBertForSequenceClassification):
-        return model.features(**inputs)
-    return model.bert(**inputs, return_dict=True).pooler_output
+def no_pooler(cls) -> dict:
+    """The keyword that builds a base model class without its pooler, where it has one."""
+    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
+
+
+XferPooledConfig.register_for_auto_class()
+XferPooledForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")

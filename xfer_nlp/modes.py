@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from . import schedules
+from . import families, schedules
 from .config import EMBEDDED_MODEL, RunConfig
 from .errors import ConfigError
-from .modeling import XferBertConfig, XferBertForSequenceClassification
+from .modeling import XferPooledConfig, XferPooledForSequenceClassification, no_pooler
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,13 @@ class Built:
     tokenizer: object
     pooling: str
     model_path: str  # what from_pretrained read
+    layout: families.Layout
+
+
+# So that `import xfer_nlp` is enough for AutoModelForSequenceClassification and pipeline() to load a pooled export
+# in this process; elsewhere its own modeling file does that (trust_remote_code=True).
+AutoConfig.register(XferPooledConfig.model_type, XferPooledConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(XferPooledConfig, XferPooledForSequenceClassification, exist_ok=True)
 
 
 def resolve_model_path(name: str) -> str:
@@ -34,10 +41,11 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def default_pooling(model_path: str, model_type: str) -> str:
-    """mean for sentence-transformers encoders (their pooling config says so), else the stock pooler head."""
+def default_pooling(model_path: str) -> str:
+    """mean (or cls) where a sentence-transformers pooling config says the encoder was trained for it, else the
+    family's stock head."""
     pooling_cfg = Path(model_path) / "1_Pooling" / "config.json"
-    if model_type == "bert" and pooling_cfg.is_file():
+    if pooling_cfg.is_file():
         cfg = json.loads(pooling_cfg.read_text())
         if cfg.get("pooling_mode_mean_tokens"):
             return "mean"
@@ -69,107 +77,127 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
+def _encoder_config(path: str, source: str):
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"Could not read the model config of '{source}': {str(e).splitlines()[0][:300]}") from None
+
+
 def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
     """The model and tokenizer for cfg.mode, with the right parameters frozen."""
     path = resolve_model_path(cfg.model_name_or_path)
     if _looks_local(path):
         _check_local_model(Path(path).expanduser())
-    base = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    pooling = cfg.pooling or default_pooling(path, base.model_type)
+    base = _encoder_config(path, cfg.model_name_or_path)
+    family = families.family_of(base.model_type, cfg.model_name_or_path)
+    pooling = cfg.pooling or default_pooling(path)
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}
-    if pooling == "pooler":
-        config = AutoConfig.from_pretrained(path, trust_remote_code=False, **labels)
-        model_cls = AutoModelForSequenceClassification
-    else:
-        if base.model_type not in ("bert", "xfer-bert"):
-            raise ConfigError(f"--pooling {pooling} needs a BERT-architecture encoder; '{cfg.model_name_or_path}' is "
-                              f"'{base.model_type}'. Use --pooling pooler (the model's own classification head).")
-        fields = {k: v for k, v in base.to_dict().items() if k not in ("model_type", "architectures", "pooling")}
-        config = XferBertConfig(pooling=pooling, **{**fields, **labels})
-        model_cls = XferBertForSequenceClassification
     if cfg.mode == "probe" and cfg.probe_layer != -1:
-        if not 0 < cfg.probe_layer <= config.num_hidden_layers:
-            raise ConfigError(f"--probe_layer {cfg.probe_layer} is outside 1..{config.num_hidden_layers} (the "
+        if not 0 < cfg.probe_layer <= base.num_hidden_layers:
+            raise ConfigError(f"--probe_layer {cfg.probe_layer} is outside 1..{base.num_hidden_layers} (the "
                               "encoder's layers); -1 means the last.")
         # Keeping only the bottom k layers makes the exported model compute exactly the probed features.
-        config.num_hidden_layers = cfg.probe_layer
-
+        base.num_hidden_layers = cfg.probe_layer
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ConfigError(f"Could not load a tokenizer from '{cfg.model_name_or_path}': {e}") from None
+    if not family.token_types and "token_type_ids" in tokenizer.model_input_names:
+        tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+
     if cfg.mode == "scratch":
         torch.manual_seed(cfg.seed)
-        model = model_cls.from_config(config) if model_cls is AutoModelForSequenceClassification else model_cls(config)
-    else:
-        try:
-            model = model_cls.from_pretrained(path, config=config, use_safetensors=True, trust_remote_code=False)
-        except OSError as e:
-            raise ConfigError(f"Could not load weights from '{cfg.model_name_or_path}': {e}. xfer_nlp reads "
-                              "safetensors only.") from None
-        # from_pretrained initialises the new head from the global RNG; redo it from the seed so runs repeat.
-        generator = torch.Generator().manual_seed(cfg.seed)
-        with torch.no_grad():
-            model.classifier.weight.normal_(0.0, config.initializer_range, generator=generator)
-            model.classifier.bias.zero_()
+    model = _make_model(cfg, path, base, pooling, labels)
+    lay = families.layout(model, family)
+    if cfg.mode != "scratch":
+        # The new head is initialised from the global RNG; redo it from the seed so runs repeat.
+        _init_head(model, lay, cfg.seed)
         if cfg.reinit_layers:
-            _reinit_top_layers(model, cfg.reinit_layers, cfg.seed)
+            _reinit_top_layers(model, lay, cfg.reinit_layers, cfg.seed)
 
     if cfg.mode == "probe":
         for name, p in model.named_parameters():
-            p.requires_grad = name.startswith("classifier.")
+            p.requires_grad = lay.is_out(name)
     elif cfg.mode == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
-        targets = [t.strip() for t in cfg.lora_target_modules.split(",") if t.strip()]
+        targets = [t.strip() for t in cfg.lora_target_modules.split(",") if t.strip()] \
+            if cfg.lora_target_modules else family.lora_targets
         lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                          lora_dropout=cfg.lora_dropout, target_modules=targets, modules_to_save=["classifier"])
+                          lora_dropout=cfg.lora_dropout, target_modules=targets, modules_to_save=list(lay.head))
         try:
             model = get_peft_model(model, lora)
         except ValueError as e:
-            raise ConfigError(f"--lora_target_modules {cfg.lora_target_modules}: {e}") from None
+            raise ConfigError(f"--lora_target_modules {targets}: {e}") from None
     if cfg.freeze_layers is not None:
-        _freeze_bottom(model, cfg.freeze_layers)
-    return Built(model, tokenizer, pooling, path)
+        _freeze_bottom(model, lay, cfg.freeze_layers)
+    return Built(model, tokenizer, pooling, path, lay)
 
 
-def _encoder_layers(model) -> int:
-    layers = schedules.num_layers(n for n, _ in model.named_parameters())
-    if not layers:
-        raise ConfigError(f"Found no encoder layers (parameters named '...layer.N...') in {type(model).__name__}; "
-                          "--freeze_layers, --reinit_layers and layer-wise schedules need them.")
-    return layers
+def _make_model(cfg: RunConfig, path: str, base, pooling: str, labels: dict) -> torch.nn.Module:
+    """The family's stock classifier for pooling 'pooler', else the pooled head over the bare encoder."""
+    pretrained = cfg.mode != "scratch"
+    try:
+        if pooling == "pooler":
+            config = AutoConfig.from_pretrained(path, trust_remote_code=False, **labels)
+            config.num_hidden_layers = base.num_hidden_layers
+            if not pretrained:
+                return AutoModelForSequenceClassification.from_config(config)
+            return AutoModelForSequenceClassification.from_pretrained(path, config=config, use_safetensors=True,
+                                                                      trust_remote_code=False)
+        model = XferPooledForSequenceClassification(XferPooledConfig(encoder=base, pooling=pooling, **labels))
+        if pretrained:
+            model.encoder = AutoModel.from_pretrained(path, config=base, use_safetensors=True, trust_remote_code=False,
+                                                      **no_pooler(type(model.encoder)))
+        return model
+    except OSError as e:
+        raise ConfigError(f"Could not load weights from '{cfg.model_name_or_path}': {e}. xfer_nlp reads "
+                          "safetensors only.") from None
 
 
-def _reinit_top_layers(model, n: int, seed: int) -> None:
+def _init_head(model, lay: families.Layout, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    std = getattr(getattr(model.config, "encoder", model.config), "initializer_range", 0.02)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if lay.is_head(name) and isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, std, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+
+
+def _reinit_top_layers(model, lay: families.Layout, n: int, seed: int) -> None:
     """Zhang et al. 2021: the top layers of a pretrained encoder are specialised to its pretraining task.
 
     Written out rather than `model._init_weights`: transformers 5 skips tensors it has marked as loaded.
     """
-    layers = _encoder_layers(model)
-    if n > layers:
-        raise ConfigError(f"--reinit_layers {n} is more than the encoder's {layers} layers.")
-    std = model.config.initializer_range
+    if n > lay.layers:
+        raise ConfigError(f"--reinit_layers {n} is more than the encoder's {lay.layers} layers.")
+    std = getattr(getattr(model.config, "encoder", model.config), "initializer_range", 0.02)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, module in model.named_modules():
-            if not (1 <= schedules.depth(name + ".", layers) <= n or name.endswith("pooler")):
+            top_layer = lay.layer_index(name) is not None and lay.depth(name) <= n
+            if not (top_layer or lay.is_top(name)):  # the top n layers, BERT's pooler, ModernBERT's final norm
                 continue
             if isinstance(module, torch.nn.Linear):
                 module.weight.normal_(0.0, std, generator=generator)
-                module.bias.zero_()
-            elif isinstance(module, torch.nn.LayerNorm):
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, torch.nn.LayerNorm) and module.weight is not None:
                 module.weight.fill_(1.0)
-                module.bias.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
 
 
-def _freeze_bottom(model, k: int) -> None:
-    layers = _encoder_layers(model)
+def _freeze_bottom(model, lay: families.Layout, k: int) -> None:
+    layers = lay.layers
     if not -layers < k <= layers:
         raise ConfigError(f"--freeze_layers {k} is outside {-layers + 1}..{layers} for this {layers}-layer encoder "
                           f"({layers} freezes every layer, -1 all but the top one, 0 the embeddings alone).")
-    frozen = set(schedules.frozen_by_freeze_layers(k, [n for n, _ in model.named_parameters()], layers))
+    frozen = set(schedules.frozen_by_freeze_layers(k, [n for n, _ in model.named_parameters()], lay))
     for name, p in model.named_parameters():
         if name in frozen:
             p.requires_grad = False

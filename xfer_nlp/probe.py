@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .metrics import classification_metrics
-from .modeling import sentence_features
+from .families import Layout, out_layer, sentence_features
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +29,11 @@ logger = logging.getLogger(__name__)
 MAX_ITER = 200
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of every tensor the features depend on (all but the head)."""
+def weights_fingerprint(model: torch.nn.Module, layout: Layout) -> str:
+    """Hash of every tensor the features depend on (all but the head's final Linear)."""
     h = hashlib.blake2b(digest_size=16)
     for name, t in sorted(model.state_dict().items()):
-        if not name.startswith("classifier."):
+        if not layout.is_out(name):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -46,13 +46,13 @@ def data_fingerprint(ds) -> str:
     return h.hexdigest()
 
 
-def encode(accelerator, model, loader, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(accelerator, model, layout: Layout, loader, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) for every example of a prepared loader, gathered from all processes."""
     feats, labels = [], []
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
             with accelerator.autocast():
-                f = sentence_features(model, batch)
+                f = sentence_features(model, layout, batch)
             f, y = accelerator.gather_for_metrics((f.float(), batch["labels"]))
             feats.append(f.cpu())
             labels.append(y.cpu())
@@ -62,7 +62,7 @@ def encode(accelerator, model, loader, desc: str) -> tuple[torch.Tensor, torch.T
     return feats, labels
 
 
-def cached_features(accelerator, cfg, model, key_parts: tuple, loader, desc: str):
+def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple, loader, desc: str):
     """encode(), unless a cache file for exactly these weights, tokens, pooling and layer exists."""
     key = hashlib.blake2b(repr(key_parts).encode(), digest_size=20).hexdigest()
     cache_dir = Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features")
@@ -73,7 +73,7 @@ def cached_features(accelerator, cfg, model, key_parts: tuple, loader, desc: str
             return tensors["features"], tensors["labels"], True
         except Exception as e:  # a damaged cache file is only a lost shortcut: re-encode
             logger.warning("Feature cache %s is unreadable (%s); encoding again.", path, e)
-    feats, labels = encode(accelerator, model, loader, desc)
+    feats, labels = encode(accelerator, model, layout, loader, desc)
     if not cfg.no_feature_cache and accelerator.is_main_process:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -123,22 +123,24 @@ def fit_head(train: tuple, val: tuple, num_labels: int, c_grid: list[float]) -> 
     return {"weight": weight.float(), "bias": (b - weight @ mean).float(), "C": c, "validation_accuracy_by_C": scores}
 
 
-def run_probe(accelerator, cfg, model, loaders: dict, datasets: dict, num_labels: int) -> tuple[dict, dict]:
+def run_probe(accelerator, cfg, model, layout: Layout, loaders: dict, datasets: dict,
+              num_labels: int) -> tuple[dict, dict]:
     """Encode, fit, write the head into `model`; returns (metrics per split, probe details)."""
     model.eval()  # frozen encoder, and no dropout noise in the features
-    base_key = (weights_fingerprint(model), getattr(model.config, "pooling", "pooler"),
-                model.config.num_hidden_layers, cfg.max_seq_length)
+    base_key = (weights_fingerprint(model, layout), getattr(model.config, "pooling", "pooler"),
+                getattr(model.config, "encoder", model.config).num_hidden_layers, cfg.max_seq_length)
     start = time.perf_counter()
     features, hits = {}, {}
     for split, loader in loaders.items():
         key = base_key + (data_fingerprint(datasets[split]),)
-        *features[split], hits[split] = cached_features(accelerator, cfg, model, key, loader, f"Encoding {split}")
+        *features[split], hits[split] = cached_features(accelerator, cfg, model, layout, key, loader,
+                                                        f"Encoding {split}")
     encode_seconds = time.perf_counter() - start
     c_grid = [float(c) for c in cfg.probe_c_grid.split(",")]
     head = fit_head(features["train"], features["validation"], num_labels, c_grid)
     with torch.no_grad():
-        model.classifier.weight.copy_(head["weight"])
-        model.classifier.bias.copy_(head["bias"])
+        out_layer(model, layout).weight.copy_(head["weight"])
+        out_layer(model, layout).bias.copy_(head["bias"])
     metrics = {}
     for split in loaders:
         if split == "train":

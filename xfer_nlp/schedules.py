@@ -1,58 +1,30 @@
 """Which parameters train when, and at what learning rate: layer depths, gradual unfreezing, layer-wise decay, STLR.
 
-Every parameter belongs to a depth counted down from the output: the head (classifier, and the pooler that feeds
-it) is depth 0, the top encoder layer depth 1, ..., the bottom layer depth L, the embeddings depth L + 1. Both the
-learning-rate decay (lr * decay**depth) and gradual unfreezing (stage s trains depths 0..s) read that one number,
-so they cannot disagree about what "the top" is.
+Every parameter belongs to a depth counted down from the output (families.Layout.depth: the head 0, the top
+encoder layer 1, ..., the embeddings L + 1). Both the learning-rate decay (lr * decay**depth) and gradual
+unfreezing (stage s trains depths 0..s) read that one number, so they cannot disagree about what "the top" is.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
-# transformers names encoder blocks `...layer.3.` (BERT, RoBERTa, DistilBERT's `transformer.layer.3.`) or
-# `...layers.3.` (ModernBERT and most decoders); peft keeps those names inside its own prefix.
-_LAYER = re.compile(r"\.layers?\.(\d+)\.")
+from .families import Layout
 
-
-def num_layers(names) -> int:
-    """Encoder blocks in a model, counted from its parameter names."""
-    found = {int(m.group(1)) for n in names if (m := _LAYER.search(n))}
-    return max(found) + 1 if found else 0
-
-
-def depth(name: str, layers: int) -> int:
-    """0 for the head, 1 for the top encoder layer, ..., `layers` for the bottom one, `layers + 1` for embeddings."""
-    if m := _LAYER.search(name):
-        return layers - int(m.group(1))
-    if "embed" in name:
-        return layers + 1
-    return 0
-
-
-def depth_label(d: int, layers: int) -> str:
-    if d == 0:
-        return "head"
-    if d == layers + 1:
-        return "embeddings"
-    return f"layer.{layers - d}"
-
-
-def trainable_at_stage(stage: int, names, layers: int) -> list[str]:
+def trainable_at_stage(stage: int, names, layout: Layout) -> list[str]:
     """Gradual unfreezing: stage 0 trains the head; each later stage adds the next layer down; embeddings last."""
-    return [n for n in names if depth(n, layers) <= stage]
+    return [n for n in names if layout.depth(n) <= stage]
 
 
-def frozen_by_freeze_layers(k: int, names, layers: int) -> list[str]:
+def frozen_by_freeze_layers(k: int, names, layout: Layout) -> list[str]:
     """`--freeze_layers k`: the embeddings and the bottom k encoder layers (k < 0: all but the top |k|)."""
-    bottom = k if k >= 0 else layers + k
-    return [n for n in names if depth(n, layers) > layers - bottom]
+    bottom = k if k >= 0 else layout.layers + k
+    return [n for n in names if layout.depth(n) > layout.layers - bottom]
 
 
 def stage_at(step: int, steps_per_epoch: int, interval: float, last_stage: int) -> int:
@@ -69,7 +41,7 @@ class Group:
     names: list[str]
 
 
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, layer_lr_decay: float,
+def param_groups(model: torch.nn.Module, layout: Layout, lr: float, weight_decay: float, layer_lr_decay: float,
                  trainable: set[str]) -> list[Group]:
     """One group per (depth, decay or not), for every parameter that trains at some point of the run.
 
@@ -78,13 +50,12 @@ def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, layer_l
     LayerNorm weights), as in BERT's recipe.
     """
     named = [(n, p) for n, p in model.named_parameters() if n in trainable]
-    layers = num_layers(n for n, _ in model.named_parameters())
     groups: dict[tuple[int, bool], Group] = {}
     for n, p in named:
-        d, decays = depth(n, layers), p.ndim >= 2
+        d, decays = layout.depth(n), p.ndim >= 2
         key = (d, decays)
         if key not in groups:
-            groups[key] = Group(d, depth_label(d, layers), lr * layer_lr_decay ** d,
+            groups[key] = Group(d, layout.label(d), lr * layer_lr_decay ** d,
                                 weight_decay if decays else 0.0, [])
         groups[key].names.append(n)
     return sorted(groups.values(), key=lambda g: (g.depth, -g.weight_decay))

@@ -1,0 +1,133 @@
+"""Every encoder family through every mode, and each export loaded where xfer_nlp cannot be imported.
+
+Each family's model is a tiny random one built from its config (no download). The exports are loaded by
+`pipeline()` in a separate Python process in which `import xfer_nlp` fails, with `trust_remote_code=True` only
+where the model card says it is needed, and must reproduce the run's validation accuracy exactly.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import launch_env, save_tiny_encoder, tiny_configs
+from safetensors.torch import load_file
+
+import xfer_nlp
+from xfer_nlp.families import BY_TYPE
+from test_distributed import launch
+
+MODES = [("probe", {}), ("finetune", {}), ("scratch", {}), ("lora", {}),
+         ("finetune", {"gradual_unfreezing": True, "layer_lr_decay": 0.8, "freeze_layers": 1, "reinit_layers": 1,
+                       "unfreeze_interval": 0.5}),
+         ("probe", {"pooling": "mean"}), ("finetune", {"pooling": "cls"})]
+
+# Runs in a fresh interpreter: xfer_nlp is made unimportable before anything else happens.
+LOADER = r"""
+import json, sys
+sys.modules["xfer_nlp"] = None  # `import xfer_nlp` now raises ImportError, as where it is not installed
+try:
+    import xfer_nlp
+    raise SystemExit("xfer_nlp was importable")
+except ImportError:
+    pass
+from transformers import pipeline
+
+rows = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+out = {}
+for folder in sys.argv[2:]:
+    card = open(folder + "/README.md", encoding="utf-8").read()
+    remote = "trust_remote_code=True" in card
+    clf = pipeline("text-classification", model=folder, device=-1, trust_remote_code=remote)
+    labels = [p["label"] for p in clf([r["text"] for r in rows], batch_size=8)]
+    out[folder] = {"remote": remote, "accuracy": sum(l == str(r["label"]) for l, r in zip(labels, rows)) / len(rows)}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {name: save_tiny_encoder(config, root / name) for name, config in tiny_configs().items()}
+
+
+@pytest.mark.parametrize("family", list(tiny_configs()))
+def test_every_mode_exports_a_model_stock_transformers_loads(family, encoders, tiny_data_dir, tmp_path):
+    runs = []
+    for i, (mode, extra) in enumerate(MODES):
+        result = xfer_nlp.run(mode=mode, model_name_or_path=str(encoders[family]), dataset_name=str(tiny_data_dir),
+                              output_dir=str(tmp_path / f"{mode}-{i}"), max_seq_length=32, seed=0,
+                              per_device_train_batch_size=16, feature_cache_dir=str(tmp_path / "features"),
+                              **({} if mode == "probe" else {"num_train_epochs": 3, "learning_rate": 1e-3}), **extra)
+        runs.append((mode, extra, result))
+    encoder = load_file(encoders[family] / "model.safetensors")
+    for (_, extra, result), body in ((runs[0], BY_TYPE[family].body), (runs[5], "encoder")):
+        after = load_file(result.output_dir / "model.safetensors")
+        for name, tensor in encoder.items():  # a probe moves no encoder weight, in either head
+            if not name.startswith("pooler."):
+                assert torch.equal(after[f"{body}.{name}"], tensor), f"probe {extra} moved {name}"
+    assert max(runs[i][2].metrics["validation"]["accuracy"] for i in (0, 5)) >= 0.6, "a probe beats chance"
+    loaded = subprocess.run([sys.executable, "-c", LOADER, str(tiny_data_dir / "validation.jsonl"),
+                             *(str(r.output_dir) for _, _, r in runs)],
+                            capture_output=True, text=True, timeout=600, env=launch_env())
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    scores = json.loads(loaded.stdout.strip().splitlines()[-1])
+    for mode, extra, result in runs:
+        got = scores[str(result.output_dir)]
+        pooled = result.results["pooling"] in ("mean", "cls")
+        assert got["remote"] == pooled, f"{mode} {extra}: remote code needed only for a pooled head"
+        assert result.results["architecture"] == ("XferPooledForSequenceClassification" if pooled else
+                                                  f"{type_prefix(family)}ForSequenceClassification")
+        assert got["accuracy"] == pytest.approx(result.metrics["validation"]["accuracy"], abs=1e-9), (mode, extra)
+
+
+def type_prefix(family):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification._model_mapping[type(tiny_configs()[family])].__name__.split(
+        "ForSequenceClassification")[0]
+
+
+def test_schedule_reads_each_family_layers_and_head(encoders):
+    """Gradual unfreezing's stages and freeze_layers land on each family's real layers, head first."""
+    from xfer_nlp.config import RunConfig, resolve
+    from xfer_nlp.modes import build
+
+    for family, path in encoders.items():
+        built = build(resolve(RunConfig(mode="finetune", model_name_or_path=str(path), freeze_layers=1)), ("a", "b"))
+        lay = built.layout
+        names = [n for n, _ in built.model.named_parameters()]
+        head = {n for n in names if lay.depth(n) == 0}
+        assert head and all(lay.is_head(n) or lay.is_top(n) for n in head), family
+        assert any(lay.is_out(n) for n in head), family
+        assert {lay.depth(n) for n in names} == set(range(lay.layers + 2)), family
+        frozen = {n for n, p in built.model.named_parameters() if not p.requires_grad}
+        assert frozen == {n for n in names if lay.depth(n) >= lay.layers}, family  # embeddings + the bottom layer
+
+
+def test_unknown_architecture_is_one_clear_message(tmp_path):
+    from transformers import GPT2Config, GPT2Model
+
+    path = tmp_path / "gpt2"
+    GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50)).save_pretrained(path)
+    (path / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    result = subprocess.run([sys.executable, "-m", "xfer_nlp.cli", "run", "--mode", "probe", "--model_name_or_path",
+                             str(path), "--output_dir", str(tmp_path / "o")], capture_output=True, text=True,
+                            timeout=300, env=launch_env())
+    assert result.returncode == 2
+    assert "'gpt2' model, which xfer_nlp does not know" in result.stderr and "RoBERTa / XLM-R" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_two_process_ddp_on_a_non_bert_family(encoders, tiny_data_dir, tmp_path):
+    one, _ = launch(1, "finetune", tmp_path / "one", encoders["roberta"], tiny_data_dir, tmp_path,
+                    "--per_device_train_batch_size", "16", "--num_train_epochs", "3", "--learning_rate", "1e-3",
+                    "--gradual_unfreezing", "--unfreeze_interval", "0.5")
+    two, _ = launch(2, "finetune", tmp_path / "two", encoders["roberta"], tiny_data_dir, tmp_path,
+                    "--per_device_train_batch_size", "8", "--num_train_epochs", "3", "--learning_rate", "1e-3",
+                    "--gradual_unfreezing", "--unfreeze_interval", "0.5")
+    assert two["num_processes"] == 2 and two["architecture"] == "RobertaForSequenceClassification"
+    assert [r["step"] for r in two["history"]] == [r["step"] for r in one["history"]]
+    assert abs(two["metrics"]["validation"]["accuracy"] - one["metrics"]["validation"]["accuracy"]) <= 0.1

@@ -1,0 +1,176 @@
+"""The one place that knows each encoder family's anatomy: its layers, embeddings, head and LoRA targets.
+
+Every other module asks a `Layout` (a family applied to one built model) instead of reaching for `.bert`,
+`.classifier` or BERT's module names. Names are read with peft's wrapper prefixes removed, so a LoRA model is
+laid out like the plain one.
+
+Depths count down from the output, which is what layer-wise learning rates and gradual unfreezing share: the
+head is depth 0 (the classification head and whatever sits between the last encoder layer and it: BERT's pooler,
+ModernBERT's final norm), the top encoder layer depth 1, ..., the bottom layer depth L, and everything else
+(embeddings, relative-position tables, embedding projections) depth L + 1.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+
+# What a pooled head (xfer_nlp.modeling, mean or cls) calls its parts: encoder body, then the linear classifier.
+POOLED_BODY = "encoder"
+POOLED_HEAD = ("classifier",)
+POOLED_OUT = "classifier"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    body: str  # the attribute of its stock *ForSequenceClassification that holds the encoder
+    layer_pattern: str  # regex whose group 1 is the encoder block's index, matched on peft-free names
+    head: tuple[str, ...]  # module paths of the stock classification head (new weights when fine-tuning starts)
+    out: str  # the head's final Linear: what a probe fits and what "the sentence features" feed
+    top: tuple[str, ...] = ()  # pretrained modules between the last layer and the head (depth 0, not re-created)
+    lora_targets: str = r".*\.(query|key|value|dense)"  # default LoRA target modules (a peft full-match regex)
+    token_types: bool = True  # whether its models take token_type_ids
+
+
+FAMILIES = (
+    Family("BERT", ("bert",), "bert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier", top=("bert.pooler",),
+           lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+    Family("RoBERTa / XLM-R", ("roberta", "xlm-roberta"), "roberta", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
+           "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+    Family("DistilBERT", ("distilbert",), "distilbert", r"\.transformer\.layer\.(\d+)\.", ("pre_classifier", "classifier"),
+           "classifier", lora_targets=r".*transformer\.layer\.\d+\..*(q_lin|k_lin|v_lin|out_lin|lin1|lin2)",
+           token_types=False),
+    # ALBERT shares one layer's weights across its depth: it has as many distinct blocks as layer groups (often 1).
+    Family("ALBERT", ("albert",), "albert", r"\.albert_layer_groups\.(\d+)\.", ("classifier",), "classifier",
+           top=("albert.pooler",), lora_targets=r".*albert_layer_groups\.\d+\..*(query|key|value|dense|ffn|ffn_output)"),
+    Family("ELECTRA", ("electra",), "electra", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
+           lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+    Family("DeBERTa-v2 / v3", ("deberta-v2",), "deberta", r"\.encoder\.layer\.(\d+)\.", ("pooler", "classifier"), "classifier",
+           lora_targets=r".*encoder\.layer\.\d+\..*(query_proj|key_proj|value_proj|dense)"),
+    Family("MPNet", ("mpnet",), "mpnet", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
+           lora_targets=r".*encoder\.layer\.\d+\..*(attn\.q|attn\.k|attn\.v|attn\.o|dense)", token_types=False),
+    Family("ModernBERT", ("modernbert",), "model", r"\.layers\.(\d+)\.", ("head", "classifier"), "classifier",
+           top=("model.final_norm",), lora_targets=r".*layers\.\d+\..*(Wqkv|Wo|Wi)", token_types=False),
+)
+BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
+
+
+def family_of(model_type: str, source: str) -> Family:
+    """The family of a config's model_type; an unknown one stops the run before any weights are read."""
+    if model_type in BY_TYPE:
+        return BY_TYPE[model_type]
+    if model_type == "xfer-pooled":
+        raise ConfigError(f"'{source}' is an xfer_nlp export, not an encoder. Train from the encoder it was built "
+                          "on, or score it with `xfer-nlp predict`.")
+    raise ConfigError(f"'{source}' is a '{model_type}' model, which xfer_nlp does not know how to take apart. "
+                      f"Supported encoder families: {', '.join(f.name for f in FAMILIES)} (model types "
+                      f"{', '.join(sorted(BY_TYPE))}).")
+
+
+_PEFT = re.compile(r"^base_model\.model\.|\.(modules_to_save|original_module)\.default(?=\.|$)|\.original_module(?=\.|$)|"
+                   r"\.base_layer(?=\.|$)|\.lora_[AB]\.default(?=\.|$)|\.lora_embedding_[AB]\.default(?=\.|$)")
+
+
+def plain_name(name: str) -> str:
+    """A parameter or module name without peft's wrapper parts."""
+    return _PEFT.sub("", name)
+
+
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One built model's anatomy: `family` read against its real parameter names."""
+
+    family: Family
+    pooled: bool  # an xfer_nlp mean/cls head (modeling.py), whose body is `encoder` and head `classifier`
+    layers: int
+
+    @property
+    def head(self) -> tuple[str, ...]:
+        return POOLED_HEAD if self.pooled else self.family.head
+
+    @property
+    def out(self) -> str:
+        return POOLED_OUT if self.pooled else self.family.out
+
+    @property
+    def top(self) -> tuple[str, ...]:
+        if not self.pooled:
+            return self.family.top
+        # A pooled head's body is `encoder` and has no pooler; ModernBERT's final norm stays in it.
+        body = len(self.family.body)
+        return tuple(POOLED_BODY + t[body:] for t in self.family.top if not t.endswith(".pooler"))
+
+    def layer_index(self, name: str) -> int | None:
+        m = re.search(self.family.layer_pattern, "." + plain_name(name) + ".")
+        return int(m.group(1)) if m else None
+
+    def depth(self, name: str) -> int:
+        """0 for the head, 1 for the top encoder layer, ..., `layers` for the bottom one, `layers + 1` below."""
+        plain = plain_name(name)
+        if _under(plain, self.head) or _under(plain, self.top):
+            return 0
+        index = self.layer_index(plain)
+        return self.layers + 1 if index is None else self.layers - index
+
+    def label(self, depth: int) -> str:
+        if depth == 0:
+            return "head"
+        if depth == self.layers + 1:
+            return "embeddings"
+        return f"layer.{self.layers - depth}"
+
+    def is_top(self, name: str) -> bool:
+        return _under(plain_name(name), self.top)
+
+    def is_head(self, name: str) -> bool:
+        return _under(plain_name(name), self.head)
+
+    def is_out(self, name: str) -> bool:
+        return _under(plain_name(name), (self.out,))
+
+
+def layout(model: torch.nn.Module, family: Family) -> Layout:
+    from .modeling import XferPooledForSequenceClassification
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    pooled = isinstance(base, XferPooledForSequenceClassification)
+    probe = Layout(family, pooled, 0)
+    found = {i for n, _ in model.named_parameters() if (i := probe.layer_index(n)) is not None}
+    if not found:
+        raise ConfigError(f"Found no encoder layers in {type(base).__name__} (expected names matching "
+                          f"{family.layer_pattern!r} for {family.name}).")
+    return Layout(family, pooled, max(found) + 1)
+
+
+def out_layer(model: torch.nn.Module, lay: Layout) -> torch.nn.Linear:
+    """The head's final Linear (inside peft's wrapper, the copy that trains and is saved)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = base.get_submodule(lay.out)
+    if hasattr(module, "modules_to_save"):
+        module = module.modules_to_save["default"]
+    return module
+
+
+def sentence_features(model: torch.nn.Module, lay: Layout, batch: dict) -> torch.Tensor:
+    """What the head's final Linear reads, for any family and head: captured on its input during a forward pass.
+
+    One rule for every head (mean or cls pooling, BERT's pooler, RoBERTa's dense + tanh, DistilBERT's
+    pre-classifier), so the probe's fitted weights, written into that Linear, compute exactly these logits.
+    """
+    captured = []
+    hook = out_layer(model, lay).register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    try:
+        model(**{k: v for k, v in batch.items() if k != "labels"})
+    finally:
+        hook.remove()
+    return captured[0]
