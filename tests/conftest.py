@@ -71,7 +71,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+                        intermediate_size=64, max_position_embeddings=128)
     BertForSequenceClassification(config).bert.save_pretrained(path)  # an encoder checkpoint, like a Hub one
     tokenizer.save_pretrained(path)
     # Like the embedded encoder, it declares sentence-transformers mean pooling, so mean is its default head.

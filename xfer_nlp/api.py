@@ -7,7 +7,6 @@ import logging
 import os
 import platform
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-from . import batches, hub, loop, modes, probe
+from . import batches, hub, loop, modes, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data
 from .errors import ConfigError
@@ -109,22 +108,6 @@ def resolve_precision(requested: str, mode: str, model_name_or_path: str) -> str
     return "bf16" if cpu_has_bf16() else "no"
 
 
-def _check_output_dir(cfg: RunConfig) -> Path:
-    """Never lose earlier results: a finished or interrupted run in output_dir needs an explicit choice."""
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output_dir '{out}' is a file. Pass a folder path.")
-    if cfg.overwrite_output_dir:
-        return out
-    if (out / "results.json").exists():
-        raise ConfigError(f"--output_dir '{out}' already holds a finished run (results.json). Choose another "
-                          "--output_dir, or pass --overwrite_output_dir to replace it.")
-    if any((out / "checkpoints").glob("checkpoint-*")) and not cfg.resume_from_checkpoint:
-        raise ConfigError(f"--output_dir '{out}' holds checkpoints of an unfinished run. Pass "
-                          "--resume_from_checkpoint latest to continue it, or --overwrite_output_dir to start over.")
-    return out
-
-
 def _setup_logging(accelerator: Accelerator, output_dir: Path) -> None:
     """Main process: INFO to stderr and OUTPUT_DIR/train.log. Other processes: errors only."""
     import datasets
@@ -185,7 +168,8 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     Keyword arguments are RunConfig fields and override `config`. Works unchanged under `accelerate launch`.
     """
     cfg = _config_from(config, overrides)
-    output_dir = _check_output_dir(cfg)
+    output_dir = Path(cfg.output_dir)
+    runfolder.check(output_dir, cfg.overwrite_output_dir, bool(cfg.resume_from_checkpoint))
     _reset_peak_memory()
     trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() != "none"]
     # Accelerate picks gloo DDP only when told cpu=True; a torchrun-style launch (`accelerate launch --multi_gpu`,
@@ -200,8 +184,17 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     accelerator = Accelerator(cpu=multi_cpu, mixed_precision=precision, kwargs_handlers=ddp,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               log_with=trackers or None, project_dir=str(output_dir))
+    lock = runfolder.Lock(output_dir) if accelerator.is_main_process else None
+    try:
+        return _run(cfg, accelerator, output_dir, trackers)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: list[str]) -> RunResult:
     if cfg.overwrite_output_dir and accelerator.is_main_process:
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)  # stale checkpoints must not be resumed later
+        runfolder.invalidate(output_dir)  # before the first new file: no old results beside a new model
     accelerator.wait_for_everyone()
     _setup_logging(accelerator, output_dir)
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in os.environ \
@@ -278,13 +271,21 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     return RunResult(output_dir, cfg.mode, metrics, round(train_seconds, 2), trainable, total, results)
 
 
-def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[dict]:
-    """Label texts with an exported model: [{"text", "label", "score", "scores": {label: p}}] in input order."""
+def predict(model: str | Path, texts: str | list[str], batch_size: int = 64) -> list[dict]:
+    """Label texts with an exported model: [{"text", "label", "score", "scores": {label: p}}] in input order.
+
+    `texts` is one text or a list of them. The model loads with trust_remote_code off: an xfer_nlp export's pooled
+    head is this package's own class, and no code from a model folder or the Hub ever runs.
+    """
     from tqdm.auto import tqdm
     from transformers import pipeline
 
-    classifier = pipeline("text-classification", model=str(model), top_k=None, device=-1 if not
-                          torch.cuda.is_available() else 0)
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ConfigError(f"Text {bad} of {len(texts)} is {texts[bad]!r}, not a string. Pass strings only (drop or "
+                          "fill the missing ones).")
+    classifier = _load_classifier(str(model))
     rows = []
     show = len(texts) > batch_size
     for start in tqdm(range(0, len(texts), batch_size), desc="Predicting", disable=not show):
@@ -294,3 +295,22 @@ def predict(model: str | Path, texts: list[str], batch_size: int = 64) -> list[d
             rows.append({"text": text, "label": best["label"], "score": best["score"],
                          "scores": {s["label"]: s["score"] for s in scores}})
     return rows
+
+
+def _load_classifier(model: str):
+    from transformers import pipeline
+
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ConfigError(f"--model '{model}' is a folder but not a model (it has no config.json). Pass the "
+                          "output_dir of a finished `xfer-nlp run`, or a text-classification model folder or Hub id.")
+    if not path.exists() and model.count("/") != 1:
+        raise ConfigError(f"--model '{model}' is neither a folder nor a Hub id (user/name).")
+    try:
+        return pipeline("text-classification", model=model, top_k=None, trust_remote_code=False,
+                        device=0 if torch.cuda.is_available() else -1)
+    except (OSError, ValueError, KeyError) as e:
+        offline = " This machine is offline (HF_HUB_OFFLINE), so only models already in the cache can load." \
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") and not path.exists() else ""
+        raise ConfigError(f"Could not load the model '{model}' ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:300]}).{offline}") from None

@@ -76,11 +76,16 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         yield from short
 
 
+def eval_order(lengths) -> np.ndarray:
+    """The order evaluation sees examples in (and, gathered across processes, returns them in): longest first."""
+    return np.argsort(-np.asarray(lengths), kind="stable")
+
+
 class SortedBatchSampler(Sampler[list[int]]):
     """Evaluation batches, longest first: least padding, and any out-of-memory shows on the first batch."""
 
     def __init__(self, lengths, batch_size: int):
-        self.order = np.argsort(-np.asarray(lengths), kind="stable")
+        self.order = eval_order(lengths)
         self.batch_size = batch_size  # Accelerate reads it to shard and to drop padding samples when gathering
 
     def __len__(self) -> int:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import XferError
+from .errors import Interrupted, XferError
 
 USAGE = """usage: xfer-nlp {run,compare,report,predict,push} ...
 
@@ -36,6 +36,12 @@ def run_command(argv: list[str], default_config_dir: str | Path | None = None) -
 
     try:
         result = run(parse_args(argv, default_config_dir))
+    except Interrupted as e:
+        _error(e)
+        return 130  # what a shell reports for a process stopped by SIGINT
+    except KeyboardInterrupt:  # before training started: nothing to resume
+        _error(Interrupted("Interrupted before training started; nothing was lost. Run the command again."))
+        return 130
     except XferError as e:
         return _error(e)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -98,8 +104,11 @@ def predict_command(argv: list[str]) -> int:
         texts = list(args.texts) + (read_texts(args.input, args.text_column) if args.input else [])
         if not texts:
             raise XferError("No texts to label: pass them as arguments or with --input FILE.")
-        if not Path(args.model).exists() and args.model.count("/") != 1:
-            raise XferError(f"--model '{args.model}' is neither a folder nor a Hub id (user/name).")
+        if args.output:  # before any model is loaded or text labelled
+            try:
+                Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise XferError(f"--output '{args.output}': its folder cannot be created ({e.strerror}).") from None
         rows = predict(args.model, texts, args.batch_size)
     except XferError as e:
         return _error(e)

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import FIELD_NAMES, MODES, RunConfig, nearest, resolve
+from .runfolder import read_results
 from .errors import ConfigError, XferError
 
 logger = logging.getLogger("xfer_nlp.compare")  # its own handlers: each run() resets those of "xfer_nlp"
@@ -267,8 +268,10 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
     summary = write_report(output_dir, [c.variant.label for c in cells]) if main else ""
     if main:
         for cell in cells:  # every finished run's model card carries the comparison it was part of
-            results_file = Path(cell.config.output_dir) / "results.json"
-            if results_file.is_file():
-                hub.model_card(json.loads(results_file.read_text()), comparison=summary).save(
-                    Path(cell.config.output_dir) / "README.md")
+            out = Path(cell.config.output_dir)
+            if (out / "results.json").is_file():
+                try:
+                    hub.model_card(read_results(out), comparison=summary).save(out / "README.md")
+                except XferError as e:
+                    logger.warning("Cell %s: %s", cell.name, e)
     return Comparison(output_dir, ran, skipped, failed, time.perf_counter() - start, summary)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,9 @@ class RunConfig:
                            "in sorted order).")
     output_dir: Optional[str] = _f(None, "Where results.json, the exported model, logs and checkpoints go "
                                    "(default: runs/<dataset>-<mode>).")
-    overwrite_output_dir: bool = _f(False, "Allow writing into an output_dir that already holds results.")
+    overwrite_output_dir: bool = _f(False, "Allow writing into an output_dir that already holds a run or other files; "
+                                    "the earlier run's results.json and checkpoints are removed first, other files "
+                                    "are left unless the run writes one of the same name.")
     max_train_samples: Optional[int] = _f(None, "Use a seeded, stratified subset of this many training examples.")
     validation_split_ratio: float = _f(0.1, "Fraction of train held out (seeded, stratified) when the data has no "
                                        "validation split.")
@@ -126,7 +129,8 @@ class RunConfig:
                                      "output folder's name under your account).")
     hub_private_repo: bool = _f(False, "Create the Hub repository as private.")
     hub_token: Optional[str] = _f(None, "Hub token (default: $HF_TOKEN, else the one `hf auth login` cached). Never "
-                                  "written to any output.")
+                                  "written to any output, but a token on the command line is visible to every user "
+                                  "of the machine in `ps`: prefer $HF_TOKEN or `hf auth login`.")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as saved beside results: the token is never written anywhere."""
@@ -151,6 +155,13 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.output_dir is None:
         filled["output_dir"] = str(Path("runs") / f"{Path(str(cfg.dataset_name)).stem}-{cfg.mode}")
     cfg = dataclasses.replace(cfg, **filled)
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"--{f.name} must be a finite number, got {value}.")
+    if cfg.output_dir is not None and not str(cfg.output_dir).strip():
+        problems.append("--output_dir is empty, which would write into the working directory. Name a folder.")
 
     def positive(name, integer=False):
         value = getattr(cfg, name)

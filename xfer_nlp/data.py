@@ -88,7 +88,7 @@ def _check_file(path: Path) -> str:
                         "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
     if not text.strip():
         raise DataError(f"'{path}' holds only whitespace. Put labelled examples in it.")
-    if builder == "json" and text.lstrip()[0] not in "{[":
+    if builder == "json" and text.lstrip("\ufeff \t\r\n")[0] not in "{[":
         raise DataError(f"'{path}' is named {path.suffix} but does not start with a JSON object or array. "
                         f"Rename it to its real format (.csv, .tsv) or write it as JSON Lines.")
     return builder
@@ -99,6 +99,8 @@ def _read_file(path: Path) -> Dataset:
     from datasets import load_dataset
 
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    if builder == "json" and path.read_bytes()[:3] == b"\xef\xbb\xbf":
+        kwargs["encoding"] = "utf-8-sig"  # a byte-order mark that editors on Windows write: read past it
     try:
         # keep_in_memory: the small files we read are faster in RAM than through datasets' arrow cache.
         return load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True, **kwargs)
@@ -108,17 +110,31 @@ def _read_file(path: Path) -> Dataset:
                         "Check that every row is well-formed and has the same columns.") from None
 
 
+def _entries(folder: Path) -> list[Path]:
+    try:
+        entries = sorted(folder.iterdir())
+        broken = [p for p in entries if p.is_symlink() and not p.exists()]
+        if broken:
+            raise DataError(f"'{broken[0]}' is a symbolic link that leads nowhere (or back to itself). Point it at "
+                            "the real file, or remove it.")
+        return [p for p in entries if p.is_file()]
+    except OSError as e:
+        raise DataError(f"Cannot read the data folder '{folder}': {e.strerror}. Check the path (a symbolic link "
+                        "that points to itself, or a folder without read permission).") from None
+
+
 def _find_split_files(folder: Path) -> dict[str, Path]:
     files = {}
+    entries = _entries(folder)
     for split, names in SPLIT_NAMES.items():
-        found = [p for p in sorted(folder.iterdir()) if p.stem.lower() in names and p.suffix.lower() in FORMATS]
+        found = [p for p in entries if p.stem.lower() in names and p.suffix.lower() in FORMATS]
         if len(found) > 1:
             raise DataError(f"'{folder}' has several files for the {split} split: {', '.join(p.name for p in found)}. "
                             "Keep one.")
         if found:
             files[split] = found[0]
     if "train" not in files:
-        present = ", ".join(p.name for p in sorted(folder.iterdir())) or "nothing"
+        present = ", ".join(p.name for p in entries) or "nothing"
         raise DataError(f"'{folder}' has no train file (train.jsonl, train.csv, ...); it holds: {present}. "
                         "Name the training file train.<ext>, or pass the file itself as --dataset_name.")
     return files
@@ -177,7 +193,19 @@ def _labels_to_ids(raw: dict[str, list], registry_names) -> tuple[dict[str, list
         values = sorted(set(int(v) for v in train))
         raw = {s: [int(v) for v in vs] for s, vs in raw.items()}
     elif kinds <= {str}:
+        padded = sum(v != v.strip() for vs in raw.values() for v in vs)
+        if padded:
+            raw = {s: [v.strip() for v in vs] for s, vs in raw.items()}
+            train = raw["train"]
+            notes.append(f"stripped surrounding whitespace from {padded} label(s)")
+            logger.warning("Stripped surrounding whitespace from %d string label(s) ('neg ' is 'neg').", padded)
         values = sorted(set(train))
+        folded = {}
+        for v in values:
+            folded.setdefault(v.casefold(), []).append(v)
+        for same in (names for names in folded.values() if len(names) > 1):
+            logger.warning("Labels %s differ only in case; they are %d separate classes. Normalise them in the data "
+                           "if they mean the same.", " and ".join(repr(n) for n in same), len(same))
     else:
         raise DataError(f"The label column mixes types ({', '.join(sorted(k.__name__ for k in kinds))}). "
                         "Use integer ids or strings throughout.")
@@ -207,17 +235,30 @@ def _labels_to_ids(raw: dict[str, list], registry_names) -> tuple[dict[str, list
 
 
 def stratified_subset(labels: list[int] | np.ndarray, n: int, seed: int) -> np.ndarray:
-    """n indices with class proportions kept; for one seed, a smaller n gives a subset of a larger n."""
+    """Exactly n indices, every class at least once, proportions kept otherwise (largest remainders); for one
+    seed, a smaller n gives a subset of a larger n."""
     labels = np.asarray(labels)
     order = np.random.default_rng(seed).permutation(len(labels))
     classes, counts = np.unique(labels, return_counts=True)
+    if not len(classes) <= n <= len(labels):
+        raise DataError(f"Cannot take {n} examples with every one of the {len(classes)} classes from "
+                        f"{len(labels)}: ask for between {len(classes)} and {len(labels)}.")
     exact = counts / counts.sum() * n
-    quota = np.maximum(np.floor(exact).astype(int), 1)
-    for i in np.argsort(-(exact - np.floor(exact)), kind="stable")[: max(0, n - quota.sum())]:
-        quota[i] += 1
-    quota = np.minimum(quota, counts)
+    quota = np.clip(np.floor(exact).astype(int), 1, counts)
+    while quota.sum() < n:  # the rest to the classes furthest below their share that still have examples
+        quota[int(np.argmax(np.where(quota < counts, exact - quota, -np.inf)))] += 1
+    while quota.sum() > n:  # the one-per-class floor overshot: back from the classes furthest above their share
+        quota[int(np.argmax(np.where(quota > 1, quota - exact, -np.inf)))] -= 1
     chosen = np.concatenate([order[labels[order] == c][:q] for c, q in zip(classes, quota)])
     return np.sort(chosen)
+
+
+def _describe_feature(feature) -> str:
+    dtype = getattr(feature, "dtype", None)
+    if dtype is not None:
+        return f"values of type {dtype}"
+    return f"{type(feature).__name__.lower()}s (lists or nested records)" if not isinstance(feature, dict) else \
+        "nested records (structs)"
 
 
 def load_text_data(cfg: RunConfig) -> TextData:
@@ -231,6 +272,11 @@ def load_text_data(cfg: RunConfig) -> TextData:
             which = " and ".join(f"--{'text' if c == text_col else 'label'}_column '{c}'" for c in missing)
             raise DataError(f"The {split} split of '{source}' has no column for {which}. Its columns are: "
                             f"{', '.join(ds.column_names)}. Pass --text_column / --label_column to pick them.")
+        feature = ds.features[text_col]
+        if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            raise DataError(f"The text column '{text_col}' of the {split} split of '{source}' holds "
+                            f"{_describe_feature(feature)}, not strings. Point --text_column at a column of plain "
+                            "text, or flatten the data first.")
         t, y = ds[text_col], ds[label_col]
         keep = [i for i, x in enumerate(t) if x is not None and str(x).strip()]
         if not keep:
@@ -244,8 +290,12 @@ def load_text_data(cfg: RunConfig) -> TextData:
     notes += label_notes
 
     if "validation" not in texts:
-        val_idx = stratified_subset(labels["train"], max(len(names), round(len(texts["train"]) * cfg.validation_split_ratio)),
-                                    cfg.seed)
+        held_out = round(len(texts["train"]) * cfg.validation_split_ratio)
+        if held_out < len(names):
+            raise DataError(f"Train has too few examples ({len(texts['train'])}) for a {cfg.validation_split_ratio:.0%} "
+                            f"validation hold-out ({held_out}) to hold each of the {len(names)} classes. Raise "
+                            "--validation_split_ratio, or give a validation file beside train.")
+        val_idx = stratified_subset(labels["train"], held_out, cfg.seed)
         is_val = np.zeros(len(texts["train"]), dtype=bool)
         is_val[val_idx] = True
         texts["validation"] = [x for x, v in zip(texts["train"], is_val) if v]
@@ -262,7 +312,11 @@ def load_text_data(cfg: RunConfig) -> TextData:
         if cfg.max_train_samples > available:
             raise DataError(f"--max_train_samples {cfg.max_train_samples} is larger than the {available} training "
                             "examples available. Lower it, or leave it out to use them all.")
+        if cfg.max_train_samples < len(names):
+            raise DataError(f"--max_train_samples {cfg.max_train_samples} is fewer than the {len(names)} classes: a "
+                            "subset must hold at least one example of each. Raise it.")
         keep = stratified_subset(labels["train"], cfg.max_train_samples, cfg.seed)
+        notes.append(f"training on a seeded stratified subset of exactly {len(keep)} of {available} examples")
         texts["train"] = [texts["train"][i] for i in keep]
         labels["train"] = [labels["train"][i] for i in keep]
         if len(set(labels["train"])) < 2:

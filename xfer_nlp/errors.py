@@ -11,3 +11,7 @@ class ConfigError(XferError):
 
 class DataError(XferError):
     """A dataset that cannot be read or is not a labelled text set."""
+
+
+class Interrupted(XferError):
+    """The user stopped the run (Ctrl-C); the message says where and how to resume."""

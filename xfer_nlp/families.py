@@ -36,13 +36,23 @@ class Family:
     top: tuple[str, ...] = ()  # pretrained modules between the last layer and the head (depth 0, not re-created)
     lora_targets: str = r".*\.(query|key|value|dense)"  # default LoRA target modules (a peft full-match regex)
     token_types: bool = True  # whether its models take token_type_ids
+    position_offset: bool = False  # positions start after the padding index (RoBERTa's scheme)
+
+    def max_length(self, config) -> int | None:
+        """The longest input its position embeddings cover; None where positions are relative only."""
+        if getattr(config, "position_biased_input", True) is False:
+            return None
+        positions = getattr(config, "max_position_embeddings", None)
+        if positions is None:
+            return None
+        return positions - (config.pad_token_id or 0) - 1 if self.position_offset else positions
 
 
 FAMILIES = (
     Family("BERT", ("bert",), "bert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier", top=("bert.pooler",),
            lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
     Family("RoBERTa / XLM-R", ("roberta", "xlm-roberta"), "roberta", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
-           "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+           "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)", position_offset=True),
     Family("DistilBERT", ("distilbert",), "distilbert", r"\.transformer\.layer\.(\d+)\.", ("pre_classifier", "classifier"),
            "classifier", lora_targets=r".*transformer\.layer\.\d+\..*(q_lin|k_lin|v_lin|out_lin|lin1|lin2)",
            token_types=False),
@@ -54,7 +64,8 @@ FAMILIES = (
     Family("DeBERTa-v2 / v3", ("deberta-v2",), "deberta", r"\.encoder\.layer\.(\d+)\.", ("pooler", "classifier"), "classifier",
            lora_targets=r".*encoder\.layer\.\d+\..*(query_proj|key_proj|value_proj|dense)"),
     Family("MPNet", ("mpnet",), "mpnet", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
-           lora_targets=r".*encoder\.layer\.\d+\..*(attn\.q|attn\.k|attn\.v|attn\.o|dense)", token_types=False),
+           lora_targets=r".*encoder\.layer\.\d+\..*(attn\.q|attn\.k|attn\.v|attn\.o|dense)", token_types=False,
+           position_offset=True),
     Family("ModernBERT", ("modernbert",), "model", r"\.layers\.(\d+)\.", ("head", "classifier"), "classifier",
            top=("model.final_norm",), lora_targets=r".*layers\.\d+\..*(Wqkv|Wo|Wi)", token_types=False),
 )

@@ -19,7 +19,7 @@ from transformers import get_scheduler
 
 from .checkpoint import Checkpoints, CheckpointError, set_rng_states
 from .dropout import cpu_dropout
-from .errors import XferError
+from .errors import Interrupted, XferError
 from .metrics import classification_metrics
 from . import schedules
 
@@ -85,6 +85,9 @@ def world_of(accelerator, cfg) -> dict:
 def _check_same_run(state: dict, cfg, world: dict) -> None:
     saved = {**state["config"], **state.get("world", {})}
     now = {**cfg.to_dict(), **world}
+    # The same folder spelled another way (relative, absolute, through a link) is the same run.
+    if isinstance(saved.get("output_dir"), str) and Path(saved["output_dir"]).resolve() == Path(now["output_dir"]).resolve():
+        saved["output_dir"] = now["output_dir"]
     differ = sorted(k for k in now if k not in RESUME_MAY_DIFFER and saved.get(k) != now[k])
     if differ:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in differ)
@@ -211,7 +214,7 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
 
     # GPUs' own dropout kernels draw masks fast; the CPU's bernoulli_ does not (xfer_nlp/dropout.py).
     masks = cpu_dropout(accelerator.unwrap_model(model)) if accelerator.device.type == "cpu" else nullcontext()
-    with reused_embedding_grad(accelerator, model), masks:
+    with reused_embedding_grad(accelerator, model), masks, _interruptible(progress, checkpoints):
         bar = tqdm(total=local_steps, initial=progress.step, desc=f"Training ({cfg.mode})",
                    disable=not accelerator.is_local_main_process)
         running, seen = torch.zeros((), device=accelerator.device), 0
@@ -295,6 +298,18 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
         logger.info("Epoch %d rescored in fp32: %s", progress.best_epoch, ", ".join(
             f"{s}_{k} {v:.4f}" for s, m in best.items() for k, v in m.items()))
     return {**best, "epoch": progress.best_epoch}, progress.history, readable
+
+
+@contextmanager
+def _interruptible(progress: Progress, checkpoints: Checkpoints):
+    """Ctrl-C becomes one line that says where the run stopped and how to continue it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        last = checkpoints.complete()
+        where = f"the last checkpoint is {last[-1].name}" if last else "no checkpoint was written yet"
+        raise Interrupted(f"Interrupted at step {progress.step} (epoch {progress.epoch + 1}); {where}. Resume with "
+                          "the same command and --resume_from_checkpoint latest.") from None
 
 
 def _restore(load_state_dict, state, what: str) -> None:

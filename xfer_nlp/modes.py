@@ -91,6 +91,10 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
         _check_local_model(Path(path).expanduser())
     base = _encoder_config(path, cfg.model_name_or_path)
     family = families.family_of(base.model_type, cfg.model_name_or_path)
+    limit = family.max_length(base)
+    if limit is not None and cfg.max_seq_length > limit:
+        raise ConfigError(f"--max_seq_length {cfg.max_seq_length} is beyond what '{cfg.model_name_or_path}' can read: "
+                          f"its position embeddings cover {limit} tokens. Use --max_seq_length {limit} or less.")
     pooling = cfg.pooling or default_pooling(path)
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}

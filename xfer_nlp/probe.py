@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, safe_open, save_file
 from tqdm.auto import tqdm
 
 from .metrics import classification_metrics
+from .batches import eval_order
 from .families import Layout, out_layer, sentence_features
 
 logger = logging.getLogger(__name__)
@@ -62,24 +63,52 @@ def encode(accelerator, model, layout: Layout, loader, desc: str) -> tuple[torch
     return feats, labels
 
 
-def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple, loader, desc: str):
-    """encode(), unless a cache file for exactly these weights, tokens, pooling and layer exists."""
+def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple, loader, dataset, desc: str):
+    """encode(), unless a cache file for exactly these weights, tokens, pooling and layer exists and checks out.
+
+    A cache file is checked against the data before it is used: its row count, the hash of the token ids and
+    labels it was made from, its labels (in evaluation order) and the feature width the head reads. One that
+    fails a check (another split's file, altered labels, another model's width) is re-encoded with a warning.
+    """
     key = hashlib.blake2b(repr(key_parts).encode(), digest_size=20).hexdigest()
     cache_dir = Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features")
     path = cache_dir / f"{key}.safetensors"
+    expected = torch.tensor(dataset["labels"])[torch.from_numpy(eval_order([len(x) for x in dataset["input_ids"]]))]
+    meta = {"rows": str(len(dataset)), "data": key_parts[-1], "width": str(out_layer(model, layout).in_features)}
     if not cfg.no_feature_cache and path.is_file():
-        try:
+        problem = _check_cache(path, meta, expected)
+        if problem is None:
             tensors = load_file(path)
             return tensors["features"], tensors["labels"], True
-        except Exception as e:  # a damaged cache file is only a lost shortcut: re-encode
-            logger.warning("Feature cache %s is unreadable (%s); encoding again.", path, e)
+        logger.warning("Feature cache %s does not match this data (%s); encoding again.", path, problem)
     feats, labels = encode(accelerator, model, layout, loader, desc)
+    assert torch.equal(labels, expected), "gathered labels must come back in evaluation order"
     if not cfg.no_feature_cache and accelerator.is_main_process:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp)
+        save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata=meta)
         os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache entry
     return feats, labels, False
+
+
+def _check_cache(path: Path, meta: dict, labels: torch.Tensor) -> str | None:
+    """None when the cache file was made from exactly this data for this head, else what differs."""
+    try:
+        with safe_open(path, "pt") as f:
+            stored, names = f.metadata() or {}, set(f.keys())
+            if not {"features", "labels"} <= names:
+                return "it lacks features or labels"
+            shape, got = f.get_slice("features").get_shape(), f.get_tensor("labels")
+    except Exception as e:  # a damaged cache file is only a lost shortcut
+        return f"unreadable: {type(e).__name__}"
+    for k, v in meta.items():
+        if stored.get(k) != v:
+            return f"its {k} is {stored.get(k)!r}, expected {v!r}"
+    if list(shape) != [int(meta["rows"]), int(meta["width"])]:
+        return f"its features are {list(shape)}, expected [{meta['rows']}, {meta['width']}]"
+    if not torch.equal(got, labels):
+        return "its labels differ from the data's"
+    return None
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, c: float,
@@ -134,7 +163,7 @@ def run_probe(accelerator, cfg, model, layout: Layout, loaders: dict, datasets: 
     for split, loader in loaders.items():
         key = base_key + (data_fingerprint(datasets[split]),)
         *features[split], hits[split] = cached_features(accelerator, cfg, model, layout, key, loader,
-                                                        f"Encoding {split}")
+                                                        datasets[split], f"Encoding {split}")
     encode_seconds = time.perf_counter() - start
     c_grid = [float(c) for c in cfg.probe_c_grid.split(",")]
     head = fit_head(features["train"], features["validation"], num_labels, c_grid)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import pandas as pd
+
+from .errors import XferError
+from .runfolder import read_results
+
+logger = logging.getLogger(__name__)
 
 STARTING_POINT = {"probe": "pretrained, frozen; linear head fitted", "finetune": "pretrained; every layer trains",
                   "scratch": "random weights", "lora": "pretrained, frozen; low-rank adapters + head train"}
@@ -19,8 +25,12 @@ def load_cells(output_dir: Path) -> pd.DataFrame:
     for cell_file in sorted((Path(output_dir) / "runs").glob("*/cell.json")):
         folder = cell_file.parent
         row = {**json.loads(cell_file.read_text()), "folder": folder.name, "status": "unfinished"}
-        if (folder / "results.json").is_file():
-            r = json.loads((folder / "results.json").read_text())
+        try:
+            r = read_results(folder) if (folder / "results.json").is_file() else None
+        except XferError as e:
+            logger.warning("Cell %s counts as failed: %s", folder.name, e)
+            r, row["status"] = None, "failed"
+        if r is not None:
             row.update(status="done", train_samples=r["train_samples"], train_seconds=r["train_seconds"],
                        trainable_params=r["trainable_params"], total_params=r["total_params"],
                        peak_memory_mb=r["peak_memory_mb"], hardware=r["hardware"])
@@ -175,8 +185,6 @@ def _save(fig, path: Path) -> str:
 
 def write_report(output_dir: str | Path, labels: list[str] | None = None) -> str:
     """Write comparison.csv, comparison.md and the plots from output_dir/runs; returns the summary table."""
-    from .errors import XferError
-
     output_dir = Path(output_dir)
     cells = load_cells(output_dir)
     if cells.empty:

@@ -1,0 +1,333 @@
+"""Trust, round 2: what a new user or an attacker tries, through the real entry points, with the exact outcome.
+
+The planted-pickle resume and the non-finite checkpoint are in test_resume.py; the unknown architecture in
+test_families.py.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import launch_env, make_rows, write_jsonl
+from hub_server import TOKEN, HubServer
+from safetensors.torch import load_file, save_file
+
+import xfer_nlp
+from xfer_nlp import runfolder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "xfer_nlp.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=env or launch_env(), timeout=timeout)
+
+
+def refused(result, *words):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    for w in words:
+        assert w in result.stderr, (w, result.stderr[-2000:])
+
+
+def tiny_cli_run(tiny_model_dir, tiny_data_dir, out, *extra):
+    return ("run", "--mode", "probe", "--model_name_or_path", tiny_model_dir, "--dataset_name", tiny_data_dir,
+            "--output_dir", out, "--max_seq_length", "32", *extra)
+
+
+# --- Security -----------------------------------------------------------------------------------------------------
+
+def test_push_uploads_the_runs_files_only_never_the_data_beside_them(tiny_model_dir, tiny_data_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in tiny_data_dir.iterdir():
+        (data / f.name).write_bytes(f.read_bytes())
+    # the run writes into the data folder itself, its feature cache below it
+    xfer_nlp.run(mode="probe", model_name_or_path=str(tiny_model_dir), dataset_name=str(data), output_dir=str(data),
+                 overwrite_output_dir=True, feature_cache_dir=str(data / "cache"), max_seq_length=32)
+    with HubServer() as hub:
+        env = {**launch_env(), "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN,
+               "HF_HOME": str(tmp_path / "hf")}
+        result = cli("push", data, "--hub_model_id", "tester/data-run", env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        files = set(hub.state.repos["tester/data-run"]["files"])
+    assert {"model.safetensors", "config.json", "results.json", "README.md", "tokenizer.json"} <= files
+    assert not files & {"train.jsonl", "validation.jsonl", "test.jsonl", "train.log", runfolder.LOCK}
+    assert not any(f.startswith("cache") for f in files)
+    card = hub.state.repos["tester/data-run"]["files"]["README.md"].decode()
+    assert 'model="tester/data-run"' in card  # the snippet names the id it was pushed to
+    assert 'model="tester/data-run"' not in (data / "README.md").read_text()  # the local card is untouched
+
+
+def test_hub_token_help_warns_that_ps_shows_it():
+    result = subprocess.run([sys.executable, "recipes/sentiment.py", "--help"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0
+    assert "visible to every user" in " ".join(result.stdout.split()) and "$HF_TOKEN" in result.stdout
+
+
+# --- Losses -------------------------------------------------------------------------------------------------------
+
+def test_a_folder_that_is_not_a_run_is_refused_then_only_written_into(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    (out / "keep.txt").write_text("keep me")
+    refused(cli(*tiny_cli_run(tiny_model_dir, tiny_data_dir, out)), "is not empty and holds no xfer_nlp run",
+            "--overwrite_output_dir")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "keep.txt"]
+    assert (out / "README.md").read_text() == "my notes"
+    done = cli(*tiny_cli_run(tiny_model_dir, tiny_data_dir, out, "--overwrite_output_dir"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "keep.txt").read_text() == "keep me" and (out / "results.json").is_file()
+
+
+def test_an_empty_output_dir_is_refused(tiny_model_dir, tiny_data_dir):
+    refused(cli(*tiny_cli_run(tiny_model_dir, tiny_data_dir, "")), "--output_dir is empty")
+
+
+def test_overwrite_invalidates_the_old_results_before_writing(tiny_run, monkeypatch):
+    xfer_nlp.run(mode="probe", **tiny_run)
+    out = Path(tiny_run["output_dir"])
+    assert json.loads((out / "results.json").read_text())["mode"] == "probe"
+    from xfer_nlp import hub
+
+    def killed_during_export(output_dir, model, tokenizer, results):
+        model.save_pretrained(output_dir)  # the new model is on disk, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hub, "save_outputs", killed_during_export)
+    with pytest.raises(KeyboardInterrupt):
+        xfer_nlp.run(mode="finetune", num_train_epochs=1, overwrite_output_dir=True, **tiny_run)
+    assert not (out / "results.json").exists(), "a results.json that describes the old probe beside the new model"
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_naming_the_first(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from xfer_nlp.runfolder import Lock; Lock(Path(sys.argv[1])); print('held', flush=True);"
+                               " time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused(cli(*tiny_cli_run(tiny_model_dir, tiny_data_dir, out)), "is in use by another run",
+                f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    again = cli(*tiny_cli_run(tiny_model_dir, tiny_data_dir, out))  # the lock dies with its holder
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+# --- Silently wrong -----------------------------------------------------------------------------------------------
+
+def test_resuming_a_one_process_checkpoint_with_two_is_refused(tiny_model_dir, tiny_data_dir, tmp_path):
+    from test_distributed import ACCELERATE
+    from conftest import free_port
+
+    out = tmp_path / "run"
+    xfer_nlp.run(mode="finetune", model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
+                 output_dir=str(out), max_seq_length=32, per_device_train_batch_size=16, num_train_epochs=2,
+                 save_steps=4, seed=0)
+    (out / "results.json").unlink()
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
+           "recipes/sentiment.py", "--mode", "finetune", "--model_name_or_path", str(tiny_model_dir),
+           "--dataset_name", str(tiny_data_dir), "--output_dir", str(out), "--max_seq_length", "32",
+           "--per_device_train_batch_size", "16", "--num_train_epochs", "2", "--save_steps", "4", "--seed", "0",
+           "--resume_from_checkpoint", "latest"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=launch_env(), timeout=600)
+    assert result.returncode != 0
+    assert "num_processes: checkpoint 1, now 2" in result.stderr
+    assert "effective_batch_size: checkpoint 16, now 32" in result.stderr
+    assert not (out / "results.json").exists()
+
+
+def many_classes(n_classes, per_class):
+    return [{"text": f"class {c} example {i} film", "label": f"c{c:03d}"} for c in range(n_classes)
+            for i in range(per_class)]
+
+
+def test_a_subset_smaller_than_the_classes_is_an_error_else_exact(tiny_model_dir, tmp_path):
+    data = tmp_path / "many"
+    write_jsonl(data / "train.jsonl", many_classes(30, 5))
+    write_jsonl(data / "validation.jsonl", many_classes(30, 1))
+    kw = dict(mode="probe", model_name_or_path=str(tiny_model_dir), dataset_name=str(data), max_seq_length=32,
+              feature_cache_dir=str(tmp_path / "f"))
+    with pytest.raises(xfer_nlp.DataError, match="--max_train_samples 20 is fewer than the 30 classes"):
+        xfer_nlp.run(output_dir=str(tmp_path / "a"), max_train_samples=20, **kw)
+    result = xfer_nlp.run(output_dir=str(tmp_path / "b"), max_train_samples=41, **kw)
+    assert result.results["train_samples"] == 41
+    assert "exactly 41 of 150" in " ".join(result.results["data_notes"])
+    write_jsonl(tmp_path / "one.jsonl", many_classes(30, 6))  # no validation file: 10% of 180 is 18 < 30
+    with pytest.raises(xfer_nlp.DataError, match="validation hold-out \\(18\\) to hold each of the 30 classes"):
+        xfer_nlp.run(**{**kw, "dataset_name": str(tmp_path / "one.jsonl"), "output_dir": str(tmp_path / "c")})
+
+
+def metadata(path):
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return f.metadata()
+
+
+def test_probe_cache_files_are_checked_before_they_are_trusted(tiny_run):
+    first = xfer_nlp.run(mode="probe", **tiny_run)
+    cache = Path(tiny_run["feature_cache_dir"])
+    files = {load_file(p)["features"].shape[0]: p for p in cache.glob("*.safetensors")}
+    train, validation = files[160], files[48]
+    original = {k: v.clone() for k, v in load_file(validation).items()}
+    validation_meta, train_meta = metadata(validation), metadata(train)
+    validation.write_bytes(train.read_bytes())  # another split's file under validation's key
+    flipped = {k: v.clone() for k, v in load_file(train).items()}
+    save_file({"features": flipped["features"], "labels": 1 - flipped["labels"]}, train,
+              metadata=train_meta)  # its labels flipped, its metadata kept
+    again = xfer_nlp.run(mode="probe", **{**tiny_run, "output_dir": tiny_run["output_dir"] + "2"})
+    log = (again.output_dir / "train.log").read_text()
+    assert log.count("does not match this data") == 2 and "its labels differ" in log
+    assert again.results["probe"]["feature_cache_hit"] == {"train": False, "validation": False, "test": True}
+    assert again.metrics == first.metrics
+    rewritten = load_file(validation)  # re-encoded and rewritten
+    assert torch.equal(rewritten["labels"], original["labels"])
+    assert torch.allclose(rewritten["features"], original["features"], atol=1e-5), \
+        (rewritten["features"] - original["features"]).abs().max()
+    torch.manual_seed(0)
+    save_file({"features": torch.randn(48, 7), "labels": original["labels"]}, validation,
+              metadata={**validation_meta, "width": "7"})  # a width this head cannot read
+    third = xfer_nlp.run(mode="probe", **{**tiny_run, "output_dir": tiny_run["output_dir"] + "3"})
+    assert "its width is '7', expected '32'" in (third.output_dir / "train.log").read_text()
+    assert third.metrics == first.metrics
+
+
+def test_padded_label_strings_are_one_class_and_case_twins_warned(tiny_model_dir, tmp_path):
+    rows = [{"text": f"{w} film", "label": lab} for w, lab in
+            [("good", "pos"), ("great", "pos "), ("bad", "neg"), ("awful", " neg"), ("dull", "Neg")] * 8]
+    write_jsonl(tmp_path / "d" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "d" / "validation.jsonl", rows[:10])
+    result = xfer_nlp.run(mode="probe", model_name_or_path=str(tiny_model_dir), dataset_name=str(tmp_path / "d"),
+                          output_dir=str(tmp_path / "o"), max_seq_length=32, feature_cache_dir=str(tmp_path / "f"))
+    log = (result.output_dir / "train.log").read_text()
+    assert result.results["label_names"] == ["Neg", "neg", "pos"]
+    assert "Stripped surrounding whitespace from 20 string label(s)" in log
+    assert "'Neg' and 'neg' differ only in case" in log
+
+
+@pytest.mark.parametrize("value,kind", [([["a", "b"]], "lists"), ({"a": "b"}, "nested records")])
+def test_a_text_column_of_lists_or_records_is_refused(value, kind, tiny_model_dir, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"text": value if isinstance(value, dict) else value[0], "label": i % 2}
+                                        for i in range(20)])
+    result = cli("run", "--mode", "probe", "--model_name_or_path", tiny_model_dir, "--dataset_name",
+                 tmp_path / "d.jsonl", "--output_dir", tmp_path / "o")
+    refused(result, "text column 'text'", kind, "not strings")
+
+
+def test_predict_takes_one_string_as_one_text_and_names_a_none(tiny_run):
+    out = xfer_nlp.run(mode="probe", **tiny_run).output_dir
+    rows = xfer_nlp.predict(out, "a good film")
+    assert len(rows) == 1 and rows[0]["text"] == "a good film"
+    with pytest.raises(xfer_nlp.XferError, match="Text 1 of 3 is None"):
+        xfer_nlp.predict(out, ["good", None, "bad"])
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_non_finite_numbers_are_invalid_configuration(value, tiny_model_dir, tiny_data_dir, tmp_path):
+    result = cli("run", "--mode", "finetune", "--model_name_or_path", tiny_model_dir, "--dataset_name",
+                 tiny_data_dir, "--output_dir", tmp_path / "o", f"--learning_rate={value}")
+    refused(result, f"--learning_rate must be a finite number, got {float(value)}")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+# --- Ordinary mistakes: one message, exit 2 ----------------------------------------------------------------------
+
+def test_max_seq_length_beyond_the_positions_is_named(tiny_model_dir, tiny_data_dir, tmp_path):
+    refused(cli(*tiny_cli_run(tiny_model_dir, tiny_data_dir, tmp_path / "o"), "--max_seq_length", "512"),
+            "--max_seq_length 512 is beyond", "cover 128 tokens")
+
+
+def test_an_unwritable_output_dir_is_named(tiny_model_dir, tiny_data_dir, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    refused(cli(*tiny_cli_run(tiny_model_dir, tiny_data_dir, tmp_path / "a-file" / "out")), "cannot be written")
+
+
+def test_a_symlink_loop_in_the_data_folder_is_named(tiny_model_dir, tmp_path):
+    data = tmp_path / "loop"
+    data.mkdir()
+    os.symlink("train.jsonl", data / "train.jsonl")
+    refused(cli(*tiny_cli_run(tiny_model_dir, data, tmp_path / "o")), "symbolic link that leads nowhere")
+
+
+def test_predict_on_a_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes").mkdir()
+    refused(cli("predict", "--model", tmp_path / "notes", "a film"), "is a folder but not a model")
+
+
+def test_predict_on_a_hub_id_while_offline():
+    refused(cli("predict", "--model", "nobody/no-such-model-xfer", "a film",
+                env={**launch_env(), "HF_HUB_OFFLINE": "1"}), "Could not load the model", "offline")
+
+
+def test_predict_output_into_a_missing_folder_creates_it(tiny_run, tmp_path):
+    out = xfer_nlp.run(mode="probe", **tiny_run).output_dir
+    target = tmp_path / "new" / "deeper" / "p.jsonl"
+    result = cli("predict", "--model", out, "--output", target, "a good film", "a bad film")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(target.read_text().splitlines()) == 2
+
+
+def test_report_counts_a_truncated_results_json_as_failed(tiny_run, tmp_path):
+    grid = tmp_path / "grid"
+    xfer_nlp.compare(modes="probe", train_sizes="40,all", seeds="0", output_dir=str(grid),
+                     **{k: v for k, v in tiny_run.items() if k != "output_dir"})
+    damaged = grid / "runs" / "probe-n40-s0" / "results.json"
+    damaged.write_text(damaged.read_text()[:50])
+    result = subprocess.run([sys.executable, "-m", "xfer_nlp.cli", "report", str(grid)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert str(damaged) in result.stderr and "counts as failed" in result.stderr
+    rows = (grid / "comparison.csv").read_text()
+    assert "probe-n40-s0,failed" in rows and "probe-nall-s0,done" in rows
+
+
+def test_ctrl_c_is_one_line_with_the_resume_command(tiny_model_dir, tmp_path):
+    data = tmp_path / "big"
+    write_jsonl(data / "train.jsonl", make_rows(3000, 5))
+    write_jsonl(data / "validation.jsonl", make_rows(64, 6))
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "xfer_nlp.cli", "run", "--mode", "finetune",
+                             "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(data),
+                             "--output_dir", str(out), "--max_seq_length", "32", "--per_device_train_batch_size", "8",
+                             "--num_train_epochs", "3", "--save_steps", "20"], cwd=ROOT, env=launch_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "checkpoint-20").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "error: Interrupted at step" in stderr and "--resume_from_checkpoint latest" in stderr
+    assert "the last checkpoint is checkpoint-" in stderr
+
+
+def test_jsonl_with_a_byte_order_mark_is_read(tiny_model_dir, tmp_path):
+    rows = make_rows(40, 9)
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    result = xfer_nlp.run(mode="probe", model_name_or_path=str(tiny_model_dir), dataset_name=str(path),
+                          output_dir=str(tmp_path / "o"), max_seq_length=32, feature_cache_dir=str(tmp_path / "f"))
+    assert sum(result.results["split_sizes"].values()) == 40
+
+
+def test_resume_with_the_folder_spelled_another_way(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kw = dict(mode="finetune", model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
+              max_seq_length=32, per_device_train_batch_size=16, num_train_epochs=2, save_steps=4, seed=0)
+    xfer_nlp.run(output_dir="rel/run", **kw)
+    (tmp_path / "rel" / "run" / "results.json").unlink()
+    result = xfer_nlp.run(output_dir=str(tmp_path / "rel" / "run"), resume_from_checkpoint="latest", **kw)
+    assert result.results["history"][-1]["epoch"] == 2

@@ -1,0 +1,105 @@
+"""The output folder of one run: what state it is in, whether a new run may use it, and who holds it now."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import ConfigError, XferError
+
+LOCK = ".xfer_nlp.lock"
+RESULTS = "results.json"
+CHECKPOINTS = "checkpoints"
+# What a folder may hold and still count as empty: what a run that died before its first checkpoint leaves, and
+# what a compare grid writes into a cell before and after its run.
+BOOKKEEPING = {LOCK, "train.log", CHECKPOINTS, "cell.json", "failed.txt"}
+
+
+def state(out: Path) -> str:
+    """missing | empty | finished | interrupted | foreign (a non-empty folder that holds no xfer_nlp run)."""
+    if not out.exists():
+        return "missing"
+    entries = {p.name for p in out.iterdir()}
+    if RESULTS in entries:
+        return "finished"
+    if any((out / CHECKPOINTS).glob("checkpoint-*")):
+        return "interrupted"
+    if not entries - BOOKKEEPING:
+        return "empty"
+    return "foreign"
+
+
+def check(out: Path, overwrite: bool, resume: bool) -> None:
+    """Never lose earlier results, nor write into a folder that is not a run's without being told to."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output_dir '{out}' is a file. Pass a folder path.")
+    try:  # the one sure test of writability (permissions, read-only mounts, a file in the path) is to write
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".xfer_nlp.write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--output_dir '{out}' cannot be written ({e.strerror}). Choose another folder, or fix "
+                          "its permissions.") from None
+    if overwrite:
+        return
+    now = state(out)
+    if now == "finished":
+        raise ConfigError(f"--output_dir '{out}' already holds a finished run (results.json). Choose another "
+                          "--output_dir, or pass --overwrite_output_dir to replace it.")
+    if now == "interrupted" and not resume:
+        raise ConfigError(f"--output_dir '{out}' holds checkpoints of an unfinished run. Pass "
+                          "--resume_from_checkpoint latest to continue it, or --overwrite_output_dir to start over.")
+    if now == "foreign":
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise ConfigError(f"--output_dir '{out}' is not empty and holds no xfer_nlp run ({shown}, ...). Choose a "
+                          "new or empty folder, or pass --overwrite_output_dir to write the run's files into it "
+                          "(files of the same name are replaced).")
+
+
+def invalidate(out: Path) -> None:
+    """Before an overwriting run writes anything: the old run's results and checkpoints go first, so a run killed
+    half-way never leaves a folder whose results.json describes another model."""
+    (out / RESULTS).unlink(missing_ok=True)
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+
+
+class Lock:
+    """An exclusive lock on the folder for the run's life; a second run into it is refused, naming the first."""
+
+    def __init__(self, out: Path):
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / LOCK
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise ConfigError(f"--output_dir '{out}' is in use by another run (pid {holder}). Wait for it to end, "
+                              "or choose another --output_dir.") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def read_results(out: Path) -> dict:
+    """A finished run's results.json; a damaged one is an error that names the file."""
+    path = out / RESULTS
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not {"mode", "metrics", "config"} <= data.keys():
+            raise ValueError("it is not a results record")
+        return data
+    except (ValueError, UnicodeDecodeError) as e:
+        raise XferError(f"'{path}' is damaged ({str(e)[:120]}). Run that cell or run again with "
+                        "--overwrite_output_dir.") from None
