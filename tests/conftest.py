@@ -104,20 +104,20 @@ def tiny_configs():
 
     v = len(VOCAB)
     common = dict(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                  max_position_embeddings=80, pad_token_id=0)
+                  max_position_embeddings=160, pad_token_id=0)
     return {
         "bert": BertConfig(**common),
         "roberta": RobertaConfig(**common),
         "xlm-roberta": XLMRobertaConfig(**common),
         "distilbert": DistilBertConfig(vocab_size=v, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                                       max_position_embeddings=80, pad_token_id=0),
+                                       max_position_embeddings=160, pad_token_id=0),
         "albert": AlbertConfig(**common, embedding_size=16),
         "electra": ElectraConfig(**common, embedding_size=16),
         "deberta-v2": DebertaV2Config(**common, relative_attention=True, position_biased_input=False,
                                       pos_att_type=["p2c", "c2p"], max_relative_positions=16),
         "mpnet": MPNetConfig(**common),
         "modernbert": ModernBertConfig(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       intermediate_size=64, max_position_embeddings=80, pad_token_id=0,
+                                       intermediate_size=64, max_position_embeddings=160, pad_token_id=0,
                                        bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,
                                        global_attn_every_n_layers=2, local_attention=16),
     }

@@ -25,11 +25,12 @@ class RegistryEntry:
     hub_text: str
     hub_label: str
     hub_splits: tuple[str, ...]  # hub splits that carry labels
+    embedded: bool = False  # a copy ships inside the package (xfer_nlp/embedded/<folder>)
 
 
 REGISTRY = {
     "sst2": RegistryEntry("sst2", ("negative", "positive"), "stanfordnlp/sst2", "sentence", "label",
-                          ("train", "validation")),  # the hub test split is unlabelled (-1)
+                          ("train", "validation"), embedded=True),  # the hub test split is unlabelled (-1)
     "sst5": RegistryEntry("sst5", ("very negative", "negative", "neutral", "positive", "very positive"),
                           "SetFit/sst5", "text", "label", ("train", "validation", "test")),
     "mr": RegistryEntry("mr", ("negative", "positive"), "cornell-movie-review-data/rotten_tomatoes", "text", "label",
@@ -41,6 +42,7 @@ REGISTRY = {
                           "coarse_label", ("train", "test")),
 }
 
+EMBEDDED = Path(__file__).resolve().parent / "embedded"  # data that ships inside the package
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
 
@@ -147,10 +149,13 @@ def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | Non
     if name in REGISTRY:
         entry = REGISTRY[name]
         root = data_root(cfg)
-        if root is not None and (root / entry.folder).is_dir():
-            files = _find_split_files(root / entry.folder)
-            return ({s: _read_file(p) for s, p in files.items()}, entry.label_names, str(root / entry.folder),
-                    cfg.text_column, cfg.label_column)
+        local = root / entry.folder if root is not None and (root / entry.folder).is_dir() else None
+        if local is None and entry.embedded:
+            local = EMBEDDED / entry.folder
+        if local is not None:
+            files = _find_split_files(local)
+            return ({s: _read_file(p) for s, p in files.items()}, entry.label_names, str(local), cfg.text_column,
+                    cfg.label_column)
         from datasets import load_dataset
 
         try:
