@@ -94,7 +94,8 @@ def tiny_run(tiny_model_dir, tiny_data_dir, tmp_path):
     """Keyword arguments for a fast xfer_nlp.run on the tiny model and data."""
     return dict(model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
                 output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, per_device_eval_batch_size=32,
-                max_seq_length=32, feature_cache_dir=str(tmp_path / "features"), seed=0, logging_steps=5)
+                max_seq_length=32, feature_cache_dir=str(tmp_path / "features"), seed=0, logging_steps=5,
+                min_train_steps=0)  # the tiny sets are small data: keep the mode's own epochs
 
 
 def tiny_configs():

@@ -238,7 +238,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
         best, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls,
                                                                      len(data.label_names))
-        extra["best_epoch"] = best["epoch"]
+        extra.update(best_epoch=best["epoch"], best_step=best["step"], stopped_early=best["stopped_early"])
         metrics = {s: best[s] for s in eval_splits}
         model = accelerator.unwrap_model(model)
     train_seconds = time.perf_counter() - start

@@ -42,7 +42,8 @@ def write_json(path: Path, data) -> None:
 # What each setting is for: a card lists those that shaped its mode's model.
 CARD_SETTINGS = {
     "probe": ("max_seq_length", "pooling", "probe_layer", "probe_c_grid", "seed", "max_train_samples"),
-    "trained": ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "trained": ("learning_rate", "num_train_epochs", "max_steps", "min_train_steps", "eval_steps",
+                "early_stopping_patience", "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps",
                 "weight_decay", "warmup_ratio", "lr_scheduler_type", "layer_lr_decay", "gradual_unfreezing",
                 "freeze_layers", "reinit_layers", "max_seq_length", "pooling", "seed", "mixed_precision",
                 "max_train_samples"),
@@ -106,7 +107,8 @@ def model_card(results: dict, comparison: str | None = None) -> ModelCard:
         hyper["probe_C (chosen)"] = results.get("probe", {}).get("C")
         chosen = "The head's regularisation strength C was chosen on the validation split"
     else:
-        chosen = f"Epoch {results.get('best_epoch')} was kept as the best on the validation split"
+        chosen = (f"The weights of epoch {results.get('best_epoch')} (step {results.get('best_step')}) were kept as "
+                  "the best on the validation split")
     chosen += (", so validation scores are optimistic; the test split was scored once, with that choice."
                if "test" in results["metrics"] else ", so its scores are optimistic; this dataset has no test split.")
     compared = ("## Comparison\n\nThis run is one cell of an `xfer-nlp compare` grid on the same data; the other "

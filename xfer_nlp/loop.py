@@ -19,7 +19,8 @@ from transformers import get_scheduler
 
 from .checkpoint import Checkpoints, CheckpointError, set_rng_states
 from .dropout import cpu_dropout
-from .errors import Interrupted, XferError
+from .config import MAX_EPOCHS
+from .errors import ConfigError, Interrupted, XferError
 from .metrics import classification_metrics
 from . import schedules
 
@@ -42,10 +43,13 @@ class Progress:
     epoch: int = 0
     step: int = 0  # optimizer steps on this process
     batches_in_epoch: int = 0  # batches of the current epoch already consumed
-    best_epoch: int = 0
+    best_epoch: float = 0  # when the best evaluation happened (fractional with --eval_steps)
+    best_step: int = 0
     seconds: float = 0.0  # training time so far, across resumptions
     best: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
+    evals_since_best: int = 0
+    stopped_early: bool = False
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -93,6 +97,29 @@ def _check_same_run(state: dict, cfg, world: dict) -> None:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in differ)
         raise CheckpointError(f"Cannot resume: the run would not be the same ({detail}). Resume with the original "
                               "settings, or start a new run in another --output_dir.")
+
+
+def plan_steps(cfg, steps_per_epoch: int, examples: int) -> tuple[int, int | None, str]:
+    """(optimizer steps, evaluate every N steps or None for each epoch end, the rule as logged)."""
+    if cfg.max_steps:
+        steps, plan = cfg.max_steps, f"{cfg.max_steps} (--max_steps)"
+    else:
+        steps = max(1, math.ceil(steps_per_epoch * cfg.num_train_epochs))
+        plan = f"{cfg.num_train_epochs:g} epochs x {steps_per_epoch} = {steps}"
+        if cfg.min_train_steps and steps < cfg.min_train_steps:
+            epochs = min(MAX_EPOCHS, math.ceil(cfg.min_train_steps / steps_per_epoch))
+            steps = max(steps, epochs * steps_per_epoch)
+            plan = (f"{examples} examples: training {epochs} epochs = {steps} steps (at least --min_train_steps "
+                    f"{cfg.min_train_steps}, at most {MAX_EPOCHS} epochs)")
+    every = cfg.eval_steps
+    if every is None and steps > 10 * steps_per_epoch:  # many short epochs: ten evaluations, not one an epoch
+        every = math.ceil(steps / 10)
+    if every is not None:
+        if every > steps:
+            raise ConfigError(f"--eval_steps {every} is more than the run's {steps} optimizer steps, so it would "
+                              f"never evaluate before the end. Use at most {steps}.")
+        plan += f"; evaluating every {every} steps and at the last"
+    return steps, every, plan
 
 
 def describe(cfg, model, layout, groups: list[schedules.Group], steps_per_epoch: int) -> tuple[dict, int]:
@@ -168,7 +195,8 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
     eval_dls = {name: accelerator.prepare(dl) for name, dl in eval_dls.items()}
     # Counted on the sharded loader; the prepared scheduler steps once per process per optimizer step.
     steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
-    local_steps = max(1, math.ceil(steps_per_epoch * cfg.num_train_epochs))
+    local_steps, eval_every, plan = plan_steps(cfg, steps_per_epoch, len(sampler.lengths))
+    logger.info("Steps: %s.", plan)
     total = local_steps * accelerator.num_processes
     scheduler = accelerator.prepare(schedules.make_scheduler(cfg.lr_scheduler_type, optimizer, total,
                                                              cfg.warmup_ratio, cfg.stlr_ratio))
@@ -219,14 +247,44 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
                    disable=not accelerator.is_local_main_process)
         running, seen = torch.zeros((), device=accelerator.device), 0
         clock = time.perf_counter() - progress.seconds
-        # A run resumed at its very last step still owes that epoch's evaluation, hence the second condition.
-        while progress.step < local_steps or progress.batches_in_epoch > 0:
+        def evaluate_now() -> None:
+            """Score every eval split, log it, keep the weights if validation is the best so far."""
+            metrics = {name: evaluate(accelerator, model, dl, num_labels) for name, dl in eval_dls.items()}
+            model.train()
+            progress.seconds = time.perf_counter() - clock
+            epoch = progress.epoch + progress.batches_in_epoch / len(train_dl)
+            record = {"epoch": round(epoch, 3), "step": progress.step, "seconds": round(progress.seconds, 2),
+                      **{f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
+            progress.history.append(record)
+            accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
+            logger.info("Epoch %g, step %d (%.0f s): %s", record["epoch"], progress.step, progress.seconds, ", ".join(
+                f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("seconds", "epoch")))
+            if not progress.best or metrics["validation"]["accuracy"] > progress.best["validation"]["accuracy"]:
+                progress.best, progress.best_epoch, progress.best_step = metrics, record["epoch"], progress.step
+                progress.evals_since_best = 0
+                if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
+                    checkpoints.folder.mkdir(parents=True, exist_ok=True)
+                    tmp = best_file.with_suffix(".tmp")
+                    save_file({k: v.detach().contiguous() for k, v in
+                               accelerator.unwrap_model(model).state_dict().items()}, tmp)
+                    os.replace(tmp, best_file)
+            else:
+                progress.evals_since_best += 1
+                patience = cfg.early_stopping_patience
+                if patience and progress.evals_since_best >= patience:
+                    progress.stopped_early = True
+                    logger.info("Stopping early at step %d: %d evaluations without a better validation accuracy "
+                                "(best %.4f at step %d).", progress.step, patience,
+                                progress.best["validation"]["accuracy"], progress.best_step)
+
+        # A run resumed at its very last step still owes that epoch's end, hence the second condition.
+        while not progress.stopped_early and (progress.step < local_steps or progress.batches_in_epoch > 0):
             sampler.set_epoch(progress.epoch)
             model.train()
             batches = accelerator.skip_first_batches(train_dl, progress.batches_in_epoch) \
                 if progress.batches_in_epoch else train_dl
             for batch in batches:
-                if progress.step >= local_steps:
+                if progress.step >= local_steps or progress.stopped_early:
                     break
                 if cfg.gradual_unfreezing:
                     stage = schedules.stage_at(progress.step, steps_per_epoch, cfg.unfreeze_interval, last_stage)
@@ -235,6 +293,8 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
                     accelerator.backward(loss)
+                    if cfg.max_grad_norm and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
@@ -258,26 +318,15 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
                                     step=progress.step)
                     running.zero_()
                     seen = 0
-                if cfg.save_steps and progress.step % cfg.save_steps == 0:
-                    save_checkpoint()
+                evaluated = eval_every is not None and (progress.step % eval_every == 0 or progress.step == local_steps)
+                if evaluated:
+                    evaluate_now()
+                if evaluated or (cfg.save_steps and progress.step % cfg.save_steps == 0):
+                    save_checkpoint()  # after the evaluation, so a resumed run neither repeats nor misses it
             progress.epoch += 1
             progress.batches_in_epoch = 0
-            metrics = {name: evaluate(accelerator, model, dl, num_labels) for name, dl in eval_dls.items()}
-            progress.seconds = time.perf_counter() - clock
-            record = {"epoch": progress.epoch, "step": progress.step, "seconds": round(progress.seconds, 2),
-                      **{f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
-            progress.history.append(record)
-            accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
-            logger.info("Epoch %d (%.0f s): %s", progress.epoch, progress.seconds, ", ".join(
-                f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds"))
-            if not progress.best or metrics["validation"]["accuracy"] > progress.best["validation"]["accuracy"]:
-                progress.best, progress.best_epoch = metrics, progress.epoch
-                if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
-                    checkpoints.folder.mkdir(parents=True, exist_ok=True)
-                    tmp = best_file.with_suffix(".tmp")
-                    save_file({k: v.detach().contiguous() for k, v in
-                               accelerator.unwrap_model(model).state_dict().items()}, tmp)
-                    os.replace(tmp, best_file)
+            if eval_every is None:
+                evaluate_now()
             save_checkpoint()
         bar.close()
     # Training is over and the last checkpoint holds the optimizer: free its state (AdamW's two fp32 moments of
@@ -285,8 +334,9 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
     # instead of raising the peak. Clearing the state, not accelerator.free_memory(): that one also resets the
     # accelerator and, under DeepSpeed, destroys the engine that still holds the model.
     optimizer.state.clear()
-    if progress.best_epoch != progress.history[-1]["epoch"]:
-        logger.info("Keeping epoch %d, the best on validation accuracy.", progress.best_epoch)
+    if progress.best_step != progress.history[-1]["step"]:
+        logger.info("Keeping epoch %g (step %d), the best on validation accuracy.", progress.best_epoch,
+                    progress.best_step)
         accelerator.wait_for_everyone()
         accelerator.unwrap_model(model).load_state_dict(load_file(best_file))
     best = progress.best
@@ -295,9 +345,10 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
         # pipeline(); the per-epoch history keeps the mixed-precision scores that chose the epoch.
         plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         best = {name: evaluate(accelerator, plain, dl, num_labels) for name, dl in eval_dls.items()}
-        logger.info("Epoch %d rescored in fp32: %s", progress.best_epoch, ", ".join(
+        logger.info("Epoch %g rescored in fp32: %s", progress.best_epoch, ", ".join(
             f"{s}_{k} {v:.4f}" for s, m in best.items() for k, v in m.items()))
-    return {**best, "epoch": progress.best_epoch}, progress.history, readable
+    return {**best, "epoch": progress.best_epoch, "step": progress.best_step,
+            "stopped_early": progress.stopped_early}, progress.history, readable
 
 
 @contextmanager

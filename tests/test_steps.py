@@ -1,0 +1,61 @@
+"""The step budget: --max_steps, the small-data rule, --eval_steps and early stopping, through xfer_nlp.run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import launch_env
+
+import xfer_nlp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_small_data_rule_raises_the_epochs_and_logs_the_step_count(tiny_run):
+    # 160 examples at batch 16: 10 steps an epoch, so the default 3 epochs are 30 steps, below the asked 60
+    result = xfer_nlp.run(mode="finetune", **{**tiny_run, "min_train_steps": 60})
+    log = (result.output_dir / "train.log").read_text()
+    assert "160 examples: training 6 epochs = 60 steps" in log
+    assert [h["step"] for h in result.results["history"]] == [10, 20, 30, 40, 50, 60]
+    assert result.results["config"]["min_train_steps"] == 60
+
+
+def test_explicit_epochs_are_the_epochs_that_run(tiny_run):
+    kw = {k: v for k, v in tiny_run.items() if k != "min_train_steps"}
+    result = xfer_nlp.run(mode="finetune", num_train_epochs=2, **kw)
+    assert [h["step"] for h in result.results["history"]] == [10, 20]
+    assert result.results["config"]["min_train_steps"] == 0
+
+
+def test_max_steps_overrides_epochs_and_eval_steps_evaluates_mid_epoch(tiny_run):
+    result = xfer_nlp.run(mode="finetune", max_steps=17, eval_steps=5, **tiny_run)
+    history = result.results["history"]
+    assert [h["step"] for h in history] == [5, 10, 15, 17]
+    assert history[0]["epoch"] == 0.5 and history[-1]["epoch"] == 1.7
+    assert result.results["best_step"] in (5, 10, 15, 17)
+
+
+def test_early_stopping_stops_at_the_right_evaluation_on_a_flat_curve(tiny_run):
+    # a learning rate too small to change a prediction: every evaluation after the first is no better
+    result = xfer_nlp.run(mode="finetune", learning_rate=1e-12, max_steps=100, eval_steps=5,
+                          early_stopping_patience=3, **tiny_run)
+    history = result.results["history"]
+    assert [h["step"] for h in history] == [5, 10, 15, 20]  # the best at 5, then three evaluations no better
+    assert result.results["stopped_early"] is True and result.results["best_step"] == 5
+    assert "Stopping early at step 20: 3 evaluations without a better validation accuracy" in (
+        result.output_dir / "train.log").read_text()
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--max_steps", "0"], "--max_steps must be a positive integer, got 0"),
+    (["--max_steps", "20", "--eval_steps", "50"], "--eval_steps 50 is more than the run's 20 optimizer steps"),
+    (["--early_stopping_patience", "0"], "--early_stopping_patience must be a positive integer"),
+])
+def test_bad_step_budgets_are_one_clear_message(flags, words, tiny_model_dir, tiny_data_dir, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "xfer_nlp.cli", "run", "--mode", "finetune",
+                             "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(tiny_data_dir),
+                             "--output_dir", str(tmp_path / "o"), "--max_seq_length", "32", *flags],
+                            capture_output=True, text=True, cwd=ROOT, env=launch_env(), timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert words in result.stderr, result.stderr[-2000:]
