@@ -331,3 +331,18 @@ def test_resume_with_the_folder_spelled_another_way(tiny_model_dir, tiny_data_di
     (tmp_path / "rel" / "run" / "results.json").unlink()
     result = xfer_nlp.run(output_dir=str(tmp_path / "rel" / "run"), resume_from_checkpoint="latest", **kw)
     assert result.results["history"][-1]["epoch"] == 2
+
+
+def test_a_user_error_in_a_two_process_launch_prints_its_message_once(tiny_model_dir, tmp_path):
+    """The message comes once, from rank 0. Accelerate's launcher then re-raises torchrun's ChildFailedError
+    (accelerate/commands/launch.py, multi_gpu_launcher), whose dump xfer_nlp cannot suppress."""
+    from conftest import free_port
+    from test_distributed import ACCELERATE
+
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
+           "recipes/sentiment.py", "--mode", "probe", "--model_name_or_path", str(tiny_model_dir),
+           "--dataset_name", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "o")]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=launch_env(), timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.count("error: Data path") == 1, result.stderr[-3000:]

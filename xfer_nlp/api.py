@@ -247,7 +247,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         model.save_pretrained(output_dir / "adapter")  # before merging: merge_and_unload consumes the adapters
     exported = modes.export_model(model).to("cpu")
     results = {
-        "mode": cfg.mode, "model": cfg.model_name_or_path, "dataset": cfg.dataset_name,
+        "mode": cfg.mode, "model": cfg.model_name_or_path, "dataset": cfg.train_file or cfg.dataset_name,
         "train_samples": len(tokenized["train"]), "split_sizes": {s: len(d) for s, d in tokenized.items()},
         "metrics": metrics, "train_seconds": round(train_seconds, 2),
         "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(_peak_memory_mb(accelerator), 1),

@@ -55,8 +55,16 @@ class RunConfig:
     model_name_or_path: str = _f(EMBEDDED_MODEL, f"Encoder: '{EMBEDDED_MODEL}' (the embedded pretrained MiniLM-L6, "
                                  "offline), a local transformers folder, or a Hub id. Loaded with from_pretrained, "
                                  "safetensors only, never trust_remote_code.")
-    dataset_name: str = _f("sst2", "A registry name (sst2, sst5, mr, subj, trec), a folder with train/validation/test "
-                           "files, or one file (.jsonl, .json, .csv, .tsv, .parquet).")
+    dataset_name: str = _f("sst2", "A registry name (sst2, sst5, mr, subj, trec), any Hub dataset id (user/name, "
+                           "through datasets.load_dataset; cached copies work offline), a folder with "
+                           "train/validation/test files or laid out as a Hub dataset repository, or one file "
+                           "(.jsonl, .json, .csv, .tsv, .parquet).")
+    dataset_config_name: Optional[str] = _f(None, "The configuration of a Hub dataset (datasets.load_dataset's "
+                                            "second argument), e.g. 'sst2' for nyu-mll/glue.")
+    train_file: Optional[str] = _f(None, "A training data file (as run_glue spells it); replaces --dataset_name.")
+    validation_file: Optional[str] = _f(None, "With --train_file: the validation file (default: a held-out part "
+                                        "of train).")
+    test_file: Optional[str] = _f(None, "With --train_file: a test file, scored once with the chosen model.")
     data_dir: Optional[str] = _f(None, "Folder that holds the registry sets (default: $XFER_NLP_DATA_DIR, else "
                                  "../shared/data next to the working directory or the project).")
     text_column: str = _f("text", "Column that holds the text.")
@@ -173,7 +181,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.num_train_epochs is not None and cfg.min_train_steps is None:
         filled["min_train_steps"] = 0  # epochs the user asked for are the epochs that run
     if cfg.output_dir is None:
-        filled["output_dir"] = str(Path("runs") / f"{Path(str(cfg.dataset_name)).stem}-{cfg.mode}")
+        data = Path(str(cfg.train_file)).parent.name if cfg.train_file else Path(str(cfg.dataset_name)).stem
+        filled["output_dir"] = str(Path("runs") / f"{data or 'data'}-{cfg.mode}")
     cfg = dataclasses.replace(cfg, **filled)
 
     for f in dataclasses.fields(cfg):
@@ -207,6 +216,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.mode == "probe" and (cfg.max_steps or cfg.eval_steps or cfg.early_stopping_patience):
         problems.append("--max_steps, --eval_steps and --early_stopping_patience do not apply to probe: its head is "
                         "fitted by L-BFGS, not stepped.")
+    if (cfg.validation_file or cfg.test_file) and not cfg.train_file:
+        problems.append("--validation_file and --test_file go with --train_file; for a folder or registry set use "
+                        "--dataset_name.")
     if cfg.weight_decay < 0:
         problems.append(f"--weight_decay must be >= 0, got {cfg.weight_decay}.")
     if not 0 <= (cfg.warmup_ratio or 0) < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +147,14 @@ def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | Non
     """Returns the raw splits, registry label names (if any), source, and text/label column names."""
     name = cfg.dataset_name
     path = Path(name).expanduser()
+    if cfg.train_file:
+        given = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
+        files = {s: Path(f).expanduser() for s, f in given.items() if f}
+        for split, f in files.items():
+            if not f.is_file():
+                raise DataError(f"--{split}_file '{f}' does not exist. Check the path.")
+        return ({s: _read_file(f) for s, f in files.items()}, None, str(files["train"].parent), cfg.text_column,
+                cfg.label_column)
     if name in REGISTRY:
         entry = REGISTRY[name]
         root = data_root(cfg)
@@ -168,17 +177,63 @@ def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | Non
         names = tuple(hub["train"].features[entry.hub_label].names) if hasattr(
             hub["train"].features[entry.hub_label], "names") else entry.label_names
         return splits, names, f"hf:{entry.hub_id}", entry.hub_text, entry.hub_label
+    if path.is_dir() and _is_hub_layout(path):
+        splits, names = _load_hub(str(path), cfg.dataset_config_name, cfg.label_column)
+        return splits, names, str(path), cfg.text_column, cfg.label_column
     if path.is_dir():
         return ({s: _read_file(p) for s, p in _find_split_files(path).items()}, None, str(path),
                 cfg.text_column, cfg.label_column)
     if path.is_file():
         return {"train": _read_file(path)}, None, str(path), cfg.text_column, cfg.label_column
+    if HUB_ID.fullmatch(name) and Path(name).suffix.lower() not in FORMATS:
+        splits, names = _load_hub(name, cfg.dataset_config_name, cfg.label_column)
+        return splits, names, f"hf:{name}", cfg.text_column, cfg.label_column
     looks_like_path = "/" in name or Path(name).suffix.lower() in FORMATS
     if looks_like_path:
         raise DataError(f"Data path '{name}' does not exist. Check the path, or use a registry name: "
                         f"{', '.join(REGISTRY)}.")
     raise DataError(f"Unknown dataset '{name}'{nearest(name, REGISTRY)}. Use a registry name ({', '.join(REGISTRY)}), "
                     "a folder with train/validation/test files, or a data file.")
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _is_hub_layout(folder: Path) -> bool:
+    """A folder laid out as a Hub dataset repository: a card whose YAML declares configs, or data/ beside it."""
+    card = folder / "README.md"
+    declares = card.is_file() and card.read_text(encoding="utf-8", errors="replace").startswith("---") and \
+        "\nconfigs:" in card.read_text(encoding="utf-8", errors="replace").split("\n---", 1)[0]
+    return declares or (folder / "data").is_dir() and not any(p.suffix.lower() in FORMATS for p in folder.iterdir())
+
+
+def _load_hub(source: str, config_name: str | None,
+              label_column: str) -> tuple[dict[str, Dataset], tuple[str, ...] | None]:
+    """Any dataset `datasets.load_dataset` reads: a Hub id (cached or online) or a folder laid out like one."""
+    from datasets import load_dataset
+
+    try:
+        loaded = load_dataset(source, config_name)
+    except Exception as e:  # offline, unknown id, unknown config, broken files: datasets raises many types
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or \
+            os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false")
+        why = (" This machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the datasets "
+               "cache: load it once online, or download its files and pass the folder.") if offline else ""
+        raise DataError(f"Could not load dataset '{source}'"
+                        f"{f' (config {config_name!r})' if config_name else ''}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:300] if str(e) else ''}.{why}") from None
+    splits = {}
+    for split, aliases in SPLIT_NAMES.items():
+        found = next((a for a in aliases if a in loaded), None)
+        # GLUE-style test splits carry -1 for "no label": they cannot be scored, so they are left out.
+        if found is not None and not (label_column in loaded[found].column_names
+                                      and set(loaded[found][label_column]) == {-1}):
+            splits[split] = loaded[found]
+    if "train" not in splits:
+        raise DataError(f"Dataset '{source}' has no train split (it has {', '.join(loaded)}). Pass a dataset with "
+                        "one, or your own files with --train_file.")
+    feature = splits["train"].features.get(label_column)
+    return splits, tuple(feature.names) if hasattr(feature, "names") else None
 
 
 def _labels_to_ids(raw: dict[str, list], registry_names) -> tuple[dict[str, list[int]], tuple[str, ...], list[str]]:
