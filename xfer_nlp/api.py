@@ -22,6 +22,7 @@ from . import batches, hub, loop, modes, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data
 from .errors import ConfigError
+from .metrics import scalars
 
 logger = logging.getLogger("xfer_nlp")
 
@@ -231,7 +232,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
                    for s in tokenized}
         metrics, extra["probe"] = probe.run_probe(accelerator, cfg, model, built.layout, loaders, tokenized,
                                                    len(data.label_names))
-        accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}, step=0)
+        accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}, step=0)
     else:
         model = built.model
         train_dl = batches.train_loader(tokenized["train"], collator, cfg.per_device_train_batch_size, cfg.seed)

@@ -21,7 +21,7 @@ from .checkpoint import Checkpoints, CheckpointError, set_rng_states
 from .dropout import cpu_dropout
 from .config import MAX_EPOCHS
 from .errors import ConfigError, Interrupted, XferError
-from .metrics import classification_metrics
+from .metrics import classification_metrics, scalars
 from . import schedules
 
 logger = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
             progress.seconds = time.perf_counter() - clock
             epoch = progress.epoch + progress.batches_in_epoch / len(train_dl)
             record = {"epoch": round(epoch, 3), "step": progress.step, "seconds": round(progress.seconds, 2),
-                      **{f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items()}}
+                      **{f"{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}}
             progress.history.append(record)
             accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
             logger.info("Epoch %g, step %d (%.0f s): %s", record["epoch"], progress.step, progress.seconds, ", ".join(
@@ -346,7 +346,7 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
         plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         best = {name: evaluate(accelerator, plain, dl, num_labels) for name, dl in eval_dls.items()}
         logger.info("Epoch %g rescored in fp32: %s", progress.best_epoch, ", ".join(
-            f"{s}_{k} {v:.4f}" for s, m in best.items() for k, v in m.items()))
+            f"{s}_{k} {v:.4f}" for s, m in best.items() for k, v in scalars(m).items()))
     return {**best, "epoch": progress.best_epoch, "step": progress.best_step,
             "stopped_early": progress.stopped_early}, progress.history, readable
 
