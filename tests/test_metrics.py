@@ -36,3 +36,36 @@ def test_the_figures_equal_scikit_learns_on_random_labels(seed, classes):
         row = got["per_class"][str(c)]
         assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx((p[c], r[c], f[c], s[c]))
     assert got["confusion_matrix"] == confusion_matrix(labels, predictions, labels=everything).tolist()
+
+
+def test_class_weights_and_the_metric_for_best_model_reach_the_run(tiny_run):
+    import xfer_nlp
+
+    result = xfer_nlp.run(mode="finetune", num_train_epochs=2, class_weights="balanced",
+                          metric_for_best_model="macro_f1", **tiny_run)
+    log = (result.output_dir / "train.log").read_text()
+    assert "Class weights: 0 1.000, 1 1.000" in log  # the tiny train set is balanced
+    assert result.results["config"]["metric_for_best_model"] == "macro_f1"
+    best = max(result.results["history"], key=lambda h: h["validation_macro_f1"])
+    assert result.results["best_step"] == best["step"]
+    probe = xfer_nlp.run(mode="probe", class_weights="3,1", metric_for_best_model="macro_f1",
+                         **{**tiny_run, "output_dir": tiny_run["output_dir"] + "-probe"})
+    assert probe.results["probe"]["C_chosen_on"] == "macro_f1"
+    assert probe.results["probe"]["validation_by_C"][str(probe.results["probe"]["C"])] == max(
+        probe.results["probe"]["validation_by_C"].values())
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--class_weights", "1,2,3"], "--class_weights has 3 weight(s), but the data has 2 classes"),
+    (["--class_weights", "1,-2"], "--class_weights must be none, balanced or comma-separated non-negative"),
+    (["--metric_for_best_model", "f1"], "invalid choice: 'f1' (choose from 'accuracy', 'macro_f1')"),
+])
+def test_bad_metric_and_weight_settings_are_one_message(flags, words, tiny_model_dir, tiny_data_dir, tmp_path):
+    from conftest import launch_env
+
+    result = subprocess.run([sys.executable, "-m", "xfer_nlp.cli", "run", "--mode", "probe", "--model_name_or_path",
+                             str(tiny_model_dir), "--dataset_name", str(tiny_data_dir), "--output_dir",
+                             str(tmp_path / "o"), "--max_seq_length", "32", *flags], capture_output=True, text=True,
+                            env=launch_env(), timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert words in result.stderr, result.stderr[-2000:]

