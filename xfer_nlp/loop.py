@@ -332,9 +332,11 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
                     save_checkpoint()  # after the evaluation, so a resumed run neither repeats nor misses it
             progress.epoch += 1
             progress.batches_in_epoch = 0
+            # Evaluating by steps, a run checkpoints with each evaluation (and --save_steps), not at each epoch end:
+            # on small data an epoch is a step or two, and a checkpoint per epoch would cost more than the training.
             if eval_every is None:
                 evaluate_now()
-            save_checkpoint()
+                save_checkpoint()
         bar.close()
     # Training is over and the last checkpoint holds the optimizer: free its state (AdamW's two fp32 moments of
     # the trainable weights) so that loading the best epoch, the fp32 rescoring and the export reuse that memory
