@@ -30,7 +30,9 @@ def launch(processes, mode, out, tiny_model_dir, tiny_data_dir, tmp_path, *extra
 
 @pytest.mark.parametrize("mode,extra,tolerance", [
     ("probe", [], 0.0),  # features are gathered, then every process fits the same head: identical
-    ("finetune", ["--num_train_epochs", "4", "--learning_rate", "1e-3"], 0.1),
+    # Unclipped: with the default --max_grad_norm 1.0 the tiny model is still climbing after 4 epochs, where the two
+    # launches' different dropout masks leave them up to 0.15 apart; the comparison is about DDP, not clipping.
+    ("finetune", ["--num_train_epochs", "4", "--learning_rate", "1e-3", "--max_grad_norm", "0"], 0.1),
 ])
 def test_two_processes_match_one(mode, extra, tolerance, tiny_model_dir, tiny_data_dir, tmp_path):
     one, _ = launch(1, mode, tmp_path / "one", tiny_model_dir, tiny_data_dir, tmp_path,

@@ -8,7 +8,6 @@ where the model card says it is needed, and must reproduce the run's validation 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -282,7 +282,6 @@ def predict(model: str | Path, texts: str | list[str], batch_size: int = 64) -> 
     head is this package's own class, and no code from a model folder or the Hub ever runs.
     """
     from tqdm.auto import tqdm
-    from transformers import pipeline
 
     texts = [texts] if isinstance(texts, str) else list(texts)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)

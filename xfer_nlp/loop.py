@@ -15,7 +15,6 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from .checkpoint import Checkpoints, CheckpointError, set_rng_states
 from .dropout import cpu_dropout
