@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
 from . import batches, hub, loop, modes, probe, runfolder
@@ -170,12 +170,17 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     """
     cfg = _config_from(config, overrides)
     output_dir = Path(cfg.output_dir)
-    runfolder.check(output_dir, cfg.overwrite_output_dir, bool(cfg.resume_from_checkpoint))
-    _reset_peak_memory()
-    trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() != "none"]
     # Accelerate picks gloo DDP only when told cpu=True; a torchrun-style launch (`accelerate launch --multi_gpu`,
     # `torchrun`) on a machine without CUDA would otherwise run each process alone.
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    # The folder is checked (and test-written) by the main process alone, then every process moves on together:
+    # a compare grid's main process may still be preparing the cell's folder when the others arrive here.
+    processes = PartialState(cpu=multi_cpu)
+    if processes.is_main_process:
+        runfolder.check(output_dir, cfg.overwrite_output_dir, bool(cfg.resume_from_checkpoint))
+    processes.wait_for_everyone()
+    _reset_peak_memory()
+    trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() != "none"]
     # Parameters that thaw mid-run get no gradient while frozen: DDP must be told to expect that.
     ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.gradual_unfreezing else []
     # Accelerate keeps one process-wide state; each run() (a notebook, a compare grid) sets its own precision.

@@ -15,14 +15,14 @@ RESULTS = "results.json"
 CHECKPOINTS = "checkpoints"
 # What a folder may hold and still count as empty: what a run that died before its first checkpoint leaves, and
 # what a compare grid writes into a cell before and after its run.
-BOOKKEEPING = {LOCK, "train.log", CHECKPOINTS, "cell.json", "failed.txt"}
+BOOKKEEPING = {"train.log", CHECKPOINTS, "cell.json", "failed.txt"}
 
 
 def state(out: Path) -> str:
     """missing | empty | finished | interrupted | foreign (a non-empty folder that holds no xfer_nlp run)."""
     if not out.exists():
         return "missing"
-    entries = {p.name for p in out.iterdir()}
+    entries = {p.name for p in out.iterdir() if not p.name.startswith(".xfer_nlp.")}  # our own bookkeeping
     if RESULTS in entries:
         return "finished"
     if any((out / CHECKPOINTS).glob("checkpoint-*")):
