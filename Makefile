@@ -1,5 +1,5 @@
 # Two entry points do all the set-up on a fresh machine:
-#   make sentiment   # the sentiment recipe on the embedded defaults (MODE=probe|finetune|scratch|lora)
+#   make sentiment   # the sentiment recipe on the embedded defaults (MODE=probe|finetune|scratch|lora|contrastive)
 #   make test        # the test suite (what .ci/run calls)
 VENV ?= .venv
 PY := $(VENV)/bin/python

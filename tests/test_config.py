@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xfer_nlp.config import FIELD_NAMES, MODE_DEFAULTS, RunConfig, parse_args, resolve
+from xfer_nlp.config import MODE_DEFAULTS, RunConfig, parse_args, resolve
 from xfer_nlp.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RECIPE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "sentiment"
 
@@ -38,11 +40,20 @@ def test_recipe_yaml_agrees_with_api_defaults(mode):
     assert from_recipe == from_api
 
 
-def test_mode_defaults_differ_where_they_should():
-    ft, sc, lo = (resolve(RunConfig(mode=m)) for m in ("finetune", "scratch", "lora"))
-    assert sc.learning_rate > ft.learning_rate and sc.num_train_epochs > ft.num_train_epochs
-    assert lo.learning_rate > ft.learning_rate
-    assert resolve(RunConfig(mode="probe")).learning_rate is None
+def test_every_mode_has_a_recipe_config_that_agrees_with_its_defaults():
+    """The recipe's YAMLs restate the per-mode defaults for readers; a YAML that disagrees with the code fails."""
+    from xfer_nlp.config import MODES
+
+    folder = ROOT / "recipes" / "configs" / "sentiment"
+    assert {p.stem for p in folder.glob("*.yaml")} == set(MODES)
+    for mode in MODES:
+        recipe = yaml.safe_load((folder / f"{mode}.yaml").read_text())
+        assert recipe["mode"] == mode
+        resolved = resolve(RunConfig(mode=mode)).to_dict()
+        for key, value in recipe.items():
+            assert resolved[key] == value, f"{mode}.yaml sets {key}={value!r}; the code's default is {resolved[key]!r}"
+        for key, value in MODE_DEFAULTS[mode].items():
+            assert resolved[key] == value
 
 
 def test_explicit_value_beats_mode_default():
@@ -65,8 +76,13 @@ def test_unknown_mode():
 def test_every_field_has_help():
     import dataclasses
 
-    assert all(f.metadata.get("help") for f in dataclasses.fields(RunConfig))
-    assert len(FIELD_NAMES) == len(set(FIELD_NAMES))
+    from transformers import HfArgumentParser
+
+    helps = [f.metadata.get("help") for f in dataclasses.fields(RunConfig)]
+    assert all(helps) and len(set(helps)) == len(helps), "every field has help of its own"
+    text = " ".join(HfArgumentParser(RunConfig).format_help().split())
+    for f in dataclasses.fields(RunConfig):
+        assert f"--{f.name}" in text and " ".join(f.metadata["help"].split())[:40] in text, f.name
 
 
 def test_token_never_saved():

@@ -21,7 +21,7 @@ from test_distributed import launch
 MODES = [("probe", {}), ("finetune", {}), ("scratch", {}), ("lora", {}),
          ("finetune", {"gradual_unfreezing": True, "layer_lr_decay": 0.8, "freeze_layers": 1, "reinit_layers": 1,
                        "unfreeze_interval": 0.5}),
-         ("probe", {"pooling": "mean"}), ("finetune", {"pooling": "cls"})]
+         ("probe", {"pooling": "mean"}), ("finetune", {"pooling": "cls"}), ("contrastive", {"pair_iterations": 2})]
 
 # Runs in a fresh interpreter: xfer_nlp is made unimportable before anything else happens.
 LOADER = r"""

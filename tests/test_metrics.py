@@ -58,7 +58,8 @@ def test_class_weights_and_the_metric_for_best_model_reach_the_run(tiny_run):
 @pytest.mark.parametrize("flags,words", [
     (["--class_weights", "1,2,3"], "--class_weights has 3 weight(s), but the data has 2 classes"),
     (["--class_weights", "1,-2"], "--class_weights must be none, balanced or comma-separated non-negative"),
-    (["--metric_for_best_model", "f1"], "invalid choice: 'f1' (choose from 'accuracy', 'macro_f1')"),
+    (["--metric_for_best_model", "f1"], "--metric_for_best_model 'f1' is not a computed metric; choose one of "
+                                        "accuracy, macro_f1"),
 ])
 def test_bad_metric_and_weight_settings_are_one_message(flags, words, tiny_model_dir, tiny_data_dir, tmp_path):
     from conftest import launch_env

@@ -31,9 +31,12 @@ def check_outputs(result, mode):
     assert RESULT_KEYS <= results.keys()
     assert results["mode"] == mode
     assert set(results["metrics"]) == {"validation", "test"}
-    for split in ("validation", "test"):
-        assert 0.0 <= results["metrics"][split]["accuracy"] <= 1.0
-        assert 0.0 <= results["metrics"][split]["macro_f1"] <= 1.0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    for split in ("validation", "test"):  # the reported figures are those of the predictions the run wrote
+        mine = [r for r in rows if r["split"] == split]
+        assert results["metrics"][split]["accuracy"] == sum(r["label"] == r["predicted"] for r in mine) / len(mine)
+        f1 = [c["f1"] for c in results["metrics"][split]["per_class"].values()]
+        assert results["metrics"][split]["macro_f1"] == pytest.approx(sum(f1) / len(f1), abs=1e-12)
     assert results["config"]["mode"] == mode and results["config"]["hub_token"] is None
     assert 0 < results["trainable_params"] <= results["total_params"]
     for name in ("config.json", "model.safetensors", "README.md", "config_xfer.yaml", "train.log"):

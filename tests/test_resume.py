@@ -87,8 +87,14 @@ SCHEDULE = ("--gradual_unfreezing", "--unfreeze_interval", "0.25", "--layer_lr_d
             "--lr_scheduler_type", "stlr")
 
 
-@pytest.mark.parametrize("processes,schedule", [(1, ()), (2, ()), (2, SCHEDULE)],
-                         ids=["1-process", "2-process", "2-process-mid-unfreezing-schedule"])
+# Contrastive trains on pairs (one round: 3,200 of them, 200 steps) for its default single epoch, then fits the
+# probe's head. Resumed across an epoch boundary it is not yet bit-identical (the second epoch diverges from its
+# first step; open in issue 22), so this case stays within the one epoch contrastive runs by default.
+CONTRASTIVE = ("--mode", "contrastive", "--pair_iterations", "1", "--num_train_epochs", "1")
+
+
+@pytest.mark.parametrize("processes,schedule", [(1, ()), (2, ()), (2, SCHEDULE), (1, CONTRASTIVE)],
+                         ids=["1-process", "2-process", "2-process-mid-unfreezing-schedule", "1-process-contrastive"])
 def test_sigkill_then_resume_matches_uninterrupted_run(processes, schedule, tiny_model_dir, bigger_data, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_to_end(recipe_cmd(processes, tiny_model_dir, bigger_data, straight, *schedule))

@@ -4,8 +4,9 @@ from .api import RunResult, predict, run
 from .compare import Comparison, compare
 from .config import MODES, RunConfig
 from .errors import ConfigError, DataError, XferError
+from .evaluation import EvaluationResult, evaluate
 from .hub import push
 from .report import write_report
 
-__all__ = ["run", "compare", "write_report", "predict", "push", "Comparison", "RunConfig", "RunResult", "MODES", "XferError", "ConfigError", "DataError"]
+__all__ = ["run", "compare", "write_report", "predict", "evaluate", "push", "EvaluationResult", "Comparison", "RunConfig", "RunResult", "MODES", "XferError", "ConfigError", "DataError"]
 __version__ = "0.1.0"

@@ -18,11 +18,12 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-from . import batches, hub, loop, modes, probe, runfolder
+from . import batches, hub, loop, modes, pairs, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data
 from .errors import ConfigError
-from .metrics import class_weight_vector, scalars
+from .evaluation import CONFUSION, PREDICTIONS, plot_confusion, write_predictions
+from .metrics import Scorer, class_weight_vector, scalars
 
 logger = logging.getLogger("xfer_nlp")
 
@@ -109,8 +110,8 @@ def resolve_precision(requested: str, mode: str, model_name_or_path: str) -> str
     return "bf16" if cpu_has_bf16() else "no"
 
 
-def _setup_logging(accelerator: Accelerator, output_dir: Path) -> None:
-    """Main process: INFO to stderr and OUTPUT_DIR/train.log. Other processes: errors only."""
+def _setup_logging(accelerator: Accelerator, output_dir: Path, filename: str = "train.log") -> None:
+    """Main process: INFO to stderr and OUTPUT_DIR/<filename>. Other processes: errors only."""
     import datasets
     import transformers
 
@@ -127,7 +128,7 @@ def _setup_logging(accelerator: Accelerator, output_dir: Path) -> None:
     logger.setLevel(logging.INFO)
     output_dir.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    for h in (logging.StreamHandler(sys.stderr), logging.FileHandler(output_dir / "train.log", encoding="utf-8")):
+    for h in (logging.StreamHandler(sys.stderr), logging.FileHandler(output_dir / filename, encoding="utf-8")):
         h.setFormatter(fmt)
         h._xfer_nlp = True
         logger.addHandler(h)
@@ -182,7 +183,9 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     _reset_peak_memory()
     trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() != "none"]
     # Parameters that thaw mid-run get no gradient while frozen: DDP must be told to expect that.
-    ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.gradual_unfreezing else []
+    # Contrastive's forward also runs the classifier, whose frozen output layer the loss never reads.
+    ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] \
+        if cfg.gradual_unfreezing or cfg.mode == "contrastive" else []
     # Accelerate keeps one process-wide state; each run() (a notebook, a compare grid) sets its own precision.
     # PartialState, which holds the process group, is kept.
     AcceleratorState._reset_state()
@@ -210,20 +213,26 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
                        "`--config_file recipes/accelerate_configs/cpu_ddp.yaml` on a machine without GPUs.")
     set_seed(cfg.seed)
 
+    extra = {}
     data = load_text_data(cfg)  # cheap checks and reads: fail before any model is loaded
+    scorer = Scorer(len(data.label_names), cfg.metric_list)
+    scorer.check_watched(cfg.metric_for_best_model)
     weights = class_weight_vector(cfg.class_weights, data.splits["train"]["label"], len(data.label_names))
     if weights is not None:
         logger.info("Class weights: %s.", ", ".join(f"{n} {w:.3f}" for n, w in zip(data.label_names, weights.tolist())))
     for note in data.notes:
         logger.info("Data: %s.", note)
     built = modes.build(cfg, data.label_names)
+    reading, extra["reading"] = batches.choose_reading(cfg, data.splits["train"]["text"], built.tokenizer)
+    logger.info("Reading texts: %s (the training texts' 90th-percentile length is %d tokens%s).", reading.describe(),
+                extra["reading"]["train_p90_tokens"], "; --truncation auto" if cfg.truncation == "auto" else "")
     with accelerator.main_process_first():
-        tokenized = batches.tokenize(data.splits, built.tokenizer, cfg.max_seq_length)
+        tokenized = batches.tokenize(data.splits, built.tokenizer, reading)
     collator = batches.make_collator(built.tokenizer, accelerator.mixed_precision, accelerator.device.type)
     trainable, total = modes.count_parameters(built.model)
     logger.info("Mode %s on %s (%s pooling): %s of %s parameters train; %s.", cfg.mode, cfg.model_name_or_path,
                 built.pooling, f"{trainable:,}", f"{total:,}",
-                ", ".join(f"{s} {len(d)}" for s, d in tokenized.items()))
+                ", ".join(f"{s} {len(d)}" for s, d in data.splits.items()))
     shown = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
     logger.info("Precision %s%s on %s.", shown, " (chosen by --mixed_precision auto)" if cfg.mixed_precision == "auto"
                 else "", _hardware(accelerator))
@@ -232,23 +241,36 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
                                                       if isinstance(v, (int, float, str, bool))})
 
     start = time.perf_counter()
-    extra = {}
     eval_splits = [s for s in tokenized if s != "train"]
-    if cfg.mode == "probe":
-        model = built.model.to(accelerator.device)
+    if cfg.mode in ("probe", "contrastive"):
+        model = built.model
+        if cfg.mode == "contrastive":  # SetFit's first stage: tune the encoder on pairs, keeping the last weights
+            pair_ds = pairs.pair_dataset(tokenized["train"], pairs.make_pairs(
+                tokenized["train"]["labels"], cfg.pair_iterations, cfg.seed, data.label_names))
+            logger.info("Contrastive pairs: %d (%d rounds x 2 per training text).", len(pair_ds), cfg.pair_iterations)
+            pair_dl = batches.train_loader(pair_ds, pairs.PairCollator(collator), cfg.per_device_train_batch_size,
+                                           cfg.seed, lengths=pairs.pair_lengths(pair_ds))
+            _, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, built.layout, pair_dl, {},
+                                                                scorer, loss_fn=pairs.cosine_loss)
+            model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        model = model.to(accelerator.device)
         loaders = {s: accelerator.prepare(batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size))
                    for s in tokenized}
-        metrics, extra["probe"] = probe.run_probe(accelerator, cfg, model, built.layout, loaders, tokenized,
-                                                   len(data.label_names), weights)
+        # The second stage of contrastive is the probe on the tuned encoder, in fp32 and with no cache (its weights
+        # are this run's own).
+        tuned = cfg.mode == "contrastive"
+        metrics, outputs, extra["probe"] = probe.run_probe(
+            accelerator, dataclasses.replace(cfg, no_feature_cache=True) if tuned else cfg, model, built.layout,
+            loaders, tokenized, scorer, weights, autocast=not tuned)
         accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}, step=0)
     else:
         model = built.model
         train_dl = batches.train_loader(tokenized["train"], collator, cfg.per_device_train_batch_size, cfg.seed)
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
         best, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls,
-                                                                     len(data.label_names), weights)
+                                                                     scorer, weights)
         extra.update(best_epoch=best["epoch"], best_step=best["step"], stopped_early=best["stopped_early"])
-        metrics = {s: best[s] for s in eval_splits}
+        metrics, outputs = {s: best[s] for s in eval_splits}, best["outputs"]
         model = accelerator.unwrap_model(model)
     train_seconds = time.perf_counter() - start
 
@@ -257,7 +279,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     exported = modes.export_model(model).to("cpu")
     results = {
         "mode": cfg.mode, "model": cfg.model_name_or_path, "dataset": cfg.train_file or cfg.dataset_name,
-        "train_samples": len(tokenized["train"]), "split_sizes": {s: len(d) for s, d in tokenized.items()},
+        "train_samples": len(data.splits["train"]), "split_sizes": {s: len(d) for s, d in data.splits.items()},
         "metrics": metrics, "train_seconds": round(train_seconds, 2),
         "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(_peak_memory_mb(accelerator), 1),
         "label_names": list(data.label_names), "pooling": built.pooling,
@@ -268,6 +290,9 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         "config": cfg.to_dict(),
     }
     if accelerator.is_main_process:
+        write_predictions(output_dir / PREDICTIONS, {s: data.splits[s]["text"] for s in outputs}, outputs,
+                          data.label_names)
+        plot_confusion(output_dir / CONFUSION, metrics, data.label_names)
         hub.save_outputs(output_dir, exported, built.tokenizer, results)
         logger.info("Saved the model, results.json and model card to %s.", output_dir)
     accelerator.wait_for_everyone()
@@ -283,42 +308,72 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
 def predict(model: str | Path, texts: str | list[str], batch_size: int = 64) -> list[dict]:
     """Label texts with an exported model: [{"text", "label", "score", "scores": {label: p}}] in input order.
 
-    `texts` is one text or a list of them. The model loads with trust_remote_code off: an xfer_nlp export's pooled
-    head is this package's own class, and no code from a model folder or the Hub ever runs.
+    `texts` is one text or a list of them. A run's export is read as the run read its texts (results.json's
+    "reading": truncation or windows, max_seq_length); any other model as pipeline() reads it (the first tokens,
+    up to the model's limit). Texts are batched longest first and put back in input order. The model loads with
+    trust_remote_code off: an xfer_nlp export's pooled head is this package's own class, and no code from a model
+    folder or the Hub ever runs.
     """
-    from tqdm.auto import tqdm
+    from datasets import Dataset, DatasetDict
 
     texts = [texts] if isinstance(texts, str) else list(texts)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise ConfigError(f"Text {bad} of {len(texts)} is {texts[bad]!r}, not a string. Pass strings only (drop or "
                           "fill the missing ones).")
-    classifier = _load_classifier(str(model))
+    tokenizer, classifier, reading = load_model(str(model))
+    if not texts:
+        return []
+    data = DatasetDict(predict=Dataset.from_dict({"text": texts, "label": [0] * len(texts)}))
+    tokenized = batches.tokenize(data, tokenizer, reading)["predict"]
+    collator = batches.make_collator(tokenizer, None, classifier.device.type)
+    loader = batches.eval_loader(tokenized, collator, batch_size)
+    logits, _ = loop.predict_logits(None, classifier, loader, desc="Predicting" if len(texts) > batch_size else None)
+    names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
     rows = []
-    show = len(texts) > batch_size
-    for start in tqdm(range(0, len(texts), batch_size), desc="Predicting", disable=not show):
-        chunk = texts[start:start + batch_size]
-        for text, scores in zip(chunk, classifier(chunk, batch_size=batch_size, truncation=True)):
-            best = max(scores, key=lambda s: s["score"])
-            rows.append({"text": text, "label": best["label"], "score": best["score"],
-                         "scores": {s["label"]: s["score"] for s in scores}})
+    for text, p in zip(texts, torch.softmax(logits, -1).tolist()):
+        best = max(range(len(p)), key=p.__getitem__)
+        rows.append({"text": text, "label": names[best], "score": p[best], "scores": dict(zip(names, p))})
     return rows
 
 
-def _load_classifier(model: str):
-    from transformers import pipeline
+def load_model(model: str):
+    """(tokenizer, classifier in eval mode, Reading) for a run folder, a model folder or a Hub id."""
+    import json
 
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    check_model_folder(model)
+    path = Path(model).expanduser()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        classifier = AutoModelForSequenceClassification.from_pretrained(model, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        offline = " This machine is offline (HF_HUB_OFFLINE), so only models already in the cache can load." \
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") and not path.exists() else ""
+        raise ConfigError(f"Could not load the model '{model}' ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:300]}).{offline}") from None
+    classifier = classifier.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    record = None
+    if (path / "results.json").is_file():
+        try:
+            record = json.loads((path / "results.json").read_text(encoding="utf-8")).get("reading")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            raise ConfigError(f"'{path / 'results.json'}' is damaged; re-run the export, or delete it to read texts "
+                              "as pipeline() does.") from None
+    reading = batches.saved_reading(record)
+    if reading is None:  # as pipeline() reads: the tokenizer's limit, within what the positions cover
+        limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 512
+        positions = getattr(classifier.config, "max_position_embeddings", None)
+        reading = batches.Reading(min(limit, positions) if positions else limit)
+    return tokenizer, classifier, reading
+
+
+def check_model_folder(model: str) -> None:
+    """A model argument that cannot be a model is one message before anything loads."""
     path = Path(model).expanduser()
     if path.is_dir() and not (path / "config.json").is_file():
         raise ConfigError(f"--model '{model}' is a folder but not a model (it has no config.json). Pass the "
                           "output_dir of a finished `xfer-nlp run`, or a text-classification model folder or Hub id.")
     if not path.exists() and model.count("/") != 1:
         raise ConfigError(f"--model '{model}' is neither a folder nor a Hub id (user/name).")
-    try:
-        return pipeline("text-classification", model=model, top_k=None, trust_remote_code=False,
-                        device=0 if torch.cuda.is_available() else -1)
-    except (OSError, ValueError, KeyError) as e:
-        offline = " This machine is offline (HF_HUB_OFFLINE), so only models already in the cache can load." \
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") and not path.exists() else ""
-        raise ConfigError(f"Could not load the model '{model}' ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:300]}).{offline}") from None

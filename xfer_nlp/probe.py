@@ -12,14 +12,14 @@ import hashlib
 import logging
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 from tqdm.auto import tqdm
 
-from .metrics import classification_metrics
-from .batches import eval_order
+from .batches import by_doc
 from .families import Layout, out_layer, sentence_features
 
 logger = logging.getLogger(__name__)
@@ -42,47 +42,58 @@ def weights_fingerprint(model: torch.nn.Module, layout: Layout) -> str:
 
 def data_fingerprint(ds) -> str:
     h = hashlib.blake2b(digest_size=16)
-    for ids, label in zip(ds["input_ids"], ds["labels"]):
-        h.update(repr((ids, label)).encode())
+    for ids, label, doc in zip(ds["input_ids"], ds["labels"], ds["doc"]):
+        h.update(repr((ids, label, doc)).encode())
     return h.hexdigest()
 
 
-def encode(accelerator, model, layout: Layout, loader, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) for every example of a prepared loader, gathered from all processes."""
-    feats, labels = [], []
+def encode(accelerator, model, layout: Layout, loader, desc: str, autocast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) of every text of a prepared loader in data order, gathered from all processes; a text
+    read as several windows gets the mean of their features."""
+    feats, labels, docs = [], [], []
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
-            with accelerator.autocast():
+            with accelerator.autocast() if autocast else nullcontext():
                 f = sentence_features(model, layout, batch)
-            f, y = accelerator.gather_for_metrics((f.float(), batch["labels"]))
+            f, y, d = accelerator.gather_for_metrics((f.float(), batch["labels"], batch["doc"]))
             feats.append(f.cpu())
             labels.append(y.cpu())
+            docs.append(d.cpu())
     # Concatenated outside inference mode: the head is fitted with autograd on these.
-    feats, labels = torch.cat(feats), torch.cat(labels)
-    assert len(labels) == len(loader.dataset), "gather_for_metrics must count every example exactly once"
-    return feats, labels
+    docs = torch.cat(docs)
+    assert len(docs) == len(loader.dataset), "gather_for_metrics must count every row exactly once"
+    return by_doc(torch.cat(feats), torch.cat(labels), docs)
 
 
-def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple, loader, dataset, desc: str):
+def text_labels(dataset) -> torch.Tensor:
+    """Each text's label in data order, from a tokenised split's rows."""
+    labels, docs = torch.tensor(dataset["labels"]), torch.tensor(dataset["doc"])
+    out = torch.empty(int(docs.max()) + 1, dtype=labels.dtype)
+    out[docs] = labels
+    return out
+
+
+def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple, loader, dataset, desc: str,
+                    autocast: bool = True):
     """encode(), unless a cache file for exactly these weights, tokens, pooling and layer exists and checks out.
 
     A cache file is checked against the data before it is used: its row count, the hash of the token ids and
-    labels it was made from, its labels (in evaluation order) and the feature width the head reads. One that
+    labels it was made from, its labels (in data order) and the feature width the head reads. One that
     fails a check (another split's file, altered labels, another model's width) is re-encoded with a warning.
     """
     key = hashlib.blake2b(repr(key_parts).encode(), digest_size=20).hexdigest()
     cache_dir = Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features")
     path = cache_dir / f"{key}.safetensors"
-    expected = torch.tensor(dataset["labels"])[torch.from_numpy(eval_order([len(x) for x in dataset["input_ids"]]))]
-    meta = {"rows": str(len(dataset)), "data": key_parts[-1], "width": str(out_layer(model, layout).in_features)}
+    expected = text_labels(dataset)
+    meta = {"rows": str(len(expected)), "data": key_parts[-1], "width": str(out_layer(model, layout).in_features)}
     if not cfg.no_feature_cache and path.is_file():
         problem = _check_cache(path, meta, expected)
         if problem is None:
             tensors = load_file(path)
             return tensors["features"], tensors["labels"], True
         logger.warning("Feature cache %s does not match this data (%s); encoding again.", path, problem)
-    feats, labels = encode(accelerator, model, layout, loader, desc)
-    assert torch.equal(labels, expected), "gathered labels must come back in evaluation order"
+    feats, labels = encode(accelerator, model, layout, loader, desc, autocast)
+    assert torch.equal(labels, expected), "gathered labels must come back in data order"
     if not cfg.no_feature_cache and accelerator.is_main_process:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -135,7 +146,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, c: float,
     return w.detach(), b.detach()
 
 
-def fit_head(train: tuple, val: tuple, num_labels: int, c_grid: list[float], metric: str = "accuracy",
+def fit_head(train: tuple, val: tuple, scorer, c_grid: list[float], metric: str = "accuracy",
              class_weights: torch.Tensor | None = None) -> dict:
     """Fit one head per C (warm-started, smallest C first), keep the best on the validation `metric`.
 
@@ -146,8 +157,8 @@ def fit_head(train: tuple, val: tuple, num_labels: int, c_grid: list[float], met
     z, zv = (x - mean) / std, (val[0].float() - mean) / std
     scores, best, head = {}, None, None
     for c in sorted(c_grid):
-        head = fit_logistic(z, y, num_labels, c, init=head, class_weights=class_weights)
-        acc = classification_metrics((zv @ head[0].T + head[1]).argmax(1).numpy(), val[1].numpy(), num_labels)[metric]
+        head = fit_logistic(z, y, scorer.num_labels, c, init=head, class_weights=class_weights)
+        acc = scorer((zv @ head[0].T + head[1]).argmax(1).numpy(), val[1].numpy())[metric]
         scores[c] = acc
         if best is None or acc > best[0]:  # ties keep the stronger regularisation
             best = (acc, c, head)
@@ -156,36 +167,36 @@ def fit_head(train: tuple, val: tuple, num_labels: int, c_grid: list[float], met
     return {"weight": weight.float(), "bias": (b - weight @ mean).float(), "C": c, "validation_by_C": scores}
 
 
-def run_probe(accelerator, cfg, model, layout: Layout, loaders: dict, datasets: dict, num_labels: int,
-              class_weights: torch.Tensor | None = None) -> tuple[dict, dict]:
-    """Encode, fit, write the head into `model`; returns (metrics per split, probe details)."""
+def run_probe(accelerator, cfg, model, layout: Layout, loaders: dict, datasets: dict, scorer,
+              class_weights: torch.Tensor | None = None, autocast: bool = True) -> tuple[dict, dict, dict]:
+    """Encode, fit, write the head into `model`. `autocast` False encodes in fp32 whatever the run's precision
+    (contrastive: its features then are exactly what the exported model computes).
+
+    Returns (metrics per split, each split's (logits, labels) in evaluation order, probe details).
+    """
     model.eval()  # frozen encoder, and no dropout noise in the features
     base_key = (weights_fingerprint(model, layout), getattr(model.config, "pooling", "pooler"),
-                getattr(model.config, "encoder", model.config).num_hidden_layers, cfg.max_seq_length)
+                getattr(model.config, "encoder", model.config).num_hidden_layers, cfg.max_seq_length,
+                "one row per text, in data order")  # the cache layout: files of the older evaluation order differ
     start = time.perf_counter()
     features, hits = {}, {}
     for split, loader in loaders.items():
         key = base_key + (data_fingerprint(datasets[split]),)
         *features[split], hits[split] = cached_features(accelerator, cfg, model, layout, key, loader,
-                                                        datasets[split], f"Encoding {split}")
+                                                        datasets[split], f"Encoding {split}", autocast)
     encode_seconds = time.perf_counter() - start
     c_grid = [float(c) for c in cfg.probe_c_grid.split(",")]
-    head = fit_head(features["train"], features["validation"], num_labels, c_grid, cfg.metric_for_best_model,
+    head = fit_head(features["train"], features["validation"], scorer, c_grid, cfg.metric_for_best_model,
                     class_weights)
     with torch.no_grad():
         out_layer(model, layout).weight.copy_(head["weight"])
         out_layer(model, layout).bias.copy_(head["bias"])
-    metrics = {}
-    for split in loaders:
-        if split == "train":
-            continue
-        x, y = features[split]
-        preds = (x @ head["weight"].T + head["bias"]).argmax(1)
-        metrics[split] = classification_metrics(preds.numpy(), y.numpy(), num_labels)
+    outputs = {split: (x @ head["weight"].T + head["bias"], y) for split, (x, y) in features.items() if split != "train"}
+    metrics = {split: scorer(logits.argmax(1).numpy(), y.numpy()) for split, (logits, y) in outputs.items()}
     details = {"C": head["C"], "C_chosen_on": cfg.metric_for_best_model,
                "validation_by_C": {str(k): v for k, v in head["validation_by_C"].items()},
                "encode_seconds": round(encode_seconds, 2), "feature_cache_hit": hits,
                "fit_seconds": round(time.perf_counter() - start - encode_seconds, 2)}
     logger.info("Probe head: C=%s chosen on validation (%s); features %s.", head["C"], details["validation_by_C"],
                 "from cache" if all(hits.values()) else f"encoded in {encode_seconds:.1f}s")
-    return metrics, details
+    return metrics, outputs, details

@@ -15,7 +15,9 @@ from .runfolder import read_results
 logger = logging.getLogger(__name__)
 
 STARTING_POINT = {"probe": "pretrained, frozen; linear head fitted", "finetune": "pretrained; every layer trains",
-                  "scratch": "random weights", "lora": "pretrained, frozen; low-rank adapters + head train"}
+                  "scratch": "random weights", "lora": "pretrained, frozen; low-rank adapters + head train",
+                  "contrastive": "pretrained; tuned on label pairs, then a linear head fitted",
+                  "setfit": "the setfit library (peer, benchmarks/setfit_peer.py) with its defaults"}
 METRICS = ("validation_accuracy", "validation_macro_f1", "test_accuracy", "test_macro_f1")
 
 

@@ -12,10 +12,11 @@ from .errors import ConfigError, XferError
 
 LOCK = ".xfer_nlp.lock"
 RESULTS = "results.json"
+EVALUATION = "evaluation.json"  # what `xfer-nlp evaluate` leaves
 CHECKPOINTS = "checkpoints"
 # What a folder may hold and still count as empty: what a run that died before its first checkpoint leaves, and
 # what a compare grid writes into a cell before and after its run.
-BOOKKEEPING = {"train.log", CHECKPOINTS, "cell.json", "failed.txt"}
+BOOKKEEPING = {"train.log", "evaluate.log", CHECKPOINTS, "cell.json", "failed.txt"}
 
 
 def state(out: Path) -> str:
@@ -23,7 +24,7 @@ def state(out: Path) -> str:
     if not out.exists():
         return "missing"
     entries = {p.name for p in out.iterdir() if not p.name.startswith(".xfer_nlp.")}  # our own bookkeeping
-    if RESULTS in entries:
+    if RESULTS in entries or EVALUATION in entries:
         return "finished"
     if any((out / CHECKPOINTS).glob("checkpoint-*")):
         return "interrupted"
@@ -48,7 +49,7 @@ def check(out: Path, overwrite: bool, resume: bool) -> None:
         return
     now = state(out)
     if now == "finished":
-        raise ConfigError(f"--output_dir '{out}' already holds a finished run (results.json). Choose another "
+        raise ConfigError(f"--output_dir '{out}' already holds a finished run (results.json or evaluation.json). Choose another "
                           "--output_dir, or pass --overwrite_output_dir to replace it.")
     if now == "interrupted" and not resume:
         raise ConfigError(f"--output_dir '{out}' holds checkpoints of an unfinished run. Pass "
@@ -64,6 +65,7 @@ def invalidate(out: Path) -> None:
     """Before an overwriting run writes anything: the old run's results and checkpoints go first, so a run killed
     half-way never leaves a folder whose results.json describes another model."""
     (out / RESULTS).unlink(missing_ok=True)
+    (out / EVALUATION).unlink(missing_ok=True)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
 
 

@@ -16,8 +16,10 @@ from transformers import get_scheduler
 
 from .families import Layout
 
+
 def trainable_at_stage(stage: int, names, layout: Layout) -> list[str]:
-    """Gradual unfreezing: stage 0 trains the head; each later stage adds the next layer down; embeddings last."""
+    """Gradual unfreezing (the loop's thaw): stage 0 trains the head; each later stage adds the next layer down;
+    embeddings last."""
     return [n for n in names if layout.depth(n) <= stage]
 
 

@@ -1,0 +1,44 @@
+"""Each new benchmark script run end to end at a tiny size, so none silently rots."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import launch_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                            text=True, cwd=cwd, env=launch_env(), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_imbalance_benchmark_smoke(tmp_path):
+    out = tmp_path / "imbalance"
+    result = bench("imbalance.py", "--tiny", "--seeds", "0", "--variants", "probe,probe[class_weights=balanced]",
+                   "--output_dir", str(out), cwd=tmp_path)
+    train = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
+    negatives = sum(1 - r["label"] for r in train) / len(train)
+    assert abs(negatives - 0.1) < 0.01  # the imbalance the table is about
+    assert "probe[class_weights=balanced]" in (out / "comparison.md").read_text()
+    assert "| probe | all | 1 |" in result.stdout
+
+
+def test_predict_benchmark_smoke(tmp_path):
+    out = tmp_path / "predict.md"
+    bench("predict.py", "--limit", "40", "--repeats", "1", "--out", str(out), cwd=tmp_path)
+    table = out.read_text()
+    assert "| sst2 validation | 40 |" in table and "| yes |" in table and "NO" not in table
+
+
+def test_setfit_peer_smoke(tmp_path):
+    out = tmp_path / "grid"
+    bench("setfit_peer.py", "--train_sizes", "8", "--seeds", "0", "--max_steps", "2", "--output_dir", str(out),
+          cwd=tmp_path)
+    results = json.loads((out / "runs" / "setfit-n8-s0" / "results.json").read_text())
+    assert results["train_samples"] == 8 and results["split_sizes"]["validation"] == 872  # the same split as a run
+    assert "setfit (peer)" in (out / "comparison.md").read_text()

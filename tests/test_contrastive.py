@@ -1,0 +1,61 @@
+"""Contrastive mode (SetFit's method on this package's parts): the pairs, the run, and its bad inputs."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import make_rows, write_jsonl
+
+import xfer_nlp
+from xfer_nlp.errors import ConfigError
+from xfer_nlp.pairs import make_pairs
+
+
+@pytest.mark.parametrize("labels", [[0, 1] * 8, [0, 0, 0, 1, 1, 2, 2, 2, 2, 1]], ids=["binary", "three-classes"])
+def test_pairs_are_seeded_balanced_and_cover_every_class(labels):
+    pairs = make_pairs(labels, iterations=5, seed=3)
+    assert pairs == make_pairs(labels, iterations=5, seed=3)  # seeded
+    assert pairs != make_pairs(labels, iterations=5, seed=4)
+    assert len(pairs) == 2 * 5 * len(labels)
+    targets = Counter(t for _, _, t in pairs)
+    assert targets[1.0] == targets[0.0] == 5 * len(labels)  # as many same-label pairs as different-label ones
+    assert Counter(i for i, _, _ in pairs) == {i: 10 for i in range(len(labels))}  # every text, every round, twice
+    for i, j, t in pairs:
+        assert i != j
+        assert (labels[i] == labels[j]) == (t == 1.0)
+    for c in set(labels):  # every class is in same-label pairs and in different-label pairs
+        assert any(labels[i] == c and t == 1.0 for i, _, t in pairs)
+        assert any(labels[j] == c and t == 0.0 for _, j, t in pairs)
+
+
+def test_partners_are_drawn_over_the_whole_class():
+    labels = [0] * 4 + [1] * 4
+    pairs = make_pairs(labels, iterations=400, seed=0)
+    partners = Counter(j for i, j, t in pairs if i == 0 and t == 1.0)
+    assert set(partners) == {1, 2, 3} and min(partners.values()) > 100  # uniform over the other three
+
+
+def test_a_contrastive_run_tunes_the_encoder_then_fits_the_probe_head(tiny_run):
+    result = xfer_nlp.run(mode="contrastive", pair_iterations=2, learning_rate=1e-3, **tiny_run)
+    res = result.results
+    assert res["mode"] == "contrastive" and res["probe"]["C"] in [float(c) for c in res["config"]["probe_c_grid"].split(",")]
+    assert len(res["history"]) == 1 and res["history"][0]["step"] == 40  # 160 texts x 2 rounds x 2 / batch 16
+    log = (result.output_dir / "train.log").read_text()
+    assert "Contrastive pairs: 640 (2 rounds x 2 per training text)." in log
+    probe = xfer_nlp.run(mode="probe", **{**tiny_run, "output_dir": tiny_run["output_dir"] + "-probe"})
+    assert result.metrics["validation"]["accuracy"] >= probe.metrics["validation"]["accuracy"] - 0.1
+    assert np.isfinite(result.metrics["validation"]["macro_f1"])
+    card = (result.output_dir / "README.md").read_text()
+    assert "contrastive few-shot tuning" in card and "pair_iterations: 2" in card
+
+
+def test_contrastive_with_one_example_of_a_class_is_one_message(tiny_run, tmp_path):
+    rows = make_rows(20, 1)
+    lonely = [r for r in rows if r["label"] == 1][:1] + [r for r in rows if r["label"] == 0]
+    data = tmp_path / "lonely"
+    write_jsonl(data / "train.jsonl", lonely)
+    write_jsonl(data / "validation.jsonl", make_rows(10, 2))
+    with pytest.raises(ConfigError) as e:
+        xfer_nlp.run(mode="contrastive", **{**tiny_run, "dataset_name": str(data)})
+    assert "contrastive needs at least 2 training examples of each class" in str(e.value) and "class 1 has 1" in str(e.value)
+    assert not (tmp_path / "out" / "results.json").exists()

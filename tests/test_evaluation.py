@@ -1,0 +1,159 @@
+"""What a run reports beyond two numbers: predictions.jsonl, confusion_matrix.png, --metrics modules, and
+`xfer-nlp evaluate` scoring an export on other data."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import launch_env, make_rows, write_jsonl
+
+import xfer_nlp
+
+# A local evaluate module, as a user would write one: the mean of per-class recall.
+BALANCED = '''
+import datasets
+import evaluate
+import numpy as np
+
+class BalancedAccuracy(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(description="mean per-class recall", citation="", inputs_description="",
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}))
+
+    def _compute(self, predictions, references):
+        p, r = np.asarray(predictions), np.asarray(references)
+        return {"balanced_accuracy": float(np.mean([np.mean(p[r == c] == c) for c in np.unique(r)]))}
+'''
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["probe", "finetune"])
+def test_predictions_and_the_confusion_matrix_are_the_reported_metrics(mode, tiny_run, tiny_data_dir):
+    result = xfer_nlp.run(mode=mode, num_train_epochs=2, **tiny_run)
+    out = result.output_dir
+    rows = read_rows(out / "predictions.jsonl")
+    for split in ("validation", "test"):
+        mine = [r for r in rows if r["split"] == split]
+        source = read_rows(tiny_data_dir / f"{split}.jsonl")
+        assert [r["index"] for r in mine] == list(range(len(source)))  # data order, not evaluation order
+        assert [r["text"] for r in mine] == [r["text"] for r in source]
+        assert [r["label"] for r in mine] == [str(r["label"]) for r in source]
+        m = result.metrics[split]
+        assert np.mean([r["label"] == r["predicted"] for r in mine]) == m["accuracy"]
+        names = result.results["label_names"]
+        counts = [[sum(r["label"] == a and r["predicted"] == b for r in mine) for b in names] for a in names]
+        assert counts == m["confusion_matrix"] == result.results["metrics"][split]["confusion_matrix"]
+        assert set(m["per_class"]) == {"0", "1"} and sum(c["support"] for c in m["per_class"].values()) == len(mine)
+        for r in mine:
+            assert r["predicted"] == max(r["scores"], key=r["scores"].get) and r["score"] == r["scores"][r["predicted"]]
+            assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "results.json").read_text())
+    assert "confusion_matrix.png" in results["files"] and "predictions.jsonl" not in results["files"]  # no data pushed
+    # The scores are what the export computes: predict() on the validation texts gives the same probabilities.
+    val = [r for r in rows if r["split"] == "validation"]
+    again = xfer_nlp.predict(out, [r["text"] for r in val])
+    for r, p in zip(val, again):
+        assert p["label"] == r["predicted"]
+        assert p["scores"] == pytest.approx(r["scores"], abs=1e-5)
+
+
+def test_a_metrics_module_is_scored_every_evaluation_and_can_choose_the_epoch(tiny_run, tmp_path):
+    module = tmp_path / "balanced_accuracy.py"
+    module.write_text(BALANCED)
+    result = xfer_nlp.run(mode="finetune", num_train_epochs=3, metrics=str(module),
+                          metric_for_best_model="balanced_accuracy", **tiny_run)
+    history = result.results["history"]
+    assert len(history) == 3 and all("validation_balanced_accuracy" in h and "test_balanced_accuracy" in h
+                                     for h in history)
+    best = max(history, key=lambda h: h["validation_balanced_accuracy"])  # first of equals: max keeps the first
+    assert result.results["best_step"] == best["step"]
+    recalls = [c["recall"] for c in result.metrics["validation"]["per_class"].values()]
+    assert result.metrics["validation"]["balanced_accuracy"] == pytest.approx(np.mean(recalls), abs=1e-12)
+
+
+def test_evaluate_scores_an_export_on_a_dataset_exactly_as_the_run_did(tiny_run, tiny_data_dir, tmp_path):
+    run = xfer_nlp.run(mode="probe", **tiny_run)
+    scored = xfer_nlp.evaluate(run.output_dir, dataset_name=str(tiny_data_dir), max_seq_length=32,
+                               output_dir=str(tmp_path / "eval"))
+    for split in ("validation", "test"):
+        assert scored.metrics[split] == run.metrics[split]
+    assert read_rows(tmp_path / "eval" / "predictions.jsonl") == read_rows(run.output_dir / "predictions.jsonl")
+    assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["metrics"] == scored.metrics
+
+    # Other data with the labels spelt as names, in another order: matched by name, through the command line.
+    other = tmp_path / "other"
+    names = {0: "1", 1: "0"}  # label 0 of this file means the model's class "1"
+    rows = make_rows(60, 9)
+    write_jsonl(other / "train.jsonl", [{"text": r["text"], "label": names[1 - r["label"]]} for r in rows[:30]])
+    write_jsonl(other / "validation.jsonl", [{"text": r["text"], "label": names[1 - r["label"]]} for r in rows[30:]])
+    cli = subprocess.run([sys.executable, "-m", "xfer_nlp.cli", "evaluate", str(run.output_dir), "--dataset_name",
+                          str(other), "--max_seq_length", "32", "--output_dir", str(tmp_path / "eval-other")],
+                         capture_output=True, text=True, env=launch_env(), timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    got = json.loads((tmp_path / "eval-other" / "evaluation.json").read_text())
+    predicted = xfer_nlp.predict(run.output_dir, [r["text"] for r in rows[30:]])
+    expected = np.mean([p["label"] == str(r["label"]) for p, r in zip(predicted, rows[30:])])
+    assert got["metrics"]["validation"]["accuracy"] == pytest.approx(expected, abs=1e-12)
+    assert "validation" in cli.stdout and "accuracy" in cli.stdout
+
+
+@pytest.mark.parametrize("case,words", [
+    ("offline_name", "--metrics: could not load the evaluate module 'no_such_metric_xyz'"),
+    ("watched", "--metric_for_best_model 'f1' is not among the computed metrics (accuracy, macro_f1, "
+                "balanced_accuracy)"),
+    ("no_metrics_watched", "--metric_for_best_model 'f1' is not a computed metric"),
+    ("not_a_model", "is a folder but not a model (it has no config.json)"),
+    ("labels", "The data's labels neg, pos are not among the model's"),
+])
+def test_bad_evaluation_settings_are_one_message(case, words, tiny_model_dir, tiny_data_dir, tmp_path):
+    module = tmp_path / "balanced_accuracy.py"
+    module.write_text(BALANCED)
+    env = {**launch_env(), "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    run = [sys.executable, "-m", "xfer_nlp.cli", "run", "--mode", "probe", "--model_name_or_path",
+           str(tiny_model_dir), "--dataset_name", str(tiny_data_dir), "--output_dir", str(tmp_path / "o"),
+           "--max_seq_length", "32", "--feature_cache_dir", str(tmp_path / "f")]
+    if case == "offline_name":
+        argv = run + ["--metrics", "no_such_metric_xyz"]
+    elif case == "watched":
+        argv = run + ["--metrics", str(module), "--metric_for_best_model", "f1"]
+    elif case == "no_metrics_watched":
+        argv = run + ["--metric_for_best_model", "f1"]
+    elif case == "not_a_model":
+        argv = [sys.executable, "-m", "xfer_nlp.cli", "evaluate", str(tiny_data_dir), "--dataset_name",
+                str(tiny_data_dir), "--output_dir", str(tmp_path / "e")]
+    else:
+        assert subprocess.run(run, capture_output=True, env=env, timeout=300).returncode == 0
+        data = tmp_path / "named"
+        write_jsonl(data / "train.jsonl", [{"text": r["text"], "label": "pos" if r["label"] else "neg"}
+                                           for r in make_rows(20, 4)])
+        argv = [sys.executable, "-m", "xfer_nlp.cli", "evaluate", str(tmp_path / "o"), "--dataset_name", str(data),
+                "--output_dir", str(tmp_path / "e")]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert words in result.stderr, result.stderr[-2000:]
+    if case in ("offline_name", "watched"):
+        assert "This machine is offline" in result.stderr or case == "watched"
+        assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_predict_keeps_input_order_and_agrees_with_pipeline(tiny_run):
+    from transformers import pipeline
+
+    run = xfer_nlp.run(mode="finetune", num_train_epochs=1, **tiny_run)
+    texts = [r["text"] for r in make_rows(50, 21)]
+    texts = [t + " and" * (i % 7) for i, t in enumerate(texts)]  # mixed lengths: predict batches longest first
+    rows = xfer_nlp.predict(run.output_dir, texts, batch_size=8)
+    assert [r["text"] for r in rows] == texts
+    reference = pipeline("text-classification", model=str(run.output_dir), top_k=None, device=-1)(texts, batch_size=8)
+    for row, ref in zip(rows, reference):
+        best = max(ref, key=lambda s: s["score"])
+        assert row["label"] == best["label"]
+        assert row["scores"] == pytest.approx({s["label"]: s["score"] for s in ref}, abs=1e-5)
