@@ -1,0 +1,80 @@
+"""Inference: `xfer_nlp.predict` against `transformers.pipeline()` on the same export and texts, in one run.
+
+    python benchmarks/predict.py --out benchmarks/results/predict.md
+    python benchmarks/predict.py --model runs/sst2-finetune --repeats 3
+
+Without --model it first fits a probe of the embedded encoder on sst2 (the export every mode shares in shape).
+Texts: sst2 validation (872 sentences) and polarity2k test (200 full-length reviews). Both tools read the same
+tokens (pipeline with truncation=True, max_length = the run's max_seq_length, which is what predict applies for
+a head-truncating run) at the same batch size; each timing is the median of --repeats after one warm-up call,
+and the labels must be identical (the scores are compared too).
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from common import machine, publish
+
+import xfer_nlp
+from xfer_nlp.data import data_root
+from xfer_nlp.config import RunConfig
+
+
+def texts_of(path: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def timed(fn, repeats: int):
+    fn()  # warm-up: first-call allocations, lazy imports
+    seconds, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), out
+
+
+def main(argv=None) -> None:
+    from transformers import pipeline
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="an exported run folder (default: fit a probe on sst2 first)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--limit", type=int, default=None, help="at most this many texts per set (smoke tests)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    root = data_root(RunConfig())
+    model = args.model
+    if model is None:
+        model = "runs/bench-predict-probe"
+        if not (Path(model) / "results.json").is_file():
+            xfer_nlp.run(mode="probe", dataset_name="sst2", output_dir=model, overwrite_output_dir=True,
+                         max_train_samples=args.limit)
+    max_length = json.loads((Path(model) / "results.json").read_text())["config"]["max_seq_length"]
+    reference = pipeline("text-classification", model=model, top_k=None, device=0 if torch.cuda.is_available() else -1)
+    rows = []
+    for name, path in (("sst2 validation", root / "sst2" / "validation.jsonl"),
+                       ("polarity2k test (long reviews)", root / "polarity2k" / "test.jsonl")):
+        texts = texts_of(path)[:args.limit]
+        ours_s, ours = timed(lambda: xfer_nlp.predict(model, texts, batch_size=args.batch_size), args.repeats)
+        theirs_s, theirs = timed(lambda: reference(texts, batch_size=args.batch_size, truncation=True,
+                                                   max_length=max_length), args.repeats)
+        same = all(o["label"] == max(t, key=lambda s: s["score"])["label"] for o, t in zip(ours, theirs))
+        diff = max(abs(o["scores"][s["label"]] - s["score"]) for o, t in zip(ours, theirs) for s in t)
+        rows.append(f"| {name} | {len(texts)} | {len(texts) / ours_s:.1f} | {len(texts) / theirs_s:.1f} | "
+                    f"{theirs_s / ours_s:.2f}x | {'yes' if same else 'NO'} | {diff:.1e} |")
+        assert same, f"labels differ on {name}"
+    publish("\n".join([
+        f"Predict vs pipeline() on {machine()}; export {model} (max_seq_length {max_length}), batch "
+        f"{args.batch_size}, median of {args.repeats}.", "",
+        "| texts | n | predict texts/s | pipeline texts/s | ratio | labels identical | max score diff |",
+        "|---|---|---|---|---|---|---|", *rows]), args.out)
+
+
+if __name__ == "__main__":
+    main()

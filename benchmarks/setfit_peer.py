@@ -1,0 +1,93 @@
+"""The peer for contrastive mode: the setfit library, with its defaults, on the same encoder and the same subsets.
+
+    pip install setfit          # a benchmark-only dependency (the `bench` extra), not a runtime one
+    python benchmarks/setfit_peer.py --dataset_name sst2 --train_sizes 16,32,64 --seeds 0,1,2 --output_dir runs/small-sst2
+    xfer-nlp report runs/small-sst2
+
+Each cell takes exactly the stratified subset `xfer_nlp.run(max_train_samples=n, seed=s)` trains on (same data
+loading, same validation split), trains `SetFitModel` from the embedded MiniLM with `setfit.Trainer` and its
+default `TrainingArguments` (oversampled pairs, one epoch, batch 16, body lr 2e-5, logistic-regression head), and
+writes a cell folder in compare's format (cell.json + results.json) under OUTPUT_DIR/runs, so `xfer-nlp report`
+shows it as one more variant, "setfit (peer)". Where the default pair count would take hours on a small CPU,
+`--max_steps` caps the pair stage; the cap is recorded in the cell's overrides and so in the table's label.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from xfer_nlp.config import EMBEDDED_MODEL, RunConfig, resolve
+from xfer_nlp.data import load_text_data
+from xfer_nlp.metrics import classification_metrics
+from xfer_nlp.modes import resolve_model_path
+from xfer_nlp.report import write_report
+
+LABEL = "setfit (peer)"
+
+
+def run_cell(dataset: str, size: str, seed: int, out: Path, max_steps: int | None, data_dir: str | None) -> dict:
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    cfg = resolve(RunConfig(mode="probe", dataset_name=dataset, seed=seed, data_dir=data_dir,
+                            max_train_samples=None if size == "all" else int(size), output_dir=str(out)))
+    data = load_text_data(cfg)
+    train = data.splits["train"]
+    model = SetFitModel.from_pretrained(resolve_model_path(EMBEDDED_MODEL), labels=list(data.label_names))
+    args = TrainingArguments(seed=seed, show_progress_bar=False, report_to="none", output_dir=str(out / "setfit"),
+                             **({"max_steps": max_steps} if max_steps else {}))
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": train["text"],
+                                                                               "label": train["label"]}))
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    metrics = {}
+    for split in (s for s in data.splits if s != "train"):
+        probs = model.predict_proba(data.splits[split]["text"], as_numpy=True)
+        metrics[split] = classification_metrics(np.argmax(probs, 1), data.splits[split]["label"], len(data.label_names))
+    body = sum(p.numel() for p in model.model_body.parameters())
+    head = model.model_head.coef_.size + model.model_head.intercept_.size
+    return {"mode": "setfit", "model": EMBEDDED_MODEL, "dataset": dataset, "train_samples": len(train),
+            "split_sizes": {s: len(d) for s, d in data.splits.items()}, "metrics": metrics,
+            "train_seconds": round(seconds, 2), "trainable_params": body + head, "total_params": body + head,
+            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "label_names": list(data.label_names), "hardware": f"1 process(es) on {platform.machine()} CPU",
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": {"setfit_defaults": True, "max_steps": max_steps, "seed": seed, "dataset_name": dataset,
+                       "max_train_samples": cfg.max_train_samples}}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset_name", default="sst2")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--train_sizes", default="16,32,64")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--output_dir", required=True, help="a compare folder: cells go to OUTPUT_DIR/runs")
+    parser.add_argument("--max_steps", type=int, default=None, help="cap on the pair stage's steps (default: none)")
+    args = parser.parse_args(argv)
+    overrides = {"max_steps": args.max_steps} if args.max_steps else {}
+    for size in args.train_sizes.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            out = Path(args.output_dir) / "runs" / f"setfit-n{size}-s{seed}"
+            if (out / "results.json").is_file():
+                print(f"{out.name}: done, skipped")
+                continue
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "cell.json").write_text(json.dumps({"label": LABEL, "mode": "setfit", "size": size, "seed": seed,
+                                                       "overrides": overrides}) + "\n")
+            results = run_cell(args.dataset_name, size, seed, out, args.max_steps, args.data_dir)
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            print(f"{out.name}: validation accuracy {results['metrics']['validation']['accuracy']:.4f} in "
+                  f"{results['train_seconds']:.1f} s")
+    print(write_report(args.output_dir))
+
+
+if __name__ == "__main__":
+    main()
