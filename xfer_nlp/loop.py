@@ -20,7 +20,7 @@ from .checkpoint import Checkpoints, CheckpointError, set_rng_states
 from .batches import by_doc
 from .dropout import cpu_dropout
 from .families import model_inputs
-from .config import MAX_EPOCHS
+from .modes import MAX_EPOCHS
 from .errors import ConfigError, Interrupted, XferError
 from .metrics import scalars
 from . import schedules
@@ -303,6 +303,9 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, scorer,
 
         # A run resumed at its very last step still owes that epoch's end, hence the second condition.
         while not progress.stopped_early and (progress.step < local_steps or progress.batches_in_epoch > 0):
+            # Accelerate's loader sets an unwrapped sampler's epoch to its own count of passes at every iter(), and a
+            # resumed run's loader has made none: tell both, or a run resumed in epoch 1 replays epoch 1's order.
+            train_dl.set_epoch(progress.epoch)
             sampler.set_epoch(progress.epoch)
             model.train()
             batches = accelerator.skip_first_batches(train_dl, progress.batches_in_epoch) \
