@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xfer_nlp.config import MODE_DEFAULTS, RunConfig, parse_args, resolve
+from xfer_nlp.config import RunConfig, parse_args, resolve
+from xfer_nlp.modes import MODES
 from xfer_nlp.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def test_unknown_cli_flag_suggests_nearest():
         parse_args(["--num_train_epoch", "3"])
 
 
-@pytest.mark.parametrize("mode", sorted(MODE_DEFAULTS))
+@pytest.mark.parametrize("mode", sorted(MODES))
 def test_recipe_yaml_agrees_with_api_defaults(mode):
     """The recipe's per-mode YAML and the Python API's per-mode defaults describe the same run."""
     from_recipe = resolve(parse_args(["--mode", mode], default_config_dir=RECIPE_CONFIGS))
@@ -42,8 +43,6 @@ def test_recipe_yaml_agrees_with_api_defaults(mode):
 
 def test_every_mode_has_a_recipe_config_that_agrees_with_its_defaults():
     """The recipe's YAMLs restate the per-mode defaults for readers; a YAML that disagrees with the code fails."""
-    from xfer_nlp.config import MODES
-
     folder = ROOT / "recipes" / "configs" / "sentiment"
     assert {p.stem for p in folder.glob("*.yaml")} == set(MODES)
     for mode in MODES:
@@ -52,7 +51,7 @@ def test_every_mode_has_a_recipe_config_that_agrees_with_its_defaults():
         resolved = resolve(RunConfig(mode=mode)).to_dict()
         for key, value in recipe.items():
             assert resolved[key] == value, f"{mode}.yaml sets {key}={value!r}; the code's default is {resolved[key]!r}"
-        for key, value in MODE_DEFAULTS[mode].items():
+        for key, value in MODES[mode].defaults.items():
             assert resolved[key] == value
 
 

@@ -59,6 +59,34 @@ def test_probe_freezes_encoder_and_fits_head(tiny_run, tiny_model_dir):
     assert results["metrics"]["validation"]["accuracy"] >= 0.7
 
 
+def test_a_new_mode_is_one_registry_entry(tiny_run, tiny_model_dir, monkeypatch):
+    """A mode is one modes.MODES entry: its defaults, its rules, the loop it runs, its card and its report row are
+    read from there. Here a sixth mode (the head trained by gradient descent on a frozen encoder) is added with
+    nothing but that entry, and runs end to end."""
+    from xfer_nlp import modes, report
+    from xfer_nlp.errors import ConfigError
+
+    head = modes.Mode("headonly", "frozen encoder, head trained by AdamW", "the encoder was frozen and only the head "
+                      "was trained by gradient descent", "pretrained, frozen; head trained by AdamW",
+                      {"learning_rate": 3e-2, "num_train_epochs": 5.0, "warmup_ratio": 0.0, "min_train_steps": 0,
+                       "per_device_train_batch_size": 16}, why_not="only its head trains",
+                      prepare=modes._train_only_the_head)
+    monkeypatch.setitem(modes.MODES, "headonly", head)
+    resolved = resolve(RunConfig(mode="headonly"))
+    assert (resolved.learning_rate, resolved.num_train_epochs) == (3e-2, 5.0)
+    with pytest.raises(ConfigError, match="--reinit_layers does not apply to mode headonly: only its head trains"):
+        resolve(RunConfig(mode="headonly", reinit_layers=1))
+    result = xfer_nlp.run(mode="headonly", **{k: v for k, v in tiny_run.items() if k != "min_train_steps"})
+    results = check_outputs(result, "headonly")
+    assert [h["epoch"] for h in results["history"]] == [1, 2, 3, 4, 5]  # its own epochs, through the AdamW loop
+    before, after = encoder_weights(tiny_model_dir), exported(result.output_dir)
+    for name, tensor in before.items():
+        assert torch.equal(after[name], tensor), f"headonly changed encoder weight {name}"
+    assert "the encoder was frozen and only the head was trained by gradient descent" in \
+        (result.output_dir / "README.md").read_text()
+    assert report._starting_point("headonly", "headonly", {}) == "pretrained, frozen; head trained by AdamW"
+
+
 def test_probe_feature_cache_is_reused_and_switchable(tiny_run, tmp_path):
     first = xfer_nlp.run(mode="probe", **tiny_run).results["probe"]
     again = xfer_nlp.run(mode="probe", **{**tiny_run, "output_dir": str(tmp_path / "again")}).results

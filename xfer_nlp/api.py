@@ -24,6 +24,7 @@ from .data import load_text_data
 from .errors import ConfigError
 from .evaluation import CONFUSION, PREDICTIONS, plot_confusion, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
+from .modes import MODES
 
 logger = logging.getLogger("xfer_nlp")
 
@@ -97,7 +98,7 @@ def resolve_precision(requested: str, mode: str, model_name_or_path: str) -> str
     """
     if requested != "auto":
         return requested
-    if mode == "probe":
+    if not MODES[mode].loop:
         return "no"
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if launched in ("fp16", "bf16"):
@@ -182,10 +183,10 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
     processes.wait_for_everyone()
     _reset_peak_memory()
     trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() != "none"]
-    # Parameters that thaw mid-run get no gradient while frozen: DDP must be told to expect that.
-    # Contrastive's forward also runs the classifier, whose frozen output layer the loss never reads.
+    # Parameters that thaw mid-run get no gradient while frozen, and some modes never use some (Mode.unused_parameters):
+    # DDP must be told to expect that.
     ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] \
-        if cfg.gradual_unfreezing or cfg.mode == "contrastive" else []
+        if cfg.gradual_unfreezing or MODES[cfg.mode].unused_parameters else []
     # Accelerate keeps one process-wide state; each run() (a notebook, a compare grid) sets its own precision.
     # PartialState, which holds the process group, is kept.
     AcceleratorState._reset_state()
@@ -242,29 +243,18 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
 
     start = time.perf_counter()
     eval_splits = [s for s in tokenized if s != "train"]
-    if cfg.mode in ("probe", "contrastive"):
-        model = built.model
-        if cfg.mode == "contrastive":  # SetFit's first stage: tune the encoder on pairs, keeping the last weights
-            pair_ds = pairs.pair_dataset(tokenized["train"], pairs.make_pairs(
-                tokenized["train"]["labels"], cfg.pair_iterations, cfg.seed, data.label_names))
-            logger.info("Contrastive pairs: %d (%d rounds x 2 per training text).", len(pair_ds), cfg.pair_iterations)
-            pair_dl = batches.train_loader(pair_ds, pairs.PairCollator(collator), cfg.per_device_train_batch_size,
-                                           cfg.seed, lengths=pairs.pair_lengths(pair_ds))
-            _, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, built.layout, pair_dl, {},
-                                                                scorer, loss_fn=pairs.cosine_loss)
-            model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-        model = model.to(accelerator.device)
-        loaders = {s: accelerator.prepare(batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size))
-                   for s in tokenized}
-        # The second stage of contrastive is the probe on the tuned encoder, in fp32 and with no cache (its weights
-        # are this run's own).
-        tuned = cfg.mode == "contrastive"
-        metrics, outputs, extra["probe"] = probe.run_probe(
-            accelerator, dataclasses.replace(cfg, no_feature_cache=True) if tuned else cfg, model, built.layout,
-            loaders, tokenized, scorer, weights, autocast=not tuned)
-        accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}, step=0)
-    else:
-        model = built.model
+    spec = MODES[cfg.mode]
+    model = built.model
+    if spec.loop == "pairs":  # SetFit's first stage: tune the encoder on pairs, keeping the last weights
+        pair_ds = pairs.pair_dataset(tokenized["train"], pairs.make_pairs(
+            tokenized["train"]["labels"], cfg.pair_iterations, cfg.seed, data.label_names))
+        logger.info("Contrastive pairs: %d (%d rounds x 2 per training text).", len(pair_ds), cfg.pair_iterations)
+        pair_dl = batches.train_loader(pair_ds, pairs.PairCollator(collator), cfg.per_device_train_batch_size,
+                                       cfg.seed, lengths=pairs.pair_lengths(pair_ds))
+        _, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, built.layout, pair_dl, {},
+                                                            scorer, loss_fn=pairs.cosine_loss)
+        model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    elif spec.loop == "classifier":
         train_dl = batches.train_loader(tokenized["train"], collator, cfg.per_device_train_batch_size, cfg.seed)
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
         best, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls,
@@ -272,9 +262,20 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         extra.update(best_epoch=best["epoch"], best_step=best["step"], stopped_early=best["stopped_early"])
         metrics, outputs = {s: best[s] for s in eval_splits}, best["outputs"]
         model = accelerator.unwrap_model(model)
+    if spec.fitted_head:
+        model = model.to(accelerator.device)
+        loaders = {s: accelerator.prepare(batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size))
+                   for s in tokenized}
+        # After a loop (contrastive's pairs) the head is fitted on the tuned encoder in fp32 and with no feature
+        # cache: its weights are this run's own.
+        tuned = spec.loop is not None
+        metrics, outputs, extra["probe"] = probe.run_probe(
+            accelerator, dataclasses.replace(cfg, no_feature_cache=True) if tuned else cfg, model, built.layout,
+            loaders, tokenized, scorer, weights, autocast=not tuned)
+        accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}, step=0)
     train_seconds = time.perf_counter() - start
 
-    if cfg.mode == "lora" and cfg.save_lora_adapter and accelerator.is_main_process:
+    if cfg.save_lora_adapter and hasattr(model, "peft_config") and accelerator.is_main_process:
         model.save_pretrained(output_dir / "adapter")  # before merging: merge_and_unload consumes the adapters
     exported = modes.export_model(model).to("cpu")
     results = {

@@ -47,7 +47,7 @@ class CompareArgs:
     """The grid; every other option is a run option and applies to every cell."""
 
     modes: str = field(default="probe,finetune,scratch,lora", metadata={"help": (
-        "Comma list of modes (probe, finetune, scratch, lora, contrastive) or variants with their own settings, "
+        f"Comma list of modes ({', '.join(MODES)}) or variants with their own settings, "
         "e.g. 'probe,finetune,finetune[freeze_layers=4],finetune[gradual_unfreezing=true,layer_lr_decay=0.8],lora'. "
         "Each is a line in the plots and a column in the tables, under that label.")})
     train_sizes: str = field(default="100,500,2000,all", metadata={"help": (

