@@ -346,3 +346,18 @@ def test_a_user_error_in_a_two_process_launch_prints_its_message_once(tiny_model
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=launch_env(), timeout=300)
     assert result.returncode != 0
     assert result.stderr.count("error: Data path") == 1, result.stderr[-3000:]
+
+
+def test_atomic_write_leaves_the_old_file_when_the_write_fails(tmp_path):
+    """Every file xfer_nlp replaces (results.json, predictions, plots, best weights, feature caches) goes through
+    runfolder.atomic_write: a write that dies midway leaves the previous file whole and no temporary behind."""
+    path = tmp_path / "results.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError, match="killed"):
+        with runfolder.atomic_write(path) as tmp:
+            tmp.write_text("half of the new")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+    with runfolder.atomic_write(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]

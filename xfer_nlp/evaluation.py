@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .runfolder import atomic_write
 
 logger = logging.getLogger("xfer_nlp")
 
@@ -31,8 +31,7 @@ def write_predictions(path: Path, texts: dict, outputs: dict, label_names) -> No
     """One JSON line per evaluated text, splits in order and rows in data order: split, index, text, label (gold),
     predicted, score (of the predicted label), scores (every label's probability). `outputs` holds each split's
     (logits, labels) in data order."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_write(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for split, (logits, labels) in outputs.items():
             probs = torch.softmax(logits.float(), -1).numpy()
             for index, (p, gold) in enumerate(zip(probs, labels.tolist())):
@@ -41,7 +40,6 @@ def write_predictions(path: Path, texts: dict, outputs: dict, label_names) -> No
                                     "label": label_names[gold], "predicted": label_names[guess],
                                     "score": float(p[guess]),
                                     "scores": {n: float(v) for n, v in zip(label_names, p)}}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def plot_confusion(path: Path, metrics: dict, label_names) -> None:
@@ -66,10 +64,9 @@ def plot_confusion(path: Path, metrics: dict, label_names) -> None:
                title=f"{split}: accuracy {metrics[split]['accuracy']:.3f}, macro-F1 {metrics[split]['macro_f1']:.3f}")
         plt.setp(ax.get_xticklabels(), rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def label_map(model_labels: dict[int, str], data_labels) -> list[int]:

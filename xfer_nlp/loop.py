@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from .families import model_inputs
 from .modes import MAX_EPOCHS
 from .errors import ConfigError, Interrupted, XferError
 from .metrics import scalars
+from .runfolder import atomic_write
 from . import schedules
 
 logger = logging.getLogger(__name__)
@@ -288,10 +288,9 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, scorer,
                 progress.evals_since_best = 0
                 if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
                     checkpoints.folder.mkdir(parents=True, exist_ok=True)
-                    tmp = best_file.with_suffix(".tmp")
-                    save_file({k: v.detach().contiguous() for k, v in
-                               accelerator.unwrap_model(model).state_dict().items()}, tmp)
-                    os.replace(tmp, best_file)
+                    with atomic_write(best_file) as tmp:
+                        save_file({k: v.detach().contiguous() for k, v in
+                                   accelerator.unwrap_model(model).state_dict().items()}, tmp)
             else:
                 progress.evals_since_best += 1
                 patience = cfg.early_stopping_patience

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .batches import by_doc
 from .families import Layout, out_layer, sentence_features
+from .runfolder import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +96,8 @@ def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple, l
     assert torch.equal(labels, expected), "gathered labels must come back in data order"
     if not cfg.no_feature_cache and accelerator.is_main_process:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata=meta)
-        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache entry
+        with atomic_write(path) as tmp:  # a killed run never leaves a half-written cache entry
+            save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata=meta)
     return feats, labels, False
 
 

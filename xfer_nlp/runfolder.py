@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ConfigError, XferError
@@ -17,6 +18,20 @@ CHECKPOINTS = "checkpoints"
 # What a folder may hold and still count as empty: what a run that died before its first checkpoint leaves, and
 # what a compare grid writes into a cell before and after its run.
 BOOKKEEPING = {"train.log", "evaluate.log", CHECKPOINTS, "cell.json", "failed.txt"}
+
+
+@contextmanager
+def atomic_write(path: Path):
+    """Yields a temporary path beside `path` to write; once the block succeeds, one rename puts it at `path`, so a
+    reader (or a run killed mid-write) finds the old file or the new one, never half of one. On an error the
+    temporary file is removed and `path` is left as it was. (A checkpoint, a folder that every process writes
+    into, stages itself the same way in checkpoint.py.)"""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def state(out: Path) -> str:
