@@ -7,7 +7,6 @@ import logging
 import os
 import platform
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-from . import batches, hub, loop, modes, pairs, probe, runfolder
+from . import batches, hub, logs, loop, modes, pairs, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data
 from .errors import ConfigError
@@ -111,30 +110,6 @@ def resolve_precision(requested: str, mode: str, model_name_or_path: str) -> str
     return "bf16" if cpu_has_bf16() else "no"
 
 
-def _setup_logging(accelerator: Accelerator, output_dir: Path, filename: str = "train.log") -> None:
-    """Main process: INFO to stderr and OUTPUT_DIR/<filename>. Other processes: errors only."""
-    import datasets
-    import transformers
-
-    for h in [h for h in logger.handlers if getattr(h, "_xfer_nlp", False)]:
-        logger.removeHandler(h)
-        h.close()
-    logger.propagate = False
-    transformers.utils.logging.set_verbosity_error()  # its load reports (new head weights) are expected here
-    if not accelerator.is_main_process:
-        logger.setLevel(logging.ERROR)
-        datasets.utils.logging.set_verbosity_error()
-        datasets.disable_progress_bars()
-        return
-    logger.setLevel(logging.INFO)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    for h in (logging.StreamHandler(sys.stderr), logging.FileHandler(output_dir / filename, encoding="utf-8")):
-        h.setFormatter(fmt)
-        h._xfer_nlp = True
-        logger.addHandler(h)
-
-
 def _hardware(accelerator: Accelerator) -> str:
     n = accelerator.num_processes
     if accelerator.device.type == "cuda":
@@ -206,7 +181,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     if cfg.overwrite_output_dir and accelerator.is_main_process:
         runfolder.invalidate(output_dir)  # before the first new file: no old results beside a new model
     accelerator.wait_for_everyone()
-    _setup_logging(accelerator, output_dir)
+    logs.setup("xfer_nlp", output_dir / "train.log", accelerator.is_main_process)
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in os.environ \
             and accelerator.num_processes == 1:
         logger.warning("`accelerate launch --cpu --num_processes N` starts a single process (accelerate issue #2741). "

@@ -30,7 +30,7 @@ from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .errors import XferError
+from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ MANIFEST = "manifest.json"
 PREFIX = "checkpoint-"
 MODEL = "model.safetensors"
 STATE = "xfer_state.json"
-
-
-class CheckpointError(XferError):
-    """A checkpoint that cannot be resumed from."""
 
 
 def _digest(path: Path) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
+from . import logs
 from .errors import Interrupted, XferError
 
 USAGE = """usage: xfer-nlp {run,compare,report,predict,evaluate,push} ...
@@ -22,7 +22,7 @@ USAGE = """usage: xfer-nlp {run,compare,report,predict,evaluate,push} ...
 
 
 def _error(e: Exception) -> int:
-    if int(os.environ.get("RANK", "0")) == 0:  # one voice under accelerate launch
+    if logs.is_main_process():  # one voice under accelerate launch
         print(f"error: {e}", file=sys.stderr)
     else:
         # torchrun stops every worker as soon as one exits: give rank 0 the time to print the message.
@@ -45,7 +45,7 @@ def run_command(argv: list[str], default_config_dir: str | Path | None = None) -
         return 130
     except XferError as e:
         return _error(e)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if logs.is_main_process():
         print(result)
     return 0
 
@@ -63,7 +63,7 @@ def compare_command(argv: list[str]) -> int:
                          output_dir=cfg.output_dir)
     except XferError as e:
         return _error(e)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if logs.is_main_process():
         print(result)
     return 1 if result.failed else 0
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import shutil
-import sys
 import time
 import traceback
 import typing
@@ -18,24 +16,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import FIELD_NAMES, MODES, RunConfig, nearest, resolve
+from . import logs
 from .runfolder import read_results
 from .errors import ConfigError, XferError
 
 logger = logging.getLogger("xfer_nlp.compare")  # its own handlers: each run() resets those of "xfer_nlp"
 
-
-def _setup_logging(output_dir: Path, main: bool) -> None:
-    """Main process: grid progress to stderr and OUTPUT_DIR/compare.log (each cell also keeps its train.log)."""
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
-    logger.propagate = False
-    logger.setLevel(logging.INFO if main else logging.ERROR)
-    if main:
-        fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-        for h in (logging.StreamHandler(sys.stderr), logging.FileHandler(output_dir / "compare.log", encoding="utf-8")):
-            h.setFormatter(fmt)
-            logger.addHandler(h)
 
 # Settings a variant may not set: the grid owns them.
 GRID_OWNED = ("mode", "max_train_samples", "seed", "output_dir", "resume_from_checkpoint", "overwrite_output_dir",
@@ -239,8 +225,8 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
     output_dir = Path(output_dir or base.output_dir or Path("runs") / f"{Path(str(base.dataset_name)).stem}-compare")
     cells = plan(base, CompareArgs(modes, train_sizes, seeds), output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    main = int(os.environ.get("RANK", "0")) == 0
-    _setup_logging(output_dir, main)
+    main = logs.is_main_process()
+    logs.setup(logger.name, output_dir / "compare.log", main)
     logger.info("Grid of %d cells: %s x sizes %s x seeds %s, in %s.", len(cells), modes, train_sizes, seeds, output_dir)
     start, ran, skipped, failed = time.perf_counter(), 0, 0, {}
     bar = tqdm(cells, desc="Grid", unit="cell", position=0, disable=not main)

@@ -1,4 +1,4 @@
-"""The exceptions a user can cause: each message names the problem and the fix."""
+"""Every exception the package raises on purpose: each message names the problem and the fix."""
 
 
 class XferError(ValueError):
@@ -15,3 +15,15 @@ class DataError(XferError):
 
 class Interrupted(XferError):
     """The user stopped the run (Ctrl-C); the message says where and how to resume."""
+
+
+class CheckpointError(XferError):
+    """A checkpoint that cannot be resumed from."""
+
+
+class TrainingDiverged(XferError):
+    """The loss became NaN or infinite."""
+
+
+class PushError(XferError):
+    """Uploading to the Hub failed; the local outputs are intact."""

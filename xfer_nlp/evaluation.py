@@ -118,7 +118,8 @@ def evaluate(model: str | Path, config=None, **overrides) -> EvaluationResult:
     from datasets import DatasetDict
 
     from . import batches, hub, loop, runfolder
-    from .api import _config_from, _setup_logging, check_model_folder, load_model
+    from . import logs
+    from .api import _config_from, check_model_folder, load_model
     from .data import load_text_data
     from .metrics import Scorer
 
@@ -135,7 +136,7 @@ def evaluate(model: str | Path, config=None, **overrides) -> EvaluationResult:
         if cfg.overwrite_output_dir:
             runfolder.invalidate(output_dir)
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        _setup_logging(accelerator, output_dir, "evaluate.log")
+        logs.setup("xfer_nlp", output_dir / "evaluate.log", accelerator.is_main_process)
         data = load_text_data(cfg)
         tokenizer, classifier, reading = load_model(model)
         # The run's own reading of texts, unless this evaluation names another.

@@ -12,17 +12,13 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modes import EMBEDDED_MODEL, MODES
-from .errors import XferError
+from .errors import PushError
 from .runfolder import atomic_write
 
 logger = logging.getLogger(__name__)
 
 # Where the embedded encoder comes from on the Hub, so the card links its base model.
 HUB_IDS = {EMBEDDED_MODEL: "sentence-transformers/all-MiniLM-L6-v2"}
-
-
-class PushError(XferError):
-    """Uploading to the Hub failed; the local outputs are intact."""
 
 
 def write_json(path: Path, data) -> None:

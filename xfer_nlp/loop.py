@@ -20,7 +20,7 @@ from .batches import by_doc
 from .dropout import cpu_dropout
 from .families import model_inputs
 from .modes import MAX_EPOCHS
-from .errors import ConfigError, Interrupted, XferError
+from .errors import ConfigError, Interrupted, TrainingDiverged
 from .metrics import scalars
 from .runfolder import atomic_write
 from . import schedules
@@ -31,10 +31,6 @@ logger = logging.getLogger(__name__)
 RESUME_MAY_DIFFER = {"resume_from_checkpoint", "overwrite_output_dir", "report_to", "logging_steps", "save_steps",
                      "save_total_limit", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_token",
                      "per_device_eval_batch_size", "feature_cache_dir", "no_feature_cache", "data_dir"}
-
-
-class TrainingDiverged(XferError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
