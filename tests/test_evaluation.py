@@ -157,3 +157,10 @@ def test_predict_keeps_input_order_and_agrees_with_pipeline(tiny_run):
         best = max(ref, key=lambda s: s["score"])
         assert row["label"] == best["label"]
         assert row["scores"] == pytest.approx({s["label"]: s["score"] for s in ref}, abs=1e-5)
+    # bf16 autocast: the same texts in the same order, scores within bf16 rounding of fp32's.
+    fast = xfer_nlp.predict(run.output_dir, texts, batch_size=8, precision="bf16")
+    assert [r["text"] for r in fast] == texts
+    for row, exact in zip(fast, rows):
+        assert row["scores"] == pytest.approx(exact["scores"], abs=0.05) and row["scores"] != exact["scores"]
+    with pytest.raises(xfer_nlp.ConfigError, match="precision 'half' is not one of fp32, bf16, auto"):
+        xfer_nlp.predict(run.output_dir, texts, precision="half")

@@ -281,8 +281,16 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     return RunResult(output_dir, cfg.mode, metrics, round(train_seconds, 2), trainable, total, results)
 
 
-def predict(model: str | Path, texts: str | list[str], batch_size: int = 64) -> list[dict]:
+PREDICT_PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def predict(model: str | Path, texts: str | list[str], batch_size: int = 64, precision: str = "fp32") -> list[dict]:
     """Label texts with an exported model: [{"text", "label", "score", "scores": {label: p}}] in input order.
+
+    precision: fp32 (the default) computes exactly what the run reported and what pipeline() computes; bf16
+    autocasts the matrix multiplies (faster where the CPU or GPU has native bf16, see benchmarks/RESULTS.md
+    "Inference"; scores then differ in the third decimal and a near-tie label can flip); auto is bf16 where the
+    hardware computes it natively, else fp32.
 
     `texts` is one text or a list of them. A run's export is read as the run read its texts (results.json's
     "reading": truncation or windows, max_seq_length); any other model as pipeline() reads it (the first tokens,
@@ -292,6 +300,8 @@ def predict(model: str | Path, texts: str | list[str], batch_size: int = 64) -> 
     """
     from datasets import Dataset, DatasetDict
 
+    if precision not in PREDICT_PRECISIONS:
+        raise ConfigError(f"precision '{precision}' is not one of {', '.join(PREDICT_PRECISIONS)}.")
     texts = [texts] if isinstance(texts, str) else list(texts)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
@@ -304,7 +314,13 @@ def predict(model: str | Path, texts: str | list[str], batch_size: int = 64) -> 
     tokenized = batches.tokenize(data, tokenizer, reading)["predict"]
     collator = batches.make_collator(tokenizer, None, classifier.device.type)
     loader = batches.eval_loader(tokenized, collator, batch_size)
-    logits, _ = loop.predict_logits(None, classifier, loader, desc="Predicting" if len(texts) > batch_size else None)
+    device = classifier.device.type
+    if precision == "auto":
+        native = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
+        precision = "bf16" if native else "fp32"
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits, _ = loop.predict_logits(None, classifier, loader,
+                                        desc="Predicting" if len(texts) > batch_size else None)
     names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
     rows = []
     for text, p in zip(texts, torch.softmax(logits, -1).tolist()):

@@ -89,7 +89,7 @@ def report_command(argv: list[str]) -> int:
 
 
 def predict_command(argv: list[str]) -> int:
-    from .api import predict
+    from .api import PREDICT_PRECISIONS, predict
     from .data import read_texts, write_jsonl
 
     parser = argparse.ArgumentParser(prog="xfer-nlp predict", description="Label texts with an exported model.")
@@ -100,6 +100,9 @@ def predict_command(argv: list[str]) -> int:
     parser.add_argument("--text_column", default="text", help="Column of --input that holds the text.")
     parser.add_argument("--output", help="Write JSONL rows (text, label, score, scores) here instead of printing.")
     parser.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass.")
+    parser.add_argument("--precision", choices=PREDICT_PRECISIONS, default="fp32", help=(
+        "fp32: exactly the scores the run reported and pipeline() computes; bf16: faster where the hardware has "
+        "native bf16 (scores within bf16 rounding, a near-tie label can flip); auto: bf16 where native, else fp32."))
     args = parser.parse_args(argv)
     try:
         texts = list(args.texts) + (read_texts(args.input, args.text_column) if args.input else [])
@@ -110,7 +113,7 @@ def predict_command(argv: list[str]) -> int:
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise XferError(f"--output '{args.output}': its folder cannot be created ({e.strerror}).") from None
-        rows = predict(args.model, texts, args.batch_size)
+        rows = predict(args.model, texts, args.batch_size, args.precision)
     except XferError as e:
         return _error(e)
     if args.output:
