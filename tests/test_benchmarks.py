@@ -32,7 +32,8 @@ def test_predict_benchmark_smoke(tmp_path):
     out = tmp_path / "predict.md"
     bench("predict.py", "--limit", "40", "--repeats", "1", "--out", str(out), cwd=tmp_path)
     table = out.read_text()
-    assert "| sst2 validation | 40 |" in table and "| yes |" in table and "NO" not in table
+    assert "| sst2 validation | 40 | fp32 |" in table and "| 40 of 40 |" in table  # fp32: pipeline()'s labels
+    assert "| sst2 validation | 40 | bf16 |" in table
 
 
 def test_setfit_peer_smoke(tmp_path):
@@ -42,3 +43,24 @@ def test_setfit_peer_smoke(tmp_path):
     results = json.loads((out / "runs" / "setfit-n8-s0" / "results.json").read_text())
     assert results["train_samples"] == 8 and results["split_sizes"]["validation"] == 872  # the same split as a run
     assert "setfit (peer)" in (out / "comparison.md").read_text()
+
+
+def test_cross_domain_benchmark_smoke(tmp_path):
+    out = tmp_path / "cross"
+    result = bench("cross_domain.py", "--tiny", "--modes", "probe", "--output_dir", str(out), cwd=tmp_path)
+    evaluated = json.loads((out / "sst2-probe-on-polarity2k" / "evaluation.json").read_text())
+    assert evaluated["split_sizes"] == {"validation": 200, "test": 200}  # the target's own splits, all of them
+    mr = json.loads((out / "mr-probe" / "results.json").read_text())
+    on_mr = json.loads((out / "sst2-probe-on-mr" / "evaluation.json").read_text())
+    assert on_mr["split_sizes"]["validation"] == mr["split_sizes"]["validation"]  # the same hold-out
+    assert "| probe |" in result.stdout
+
+
+def test_long_texts_benchmark_smoke(tmp_path):
+    out = tmp_path / "long"
+    result = bench("long_texts.py", "--tiny", "--modes", "probe,finetune", "--settings", "head-128", "--seeds", "0",
+                   "--output_dir", str(out), cwd=tmp_path)
+    assert "| probe | head-128 | 1 |" in result.stdout and "| finetune | head-128 | 1 |" in result.stdout
+    result = bench("long_texts.py", "--memory", "--tiny", "--output_dir", str(tmp_path / "memory"), cwd=tmp_path)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 1") and "MB" not in line]
+    assert len(rows) == 2 and all(float(x) > 0 for row in rows for x in row.strip("|").split("|")[1:])

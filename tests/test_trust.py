@@ -361,3 +361,22 @@ def test_atomic_write_leaves_the_old_file_when_the_write_fails(tmp_path):
     with runfolder.atomic_write(path) as tmp:
         tmp.write_text("new")
     assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]
+
+
+def test_one_place_decides_what_state_a_folder_is_in(tmp_path):
+    def folder(*files):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        for name in files:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text("")
+        out.mkdir(exist_ok=True)
+        return out
+
+    assert runfolder.state(tmp_path / "nothing") == "missing"
+    assert runfolder.state(folder("train.log", "cell.json")) == "empty"
+    assert runfolder.state(folder("cell.json", "failed.txt", "train.log")) == "failed"
+    assert runfolder.state(folder("failed.txt", "checkpoints/checkpoint-10/model.safetensors")) == "interrupted"
+    assert runfolder.state(folder("model.safetensors", "results.json")) == "finished"
+    assert runfolder.state(folder("evaluation.json", "predictions.jsonl")) == "finished"
+    assert runfolder.state(folder("notes.txt")) == "foreign"
+    runfolder.check(folder("cell.json", "failed.txt"), overwrite=False, resume=False)  # a failed cell starts over

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import FIELD_NAMES, MODES, RunConfig, nearest, resolve
-from . import logs
+from . import logs, runfolder
 from .runfolder import read_results
 from .errors import ConfigError, XferError
 
@@ -175,16 +175,17 @@ def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
 def _prepare_cell(cell: Cell, main: bool) -> RunConfig | None:
     """None when the cell is finished; else the config that finishes it (resuming an interrupted run)."""
     out = Path(cell.config.output_dir)
-    if (out / "results.json").is_file():
+    now = runfolder.state(out)
+    if now == "finished":
         return None
-    if any((out / "checkpoints").glob("checkpoint-*")):
+    if now == "interrupted":
         return dataclasses.replace(cell.config, resume_from_checkpoint="latest")
     if not main:
         return cell.config
     if out.exists():
         shutil.rmtree(out)  # started but left nothing to resume from
     out.mkdir(parents=True)
-    (out / "cell.json").write_text(json.dumps({"label": cell.variant.label, "mode": cell.variant.mode,
+    (out / runfolder.CELL).write_text(json.dumps({"label": cell.variant.label, "mode": cell.variant.mode,
                                                "size": cell.size, "seed": cell.seed,
                                                "overrides": cell.variant.overrides}) + "\n")
     return cell.config
@@ -246,7 +247,7 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
             failed[cell.name] = f"{type(e).__name__}: {e}"
             logger.error("Cell %s failed; the grid goes on. %s", cell.name, failed[cell.name])
             if main:
-                (Path(cfg.output_dir) / "failed.txt").write_text(traceback.format_exc(), encoding="utf-8")
+                (Path(cfg.output_dir) / runfolder.FAILED).write_text(traceback.format_exc(), encoding="utf-8")
         if main:  # wall-clock of the whole grid, summed over the invocations that built it
             spent = json.loads(grid_file.read_text())["wall_seconds"] if grid_file.is_file() else 0.0
             grid_file.write_text(json.dumps({"wall_seconds": spent + time.perf_counter() - cell_start}) + "\n")
@@ -255,7 +256,7 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
     if main:
         for cell in cells:  # every finished run's model card carries the comparison it was part of
             out = Path(cell.config.output_dir)
-            if (out / "results.json").is_file():
+            if runfolder.state(out) == "finished":
                 try:
                     hub.model_card(read_results(out), comparison=summary).save(out / "README.md")
                 except XferError as e:

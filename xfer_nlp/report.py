@@ -11,6 +11,7 @@ import pandas as pd
 
 from .errors import XferError
 from .modes import MODES
+from . import runfolder
 from .runfolder import read_results
 
 logger = logging.getLogger(__name__)
@@ -23,11 +24,11 @@ METRICS = ("validation_accuracy", "validation_macro_f1", "test_accuracy", "test_
 def load_cells(output_dir: Path) -> pd.DataFrame:
     """One row per cell folder under output_dir/runs (status: done, failed, or unfinished)."""
     rows = []
-    for cell_file in sorted((Path(output_dir) / "runs").glob("*/cell.json")):
+    for cell_file in sorted((Path(output_dir) / "runs").glob(f"*/{runfolder.CELL}")):
         folder = cell_file.parent
         row = {**json.loads(cell_file.read_text()), "folder": folder.name, "status": "unfinished"}
         try:
-            r = read_results(folder) if (folder / "results.json").is_file() else None
+            r = read_results(folder) if runfolder.state(folder) == "finished" else None
         except XferError as e:
             logger.warning("Cell %s counts as failed: %s", folder.name, e)
             r, row["status"] = None, "failed"
@@ -37,7 +38,7 @@ def load_cells(output_dir: Path) -> pd.DataFrame:
                        peak_memory_mb=r["peak_memory_mb"], hardware=r["hardware"])
             for split, m in r["metrics"].items():
                 row.update({f"{split}_accuracy": m["accuracy"], f"{split}_macro_f1": m["macro_f1"]})
-        elif (folder / "failed.txt").is_file():
+        elif (folder / runfolder.FAILED).is_file():  # failed, with or without checkpoints left
             row["status"] = "failed"
         rows.append(row)
     return pd.DataFrame(rows)

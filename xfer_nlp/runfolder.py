@@ -15,9 +15,11 @@ LOCK = ".xfer_nlp.lock"
 RESULTS = "results.json"
 EVALUATION = "evaluation.json"  # what `xfer-nlp evaluate` leaves
 CHECKPOINTS = "checkpoints"
+CELL = "cell.json"  # what a compare grid writes into a cell before its run
+FAILED = "failed.txt"  # ... and after a run that raised, with the traceback
 # What a folder may hold and still count as empty: what a run that died before its first checkpoint leaves, and
 # what a compare grid writes into a cell before and after its run.
-BOOKKEEPING = {"train.log", "evaluate.log", CHECKPOINTS, "cell.json", "failed.txt"}
+BOOKKEEPING = {"train.log", "evaluate.log", CHECKPOINTS, CELL, FAILED}
 
 
 @contextmanager
@@ -35,7 +37,12 @@ def atomic_write(path: Path):
 
 
 def state(out: Path) -> str:
-    """missing | empty | finished | interrupted | foreign (a non-empty folder that holds no xfer_nlp run)."""
+    """missing | empty | finished | interrupted | failed | foreign (a non-empty folder that holds no xfer_nlp run).
+
+    finished: results.json (a run) or evaluation.json (an evaluation), written last; interrupted: checkpoints to
+    resume from; failed: a compare cell whose run raised and left no checkpoint (it starts over). This is the one
+    place that decides; run, compare, report and push ask it.
+    """
     if not out.exists():
         return "missing"
     entries = {p.name for p in out.iterdir() if not p.name.startswith(".xfer_nlp.")}  # our own bookkeeping
@@ -44,7 +51,7 @@ def state(out: Path) -> str:
     if any((out / CHECKPOINTS).glob("checkpoint-*")):
         return "interrupted"
     if not entries - BOOKKEEPING:
-        return "empty"
+        return "failed" if FAILED in entries else "empty"
     return "foreign"
 
 
