@@ -94,7 +94,7 @@ def test_auto_precision_follows_the_gpu_measurement(monkeypatch, tiny_model_dir,
     import torch
     from transformers import BertConfig
 
-    from xfer_nlp.api import GPU_BF16_MIN_PARAMS, encoder_parameters, resolve_precision
+    from xfer_nlp.precision import GPU_BF16_MIN_PARAMS, encoder_parameters, resolve_precision
     from xfer_nlp.config import EMBEDDED_MODEL
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

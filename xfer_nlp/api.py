@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .evaluation import CONFUSION, PREDICTIONS, plot_confusion, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
+from .precision import bf16_is_native, resolve_precision
 
 logger = logging.getLogger("xfer_nlp")
 
@@ -53,61 +54,6 @@ def _config_from(config: RunConfig | None, overrides: dict) -> RunConfig:
     if unknown:
         raise ConfigError("Unknown option(s): " + "; ".join(f"'{k}'{nearest(k, FIELD_NAMES)}" for k in unknown))
     return resolve(dataclasses.replace(config or RunConfig(), **overrides))
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX); without them bf16 is emulated and slower.
-
-    Measured (benchmarks/RESULTS.md): on a 2-core AMD EPYC with AVX512-BF16 a fine-tuning step of the embedded
-    encoder takes 219 ms in bf16 autocast against 465 ms in fp32; on a 2-core Intel Xeon with AMX a full sst2
-    fine-tune trains at 159 samples/s in bf16 against 100 in fp32.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-# Measured on an H100 (benchmarks/precision.py; RESULTS.md, "On a GPU"): batch-32 steps of small encoders are bound
-# by kernel launches, and autocast's casts only add launches. The embedded MiniLM-L6 (22.7M) takes 16.4 ms a step
-# in fp32 against 21.9 ms in bf16 (full sst2 fine-tuning: 1,524 against 935 samples/s); bert-base (110M) at 128
-# tokens 58.4 against 32.4 ms, bert-large (335M) 173 against 66 ms. So on GPUs auto picks bf16 from bert-base up.
-GPU_BF16_MIN_PARAMS = 100_000_000
-
-
-def encoder_parameters(model_name_or_path: str) -> int | None:
-    """The encoder's parameter count from its config alone (built on the meta device: no weights read or held)."""
-    from transformers import AutoConfig, AutoModel
-
-    try:
-        config = AutoConfig.from_pretrained(modes.resolve_model_path(model_name_or_path))
-        with torch.device("meta"):
-            return sum(p.numel() for p in AutoModel.from_config(config).parameters())
-    except (OSError, ValueError, KeyError):
-        return None  # an unreadable model: its loader names the problem a moment later
-
-
-def resolve_precision(requested: str, mode: str, model_name_or_path: str) -> str:
-    """auto: what `accelerate launch --mixed_precision` asked for, else what measured fastest on this hardware.
-
-    That is bf16 on CPUs that compute it natively, bf16 on bf16 GPUs for encoders of GPU_BF16_MIN_PARAMS or more,
-    and fp32 (no) otherwise. The probe stays in fp32 under auto: its features are the whole model, and fp32 keeps
-    its reported accuracy exactly what the exported model computes in `pipeline()`.
-    """
-    if requested != "auto":
-        return requested
-    if not MODES[mode].loop:
-        return "no"
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if launched in ("fp16", "bf16"):
-        return launched
-    if torch.cuda.is_available():
-        if not torch.cuda.is_bf16_supported():
-            return "no"
-        params = encoder_parameters(model_name_or_path)
-        return "bf16" if params is None or params >= GPU_BF16_MIN_PARAMS else "no"
-    return "bf16" if cpu_has_bf16() else "no"
 
 
 def _hardware(accelerator: Accelerator) -> str:
@@ -316,8 +262,7 @@ def predict(model: str | Path, texts: str | list[str], batch_size: int = 64, pre
     loader = batches.eval_loader(tokenized, collator, batch_size)
     device = classifier.device.type
     if precision == "auto":
-        native = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
-        precision = "bf16" if native else "fp32"
+        precision = "bf16" if bf16_is_native(device) else "fp32"
     with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logits, _ = loop.predict_logits(None, classifier, loader,
                                         desc="Predicting" if len(texts) > batch_size else None)

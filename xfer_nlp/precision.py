@@ -1,0 +1,66 @@
+"""The precision policy: what `--mixed_precision auto` (and `predict --precision auto`) choose on this hardware.
+
+The figures behind each choice are in benchmarks/RESULTS.md ("On the Intel Xeon with AMX", "On a GPU", the
+levers table), with the commands that measured them; they are not repeated here, where they would go stale.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .modes import MODES, resolve_model_path
+
+# On GPUs, batch-32 steps of small encoders are bound by kernel launches and autocast's casts only add launches, so
+# bf16 pays from about bert-base's size up (RESULTS.md, "On a GPU": benchmarks/precision.py).
+GPU_BF16_MIN_PARAMS = 100_000_000
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX); without them bf16 is emulated and slower
+    than fp32. With them a fine-tuning step is 1.6-2x faster in bf16 autocast (RESULTS.md)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def bf16_is_native(device: str) -> bool:
+    return torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
+
+
+def encoder_parameters(model_name_or_path: str) -> int | None:
+    """The encoder's parameter count from its config alone (built on the meta device: no weights read or held)."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(model_name_or_path))
+        with torch.device("meta"):
+            return sum(p.numel() for p in AutoModel.from_config(config).parameters())
+    except (OSError, ValueError, KeyError):
+        return None  # an unreadable model: its loader names the problem a moment later
+
+
+def resolve_precision(requested: str, mode: str, model_name_or_path: str) -> str:
+    """auto: what `accelerate launch --mixed_precision` asked for, else what measured fastest on this hardware.
+
+    That is bf16 on CPUs that compute it natively, bf16 on bf16 GPUs for encoders of GPU_BF16_MIN_PARAMS or more,
+    and fp32 (no) otherwise. A mode without a training loop (the probe) stays in fp32 under auto: its features are
+    the whole model, and fp32 keeps its reported accuracy exactly what the exported model computes in `pipeline()`.
+    """
+    if requested != "auto":
+        return requested
+    if not MODES[mode].loop:
+        return "no"
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched in ("fp16", "bf16"):
+        return launched
+    if torch.cuda.is_available():
+        if not torch.cuda.is_bf16_supported():
+            return "no"
+        params = encoder_parameters(model_name_or_path)
+        return "bf16" if params is None or params >= GPU_BF16_MIN_PARAMS else "no"
+    return "bf16" if cpu_has_bf16() else "no"
