@@ -75,11 +75,11 @@ def test_unknown_mode():
 def test_every_field_has_help():
     import dataclasses
 
-    from transformers import HfArgumentParser
+    from xfer_nlp.config import ArgumentParser
 
     helps = [f.metadata.get("help") for f in dataclasses.fields(RunConfig)]
     assert all(helps) and len(set(helps)) == len(helps), "every field has help of its own"
-    text = " ".join(HfArgumentParser(RunConfig).format_help().split())
+    text = " ".join(ArgumentParser(RunConfig).format_help().split())
     for f in dataclasses.fields(RunConfig):
         assert f"--{f.name}" in text and " ".join(f.metadata["help"].split())[:40] in text, f.name
 

@@ -103,7 +103,7 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
         runfolder.check(output_dir, cfg.overwrite_output_dir, bool(cfg.resume_from_checkpoint))
     processes.wait_for_everyone()
     _reset_peak_memory()
-    trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() != "none"]
+    trackers = cfg.trackers
     # Parameters that thaw mid-run get no gradient while frozen, and some modes never use some (Mode.unused_parameters):
     # DDP must be told to expect that.
     ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] \

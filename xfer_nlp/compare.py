@@ -15,17 +15,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import FIELD_NAMES, MODES, RunConfig, nearest, resolve
+from .config import FIELD_NAMES, GRID_OWNED, MODES, RunConfig, nearest, resolve
 from . import logs, runfolder
 from .runfolder import read_results
 from .errors import ConfigError, XferError
 
 logger = logging.getLogger("xfer_nlp.compare")  # its own handlers: each run() resets those of "xfer_nlp"
-
-
-# Settings a variant may not set: the grid owns them.
-GRID_OWNED = ("mode", "max_train_samples", "seed", "output_dir", "resume_from_checkpoint", "overwrite_output_dir",
-              "push_to_hub")
 
 
 @dataclass

@@ -5,15 +5,18 @@ Each mode's defaults, descriptions and rules live in its registry entry (modes.M
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Optional
 
 import yaml
+from transformers import HfArgumentParser
 
 from .errors import ConfigError
 from .modes import ENCODER_FLAGS, EMBEDDED_MODEL, MAX_EPOCHS, MIN_STEPS, MODES, modes_with
@@ -34,6 +37,25 @@ def _per_mode(key: str) -> str:
         f"; unused by {unused}"
 
 
+# Field metadata that is this package's own (the rules above), not an argparse keyword.
+RULE_KEYS = ("resume_may_differ", "grid_owned", "positive")
+
+
+class ArgumentParser(HfArgumentParser):
+    """HfArgumentParser, which hands a field's whole metadata to add_argument, minus RULE_KEYS."""
+
+    @staticmethod
+    def _parse_dataclass_field(parser, field):
+        plain = copy.copy(field)
+        plain.metadata = MappingProxyType({k: v for k, v in field.metadata.items() if k not in RULE_KEYS})
+        HfArgumentParser._parse_dataclass_field(parser, plain)
+
+
+def _items(text: str) -> list[str]:
+    """A comma-separated option as its stripped, non-empty items."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _f(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
@@ -42,7 +64,8 @@ def _f(default, help, **kw):
 class RunConfig:
     """Everything that defines one run. Field help is the `--help` text."""
 
-    mode: str = _f("finetune", "Transfer mode: " + ", ".join(map(str, MODES.values())) + ".", choices=tuple(MODES))
+    mode: str = _f("finetune", "Transfer mode: " + ", ".join(map(str, MODES.values())) + ".", choices=tuple(MODES),
+                   grid_owned=True)
     model_name_or_path: str = _f(EMBEDDED_MODEL, f"Encoder: '{EMBEDDED_MODEL}' (the embedded pretrained MiniLM-L6, "
                                  "offline), a local transformers folder, or a Hub id. Loaded with from_pretrained, "
                                  "safetensors only, never trust_remote_code.")
@@ -57,20 +80,24 @@ class RunConfig:
                                         "of train).")
     test_file: Optional[str] = _f(None, "With --train_file: a test file, scored once with the chosen model.")
     data_dir: Optional[str] = _f(None, "Folder that holds the registry sets (default: $XFER_NLP_DATA_DIR, else "
-                                 "../shared/data next to the working directory or the project).")
+                                 "../shared/data next to the working directory or the project).",
+                                 resume_may_differ=True)
     text_column: str = _f("text", "Column that holds the text.")
     label_column: str = _f("label", "Column that holds the label (integer ids or strings; strings are mapped to ids "
                            "in sorted order).")
     output_dir: Optional[str] = _f(None, "Where results.json, the exported model, logs and checkpoints go "
-                                   "(default: runs/<dataset>-<mode>).")
+                                   "(default: runs/<dataset>-<mode>).", grid_owned=True)
     overwrite_output_dir: bool = _f(False, "Allow writing into an output_dir that already holds a run or other files; "
                                     "the earlier run's results.json and checkpoints are removed first, other files "
-                                    "are left unless the run writes one of the same name.")
-    max_train_samples: Optional[int] = _f(None, "Use a seeded, stratified subset of this many training examples.")
+                                    "are left unless the run writes one of the same name.",
+                                    resume_may_differ=True, grid_owned=True)
+    max_train_samples: Optional[int] = _f(None, "Use a seeded, stratified subset of this many training examples.",
+                                          grid_owned=True, positive="integer")
     validation_split_ratio: float = _f(0.1, "Fraction of train held out (seeded, stratified) when the data has no "
                                        "validation split.")
     max_seq_length: int = _f(128, "Tokens the model reads per text (or per window with --long_text chunk), special "
-                             "tokens included; at most the encoder's position limit. A count of longer texts is logged.")
+                             "tokens included; at most the encoder's position limit. A count of longer texts is logged.",
+                             positive="integer")
     truncation: str = _f("auto", "Which tokens of a longer text are kept: head (the first, what pipeline() does), tail "
                          "(the last), head+tail (the first --head_tokens and the last; Sun et al. 2019), or auto: "
                          "head+tail when the training texts' 90th-percentile length exceeds --max_seq_length, else "
@@ -83,19 +110,21 @@ class RunConfig:
     chunk_stride: Optional[int] = _f(None, "chunk: a window starts every this many tokens (default half a window, "
                                      "so each token is read twice); at most the window's text tokens.")
     num_train_epochs: Optional[float] = _f(None, f"Training epochs (default per mode: {_per_mode('num_train_epochs')}; "
-                                           "contrastive's are passes over its pairs).")
-    learning_rate: Optional[float] = _f(None, f"Peak AdamW learning rate (default per mode: {_per_mode('learning_rate')}).")
+                                           "contrastive's are passes over its pairs).", positive="number")
+    learning_rate: Optional[float] = _f(None, f"Peak AdamW learning rate (default per mode: {_per_mode('learning_rate')}).",
+                                        positive="number")
     max_steps: Optional[int] = _f(None, "Train exactly this many optimizer steps (overrides --num_train_epochs and "
-                                  "--min_train_steps).")
+                                  "--min_train_steps).", positive="integer")
     min_train_steps: Optional[int] = _f(None, "Small data: raise the epochs until training runs at least this many "
                                         f"optimizer steps, at most {MAX_EPOCHS} epochs (default {MIN_STEPS} for the "
                                         "trained modes when --num_train_epochs is not given, else 0 = off). The "
                                         "rule applied is logged at the start.")
     eval_steps: Optional[int] = _f(None, "Evaluate (and keep the best weights) every this many optimizer steps and at "
                                    "the last one, instead of at each epoch end. Default: each epoch end, or a tenth "
-                                   "of the run when it lasts more than 10 epochs.")
+                                   "of the run when it lasts more than 10 epochs.", positive="integer")
     early_stopping_patience: Optional[int] = _f(None, "Stop after this many evaluations in a row without a better "
-                                                "validation accuracy (default: never stop early).")
+                                                "validation accuracy (default: never stop early).",
+                                                positive="integer")
     metric_for_best_model: str = _f("accuracy", "Validation metric that chooses the kept epoch (and the probe's C) "
                                     "and that early stopping watches, the larger the better: accuracy, macro_f1 "
                                     "(for imbalanced data), or a figure a --metrics module returns.")
@@ -124,9 +153,10 @@ class RunConfig:
                                       "Default: nothing frozen.")
     per_device_train_batch_size: Optional[int] = _f(None, "Training batch size per process (default per mode: "
                                                     f"{_per_mode('per_device_train_batch_size')}; contrastive's are "
-                                                    "pairs).")
-    per_device_eval_batch_size: int = _f(128, "Evaluation / encoding batch size per process.")
-    gradient_accumulation_steps: int = _f(1, "Batches per optimizer step.")
+                                                    "pairs).", positive="integer")
+    per_device_eval_batch_size: int = _f(128, "Evaluation / encoding batch size per process.",
+                                         resume_may_differ=True, positive="integer")
+    gradient_accumulation_steps: int = _f(1, "Batches per optimizer step.", positive="integer")
     pooling: Optional[str] = _f(None, "Sentence representation fed to the head: mean (of token states), cls (raw "
                                 "[CLS] state) or pooler (the model's stock head). Default: what the encoder was "
                                 "trained for (mean when it ships a sentence-transformers pooling config, else pooler).",
@@ -134,21 +164,22 @@ class RunConfig:
     probe_layer: int = _f(-1, "probe: which encoder layer's states to pool (-1 = last; k>0 keeps the bottom k "
                           "layers). The exported model keeps only the layers it uses.")
     pair_iterations: int = _f(20, "contrastive: rounds of pair sampling; each gives every training text one "
-                              "same-label and one other-label partner (SetFit's num_iterations).")
+                              "same-label and one other-label partner (SetFit's num_iterations).", positive="integer")
     probe_c_grid: str = _f("0.0001,0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,30,100", "probe: inverse L2 strengths (as in scikit-learn's C) tried for "
                            "the logistic-regression head; the best on validation is kept.")
     feature_cache_dir: Optional[str] = _f(None, "probe: where encoded features are cached (default: "
-                                          "~/.cache/xfer_nlp/features). Keyed by weights, tokens, pooling and layer.")
-    no_feature_cache: bool = _f(False, "probe: neither read nor write the feature cache.")
-    lora_r: int = _f(8, "lora: adapter rank.")
-    lora_alpha: int = _f(16, "lora: adapter scaling numerator.")
+                                          "~/.cache/xfer_nlp/features). Keyed by weights, tokens, pooling and layer.",
+                                          resume_may_differ=True)
+    no_feature_cache: bool = _f(False, "probe: neither read nor write the feature cache.", resume_may_differ=True)
+    lora_r: int = _f(8, "lora: adapter rank.", positive="integer")
+    lora_alpha: int = _f(16, "lora: adapter scaling numerator.", positive="integer")
     lora_dropout: float = _f(0.1, "lora: dropout on the adapter input.")
     lora_target_modules: Optional[str] = _f(None, "lora: comma-separated module names that get adapters (default: "
                                             "the encoder family's attention and feed-forward projections, e.g. "
                                             "BERT's query,key,value,dense inside the encoder layers).")
     save_lora_adapter: bool = _f(False, "lora: also save the unmerged peft adapter (and head) under "
                                  "OUTPUT_DIR/adapter; the main export always has the adapters merged.")
-    seed: int = _f(42, "Seed for subsets, splits, initialisation, shuffling and dropout.")
+    seed: int = _f(42, "Seed for subsets, splits, initialisation, shuffling and dropout.", grid_owned=True)
     mixed_precision: str = _f("auto", "auto, no, fp16 or bf16. auto: what `accelerate launch --mixed_precision` "
                               "set, else what measured fastest: bf16 on CPUs with AVX512-BF16 or AMX (about 2x "
                               "faster at the same accuracy) and on bf16 GPUs for encoders of 100M parameters or "
@@ -156,26 +187,46 @@ class RunConfig:
                               "bf16's casts only slow down.",
                               choices=("auto", "no", "fp16", "bf16"))
     save_steps: Optional[int] = _f(None, "Also checkpoint every this many optimizer steps (a checkpoint is always "
-                                   "written at each epoch end). Checkpoints live in OUTPUT_DIR/checkpoints.")
+                                   "written at each epoch end). Checkpoints live in OUTPUT_DIR/checkpoints.",
+                                   resume_may_differ=True, positive="integer")
     save_total_limit: Optional[int] = _f(2, "Keep at most this many checkpoints (oldest deleted first); 0 or None "
-                                         "keeps all.")
+                                         "keeps all.", resume_may_differ=True)
     resume_from_checkpoint: Optional[str] = _f(None, "Continue an interrupted run: 'latest' (the newest intact "
-                                               "checkpoint in OUTPUT_DIR/checkpoints) or a checkpoint folder.")
-    logging_steps: int = _f(50, "Log the training loss every this many optimizer steps.")
+                                               "checkpoint in OUTPUT_DIR/checkpoints) or a checkpoint folder.",
+                                               resume_may_differ=True, grid_owned=True)
+    logging_steps: int = _f(50, "Log the training loss every this many optimizer steps.",
+                            resume_may_differ=True, positive="integer")
     report_to: str = _f("none", "Trackers through Accelerate: none, all, or a comma list of tensorboard, wandb, "
-                        "trackio.")
-    push_to_hub: bool = _f(False, "After training, upload the exported model, results and model card to the Hub.")
+                        "trackio.", resume_may_differ=True)
+    push_to_hub: bool = _f(False, "After training, upload the exported model, results and model card to the Hub.",
+                           resume_may_differ=True, grid_owned=True)
     hub_model_id: Optional[str] = _f(None, "Hub repository for --push_to_hub, as user/name (default: the "
-                                     "output folder's name under your account).")
-    hub_private_repo: bool = _f(False, "Create the Hub repository as private.")
+                                     "output folder's name under your account).", resume_may_differ=True)
+    hub_private_repo: bool = _f(False, "Create the Hub repository as private.", resume_may_differ=True)
     hub_token: Optional[str] = _f(None, "Hub token (default: $HF_TOKEN, else the one `hf auth login` cached). Never "
                                   "written to any output, but a token on the command line is visible to every user "
-                                  "of the machine in `ps`: prefer $HF_TOKEN or `hf auth login`.")
+                                  "of the machine in `ps`: prefer $HF_TOKEN or `hf auth login`.",
+                                  resume_may_differ=True)
 
     @property
     def metric_list(self) -> list[str]:
         """--metrics as a list of module names or paths."""
-        return [m.strip() for m in self.metrics.split(",") if m.strip()]
+        return _items(self.metrics)
+
+    @property
+    def c_grid(self) -> list[float]:
+        """--probe_c_grid as numbers (validated by resolve)."""
+        return [float(c) for c in _items(self.probe_c_grid)]
+
+    @property
+    def trackers(self) -> list[str]:
+        """--report_to as Accelerate tracker names; none is no tracker."""
+        return [t for t in _items(self.report_to) if t != "none"]
+
+    @property
+    def lora_targets(self) -> list[str] | None:
+        """--lora_target_modules as module names, or None for the family's default targets."""
+        return _items(self.lora_target_modules or "") or None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as saved beside results: the token is never written anywhere."""
@@ -183,6 +234,10 @@ class RunConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunConfig))
+# Settings that may differ between an interrupted run and its resumption without changing what is computed.
+RESUME_MAY_DIFFER = frozenset(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("resume_may_differ"))
+# Settings a compare variant may not set: the grid owns them.
+GRID_OWNED = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("grid_owned"))
 
 
 def nearest(name: str, options) -> str:
@@ -219,12 +274,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or (integer and value != int(value)):
             problems.append(f"--{name} must be a positive {'integer' if integer else 'number'}, got {value!r}.")
 
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                 "max_seq_length", "logging_steps", "max_train_samples", "lora_r", "lora_alpha", "save_steps",
-                 "max_steps", "eval_steps", "early_stopping_patience", "pair_iterations"):
-        positive(name, integer=True)
-    for name in ("num_train_epochs", "learning_rate"):
-        positive(name)
+    for f in dataclasses.fields(cfg):
+        if "positive" in f.metadata:
+            positive(f.name, integer=f.metadata["positive"] == "integer")
     if spec.loop:
         for name in ("num_train_epochs", "learning_rate"):
             if getattr(cfg, name) is None:
@@ -306,13 +358,13 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.probe_layer == 0:
         problems.append("--probe_layer 0 would be the embeddings alone; use -1 for the last layer or k>0 for layer k.")
     try:
-        grid = [float(c) for c in cfg.probe_c_grid.split(",")]
+        grid = cfg.c_grid
         if not grid or min(grid) <= 0:
             raise ValueError
     except ValueError:
         problems.append(f"--probe_c_grid must be comma-separated positive numbers, got '{cfg.probe_c_grid}'.")
-    for tracker in cfg.report_to.split(","):
-        if tracker.strip() not in REPORT_TO:
+    for tracker in _items(cfg.report_to):
+        if tracker not in REPORT_TO:
             problems.append(f"--report_to '{tracker}'{nearest(tracker, REPORT_TO)} is not one of {', '.join(REPORT_TO)}.")
     if problems:
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems))
@@ -344,14 +396,12 @@ def parse_args(argv: list[str] | None = None, default_config_dir: str | Path | N
 
     Returns the RunConfig, or (RunConfig, *extras) when extra dataclass types (e.g. compare's grid) are given.
     """
-    from transformers import HfArgumentParser  # slow import: only when parsing a command line
-
     argv = list(sys.argv[1:] if argv is None else argv)
     types = (RunConfig, *extra_types)
     known = FIELD_NAMES + tuple(f.name for t in extra_types for f in dataclasses.fields(t))
     # No prefix matching: a misspelt flag must fail, not silently land on a longer one.
-    parser = HfArgumentParser(types, description="Train a text classifier in one of four transfer modes.",
-                              allow_abbrev=False)
+    parser = ArgumentParser(types, description=f"Train a text classifier in one of {len(MODES)} transfer modes.",
+                     allow_abbrev=False)
     parser.add_argument("--config", default=None,
                         help="YAML file of option: value pairs; command-line flags override it. Default: the "
                              "recipe's config for the chosen --mode, when the recipe has one.")

@@ -19,6 +19,7 @@ from .checkpoint import Checkpoints, CheckpointError, set_rng_states
 from .batches import by_doc
 from .dropout import cpu_dropout
 from .families import model_inputs
+from .config import RESUME_MAY_DIFFER
 from .modes import MAX_EPOCHS
 from .errors import ConfigError, Interrupted, TrainingDiverged
 from .metrics import scalars
@@ -26,12 +27,6 @@ from .runfolder import atomic_write
 from . import schedules
 
 logger = logging.getLogger(__name__)
-
-# Settings that may differ between an interrupted run and its resumption without changing what is computed.
-RESUME_MAY_DIFFER = {"resume_from_checkpoint", "overwrite_output_dir", "report_to", "logging_steps", "save_steps",
-                     "save_total_limit", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_token",
-                     "per_device_eval_batch_size", "feature_cache_dir", "no_feature_cache", "data_dir"}
-
 
 @dataclass
 class Progress:

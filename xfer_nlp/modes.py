@@ -75,8 +75,7 @@ def _tune_the_sentence_encoder(model, lay, family, cfg):
 def _add_lora_adapters(model, lay, family, cfg):
     from peft import LoraConfig, TaskType, get_peft_model
 
-    targets = [t.strip() for t in cfg.lora_target_modules.split(",") if t.strip()] \
-        if cfg.lora_target_modules else family.lora_targets
+    targets = cfg.lora_targets or family.lora_targets
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                       lora_dropout=cfg.lora_dropout, target_modules=targets, modules_to_save=list(lay.head))
     try:

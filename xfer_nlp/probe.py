@@ -184,7 +184,7 @@ def run_probe(accelerator, cfg, model, layout: Layout, loaders: dict, datasets: 
         *features[split], hits[split] = cached_features(accelerator, cfg, model, layout, key, loader,
                                                         datasets[split], f"Encoding {split}", autocast)
     encode_seconds = time.perf_counter() - start
-    c_grid = [float(c) for c in cfg.probe_c_grid.split(",")]
+    c_grid = cfg.c_grid
     head = fit_head(features["train"], features["validation"], scorer, c_grid, cfg.metric_for_best_model,
                     class_weights)
     with torch.no_grad():
