@@ -27,11 +27,12 @@ from xfer_nlp.data import load_text_data
 from xfer_nlp.metrics import classification_metrics
 from xfer_nlp.modes import resolve_model_path
 from xfer_nlp.report import write_report
+from xfer_nlp.runfolder import RunRecord
 
 LABEL = "setfit (peer)"
 
 
-def run_cell(dataset: str, size: str, seed: int, out: Path, max_steps: int | None, data_dir: str | None) -> dict:
+def run_cell(dataset: str, size: str, seed: int, out: Path, max_steps: int | None, data_dir: str | None) -> RunRecord:
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
@@ -53,14 +54,14 @@ def run_cell(dataset: str, size: str, seed: int, out: Path, max_steps: int | Non
         metrics[split] = classification_metrics(np.argmax(probs, 1), data.splits[split]["label"], len(data.label_names))
     body = sum(p.numel() for p in model.model_body.parameters())
     head = model.model_head.coef_.size + model.model_head.intercept_.size
-    return {"mode": "setfit", "model": EMBEDDED_MODEL, "dataset": dataset, "train_samples": len(train),
-            "split_sizes": {s: len(d) for s, d in data.splits.items()}, "metrics": metrics,
-            "train_seconds": round(seconds, 2), "trainable_params": body + head, "total_params": body + head,
-            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "label_names": list(data.label_names), "hardware": f"1 process(es) on {platform.machine()} CPU",
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": {"setfit_defaults": True, "max_steps": max_steps, "seed": seed, "dataset_name": dataset,
-                       "max_train_samples": cfg.max_train_samples}}
+    return RunRecord(mode="setfit", model=EMBEDDED_MODEL, dataset=dataset, train_samples=len(train),
+                     split_sizes={s: len(d) for s, d in data.splits.items()}, metrics=metrics,
+                     train_seconds=round(seconds, 2), trainable_params=body + head, total_params=body + head,
+                     peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                     label_names=list(data.label_names), hardware=f"1 process(es) on {platform.machine()} CPU",
+                     finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     config={"setfit_defaults": True, "max_steps": max_steps, "seed": seed, "dataset_name": dataset,
+                             "max_train_samples": cfg.max_train_samples})
 
 
 def main(argv=None) -> None:
@@ -82,10 +83,10 @@ def main(argv=None) -> None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "cell.json").write_text(json.dumps({"label": LABEL, "mode": "setfit", "size": size, "seed": seed,
                                                        "overrides": overrides}) + "\n")
-            results = run_cell(args.dataset_name, size, seed, out, args.max_steps, args.data_dir)
-            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-            print(f"{out.name}: validation accuracy {results['metrics']['validation']['accuracy']:.4f} in "
-                  f"{results['train_seconds']:.1f} s")
+            record = run_cell(args.dataset_name, size, seed, out, args.max_steps, args.data_dir)
+            (out / "results.json").write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+            print(f"{out.name}: validation accuracy {record.metrics['validation']['accuracy']:.4f} in "
+                  f"{record.train_seconds:.1f} s")
     print(write_report(args.output_dir))
 
 

@@ -380,3 +380,17 @@ def test_one_place_decides_what_state_a_folder_is_in(tmp_path):
     assert runfolder.state(folder("evaluation.json", "predictions.jsonl")) == "finished"
     assert runfolder.state(folder("notes.txt")) == "foreign"
     runfolder.check(folder("cell.json", "failed.txt"), overwrite=False, resume=False)  # a failed cell starts over
+
+
+def test_results_json_is_read_against_its_schema(tiny_run):
+    """results.json is a RunRecord: report, compare, push and the card read it through read_results, which names
+    what is missing or unknown instead of failing later on a KeyError."""
+    result = xfer_nlp.run(mode="probe", **tiny_run)
+    record = runfolder.read_results(result.output_dir)
+    assert record == result.record and record.to_dict() == json.loads((result.output_dir / "results.json").read_text())
+    data = record.to_dict()
+    for broken, named in (({k: v for k, v in data.items() if k != "metrics"}, "missing metrics"),
+                          ({**data, "accuracy": 0.99}, "unknown accuracy")):
+        (result.output_dir / "results.json").write_text(json.dumps(broken))
+        with pytest.raises(xfer_nlp.XferError, match=named):
+            runfolder.read_results(result.output_dir)

@@ -25,21 +25,25 @@ from .evaluation import CONFUSION, PREDICTIONS, plot_confusion, write_prediction
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
 from .precision import bf16_is_native, resolve_precision
+from .runfolder import RunRecord
 
 logger = logging.getLogger("xfer_nlp")
 
 
 @dataclass
 class RunResult:
-    """What a run produced; `print(result)` shows the metrics table. `results` is results.json as a dict."""
+    """What a run produced; `print(result)` shows the metrics table. `record` is its results.json (RunRecord),
+    `results` the same as a dict."""
 
     output_dir: Path
-    mode: str
-    metrics: dict[str, dict[str, float]]
-    train_seconds: float
-    trainable_params: int
-    total_params: int
-    results: dict = field(repr=False)
+    record: RunRecord = field(repr=False)
+
+    mode = property(lambda self: self.record.mode)
+    metrics = property(lambda self: self.record.metrics)
+    train_seconds = property(lambda self: self.record.train_seconds)
+    trainable_params = property(lambda self: self.record.trainable_params)
+    total_params = property(lambda self: self.record.total_params)
+    results = property(lambda self: self.record.to_dict())
 
     def __str__(self) -> str:
         lines = [f"{self.mode} -> {self.output_dir}", f"{'split':<12}{'accuracy':>10}{'macro_f1':>10}"]
@@ -199,23 +203,20 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     if cfg.save_lora_adapter and hasattr(model, "peft_config") and accelerator.is_main_process:
         model.save_pretrained(output_dir / "adapter")  # before merging: merge_and_unload consumes the adapters
     exported = modes.export_model(model).to("cpu")
-    results = {
-        "mode": cfg.mode, "model": cfg.model_name_or_path, "dataset": cfg.train_file or cfg.dataset_name,
-        "train_samples": len(data.splits["train"]), "split_sizes": {s: len(d) for s, d in data.splits.items()},
-        "metrics": metrics, "train_seconds": round(train_seconds, 2),
-        "trainable_params": trainable, "total_params": total, "peak_memory_mb": round(_peak_memory_mb(accelerator), 1),
-        "label_names": list(data.label_names), "pooling": built.pooling,
-        "architecture": type(exported).__name__, "data_source": data.source, "data_notes": list(data.notes),
-        "hardware": _hardware(accelerator), "num_processes": accelerator.num_processes,
-        "mixed_precision": accelerator.mixed_precision, "torch": torch.__version__,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,
-        "config": cfg.to_dict(),
-    }
+    record = RunRecord(
+        mode=cfg.mode, model=cfg.model_name_or_path, dataset=cfg.train_file or cfg.dataset_name,
+        train_samples=len(data.splits["train"]), split_sizes={s: len(d) for s, d in data.splits.items()},
+        metrics=metrics, train_seconds=round(train_seconds, 2), trainable_params=trainable, total_params=total,
+        peak_memory_mb=round(_peak_memory_mb(accelerator), 1), label_names=list(data.label_names),
+        hardware=_hardware(accelerator), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        config=cfg.to_dict(), pooling=built.pooling, architecture=type(exported).__name__, data_source=data.source,
+        data_notes=list(data.notes), num_processes=accelerator.num_processes,
+        mixed_precision=accelerator.mixed_precision, torch=torch.__version__, **extra)
     if accelerator.is_main_process:
         write_predictions(output_dir / PREDICTIONS, {s: data.splits[s]["text"] for s in outputs}, outputs,
                           data.label_names)
         plot_confusion(output_dir / CONFUSION, metrics, data.label_names)
-        hub.save_outputs(output_dir, exported, built.tokenizer, results)
+        hub.save_outputs(output_dir, exported, built.tokenizer, record)
         logger.info("Saved the model, results.json and model card to %s.", output_dir)
     accelerator.wait_for_everyone()
     # Not end_training(): it also destroys the process group, which the next run() of a compare grid needs.
@@ -224,7 +225,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     if cfg.push_to_hub and accelerator.is_main_process:
         url = hub.push(output_dir, cfg.hub_model_id, cfg.hub_private_repo, cfg.hub_token)
         logger.info("Pushed to %s.", url)
-    return RunResult(output_dir, cfg.mode, metrics, round(train_seconds, 2), trainable, total, results)
+    return RunResult(output_dir, runfolder.read_results(output_dir) if accelerator.is_main_process else record)
 
 
 PREDICT_PRECISIONS = ("fp32", "bf16", "auto")

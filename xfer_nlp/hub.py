@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -12,8 +13,8 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modes import EMBEDDED_MODEL, MODES
-from .errors import PushError
-from .runfolder import atomic_write
+from .errors import PushError, XferError
+from .runfolder import RESULTS, RunRecord, atomic_write, read_results
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,12 @@ def dataset_id(dataset: str) -> str | None:
     return base_model_id(dataset)
 
 
-def needs_remote_code(results: dict) -> bool:
-    return results.get("architecture") == "XferPooledForSequenceClassification"
+def needs_remote_code(record: RunRecord) -> bool:
+    return record.architecture == "XferPooledForSequenceClassification"
 
 
-def usage_snippet(results: dict, model_id: str) -> str:
-    remote = needs_remote_code(results)
+def usage_snippet(record: RunRecord, model_id: str) -> str:
+    remote = needs_remote_code(record)
     flag = ", trust_remote_code=True" if remote else ""
     why = ("# The mean/cls-pooling head is defined in this repository's modeling.py; transformers runs it only\n"
            "# with trust_remote_code=True. Nothing else is needed (xfer_nlp need not be installed).\n") if remote else ""
@@ -55,11 +56,11 @@ def usage_snippet(results: dict, model_id: str) -> str:
             'print(classifier("a gripping, beautifully made film"))')
 
 
-def _reading_note(results: dict) -> str:
+def _reading_note(record: RunRecord) -> str:
     """How the model read a text longer than it can take, and what a plain pipeline() does instead."""
     from .batches import Reading, saved_reading
 
-    reading = saved_reading(results.get("reading")) or Reading(results["config"].get("max_seq_length", 128))
+    reading = saved_reading(record.reading) or Reading(record.config.get("max_seq_length", 128))
     n = reading.max_length
     if reading.truncation == "head" and not reading.chunk_stride:
         return (f"It reads {reading.describe()} of a text; `pipeline(..., truncation=True, max_length={n})` reads "
@@ -70,14 +71,14 @@ def _reading_note(results: dict) -> str:
             "this setting from results.json.")
 
 
-def model_card(results: dict, comparison: str | None = None) -> ModelCard:
+def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
     """The card for one run; `comparison` is the summary table of the compare grid the run belonged to."""
-    cfg = results["config"]
-    dataset, mode = results["dataset"], results["mode"]
+    cfg = record.config
+    dataset, mode = record.dataset, record.mode
     spec = MODES[mode]
     data_id = dataset_id(dataset)
     evals = []
-    for split, m in results["metrics"].items():
+    for split, m in record.metrics.items():
         for metric, value in m.items():
             if metric not in ("accuracy", "macro_f1"):
                 continue
@@ -88,30 +89,30 @@ def model_card(results: dict, comparison: str | None = None) -> ModelCard:
                 metric_name="Macro F1" if f1 else "Accuracy", metric_args={"average": "macro"} if f1 else None,
                 metric_value=round(value, 4)))
     data = ModelCardData(
-        base_model=base_model_id(results["model"]) if spec.pretrained else None, datasets=[data_id] if data_id else None,
+        base_model=base_model_id(record.model) if spec.pretrained else None, datasets=[data_id] if data_id else None,
         library_name="transformers", pipeline_tag="text-classification", license="apache-2.0",
         tags=["xfer_nlp", mode, "text-classification"], model_name=Path(cfg["output_dir"]).name, eval_results=evals)
-    rows = "\n".join(f"| {split} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for split, m in results["metrics"].items())
+    rows = "\n".join(f"| {split} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for split, m in record.metrics.items())
     hyper = {k: cfg[k] for k in spec.card_settings if cfg.get(k) is not None}
     if spec.fitted_head:
-        hyper["probe_C (chosen)"] = results.get("probe", {}).get("C")
+        hyper["probe_C (chosen)"] = (record.probe or {}).get("C")
         chosen = ("The encoder was tuned on pairs for the steps set in advance (no choice on validation); the head's "
                   "regularisation strength C" if spec.loop else "The head's regularisation strength C")
         chosen += " was chosen on the validation split"
     else:
-        chosen = (f"The weights of epoch {results.get('best_epoch')} (step {results.get('best_step')}) were kept as "
+        chosen = (f"The weights of epoch {record.best_epoch} (step {record.best_step}) were kept as "
                   "the best on the validation split")
     chosen += (", so validation scores are optimistic; the test split was scored once, with that choice."
-               if "test" in results["metrics"] else ", so its scores are optimistic; this dataset has no test split.")
+               if "test" in record.metrics else ", so its scores are optimistic; this dataset has no test split.")
     compared = ("## Comparison\n\nThis run is one cell of an `xfer-nlp compare` grid on the same data; the other "
                 f"approaches scored:\n\n{comparison}\n") if comparison else ""
     body = f"""
 # {Path(cfg["output_dir"]).name}
 
-A text classifier for **{dataset}** ({", ".join(results["label_names"])}), trained with
+A text classifier for **{dataset}** ({", ".join(record.label_names)}), trained with
 [xfer_nlp](https://pypi.org/project/xfer-nlp/) in mode **{mode}**: {spec.card}.
-Encoder: `{results["model"]}` ({results.get("pooling")} pooling).
-{_reading_note(results)}
+Encoder: `{record.model}` ({record.pooling} pooling).
+{_reading_note(record)}
 
 ## Results
 
@@ -120,13 +121,13 @@ Encoder: `{results["model"]}` ({results.get("pooling")} pooling).
 {rows}
 
 {chosen}
-Trained on {results["train_samples"]} examples in {results["train_seconds"]:.1f} s on {results["hardware"]};
-{results["trainable_params"]:,} of {results["total_params"]:,} parameters trained; peak memory {results["peak_memory_mb"]:.0f} MB.
+Trained on {record.train_samples} examples in {record.train_seconds:.1f} s on {record.hardware};
+{record.trainable_params:,} of {record.total_params:,} parameters trained; peak memory {record.peak_memory_mb:.0f} MB.
 
 ## How to use
 
 ```python
-{usage_snippet(results, cfg.get("hub_model_id") or cfg["output_dir"])}
+{usage_snippet(record, cfg.get("hub_model_id") or cfg["output_dir"])}
 ```
 
 ## Training hyperparameters
@@ -144,7 +145,7 @@ predictions for decisions about people.
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
-def save_outputs(output_dir: Path, model, tokenizer, results: dict) -> None:
+def save_outputs(output_dir: Path, model, tokenizer, record: RunRecord) -> None:
     """Everything a run leaves behind, loadable by `pipeline("text-classification", model=output_dir)`.
 
     The model and tokenizer are written into a temporary folder first, so the names of the files they consist of
@@ -160,18 +161,18 @@ def save_outputs(output_dir: Path, model, tokenizer, results: dict) -> None:
         os.replace(staging / name, output_dir / name)
     shutil.rmtree(staging)
     adapter = sorted(f"adapter/{p.name}" for p in (output_dir / "adapter").glob("*") if p.is_file()) \
-        if results["config"].get("save_lora_adapter") else []
+        if record.config.get("save_lora_adapter") else []
     plot = ["confusion_matrix.png"] if (output_dir / "confusion_matrix.png").is_file() else []
     # predictions.jsonl stays local: it holds the evaluation texts, and push uploads no data.
-    results = {**results, "files": exported + adapter + plot + ["config_xfer.yaml", "README.md", "results.json"]}
-    (output_dir / "config_xfer.yaml").write_text(yaml.safe_dump(results["config"], sort_keys=False), encoding="utf-8")
-    model_card(results).save(output_dir / "README.md")
-    write_json(output_dir / "results.json", results)  # last: its presence marks a finished run
+    record = dataclasses.replace(record, files=exported + adapter + plot + ["config_xfer.yaml", "README.md", RESULTS])
+    (output_dir / "config_xfer.yaml").write_text(yaml.safe_dump(record.config, sort_keys=False), encoding="utf-8")
+    model_card(record).save(output_dir / "README.md")
+    write_json(output_dir / RESULTS, record.to_dict())  # last: its presence marks a finished run
 
 
-def _files_to_push(output_dir: Path, results: dict) -> list[Path]:
+def _files_to_push(output_dir: Path, record: RunRecord) -> list[Path]:
     """The files the run wrote (results.json lists them), each checked to be a plain file inside the folder."""
-    names = results.get("files")
+    names = record.files
     if not isinstance(names, list) or not names:
         raise PushError(f"'{output_dir}/results.json' does not list the files the run wrote (it was made by an older "
                         "xfer_nlp); re-run it with --overwrite_output_dir, then push.")
@@ -195,10 +196,13 @@ def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool 
     from huggingface_hub import CommitOperationAdd, HfApi
 
     output_dir = Path(output_dir)
-    if not (output_dir / "results.json").is_file():
+    if not (output_dir / RESULTS).is_file():
         raise PushError(f"'{output_dir}' holds no finished run (no results.json); train first, then push.")
-    results = json.loads((output_dir / "results.json").read_text(encoding="utf-8"))
-    files = _files_to_push(output_dir, results)
+    try:
+        record = read_results(output_dir)
+    except XferError as e:
+        raise PushError(str(e)) from None
+    files = _files_to_push(output_dir, record)
     api = HfApi(token=token)
     retry = f"xfer-nlp push {output_dir} --hub_model_id {hub_model_id or '<user>/<name>'}"
     try:
@@ -209,7 +213,7 @@ def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool 
         for path in files:
             content = path.read_bytes()
             if path.name == "README.md" and path.parent == output_dir:
-                content = _card_for(content.decode("utf-8"), results, repo.repo_id).encode("utf-8")
+                content = _card_for(content.decode("utf-8"), record, repo.repo_id).encode("utf-8")
             operations.append(CommitOperationAdd(path.relative_to(output_dir).as_posix(), content))
         api.create_commit(repo_id=repo.repo_id, operations=operations, repo_type="model",
                           commit_message="Upload model trained with xfer_nlp")
@@ -221,8 +225,7 @@ def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool 
     return repo.url if hasattr(repo, "url") else str(repo)
 
 
-def _card_for(card: str, results: dict, repo_id: str) -> str:
+def _card_for(card: str, record: RunRecord, repo_id: str) -> str:
     """The card with its usage snippet naming `repo_id` (it named the id or the folder the run was trained into)."""
-    cfg = results["config"]
-    trained_as = cfg.get("hub_model_id") or cfg["output_dir"]
-    return card.replace(usage_snippet(results, trained_as), usage_snippet(results, repo_id))
+    trained_as = record.config.get("hub_model_id") or record.config["output_dir"]
+    return card.replace(usage_snippet(record, trained_as), usage_snippet(record, repo_id))

@@ -33,10 +33,10 @@ def load_cells(output_dir: Path) -> pd.DataFrame:
             logger.warning("Cell %s counts as failed: %s", folder.name, e)
             r, row["status"] = None, "failed"
         if r is not None:
-            row.update(status="done", train_samples=r["train_samples"], train_seconds=r["train_seconds"],
-                       trainable_params=r["trainable_params"], total_params=r["total_params"],
-                       peak_memory_mb=r["peak_memory_mb"], hardware=r["hardware"])
-            for split, m in r["metrics"].items():
+            row.update(status="done", train_samples=r.train_samples, train_seconds=r.train_seconds,
+                       trainable_params=r.trainable_params, total_params=r.total_params,
+                       peak_memory_mb=r.peak_memory_mb, hardware=r.hardware)
+            for split, m in r.metrics.items():
                 row.update({f"{split}_accuracy": m["accuracy"], f"{split}_macro_f1": m["macro_f1"]})
         elif (folder / runfolder.FAILED).is_file():  # failed, with or without checkpoints left
             row["status"] = "failed"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, XferError
@@ -116,14 +118,66 @@ class Lock:
             self.fd = None
 
 
-def read_results(out: Path) -> dict:
+@dataclass
+class RunRecord:
+    """The schema of results.json: what a finished run reports. api.run writes it (through hub.save_outputs, last,
+    so that its presence marks a finished run); the model card, push, report, compare and RunResult read it through
+    read_results. The fields without a default are those every record has, a benchmark peer's included
+    (benchmarks/setfit_peer.py); the others are what an xfer_nlp run adds."""
+
+    mode: str
+    model: str  # the encoder, as given (a name, Hub id or folder)
+    dataset: str
+    train_samples: int
+    split_sizes: dict[str, int]
+    metrics: dict[str, dict]  # per evaluated split: accuracy, macro_f1, per_class, confusion_matrix, --metrics
+    train_seconds: float
+    trainable_params: int
+    total_params: int
+    peak_memory_mb: float
+    label_names: list[str]
+    hardware: str
+    finished_at: str
+    config: dict  # RunConfig.to_dict(): the resolved settings, token removed
+    pooling: str | None = None
+    architecture: str | None = None  # the exported class
+    data_source: str | None = None
+    data_notes: list[str] = field(default_factory=list)
+    num_processes: int = 1
+    mixed_precision: str = "no"
+    torch: str | None = None
+    reading: dict | None = None  # how texts were read (batches.Reading), so predict and evaluate read them alike
+    history: list[dict] = field(default_factory=list)  # one record per evaluation during training
+    schedule: dict | None = None  # parameter groups, learning rates, unfreezing stages
+    probe: dict | None = None  # the fitted head: C, its validation scores, encoding seconds, cache hits
+    best_epoch: float | None = None
+    best_step: int | None = None
+    stopped_early: bool = False
+    files: list[str] | None = None  # what the run wrote into its folder: exactly what push uploads
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data) -> RunRecord:
+        if not isinstance(data, dict):
+            raise ValueError("it is not a results record")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing, unknown = sorted(required - data.keys()), sorted(data.keys() - names)
+        if missing or unknown:
+            raise ValueError("it is not a results record of this version: "
+                             + "; ".join(x for x in (f"missing {', '.join(missing)}" if missing else "",
+                                                     f"unknown {', '.join(unknown)}" if unknown else "") if x))
+        return cls(**data)
+
+
+def read_results(out: Path) -> RunRecord:
     """A finished run's results.json; a damaged one is an error that names the file."""
     path = out / RESULTS
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not {"mode", "metrics", "config"} <= data.keys():
-            raise ValueError("it is not a results record")
-        return data
+        return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, UnicodeDecodeError) as e:
-        raise XferError(f"'{path}' is damaged ({str(e)[:120]}). Run that cell or run again with "
+        raise XferError(f"'{path}' is damaged ({str(e)[:160]}). Run that cell or run again with "
                         "--overwrite_output_dir.") from None
