@@ -38,6 +38,8 @@ def test_pipeline_reproduces_probe_predictions_on_real_data(probe_run):
 
 
 def test_finetune_short_run_learns(tmp_path):
+    # 16 steps: mean pooling, the encoder's own, learns this fast; the stock head (finetune's default) needs the
+    # small-data rule's 250 steps (benchmarks/RESULTS.md, "Pooling": 0.514 here, 0.728 at n=100 with 250 steps).
     result = xfer_nlp.run(mode="finetune", dataset_name="sst2", max_train_samples=512, num_train_epochs=1,
-                          learning_rate=1e-4, output_dir=str(tmp_path / "out"), seed=0)
+                          learning_rate=1e-4, pooling="mean", output_dir=str(tmp_path / "out"), seed=0)
     assert result.metrics["validation"]["accuracy"] >= 0.7

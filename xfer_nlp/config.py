@@ -56,6 +56,10 @@ def _items(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _modes_where(attribute: str, value) -> str:
+    return ", ".join(name for name, mode in MODES.items() if getattr(mode, attribute) == value)
+
+
 def _f(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
@@ -158,8 +162,10 @@ class RunConfig:
                                          resume_may_differ=True, positive="integer")
     gradient_accumulation_steps: int = _f(1, "Batches per optimizer step.", positive="integer")
     pooling: Optional[str] = _f(None, "Sentence representation fed to the head: mean (of token states), cls (raw "
-                                "[CLS] state) or pooler (the model's stock head). Default: what the encoder was "
-                                "trained for (mean when it ships a sentence-transformers pooling config, else pooler).",
+                                "[CLS] state) or pooler (the family's stock head; its export loads with no remote "
+                                "code). Default: pooler for " + _modes_where("pooling", "pooler") + " (measured as "
+                                "accurate as mean pooling); for the others what the encoder was trained for (mean "
+                                "when it ships a sentence-transformers pooling config, else pooler).",
                                 choices=POOLINGS)
     probe_layer: int = _f(-1, "probe: which encoder layer's states to pool (-1 = last; k>0 keeps the bottom k "
                           "layers). The exported model keeps only the layers it uses.")

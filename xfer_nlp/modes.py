@@ -111,6 +111,10 @@ class Mode:
     why_not: str = ""  # why the other ENCODER_FLAGS do not
     card_settings: tuple[str, ...] = TRAINED_SETTINGS
     unused_parameters: bool = False  # DDP must expect parameters that get no gradient
+    # The head without --pooling: None is what the encoder was trained for (default_pooling: mean for a sentence-
+    # transformers encoder such as the embedded one); "pooler" is the family's stock head, whose export loads in
+    # pipeline() with no remote code. Measured equal for finetune (benchmarks/RESULTS.md, "Pooling").
+    pooling: str | None = None
     adjust_config: Callable[[Any, RunConfig], None] | None = None  # on the encoder's config, before the model is made
     prepare: Callable = field(default=_keep)  # (model, layout, family, cfg) -> model: what trains, adapters
 
@@ -137,12 +141,13 @@ MODES: dict[str, Mode] = {m.name: m for m in (
          "pretrained; every layer trains",
          {"learning_rate": 5e-5, "num_train_epochs": 3.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
           "per_device_train_batch_size": 32},
-         encoder_flags=ENCODER_FLAGS),
+         encoder_flags=ENCODER_FLAGS, pooling="pooler"),
     Mode("scratch", "same architecture, random weights",
          "training from scratch: the encoder's architecture with randomly initialised weights", "random weights",
          {"learning_rate": 2e-4, "num_train_epochs": 8.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
           "per_device_train_batch_size": 32},
-         pretrained=False, why_not="it is about pretrained layers, and scratch starts from random weights"),
+         pretrained=False, why_not="it is about pretrained layers, and scratch starts from random weights",
+         pooling="pooler"),
     Mode("lora", "peft LoRA adapters + head",
          "LoRA: low-rank adapters on the encoder (merged into these weights) and the head were trained",
          "pretrained, frozen; low-rank adapters + head train",
@@ -151,7 +156,7 @@ MODES: dict[str, Mode] = {m.name: m for m in (
          encoder_flags=("gradual_unfreezing", "layer_lr_decay", "freeze_layers"),
          why_not="LoRA keeps the pretrained weights frozen, so there is nothing to re-initialise",
          card_settings=TRAINED_SETTINGS + ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
-         prepare=_add_lora_adapters),
+         pooling="pooler", prepare=_add_lora_adapters),
     Mode("contrastive", "SetFit's method: the encoder tuned on same/different-label pairs, then the probe's head",
          "contrastive few-shot tuning (SetFit's method): the encoder was tuned so that texts of one label embed "
          "close together, then a logistic-regression head was fitted on its sentence features",
@@ -248,7 +253,7 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
     if limit is not None and cfg.max_seq_length > limit:
         raise ConfigError(f"--max_seq_length {cfg.max_seq_length} is beyond what '{cfg.model_name_or_path}' can read: "
                           f"its position embeddings cover {limit} tokens. Use --max_seq_length {limit} or less.")
-    pooling = cfg.pooling or default_pooling(path)
+    pooling = cfg.pooling or MODES[cfg.mode].pooling or default_pooling(path)
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}
     spec = MODES[cfg.mode]
