@@ -89,25 +89,20 @@ def print_kinds(prof) -> None:
 def profile_in_run(precision: str, first: int = 300, steps: int = 10) -> None:
     """Profile the training steps after optimizer step `first` of a real xfer_nlp.run (full sst2, 2 epochs)."""
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-    step, calls, at = torch.optim.AdamW.step, [0], {}
+    at = {}
 
-    def counted_step(self, *a, **k):  # one call per optimizer step: from the end of one to the end of another
-        calls[0] += 1
-        out = step(self, *a, **k)
-        if calls[0] == first:
+    def on_step(step: int) -> None:  # after each optimizer step: from the end of one to the end of another
+        if step == first:
             prof.start()
             at["faults"], at["time"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-        if calls[0] == first + steps:
+        if step == first + steps:
             prof.stop()
             at["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - at["faults"]
             at["time"] = time.perf_counter() - at["time"]
-        return out
 
-    torch.optim.AdamW.step = counted_step
     with tempfile.TemporaryDirectory() as out:
         xfer_nlp.run(mode="finetune", dataset_name="sst2", num_train_epochs=2, learning_rate=2e-5,
-                     mixed_precision=precision, output_dir=out)
-    torch.optim.AdamW.step = step
+                     mixed_precision=precision, output_dir=out, on_step=on_step)
     print(f"{precision}, steps {first + 1}-{first + steps} of a real run: {at['time'] / steps * 1000:.0f} ms a step "
           f"profiled, {at['faults'] / steps:.0f} minor page faults a step; share of the self CPU time:")
     print_kinds(prof)

@@ -87,13 +87,14 @@ def _peak_memory_mb(accelerator: Accelerator) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak of the process's whole life
 
 
-def run(config: RunConfig | None = None, **overrides) -> RunResult:
+def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunResult:
     """Train (or, for mode probe, fit) one classifier and export it to `output_dir`.
 
     >>> result = xfer_nlp.run(mode="probe", dataset_name="sst2", max_train_samples=1000)
     >>> print(result)
 
-    Keyword arguments are RunConfig fields and override `config`. Works unchanged under `accelerate launch`.
+    Keyword arguments are RunConfig fields and override `config`. `on_step(step)`, if given, is called after each
+    optimizer step (profiling, progress callbacks). Works unchanged under `accelerate launch`.
     """
     cfg = _config_from(config, overrides)
     output_dir = Path(cfg.output_dir)
@@ -121,13 +122,13 @@ def run(config: RunConfig | None = None, **overrides) -> RunResult:
                               log_with=trackers or None, project_dir=str(output_dir))
     lock = runfolder.Lock(output_dir) if accelerator.is_main_process else None
     try:
-        return _run(cfg, accelerator, output_dir, trackers)
+        return _run(cfg, accelerator, output_dir, trackers, on_step)
     finally:
         if lock:
             lock.release()
 
 
-def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: list[str]) -> RunResult:
+def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: list[str], on_step) -> RunResult:
     if cfg.overwrite_output_dir and accelerator.is_main_process:
         runfolder.invalidate(output_dir)  # before the first new file: no old results beside a new model
     accelerator.wait_for_everyone()
@@ -176,16 +177,18 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         logger.info("Contrastive pairs: %d (%d rounds x 2 per training text).", len(pair_ds), cfg.pair_iterations)
         pair_dl = batches.train_loader(pair_ds, pairs.PairCollator(collator), cfg.per_device_train_batch_size,
                                        cfg.seed, lengths=pairs.pair_lengths(pair_ds))
-        _, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, built.layout, pair_dl, {},
-                                                            scorer, loss_fn=pairs.cosine_loss)
+        trained = loop.train(accelerator, cfg, model, built.layout, pair_dl, {}, scorer, loss_fn=pairs.cosine_loss,
+                             on_step=on_step)
+        extra.update(history=trained.history, schedule=trained.schedule)
         model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     elif spec.loop == "classifier":
         train_dl = batches.train_loader(tokenized["train"], collator, cfg.per_device_train_batch_size, cfg.seed)
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
-        best, extra["history"], extra["schedule"] = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls,
-                                                                     scorer, weights)
-        extra.update(best_epoch=best["epoch"], best_step=best["step"], stopped_early=best["stopped_early"])
-        metrics, outputs = {s: best[s] for s in eval_splits}, best["outputs"]
+        trained = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls, scorer, weights,
+                             on_step=on_step)
+        extra.update(history=trained.history, schedule=trained.schedule, best_epoch=trained.best_epoch,
+                     best_step=trained.best_step, stopped_early=trained.stopped_early)
+        metrics, outputs = trained.metrics, trained.outputs
         model = accelerator.unwrap_model(model)
     if spec.fitted_head:
         model = model.to(accelerator.device)

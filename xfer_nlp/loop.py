@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,21 +175,67 @@ def reused_embedding_grad(accelerator, model):
         embeddings.sparse = False
 
 
+@dataclass
+class Trained:
+    """What `train` leaves besides the kept weights in the model."""
+
+    metrics: dict[str, dict]  # per evaluation split, the kept weights rescored in fp32
+    outputs: dict[str, tuple]  # per evaluation split, (logits, labels) in data order: what predictions.jsonl holds
+    best_epoch: float
+    best_step: int
+    stopped_early: bool
+    history: list[dict]  # one record per evaluation
+    schedule: dict  # parameter groups, learning rates, unfreezing stages (describe)
+
+
+@dataclass
+class _Run:
+    """What one training run holds from its set-up to its end."""
+
+    accelerator: object
+    cfg: object
+    model: torch.nn.Module
+    layout: object
+    train_dl: object  # prepared by Accelerate
+    sampler: object  # our own batch sampler inside it (batches.LengthGroupedBatchSampler)
+    eval_dls: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    checkpoints: Checkpoints
+    world: dict
+    steps: int  # optimizer steps on this process
+    eval_every: int | None
+    steps_per_epoch: int
+    schedule: dict
+    last_stage: int
+    ever_trained: list[str]
+    progress: Progress = field(default_factory=Progress)
+    thawed: int = -1  # the stage the requires_grad flags are set for; a resumed run starts from none
+
+    @property
+    def best_file(self) -> Path:
+        return self.checkpoints.folder / "best.safetensors"
+
+
 def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, scorer,
-          class_weights: torch.Tensor | None = None, loss_fn=None) -> tuple[dict, list[dict], dict]:
-    """Train `model` in place and leave the best epoch's weights in it.
+          class_weights: torch.Tensor | None = None, loss_fn=None, on_step=None) -> Trained:
+    """Train `model` in place and leave the best evaluation's weights in it: set up, fit, finish.
 
     `loss_fn(model, layout, batch)` replaces the classifier's cross-entropy (contrastive mode's cosine loss). With
-    no `eval_dls` nothing is scored during training and the last weights are kept.
-    Returns (best metrics per split, with "outputs": each split's (logits, labels) in data order; per-evaluation
-    history; the resolved schedule: parameter groups, learning rates, stages).
+    no `eval_dls` nothing is scored during training and the last weights are kept. `on_step(step)` is called after
+    every optimizer step (benchmarks/levers.py profiles a window of steps with it).
     """
-    sampler = train_dl.batch_sampler
+    run = setup(accelerator, cfg, model, layout, train_dl, eval_dls)
+    fit(run, scorer, class_weights, loss_fn, on_step)
+    return finish(run, scorer)
+
+
+def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
+    """The optimizer and schedule, everything prepared by Accelerate, and a checkpoint's state restored."""
     params = dict(model.named_parameters())
     trainable = {n for n, p in params.items() if p.requires_grad}
     groups = schedules.param_groups(model, layout, cfg.learning_rate, cfg.weight_decay, cfg.layer_lr_decay, trainable)
-    # Fused AdamW: one kernel for all tensors; measured 13 ms a step against 66 ms for foreach on the embedded
-    # encoder (2-core CPU), where a whole step takes about 470 ms.
+    # Fused AdamW: one kernel for all tensors (faster than foreach on CPUs: the levers table in RESULTS.md).
     optimizer = torch.optim.AdamW([{"params": [params[n] for n in g.names], "lr": g.lr,
                                     "weight_decay": g.weight_decay} for g in groups], lr=cfg.learning_rate,
                                   fused=True)
@@ -200,116 +246,66 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, scorer,
         _check_same_run(saved.state, cfg, world)
         _restore(model.load_state_dict, saved.model, "model weights")  # before prepare: every wrapper starts from them
     # Every parameter that will ever train still requires grad here, so DDP registers it; stages freeze after.
+    sampler = train_dl.batch_sampler
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     eval_dls = {name: accelerator.prepare(dl) for name, dl in eval_dls.items()}
     # Counted on the sharded loader; the prepared scheduler steps once per process per optimizer step.
     steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
-    local_steps, eval_every, plan = plan_steps(cfg, steps_per_epoch, len(sampler.lengths))
+    steps, eval_every, plan = plan_steps(cfg, steps_per_epoch, len(sampler.lengths))
     logger.info("Steps: %s.", plan)
-    total = local_steps * accelerator.num_processes
-    scheduler = accelerator.prepare(schedules.make_scheduler(cfg.lr_scheduler_type, optimizer, total,
-                                                             cfg.warmup_ratio, cfg.stlr_ratio))
+    scheduler = accelerator.prepare(schedules.make_scheduler(cfg.lr_scheduler_type, optimizer,
+                                                             steps * accelerator.num_processes, cfg.warmup_ratio,
+                                                             cfg.stlr_ratio))
     readable, last_stage = describe(cfg, accelerator.unwrap_model(model), layout, groups, steps_per_epoch)
-    ever_trained = [n for g in groups for n in g.names]
-    progress = Progress()
-    best_file = checkpoints.folder / "best.safetensors"
-    watched = cfg.metric_for_best_model
-    weights = None if class_weights is None else class_weights.to(accelerator.device)
+    run = _Run(accelerator, cfg, model, layout, train_dl, sampler, eval_dls, optimizer, scheduler, checkpoints, world, steps,
+               eval_every, steps_per_epoch, readable, last_stage, [n for g in groups for n in g.names])
     if saved:
         _restore(optimizer.load_state_dict, saved.optimizer, "optimizer state")
         _restore(scheduler.load_state_dict, saved.scheduler, "scheduler state")
         if saved.scaler is not None and accelerator.scaler is not None:
             _restore(accelerator.scaler.load_state_dict, saved.scaler, "gradient-scaler state")
-        progress.load_state_dict(saved.state["progress"])
+        run.progress.load_state_dict(saved.state["progress"])
         set_rng_states(*saved.rng)  # last, as Accelerate's load_state does: nothing after it may draw
-        logger.info("Resumed from %s: epoch %d, step %d, %d batches into the epoch.", saved.path, progress.epoch + 1,
-                    progress.step, progress.batches_in_epoch)
-        del saved
-
-    def save_checkpoint():
-        # A checkpoint is only ever a good one: weights that are no longer finite end the run before any is written.
-        if not all(torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()):
-            raise TrainingDiverged(
-                f"The weights became NaN or infinite by step {progress.step} (epoch {progress.epoch + 1}). Lower "
-                f"--learning_rate (now {cfg.learning_rate}), or use fp32 or bf16 instead of fp16. The last good "
-                f"checkpoint, if any, is in {checkpoints.folder}.")
-        checkpoints.save(progress.step, model, optimizer, scheduler,
-                         {"config": cfg.to_dict(), "world": world, "progress": progress.state_dict()})
-
+        logger.info("Resumed from %s: epoch %d, step %d, %d batches into the epoch.", saved.path,
+                    run.progress.epoch + 1, run.progress.step, run.progress.batches_in_epoch)
     rates = {g["group"]: g["lr"] for g in readable["groups"]}  # a depth's decay and no-decay groups share a rate
     logger.info("Schedule: %s, peak learning rates %s (no weight decay on biases and LayerNorm weights).",
                 cfg.lr_scheduler_type, ", ".join(f"{k} {v:.2e}" for k, v in rates.items()))
     if cfg.gradual_unfreezing:
         logger.info("Gradual unfreezing: %s.", ", ".join(f"from epoch {s['from_epoch']:g} + {s['adds']}"
                                                           for s in readable["stages"]))
+    return run
 
-    thawed = -1  # the stage the requires_grad flags are set for; a resumed run starts from none
 
-    def thaw(stage: int) -> None:
-        nonlocal thawed
-        on = set(schedules.trainable_at_stage(stage, ever_trained, layout))
-        for name in ever_trained:
-            params[name].requires_grad = name in on
-        thawed = stage
-
-    # GPUs' own dropout kernels draw masks fast; the CPU's bernoulli_ does not (xfer_nlp/dropout.py).
-    masks = cpu_dropout(accelerator.unwrap_model(model)) if accelerator.device.type == "cpu" else nullcontext()
-    with reused_embedding_grad(accelerator, model), masks, _interruptible(progress, checkpoints):
-        bar = tqdm(total=local_steps, initial=progress.step, desc=f"Training ({cfg.mode})",
+def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=None, on_step=None) -> None:
+    """The epochs: forward, backward, step; log, evaluate and checkpoint on schedule; stop early if told to."""
+    accelerator, cfg, model, progress = run.accelerator, run.cfg, run.model, run.progress
+    weights = None if class_weights is None else class_weights.to(accelerator.device)
+    with cpu_speed_levers(accelerator, model), _interruptible(progress, run.checkpoints):
+        bar = tqdm(total=run.steps, initial=progress.step, desc=f"Training ({cfg.mode})",
                    disable=not accelerator.is_local_main_process)
         running, seen = torch.zeros((), device=accelerator.device), 0
         clock = time.perf_counter() - progress.seconds
-        def evaluate_now() -> None:
-            """Score every eval split, log it, keep the weights if validation is the best so far."""
-            metrics = {name: evaluate(accelerator, model, dl, scorer) for name, dl in eval_dls.items()}
-            model.train()
-            progress.seconds = time.perf_counter() - clock
-            epoch = progress.epoch + progress.batches_in_epoch / len(train_dl)
-            record = {"epoch": round(epoch, 3), "step": progress.step, "seconds": round(progress.seconds, 2),
-                      **{f"{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}}
-            progress.history.append(record)
-            if not eval_dls:  # nothing to choose on: the last weights are the kept ones
-                progress.best_epoch, progress.best_step = record["epoch"], progress.step
-                return
-            accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
-            logger.info("Epoch %g, step %d (%.0f s): %s", record["epoch"], progress.step, progress.seconds, ", ".join(
-                f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("seconds", "epoch")))
-            if not progress.best or metrics["validation"][watched] > progress.best["validation"][watched]:
-                progress.best, progress.best_epoch, progress.best_step = metrics, record["epoch"], progress.step
-                progress.evals_since_best = 0
-                if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
-                    checkpoints.folder.mkdir(parents=True, exist_ok=True)
-                    with atomic_write(best_file) as tmp:
-                        save_file({k: v.detach().contiguous() for k, v in
-                                   accelerator.unwrap_model(model).state_dict().items()}, tmp)
-            else:
-                progress.evals_since_best += 1
-                patience = cfg.early_stopping_patience
-                if patience and progress.evals_since_best >= patience:
-                    progress.stopped_early = True
-                    logger.info("Stopping early at step %d: %d evaluations without a better validation %s "
-                                "(best %.4f at step %d).", progress.step, patience, watched,
-                                progress.best["validation"][watched], progress.best_step)
-
         # A run resumed at its very last step still owes that epoch's end, hence the second condition.
-        while not progress.stopped_early and (progress.step < local_steps or progress.batches_in_epoch > 0):
+        while not progress.stopped_early and (progress.step < run.steps or progress.batches_in_epoch > 0):
             # Accelerate's loader sets an unwrapped sampler's epoch to its own count of passes at every iter(), and a
             # resumed run's loader has made none: tell both, or a run resumed in epoch 1 replays epoch 1's order.
-            train_dl.set_epoch(progress.epoch)
-            sampler.set_epoch(progress.epoch)
+            run.train_dl.set_epoch(progress.epoch)
+            run.sampler.set_epoch(progress.epoch)
             model.train()
-            batches = accelerator.skip_first_batches(train_dl, progress.batches_in_epoch) \
-                if progress.batches_in_epoch else train_dl
+            batches = accelerator.skip_first_batches(run.train_dl, progress.batches_in_epoch) \
+                if progress.batches_in_epoch else run.train_dl
             for batch in batches:
-                if progress.step >= local_steps or progress.stopped_early:
+                if progress.step >= run.steps or progress.stopped_early:
                     break
                 if cfg.gradual_unfreezing:
-                    stage = schedules.stage_at(progress.step, steps_per_epoch, cfg.unfreeze_interval, last_stage)
-                    if stage != thawed:
-                        thaw(stage)
+                    stage = schedules.stage_at(progress.step, run.steps_per_epoch, cfg.unfreeze_interval,
+                                               run.last_stage)
+                    if stage != run.thawed:
+                        _thaw(run, stage)
                 with accelerator.accumulate(model):
                     if loss_fn is not None:
-                        loss = loss_fn(model, layout, batch)
+                        loss = loss_fn(model, run.layout, batch)
                     elif weights is None:
                         loss = model(**model_inputs(batch), labels=batch["labels"]).loss
                     else:
@@ -318,9 +314,9 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, scorer,
                     accelerator.backward(loss)
                     if cfg.max_grad_norm and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
+                    run.optimizer.step()
+                    run.scheduler.step()
+                    run.optimizer.zero_grad()
                 progress.batches_in_epoch += 1
                 running += loss.detach()
                 seen += 1
@@ -328,53 +324,132 @@ def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, scorer,
                     continue
                 progress.step += 1
                 bar.update(1)
-                if progress.step % cfg.logging_steps == 0 or progress.step == local_steps:
-                    mean_loss = (accelerator.reduce(running, "mean") / seen).item()  # the only host sync per log
-                    if not math.isfinite(mean_loss):
-                        raise TrainingDiverged(
-                            f"The training loss became {mean_loss} at step {progress.step} (epoch {progress.epoch + 1}). "
-                            f"Lower --learning_rate (now {cfg.learning_rate}), or use fp32 or bf16 instead of fp16. "
-                            f"The last good checkpoint, if any, is in {checkpoints.folder}.")
-                    lr = scheduler.get_last_lr()[0]
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-                    accelerator.log({"train/loss": mean_loss, "train/learning_rate": lr, "train/epoch": progress.epoch},
-                                    step=progress.step)
+                if on_step is not None:
+                    on_step(progress.step)
+                if progress.step % cfg.logging_steps == 0 or progress.step == run.steps:
+                    _log_loss(run, bar, (accelerator.reduce(running, "mean") / seen).item())  # the one host sync
                     running.zero_()
                     seen = 0
-                evaluated = eval_every is not None and (progress.step % eval_every == 0 or progress.step == local_steps)
+                evaluated = run.eval_every is not None and (progress.step % run.eval_every == 0
+                                                            or progress.step == run.steps)
                 if evaluated:
-                    evaluate_now()
+                    _evaluate(run, scorer, clock)
                 if evaluated or (cfg.save_steps and progress.step % cfg.save_steps == 0):
-                    save_checkpoint()  # after the evaluation, so a resumed run neither repeats nor misses it
+                    _save_checkpoint(run)  # after the evaluation, so a resumed run neither repeats nor misses it
             progress.epoch += 1
             progress.batches_in_epoch = 0
             # Evaluating by steps, a run checkpoints with each evaluation (and --save_steps), not at each epoch end:
             # on small data an epoch is a step or two, and a checkpoint per epoch would cost more than the training.
-            if eval_every is None:
-                evaluate_now()
-                save_checkpoint()
+            if run.eval_every is None:
+                _evaluate(run, scorer, clock)
+                _save_checkpoint(run)
         bar.close()
+
+
+def finish(run: _Run, scorer) -> Trained:
+    """The kept weights back in the model, rescored in fp32 on every evaluation split."""
+    accelerator, progress, model = run.accelerator, run.progress, run.model
     # Training is over and the last checkpoint holds the optimizer: free its state (AdamW's two fp32 moments of
     # the trainable weights) so that loading the best epoch, the fp32 rescoring and the export reuse that memory
     # instead of raising the peak. Clearing the state, not accelerator.free_memory(): that one also resets the
     # accelerator and, under DeepSpeed, destroys the engine that still holds the model.
-    optimizer.state.clear()
+    run.optimizer.state.clear()
     if progress.best_step != progress.history[-1]["step"]:
         logger.info("Keeping epoch %g (step %d), the best on validation %s.", progress.best_epoch,
-                    progress.best_step, watched)
+                    progress.best_step, run.cfg.metric_for_best_model)
         accelerator.wait_for_everyone()
-        accelerator.unwrap_model(model).load_state_dict(load_file(best_file))
+        accelerator.unwrap_model(model).load_state_dict(load_file(run.best_file))
     # Rescored without autocast, the final metrics are exactly what the exported fp32 model computes in pipeline()
-    # (under mixed precision the per-epoch history keeps the scores that chose the epoch), and the logits behind
-    # them are what predictions.jsonl reports.
+    # (under mixed precision the per-evaluation history keeps the scores that chose the weights), and the logits
+    # behind them are what predictions.jsonl reports.
     plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    outputs = {name: predict_logits(accelerator, plain, dl) for name, dl in eval_dls.items()}
-    best = {name: scorer(logits.argmax(-1).numpy(), labels.numpy()) for name, (logits, labels) in outputs.items()}
+    outputs = {name: predict_logits(accelerator, plain, dl) for name, dl in run.eval_dls.items()}
+    metrics = {name: scorer(logits.argmax(-1).numpy(), labels.numpy()) for name, (logits, labels) in outputs.items()}
     if accelerator.mixed_precision != "no":
         logger.info("Epoch %g rescored in fp32: %s", progress.best_epoch, ", ".join(
-            f"{s}_{k} {v:.4f}" for s, m in best.items() for k, v in scalars(m).items()))
-    return {**best, "outputs": outputs, "epoch": progress.best_epoch, "step": progress.best_step,
-            "stopped_early": progress.stopped_early}, progress.history, readable
+            f"{s}_{k} {v:.4f}" for s, m in metrics.items() for k, v in scalars(m).items()))
+    return Trained(metrics, outputs, progress.best_epoch, progress.best_step, progress.stopped_early,
+                   progress.history, run.schedule)
+
+
+def _thaw(run: _Run, stage: int) -> None:
+    on = set(schedules.trainable_at_stage(stage, run.ever_trained, run.layout))
+    params = dict(run.model.named_parameters())
+    for name in run.ever_trained:
+        params[name].requires_grad = name in on
+    run.thawed = stage
+
+
+def _log_loss(run: _Run, bar, mean_loss: float) -> None:
+    progress = run.progress
+    if not math.isfinite(mean_loss):
+        raise TrainingDiverged(
+            f"The training loss became {mean_loss} at step {progress.step} (epoch {progress.epoch + 1}). "
+            f"Lower --learning_rate (now {run.cfg.learning_rate}), or use fp32 or bf16 instead of fp16. "
+            f"The last good checkpoint, if any, is in {run.checkpoints.folder}.")
+    lr = run.scheduler.get_last_lr()[0]
+    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+    run.accelerator.log({"train/loss": mean_loss, "train/learning_rate": lr, "train/epoch": progress.epoch},
+                        step=progress.step)
+
+
+def _evaluate(run: _Run, scorer, clock: float) -> None:
+    """Score every eval split, log it, keep the weights if validation is the best so far, count patience."""
+    accelerator, progress, cfg = run.accelerator, run.progress, run.cfg
+    metrics = {name: evaluate(accelerator, run.model, dl, scorer) for name, dl in run.eval_dls.items()}
+    run.model.train()
+    progress.seconds = time.perf_counter() - clock
+    epoch = progress.epoch + progress.batches_in_epoch / len(run.train_dl)
+    record = {"epoch": round(epoch, 3), "step": progress.step, "seconds": round(progress.seconds, 2),
+              **{f"{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}}
+    progress.history.append(record)
+    if not run.eval_dls:  # nothing to choose on: the last weights are the kept ones
+        progress.best_epoch, progress.best_step = record["epoch"], progress.step
+        return
+    watched = cfg.metric_for_best_model
+    accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
+    logger.info("Epoch %g, step %d (%.0f s): %s", record["epoch"], progress.step, progress.seconds, ", ".join(
+        f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("seconds", "epoch")))
+    if not progress.best or metrics["validation"][watched] > progress.best["validation"][watched]:
+        progress.best, progress.best_epoch, progress.best_step = metrics, record["epoch"], progress.step
+        progress.evals_since_best = 0
+        if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
+            run.checkpoints.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(run.best_file) as tmp:
+                save_file({k: v.detach().contiguous() for k, v in
+                           accelerator.unwrap_model(run.model).state_dict().items()}, tmp)
+    else:
+        progress.evals_since_best += 1
+        patience = cfg.early_stopping_patience
+        if patience and progress.evals_since_best >= patience:
+            progress.stopped_early = True
+            logger.info("Stopping early at step %d: %d evaluations without a better validation %s "
+                        "(best %.4f at step %d).", progress.step, patience, watched,
+                        progress.best["validation"][watched], progress.best_step)
+
+
+def _save_checkpoint(run: _Run) -> None:
+    # A checkpoint is only ever a good one: weights that are no longer finite end the run before any is written.
+    progress = run.progress
+    if not all(torch.isfinite(p).all() for p in run.model.parameters() if p.is_floating_point()):
+        raise TrainingDiverged(
+            f"The weights became NaN or infinite by step {progress.step} (epoch {progress.epoch + 1}). Lower "
+            f"--learning_rate (now {run.cfg.learning_rate}), or use fp32 or bf16 instead of fp16. The last good "
+            f"checkpoint, if any, is in {run.checkpoints.folder}.")
+    run.checkpoints.save(progress.step, run.model, run.optimizer, run.scheduler,
+                         {"config": run.cfg.to_dict(), "world": run.world, "progress": progress.state_dict()})
+
+
+@contextmanager
+def cpu_speed_levers(accelerator, model):
+    """On CPUs, the two levers measured in benchmarks/RESULTS.md (levers table): 16-bit dropout masks instead of
+    torch's float ones (xfer_nlp/dropout.py), and the word embeddings' gradient kept in one buffer
+    (reused_embedding_grad). GPUs' own kernels do both well already. This is the one switch for both."""
+    if accelerator.device.type != "cpu":
+        yield
+        return
+    with cpu_dropout(accelerator.unwrap_model(model)), reused_embedding_grad(accelerator, model):
+        yield
 
 
 @contextmanager
