@@ -82,10 +82,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-data")
-    write_jsonl(path / "train.jsonl", make_rows(160, 1))
-    write_jsonl(path / "validation.jsonl", make_rows(48, 2))
-    write_jsonl(path / "test.jsonl", make_rows(40, 3))
+    return data_folder(tmp_path_factory, "tiny-data", train=make_rows(160, 1), validation=make_rows(48, 2),
+                       test=make_rows(40, 3))
+
+
+def data_folder(tmp_path_factory, name: str, **splits) -> Path:
+    """A data folder with one JSONL file per split: data_folder(f, "x", train=rows, validation=rows)."""
+    path = tmp_path_factory.mktemp(name)
+    for split, rows in splits.items():
+        write_jsonl(path / f"{split}.jsonl", rows)
     return path
 
 

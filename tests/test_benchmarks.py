@@ -64,3 +64,10 @@ def test_long_texts_benchmark_smoke(tmp_path):
     result = bench("long_texts.py", "--memory", "--tiny", "--output_dir", str(tmp_path / "memory"), cwd=tmp_path)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 1") and "MB" not in line]
     assert len(rows) == 2 and all(float(x) > 0 for row in rows for x in row.strip("|").split("|")[1:])
+
+
+def test_probe_head_benchmark_smoke(tmp_path):
+    result = bench("probe_head.py", "--sizes", "8", "--draws", "2", "--max_train_samples", "40", "--output_dir",
+                   str(tmp_path / "head"), cwd=tmp_path)
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| 8 |"))
+    assert len(row.strip("|").split("|")) == 5 and "±" in row

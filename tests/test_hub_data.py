@@ -6,31 +6,19 @@ import sys
 from pathlib import Path
 
 from conftest import launch_env, make_rows
+import yaml
 from datasets import ClassLabel, Dataset, Features, Value
 
 import xfer_nlp
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CARD = """---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data/train-*.parquet
-  - split: validation
-    path: data/validation-*.parquet
-  - split: test
-    path: data/test-*.parquet
-- config_name: small
-  data_files:
-  - split: train
-    path: small/train-*.parquet
-  - split: validation
-    path: small/validation-*.parquet
----
-# A tiny sentiment set laid out as a Hub dataset repository
-"""
+# Two configs, as a Hub dataset repository's README declares them; the parquet files are written by hub_layout.
+CONFIGS = {"default": ("data", ("train", "validation", "test")), "small": ("small", ("train", "validation"))}
+CARD = "---\n" + yaml.safe_dump({"configs": [
+    {"config_name": name, "data_files": [{"split": split, "path": f"{folder}/{split}-*.parquet"} for split in splits]}
+    for name, (folder, splits) in CONFIGS.items()]}, sort_keys=False) + \
+    "---\n# A tiny sentiment set laid out as a Hub dataset repository\n"
 
 
 def hub_layout(root: Path) -> Path:

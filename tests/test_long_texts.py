@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import FILLER, NEGATIVE, POSITIVE, write_jsonl
+from conftest import FILLER, NEGATIVE, POSITIVE, data_folder
 from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer
 
@@ -30,10 +30,7 @@ def long_rows(n: int, seed: int, words: int = 60) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def long_data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("long-data")
-    write_jsonl(path / "train.jsonl", long_rows(64, 1))
-    write_jsonl(path / "validation.jsonl", long_rows(24, 2))
-    return path
+    return data_folder(tmp_path_factory, "long-data", train=long_rows(64, 1), validation=long_rows(24, 2))
 
 
 def ids_of(tokenizer, reading, text):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, launch_env, make_rows, write_jsonl
+from conftest import data_folder, free_port, launch_env, make_rows
 from safetensors.torch import load_file
 
 import xfer_nlp
@@ -24,10 +24,7 @@ ACCELERATE = Path(sys.executable).parent / "accelerate"
 @pytest.fixture(scope="module")
 def bigger_data(tmp_path_factory):
     """Enough batches that a run lasts a few seconds, so it can be killed mid-epoch."""
-    path = tmp_path_factory.mktemp("resume-data")
-    write_jsonl(path / "train.jsonl", make_rows(1600, 11))
-    write_jsonl(path / "validation.jsonl", make_rows(64, 12))
-    return path
+    return data_folder(tmp_path_factory, "resume-data", train=make_rows(1600, 11), validation=make_rows(64, 12))
 
 
 def recipe_cmd(processes, model, data, out, *extra):

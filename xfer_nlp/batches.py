@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
 from .errors import ConfigError
@@ -136,6 +137,26 @@ def by_doc(values: torch.Tensor, labels: torch.Tensor, doc: torch.Tensor) -> tup
     per_text = torch.empty(n, dtype=labels.dtype)
     per_text[doc] = labels
     return sums / counts.unsqueeze(1).to(values.dtype), per_text
+
+
+def per_text(accelerator, loader, fn, desc: str | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fn(batch) for every row, labels), gathered from all processes and put back in data order with one row per
+    text (by_doc: a text read as several windows gets their mean). Without an accelerator (predict) one process
+    reads the loader, its batches moved to `device`. A progress bar shows when `desc` is given."""
+    gather = accelerator.gather_for_metrics if accelerator is not None else (lambda tensors: tensors)
+    main = accelerator is None or accelerator.is_local_main_process
+    values, labels, docs = [], [], []
+    for batch in tqdm(loader, desc=desc, disable=desc is None or not main, leave=False):
+        if device is not None:
+            batch = {k: v.to(device) for k, v in batch.items()}
+        # gather_for_metrics drops the samples Accelerate duplicated to even out the last batch across processes.
+        v, y, d = gather((fn(batch).float(), batch["labels"], batch["doc"]))
+        values.append(v.cpu())
+        labels.append(y.cpu())
+        docs.append(d.cpu())
+    docs = torch.cat(docs)
+    assert len(docs) == len(loader.dataset), "gather_for_metrics must count every row exactly once"
+    return by_doc(torch.cat(values), torch.cat(labels), docs)
 
 
 def choose_reading(cfg, train_texts: list[str], tokenizer) -> tuple[Reading, dict]:

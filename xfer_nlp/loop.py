@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoints, CheckpointError, set_rng_states
-from .batches import by_doc
+from .batches import per_text
 from .dropout import cpu_dropout
 from .families import model_inputs
 from .config import RESUME_MAY_DIFFER
@@ -60,23 +60,9 @@ def predict_logits(accelerator, model, loader, desc: str | None = None) -> tuple
     """(fp32 logits, labels) of every text, in data order, gathered from all processes; a text read as several
     windows gets the mean of their logits. Without an accelerator (predict), one process on the model's device."""
     model.eval()
-    device = next(model.parameters()).device
-    gather = accelerator.gather_for_metrics if accelerator is not None else (lambda tensors: tensors)
-    main = accelerator is None or accelerator.is_local_main_process
-    logits, labels, docs = [], [], []
-    for batch in tqdm(loader, desc=desc, disable=desc is None or not main, leave=False):
-        if accelerator is None:
-            batch = {k: v.to(device) for k, v in batch.items()}
-        # A prepared model autocasts by itself under mixed precision; train() rescores the kept weights in fp32.
-        out = model(**model_inputs(batch)).logits
-        # gather_for_metrics drops the samples Accelerate duplicated to even out the last batch across processes.
-        out, y, d = gather((out.float(), batch["labels"], batch["doc"]))
-        logits.append(out.cpu())
-        labels.append(y.cpu())
-        docs.append(d.cpu())
-    docs = torch.cat(docs)
-    assert len(docs) == len(loader.dataset), "gather_for_metrics must count every row exactly once"
-    return by_doc(torch.cat(logits), torch.cat(labels), docs)
+    # A prepared model autocasts by itself under mixed precision; train() rescores the kept weights in fp32.
+    return per_text(accelerator, loader, lambda batch: model(**model_inputs(batch)).logits, desc,
+                    device=next(model.parameters()).device if accelerator is None else None)
 
 
 def evaluate(accelerator, model, loader, scorer) -> dict:

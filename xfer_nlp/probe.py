@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, safe_open, save_file
-from tqdm.auto import tqdm
 
-from .batches import by_doc
+from .batches import per_text
 from .families import Layout, out_layer, sentence_features
 from .runfolder import atomic_write
 
@@ -50,19 +49,13 @@ def data_fingerprint(ds) -> str:
 def encode(accelerator, model, layout: Layout, loader, desc: str, autocast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) of every text of a prepared loader in data order, gathered from all processes; a text
     read as several windows gets the mean of their features."""
-    feats, labels, docs = [], [], []
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
-            with accelerator.autocast() if autocast else nullcontext():
-                f = sentence_features(model, layout, batch)
-            f, y, d = accelerator.gather_for_metrics((f.float(), batch["labels"], batch["doc"]))
-            feats.append(f.cpu())
-            labels.append(y.cpu())
-            docs.append(d.cpu())
-    # Concatenated outside inference mode: the head is fitted with autograd on these.
-    docs = torch.cat(docs)
-    assert len(docs) == len(loader.dataset), "gather_for_metrics must count every row exactly once"
-    return by_doc(torch.cat(feats), torch.cat(labels), docs)
+    def features(batch):
+        # Only the forward pass in inference mode: the rows are concatenated outside it, because the head is then
+        # fitted with autograd on them.
+        with torch.inference_mode(), accelerator.autocast() if autocast else nullcontext():
+            return sentence_features(model, layout, batch)
+
+    return per_text(accelerator, loader, features, desc)
 
 
 def text_labels(dataset) -> torch.Tensor:
