@@ -26,8 +26,10 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--runs_dir", default=str(ROOT / "runs" / "bench-modes"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "modes-sst2.md"))
-    parser.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed to every run")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed to every run, after -- "
+                                                                 "(e.g. -- --max_train_samples 64)")
     args = parser.parse_args()
+    args.extra = [a for a in args.extra if a != "--"]
     accelerate = Path(sys.executable).parent / "accelerate"
     rows = []
     for mode in args.modes.split(","):

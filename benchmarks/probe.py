@@ -76,27 +76,29 @@ def trainer_frozen(splits, model_path: str, workdir: str) -> tuple[float, float]
     return seconds, accuracy
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "probe.md"))
     parser.add_argument("--skip_trainer", action="store_true", help="leave out the (slow) Trainer peer")
-    args = parser.parse_args()
+    parser.add_argument("--max_train_samples", type=int, default=None, help="smoke tests: train on fewer texts")
+    args = parser.parse_args(argv)
     model_path = resolve_model_path(xfer_nlp.config.EMBEDDED_MODEL)
     work = Path(tempfile.mkdtemp(prefix="xfer-probe-bench-"))
-    splits = load_text_data(resolve(RunConfig(dataset_name="sst2"))).splits
+    splits = load_text_data(resolve(RunConfig(dataset_name="sst2", max_train_samples=args.max_train_samples))).splits
+    limit = {"max_train_samples": args.max_train_samples}
 
     floor = encoder_pass(splits, model_path)
     runs = {}
     for label in ("cold", "warm"):
         start = time.perf_counter()
         result = xfer_nlp.run(mode="probe", dataset_name="sst2", output_dir=str(work / label),
-                              feature_cache_dir=str(work / "features"))
+                              feature_cache_dir=str(work / "features"), **limit)
         runs[label] = (time.perf_counter() - start, result)
     assert not any(runs["cold"][1].results["probe"]["feature_cache_hit"].values())
     assert all(runs["warm"][1].results["probe"]["feature_cache_hit"].values())
     peer = None if args.skip_trainer else trainer_frozen(splits, model_path, str(work / "trainer"))
     others = {name: xfer_nlp.run(mode="probe", dataset_name=name, output_dir=str(work / name),
-                                 feature_cache_dir=str(work / "features")) for name in ("mr", "subj")}
+                                 feature_cache_dir=str(work / "features"), **limit) for name in ("mr", "subj")}
 
     cold, warm = runs["cold"][0], runs["warm"][0]
     acc = runs["cold"][1].metrics["validation"]["accuracy"]

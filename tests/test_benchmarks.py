@@ -71,3 +71,37 @@ def test_probe_head_benchmark_smoke(tmp_path):
                    str(tmp_path / "head"), cwd=tmp_path)
     row = next(line for line in result.stdout.splitlines() if line.startswith("| 8 |"))
     assert len(row.strip("|").split("|")) == 5 and "±" in row
+
+
+# The older benchmark scripts, each at a size that takes seconds, so that none rots between measurements.
+def test_speed_benchmark_smoke(tmp_path):
+    out = tmp_path / "speed.md"
+    bench("speed.py", "--max_train_samples", "64", "--num_train_epochs", "1", "--contestants",
+          "trainer-grouped,xfer_nlp", "--out", str(out), cwd=tmp_path)
+    table = out.read_text()
+    assert "| trainer-grouped |" in table and "| xfer_nlp |" in table
+
+
+def test_levers_benchmark_smoke(tmp_path):
+    result = bench("levers.py", "--variants", "fused", cwd=tmp_path)
+    assert "fused" in result.stdout and "ms" in result.stdout
+
+
+def test_modes_benchmark_smoke(tmp_path):
+    out = tmp_path / "modes.md"
+    bench("modes.py", "--modes", "probe", "--runs_dir", str(tmp_path / "runs"), "--out", str(out), "--",
+          "--max_train_samples", "64", cwd=tmp_path)
+    assert "| probe |" in out.read_text()
+
+
+def test_precision_benchmark_smoke(tmp_path):
+    out = tmp_path / "precision.md"
+    bench("precision.py", "--sizes", "minilm", "--seq_lens", "16", "--precisions", "no", "--steps", "2",
+          "--warmup", "1", "--out", str(out), cwd=tmp_path)
+    assert "minilm" in out.read_text()
+
+
+def test_probe_benchmark_smoke(tmp_path):
+    out = tmp_path / "probe.md"
+    bench("probe.py", "--skip_trainer", "--max_train_samples", "64", "--out", str(out), cwd=tmp_path)
+    assert "| xfer_nlp probe, cold cache" in out.read_text() and "| mr |" in out.read_text()

@@ -1,0 +1,162 @@
+"""Long reviews: how to read them, measured on polarity2k, and what a 10,000-word text costs in memory.
+
+    python benchmarks/long_texts.py --modes probe,finetune --seeds 0 --output_dir runs/long-polarity2k --out benchmarks/results/long-polarity2k.md
+    python benchmarks/long_texts.py --memory --output_dir runs/long-memory --out benchmarks/results/long-memory.md
+
+The grid is `xfer-nlp compare` on polarity2k (1,600 training, 200 validation, 200 test reviews; train all of it)
+with one variant per mode and reading (SETTINGS), so it resumes when run again; the table adds each cell's
+test accuracy and how fast `xfer_nlp.predict` labels the 200 test reviews with the run's own reading (model
+loading included, median of 3 calls). Validation chooses (the epoch, the probe's C); test is the report.
+
+--memory runs probe, finetune (4 steps) and predict in fresh processes on texts of 1,000 and 10,000 words made by
+joining polarity2k reviews, chunked into 512-token windows, and reports each process's peak RSS: with every window
+batched like any other row, the 10,000-word text should cost about what the 1,000-word one does.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import xfer_nlp
+from xfer_nlp.config import RunConfig
+from xfer_nlp.data import data_root
+
+from common import cpu_name, publish
+
+SETTINGS = {
+    "head-128": "truncation=head,max_seq_length=128",
+    "head-256": "truncation=head,max_seq_length=256",
+    "head-512": "truncation=head,max_seq_length=512",
+    "head+tail-512": "truncation=head+tail,max_seq_length=512",
+    "chunk-512": "long_text=chunk,max_seq_length=512",
+}
+
+
+TINY = {"probe": "probe_c_grid=1", "finetune": "max_steps=2"}  # --tiny: one C, two steps
+
+
+def variants(modes: list[str], settings: list[str], tiny: bool) -> str:
+    return ",".join(f"{mode}[{SETTINGS[s]}" + (f",{TINY[mode]}]" if tiny else "]") for mode in modes for s in settings)
+
+
+def setting_of(overrides: dict) -> str | None:
+    """Which SETTINGS entry a cell's overrides are (its --tiny extras aside)."""
+    reading = {k: str(v) for k, v in overrides.items() if k not in ("probe_c_grid", "max_steps")}
+    return next((name for name, spec in SETTINGS.items() if dict(kv.split("=") for kv in spec.split(",")) == reading),
+                None)
+
+
+def predict_seconds(run_dir: Path, texts: list[str]) -> float:
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        xfer_nlp.predict(run_dir, texts)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def grid(args) -> str:
+    modes, settings = args.modes.split(","), args.settings.split(",")
+    out = Path(args.output_dir)
+    xfer_nlp.compare(modes=variants(modes, settings, args.tiny), train_sizes="64" if args.tiny else "all",
+                     seeds=args.seeds, output_dir=out, dataset_name="polarity2k")
+    test = [json.loads(line)["text"] for line in (data_root(RunConfig()) / "polarity2k" / "test.jsonl").read_text(
+        encoding="utf-8").splitlines()][: 16 if args.tiny else None]
+    rows = []
+    for cell in sorted((out / "runs").glob("*/cell.json")):
+        meta = json.loads(cell.read_text())
+        results_file, setting = cell.parent / "results.json", setting_of(meta["overrides"])
+        if meta["mode"] not in modes or setting not in settings or not results_file.is_file():
+            continue
+        results = json.loads(results_file.read_text())
+        rows.append({"mode": meta["mode"], "setting": setting, "seed": meta["seed"],
+                     "validation": results["metrics"]["validation"]["accuracy"],
+                     "test": results["metrics"]["test"]["accuracy"], "train_s": results["train_seconds"],
+                     "predict_s": predict_seconds(cell.parent, test), "reading": results["reading"]})
+    lines = [f"# Reading long reviews: polarity2k, {cpu_name()}", "",
+             "    python benchmarks/long_texts.py " + f"--modes {args.modes} --settings {args.settings} "
+             f"--seeds {args.seeds} --output_dir {args.output_dir}" + (" --tiny" if args.tiny else ""), "",
+             f"Accuracy (mean ± sd over the seeds run); predict: {len(test)} test reviews through xfer_nlp.predict "
+             "with the run's reading, model loading included.", "",
+             "| mode | reading | seeds | validation | test | train s | predict s |", "|---|---|---|---|---|---|---|"]
+    for mode in modes:
+        for setting in settings:
+            cells = [r for r in rows if r["mode"] == mode and r["setting"] == setting]
+            if not cells:
+                lines.append(f"| {mode} | {setting} | 0 | not run | | | |")
+                continue
+            lines.append(f"| {mode} | {setting} | {len(cells)} | {_mean_sd([r['validation'] for r in cells])} | "
+                         f"{_mean_sd([r['test'] for r in cells])} | {statistics.mean(r['train_s'] for r in cells):.0f} | "
+                         f"{statistics.mean(r['predict_s'] for r in cells):.1f} |")
+    return "\n".join(lines)
+
+
+def _mean_sd(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.4f}" + (f" ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else "")
+
+
+def peak_rss_mb(cmd: list[str]) -> float:
+    """The peak resident memory of `cmd`, run in a fresh wrapper process so that no earlier child counts."""
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) if r.returncode == 0 else sys.exit(1)")
+    done = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return int(done.stdout.split()[-1]) / 1024
+
+
+def memory(args) -> str:
+    out = Path(args.output_dir)
+    reviews = [json.loads(line)["text"] for line in (data_root(RunConfig()) / "polarity2k" / "train.jsonl").read_text(
+        encoding="utf-8").splitlines()]
+    words = " ".join(reviews).split()
+    cli = [str(Path(sys.executable).parent / "xfer-nlp")]
+    lines = [f"# Peak memory of a 10,000-word text: {cpu_name()}", "",
+             f"    python benchmarks/long_texts.py --memory --output_dir {args.output_dir}" + (" --tiny" if args.tiny else ""),
+             "", "Training and validation sets of texts of the length given, read as 512-token windows "
+             "(--long_text chunk); peak RSS of the whole process in MB.", "",
+             "| words per text | probe run | finetune run (4 steps) | predict (the validation texts) |",
+             "|---|---|---|---|"]
+    sizes, texts_per_split = ((100, 1_000), 2) if args.tiny else ((1_000, 10_000), 8)
+    for n in sizes:
+        data = out / f"data-{n}"
+        data.mkdir(parents=True, exist_ok=True)
+        rows = [{"text": " ".join(words[(i * n) % (len(words) - n):][:n]), "label": i % 2}
+                for i in range(2 * texts_per_split)]
+        for split, part in (("train", rows[:texts_per_split]), ("validation", rows[texts_per_split:])):
+            (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+        common = ["--dataset_name", str(data), "--long_text", "chunk", "--max_seq_length", "512",
+                  "--overwrite_output_dir", "--per_device_eval_batch_size", "16"]
+        probe_dir, finetune_dir = out / f"probe-{n}", out / f"finetune-{n}"
+        probe = peak_rss_mb([*cli, "run", "--mode", "probe", "--output_dir", str(probe_dir), "--probe_c_grid", "1",
+                             "--feature_cache_dir", str(out / "features"), *common])
+        finetune = peak_rss_mb([*cli, "run", "--mode", "finetune", "--output_dir", str(finetune_dir), "--max_steps", "4",
+                                "--per_device_train_batch_size", "8", *common])
+        texts = out / f"texts-{n}.txt"
+        texts.write_text("".join(r["text"] + "\n" for r in rows[texts_per_split:]), encoding="utf-8")
+        predicted = peak_rss_mb([*cli, "predict", "--model", str(finetune_dir), "--input", str(texts),
+                                 "--output", str(out / f"predictions-{n}.jsonl")])
+        lines.append(f"| {n:,} | {probe:.0f} | {finetune:.0f} | {predicted:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default="probe,finetune")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"from {', '.join(SETTINGS)}")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--output_dir", default="runs/long-polarity2k")
+    parser.add_argument("--memory", action="store_true", help="the peak-memory table instead of the grid")
+    parser.add_argument("--out", default=None, help="also write the report to this markdown file")
+    parser.add_argument("--tiny", action="store_true", help="smoke test: 64 training reviews, 2 steps, C=1 (with "
+                                                            "--memory: texts of 100 and 1,000 words, 2 a split)")
+    args = parser.parse_args(argv)
+    publish(memory(args) if args.memory else grid(args), args.out)
+
+
+if __name__ == "__main__":
+    main()
