@@ -21,7 +21,7 @@ from . import batches, hub, logs, loop, modes, pairs, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data
 from .errors import ConfigError
-from .evaluation import CONFUSION, PREDICTIONS, plot_confusion, write_predictions
+from .evaluation import plot_confusion, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
 from .precision import bf16_is_native, resolve_precision
@@ -132,7 +132,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     if cfg.overwrite_output_dir and accelerator.is_main_process:
         runfolder.invalidate(output_dir)  # before the first new file: no old results beside a new model
     accelerator.wait_for_everyone()
-    logs.setup("xfer_nlp", output_dir / "train.log", accelerator.is_main_process)
+    logs.setup("xfer_nlp", output_dir / runfolder.TRAIN_LOG, accelerator.is_main_process)
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in os.environ \
             and accelerator.num_processes == 1:
         logger.warning("`accelerate launch --cpu --num_processes N` starts a single process (accelerate issue #2741). "
@@ -216,9 +216,9 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         data_notes=list(data.notes), num_processes=accelerator.num_processes,
         mixed_precision=accelerator.mixed_precision, torch=torch.__version__, **extra)
     if accelerator.is_main_process:
-        write_predictions(output_dir / PREDICTIONS, {s: data.splits[s]["text"] for s in outputs}, outputs,
+        write_predictions(output_dir / runfolder.PREDICTIONS, {s: data.splits[s]["text"] for s in outputs}, outputs,
                           data.label_names)
-        plot_confusion(output_dir / CONFUSION, metrics, data.label_names)
+        plot_confusion(output_dir / runfolder.CONFUSION, metrics, data.label_names)
         hub.save_outputs(output_dir, exported, built.tokenizer, record)
         logger.info("Saved the model, results.json and model card to %s.", output_dir)
     accelerator.wait_for_everyone()
@@ -296,9 +296,9 @@ def load_model(model: str):
                           f"{str(e).splitlines()[0][:300]}).{offline}") from None
     classifier = classifier.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     record = None
-    if (path / "results.json").is_file():
+    if (path / runfolder.RESULTS).is_file():
         try:
-            record = json.loads((path / "results.json").read_text(encoding="utf-8")).get("reading")
+            record = json.loads((path / runfolder.RESULTS).read_text(encoding="utf-8")).get("reading")
         except (ValueError, AttributeError, UnicodeDecodeError):
             raise ConfigError(f"'{path / 'results.json'}' is damaged; re-run the export, or delete it to read texts "
                               "as pipeline() does.") from None

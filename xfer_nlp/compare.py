@@ -222,7 +222,7 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
     cells = plan(base, CompareArgs(modes, train_sizes, seeds), output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     main = logs.is_main_process()
-    logs.setup(logger.name, output_dir / "compare.log", main)
+    logs.setup(logger.name, output_dir / runfolder.COMPARE_LOG, main)
     logger.info("Grid of %d cells: %s x sizes %s x seeds %s, in %s.", len(cells), modes, train_sizes, seeds, output_dir)
     start, ran, skipped, failed = time.perf_counter(), 0, 0, {}
     bar = tqdm(cells, desc="Grid", unit="cell", position=0, disable=not main)
@@ -253,7 +253,7 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
             out = Path(cell.config.output_dir)
             if runfolder.state(out) == "finished":
                 try:
-                    hub.model_card(read_results(out), comparison=summary).save(out / "README.md")
+                    hub.model_card(read_results(out), comparison=summary).save(out / runfolder.CARD)
                 except XferError as e:
                     logger.warning("Cell %s: %s", cell.name, e)
     return Comparison(output_dir, ran, skipped, failed, time.perf_counter() - start, summary)

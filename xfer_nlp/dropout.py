@@ -1,15 +1,15 @@
 """Dropout with cheaper random masks, for training on CPUs.
 
-torch's CPU dropout draws its mask with `bernoulli_`, a float per element: 1.7-1.9 ms for one 32 x 26 x 384
-activation on this project's 2-core CPU, and a BERT step draws 13 of them (after the embeddings, two per layer).
-Here the mask comes from 16 random bits per element (two per 32-bit draw): 0.64 ms for the same mask. The keep
+torch's CPU dropout draws its mask with `bernoulli_`, a float per element, and a BERT step draws 13 of them (after
+the embeddings, two per layer). Here the mask comes from 16 random bits per element (two per 32-bit draw), about
+a third of the time per mask (benchmarks/RESULTS.md, the levers table: `python benchmarks/levers.py`). The keep
 probability is 1 - p rounded to a multiple of 1/65536 (p = 0.1 runs as 0.1000061); FlashAttention rounds p to
-1/255 for the same reason. Measured in benchmarks/RESULTS.md (levers table).
+1/255 for the same reason.
 
 Only the `nn.Dropout` modules are swapped; the attention probabilities' dropout stays inside SDPA (whose CPU
 kernels fall back to their unfused path and `bernoulli_` when they must drop out). An eager attention with these
-masks, tried and not kept: 15% faster a bf16 step at 64 tokens, but no faster on sst2's short sentences
-(`benchmarks/speed.py --short`, bf16: 126 and 130 samples/s against 124 and 131) for 40-50 MB more peak RSS.
+masks was tried and not kept: faster at 64 tokens, no faster on sst2's short sentences, for more peak RSS (the
+same table).
 """
 
 from __future__ import annotations

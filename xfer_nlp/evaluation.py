@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .runfolder import atomic_write
+from .runfolder import CONFUSION, EVALUATE_LOG, PREDICTIONS, RESULTS, atomic_write
 
 logger = logging.getLogger("xfer_nlp")
 
@@ -23,8 +23,6 @@ EVALUATE_FIELDS = ("dataset_name", "dataset_config_name", "train_file", "validat
                    "head_tokens", "long_text", "chunk_stride", "per_device_eval_batch_size", "metrics", "output_dir",
                    "overwrite_output_dir")
 
-PREDICTIONS = "predictions.jsonl"
-CONFUSION = "confusion_matrix.png"
 
 
 def write_predictions(path: Path, texts: dict, outputs: dict, label_names) -> None:
@@ -136,12 +134,12 @@ def evaluate(model: str | Path, config=None, **overrides) -> EvaluationResult:
         if cfg.overwrite_output_dir:
             runfolder.invalidate(output_dir)
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        logs.setup("xfer_nlp", output_dir / "evaluate.log", accelerator.is_main_process)
+        logs.setup("xfer_nlp", output_dir / EVALUATE_LOG, accelerator.is_main_process)
         data = load_text_data(cfg)
         tokenizer, classifier, reading = load_model(model)
         # The run's own reading of texts, unless this evaluation names another.
         if any(k in overrides for k in ("max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride")) \
-                or not (Path(model) / "results.json").is_file():
+                or not (Path(model) / RESULTS).is_file():
             reading, _ = batches.choose_reading(cfg, data.splits["validation"]["text"], tokenizer)
         logger.info("Reading texts: %s.", reading.describe())
         to_model = label_map(classifier.config.id2label, data.label_names)

@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modes import EMBEDDED_MODEL, MODES
 from .errors import PushError, XferError
-from .runfolder import RESULTS, RunRecord, atomic_write, read_results
+from .runfolder import CARD, CONFIG, CONFUSION, RESULTS, RunRecord, atomic_write, read_results
 
 logger = logging.getLogger(__name__)
 
@@ -162,11 +162,11 @@ def save_outputs(output_dir: Path, model, tokenizer, record: RunRecord) -> None:
     shutil.rmtree(staging)
     adapter = sorted(f"adapter/{p.name}" for p in (output_dir / "adapter").glob("*") if p.is_file()) \
         if record.config.get("save_lora_adapter") else []
-    plot = ["confusion_matrix.png"] if (output_dir / "confusion_matrix.png").is_file() else []
+    plot = [CONFUSION] if (output_dir / CONFUSION).is_file() else []
     # predictions.jsonl stays local: it holds the evaluation texts, and push uploads no data.
-    record = dataclasses.replace(record, files=exported + adapter + plot + ["config_xfer.yaml", "README.md", RESULTS])
-    (output_dir / "config_xfer.yaml").write_text(yaml.safe_dump(record.config, sort_keys=False), encoding="utf-8")
-    model_card(record).save(output_dir / "README.md")
+    record = dataclasses.replace(record, files=exported + adapter + plot + [CONFIG, CARD, RESULTS])
+    (output_dir / CONFIG).write_text(yaml.safe_dump(record.config, sort_keys=False), encoding="utf-8")
+    model_card(record).save(output_dir / CARD)
     write_json(output_dir / RESULTS, record.to_dict())  # last: its presence marks a finished run
 
 
@@ -212,7 +212,7 @@ def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool 
         operations = []
         for path in files:
             content = path.read_bytes()
-            if path.name == "README.md" and path.parent == output_dir:
+            if path.name == CARD and path.parent == output_dir:
                 content = _card_for(content.decode("utf-8"), record, repo.repo_id).encode("utf-8")
             operations.append(CommitOperationAdd(path.relative_to(output_dir).as_posix(), content))
         api.create_commit(repo_id=repo.repo_id, operations=operations, repo_type="model",

@@ -23,7 +23,7 @@ from .config import RESUME_MAY_DIFFER
 from .modes import MAX_EPOCHS
 from .errors import ConfigError, Interrupted, TrainingDiverged
 from .metrics import scalars
-from .runfolder import atomic_write
+from .runfolder import CHECKPOINTS, atomic_write
 from . import schedules
 
 logger = logging.getLogger(__name__)
@@ -130,12 +130,12 @@ def describe(cfg, model, layout, groups: list[schedules.Group], steps_per_epoch:
 def reused_embedding_grad(accelerator, model):
     """On one CPU process, keep the word embeddings' gradient in one buffer across steps instead of a new one a step.
 
-    Autograd's dense embedding gradient is a fresh vocab x hidden tensor every backward pass (47 MB for the
+    Autograd's dense embedding gradient is a fresh vocab x hidden tensor every backward pass (tens of MB for the
     embedded encoder), and glibc serves blocks that large from new mappings: zero-filling it faults in every 4 KB
-    page, 34-62 ms of a bf16 step in stretches of a real run (torch.profiler; benchmarks/levers.py --in_run).
+    page, a visible share of a bf16 step (`benchmarks/levers.py --in_run bf16`; RESULTS.md, the levers table).
     Here the embedding emits its sparse gradient (the rows of the batch) and a hook adds it into a buffer that
     stays mapped, which fused AdamW then reads as the usual dense gradient: bit-identical values
-    (tests/test_loop.py); full bf16 runs 1-9% faster for 47 MB more peak memory (benchmarks/RESULTS.md).
+    (tests/test_loop.py); full bf16 runs are faster for one buffer's worth of peak memory (RESULTS.md).
     Not under DDP/FSDP/DeepSpeed, whose gradient hooks expect the dense gradient, nor on GPUs, whose caching
     allocator already reuses the memory, nor with gradient accumulation, where autograd would add later
     micro-batches' rows one by one: the same sum in another order, so not bit-identical.
@@ -225,7 +225,7 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
     optimizer = torch.optim.AdamW([{"params": [params[n] for n in g.names], "lr": g.lr,
                                     "weight_decay": g.weight_decay} for g in groups], lr=cfg.learning_rate,
                                   fused=True)
-    checkpoints = Checkpoints(Path(cfg.output_dir) / "checkpoints", accelerator, cfg.save_total_limit)
+    checkpoints = Checkpoints(Path(cfg.output_dir) / CHECKPOINTS, accelerator, cfg.save_total_limit)
     world = world_of(accelerator, cfg)
     saved = checkpoints.load(checkpoints.resolve(cfg.resume_from_checkpoint)) if cfg.resume_from_checkpoint else None
     if saved:

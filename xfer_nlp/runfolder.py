@@ -14,14 +14,21 @@ from pathlib import Path
 from .errors import ConfigError, XferError
 
 LOCK = ".xfer_nlp.lock"
+# The layout of an output folder: every name the package writes there is one of these (the model's own files come
+# from save_pretrained). results.json is written last: its presence marks a finished run.
 RESULTS = "results.json"
+CARD = "README.md"  # the model card
+CONFIG = "config_xfer.yaml"  # the resolved settings, loadable with --config
+PREDICTIONS = "predictions.jsonl"  # every evaluated text with its gold and predicted label (stays local)
+CONFUSION = "confusion_matrix.png"
+TRAIN_LOG, EVALUATE_LOG, COMPARE_LOG = "train.log", "evaluate.log", "compare.log"
 EVALUATION = "evaluation.json"  # what `xfer-nlp evaluate` leaves
 CHECKPOINTS = "checkpoints"
 CELL = "cell.json"  # what a compare grid writes into a cell before its run
 FAILED = "failed.txt"  # ... and after a run that raised, with the traceback
 # What a folder may hold and still count as empty: what a run that died before its first checkpoint leaves, and
 # what a compare grid writes into a cell before and after its run.
-BOOKKEEPING = {"train.log", "evaluate.log", CHECKPOINTS, CELL, FAILED}
+BOOKKEEPING = {TRAIN_LOG, EVALUATE_LOG, CHECKPOINTS, CELL, FAILED}
 
 
 @contextmanager
