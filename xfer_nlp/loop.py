@@ -195,6 +195,7 @@ class _Run:
     schedule: dict
     last_stage: int
     ever_trained: list[str]
+    params: dict  # name -> parameter, named as in the unwrapped model (DDP's wrapper prefixes "module.")
     progress: Progress = field(default_factory=Progress)
     thawed: int = -1  # the stage the requires_grad flags are set for; a resumed run starts from none
 
@@ -244,7 +245,7 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
                                                              cfg.stlr_ratio))
     readable, last_stage = describe(cfg, accelerator.unwrap_model(model), layout, groups, steps_per_epoch)
     run = _Run(accelerator, cfg, model, layout, train_dl, sampler, eval_dls, optimizer, scheduler, checkpoints, world, steps,
-               eval_every, steps_per_epoch, readable, last_stage, [n for g in groups for n in g.names])
+               eval_every, steps_per_epoch, readable, last_stage, [n for g in groups for n in g.names], params)
     if saved:
         _restore(optimizer.load_state_dict, saved.optimizer, "optimizer state")
         _restore(scheduler.load_state_dict, saved.scheduler, "scheduler state")
@@ -360,9 +361,8 @@ def finish(run: _Run, scorer) -> Trained:
 
 def _thaw(run: _Run, stage: int) -> None:
     on = set(schedules.trainable_at_stage(stage, run.ever_trained, run.layout))
-    params = dict(run.model.named_parameters())
     for name in run.ever_trained:
-        params[name].requires_grad = name in on
+        run.params[name].requires_grad = name in on
     run.thawed = stage
 
 
