@@ -97,8 +97,11 @@ def test_probe_feature_cache_is_reused_and_switchable(tiny_run, tmp_path):
     assert off.metrics == again["metrics"]
 
 
+# The next three read the pooled head's export (encoder.* keys), so they name mean pooling: the tiny model declares
+# it, as the embedded encoder does, but the trained modes now default to the stock head (tested per family in
+# test_families.py and by test_pooling_choice_exports_loadable_model below).
 def test_finetune_moves_encoder_weights(tiny_run, tiny_model_dir):
-    result = xfer_nlp.run(mode="finetune", learning_rate=1e-3, num_train_epochs=3, **tiny_run)
+    result = xfer_nlp.run(mode="finetune", learning_rate=1e-3, num_train_epochs=3, pooling="mean", **tiny_run)
     results = check_outputs(result, "finetune")
     before, after = encoder_weights(tiny_model_dir), exported(result.output_dir)
     moved = [n for n, t in before.items() if not torch.equal(after[n], t)]
@@ -109,19 +112,19 @@ def test_finetune_moves_encoder_weights(tiny_run, tiny_model_dir):
 
 
 def test_scratch_starts_from_random_weights(tiny_run, tiny_model_dir):
-    cfg = resolve(RunConfig(mode="scratch", **{k: v for k, v in tiny_run.items()}))
+    cfg = resolve(RunConfig(mode="scratch", pooling="mean", **{k: v for k, v in tiny_run.items()}))
     model = build(cfg, ("0", "1")).model
     pretrained = encoder_weights(tiny_model_dir)
     state = model.state_dict()
     same = [n for n, t in pretrained.items() if t.ndim == 2 and torch.equal(state[n], t)]
     assert same == [], f"scratch kept pretrained weights: {same}"
-    result = xfer_nlp.run(mode="scratch", num_train_epochs=2, **tiny_run)
+    result = xfer_nlp.run(mode="scratch", num_train_epochs=2, pooling="mean", **tiny_run)
     check_outputs(result, "scratch")
 
 
 def test_lora_moves_only_adapters_and_head(tiny_run, tiny_model_dir):
     result = xfer_nlp.run(mode="lora", learning_rate=5e-3, num_train_epochs=2, lora_target_modules="query,value",
-                          **tiny_run)
+                          pooling="mean", **tiny_run)
     results = check_outputs(result, "lora")
     before, after = encoder_weights(tiny_model_dir), exported(result.output_dir)
     assert not any("lora" in name for name in after), "the export must be merged, plain transformers weights"
