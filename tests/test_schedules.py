@@ -24,7 +24,8 @@ BERT = Layout(BY_TYPE["bert"], pooled=False, layers=6)
 
 
 def pretrained(model_dir):
-    """The encoder's tensors as named inside the classifier (the mean-pooling head has no pooler)."""
+    """The encoder's tensors as named inside the mean-pooling classifier (which has no pooler): the tests that read
+    them name pooling="mean", since the trained modes' default is now the stock head."""
     return {f"encoder.{k}": v for k, v in load_file(model_dir / "model.safetensors").items()
             if not k.startswith("pooler")}
 
@@ -95,7 +96,7 @@ def test_slanted_triangular_rises_then_falls_to_peak_over_ratio():
 def test_gradual_unfreezing_run_trains_each_layer_from_its_stage(tiny_run, tiny_model_dir):
     """160 examples / 16 = 10 steps an epoch; stage k (head, layer.1, layer.0, embeddings) begins at epoch k."""
     result = xfer_nlp.run(mode="finetune", num_train_epochs=4, learning_rate=1e-3, gradual_unfreezing=True,
-                          layer_lr_decay=0.5, lr_scheduler_type="stlr", save_total_limit=0, **tiny_run)
+                          layer_lr_decay=0.5, lr_scheduler_type="stlr", save_total_limit=0, pooling="mean", **tiny_run)
     schedule = result.results["schedule"]
     assert [(s["adds"], s["from_step"]) for s in schedule["stages"]] == [
         ("head", 0), ("layer.1", 10), ("layer.0", 20), ("embeddings", 30)]
@@ -123,7 +124,7 @@ def test_gradual_unfreezing_under_two_process_ddp(tiny_model_dir, tiny_data_dir,
     out = tmp_path / "ddp"
     results, _ = launch(2, "finetune", out, tiny_model_dir, tiny_data_dir, tmp_path, "--per_device_train_batch_size",
                         "8", "--num_train_epochs", "3", "--learning_rate", "1e-3", "--gradual_unfreezing",
-                        "--layer_lr_decay", "0.8", "--save_total_limit", "0")
+                        "--layer_lr_decay", "0.8", "--save_total_limit", "0", "--pooling", "mean")
     start = pretrained(tiny_model_dir)
     steps = [h["step"] for h in results["history"]]
     first, last = (load_file(out / "checkpoints" / f"checkpoint-{s}" / "model.safetensors") for s in (steps[0], steps[-1]))
@@ -135,7 +136,8 @@ def test_gradual_unfreezing_under_two_process_ddp(tiny_model_dir, tiny_data_dir,
 
 
 def test_freeze_layers_keeps_exactly_those_weights(tiny_run, tiny_model_dir):
-    result = xfer_nlp.run(mode="finetune", num_train_epochs=2, learning_rate=1e-3, freeze_layers=1, **tiny_run)
+    result = xfer_nlp.run(mode="finetune", num_train_epochs=2, learning_rate=1e-3, freeze_layers=1, pooling="mean",
+                          **tiny_run)
     start = pretrained(tiny_model_dir)
     after = load_file(result.output_dir / "model.safetensors")
     for name, tensor in start.items():
@@ -154,7 +156,7 @@ def test_freeze_layers_with_lora_freezes_bottom_adapters(tiny_run, tiny_model_di
 
 
 def test_reinit_layers_replaces_only_the_top_layers(tiny_model_dir):
-    cfg = resolve(RunConfig(mode="finetune", model_name_or_path=str(tiny_model_dir), reinit_layers=1))
+    cfg = resolve(RunConfig(mode="finetune", model_name_or_path=str(tiny_model_dir), reinit_layers=1, pooling="mean"))
     model = build(cfg, ("0", "1")).model
     again = build(cfg, ("0", "1")).model
     start = pretrained(tiny_model_dir)
