@@ -8,7 +8,8 @@ Texts: sst2 validation (872 sentences) and polarity2k test (200 full-length revi
 tokens (pipeline with truncation=True, max_length = the run's max_seq_length, which is what predict applies for
 a head-truncating run) at the same batch size; each timing is the median of --repeats after one warm-up call.
 predict runs twice: fp32, whose labels must be identical to pipeline()'s, and bf16 autocast (`precision="bf16"`),
-whose agreeing labels are counted.
+whose agreeing labels are counted. Then the export is written as ONNX (`xfer-nlp export --format onnx`) and predict
+runs a third time on onnxruntime (`backend="onnx"`), its labels checked equal to torch fp32 predict's.
 """
 
 import argparse
@@ -40,7 +41,10 @@ def timed(fn, repeats: int):
 
 
 def main(argv=None) -> None:
+    import onnxruntime
     from transformers import pipeline
+
+    from xfer_nlp.onnx_export import export_onnx
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="an exported run folder (default: fit a probe on sst2 first)")
@@ -58,7 +62,8 @@ def main(argv=None) -> None:
                          max_train_samples=args.limit)
     max_length = json.loads((Path(model) / "results.json").read_text())["config"]["max_seq_length"]
     reference = pipeline("text-classification", model=model, top_k=None, device=0 if torch.cuda.is_available() else -1)
-    rows = []
+    export_onnx(model)  # model/onnx/model.onnx, checked against torch
+    rows, onnx = [], []
     for name, path in (("sst2 validation", root / "sst2" / "validation.jsonl"),
                        ("polarity2k test (long reviews)", root / "polarity2k" / "test.jsonl")):
         texts = texts_of(path)[:args.limit]
@@ -74,12 +79,27 @@ def main(argv=None) -> None:
                         f"{diff:.1e} |")
             # fp32 computes what pipeline() computes; bf16 rounds, so a near-tie may flip and is counted, not hidden.
             assert precision != "fp32" or same == len(texts), f"fp32 labels differ from pipeline()'s on {name}"
+            if precision == "fp32":
+                torch_s, torch_rows = ours_s, ours
+        onnx_s, onnx_rows = timed(lambda: xfer_nlp.predict(model, texts, batch_size=args.batch_size, backend="onnx"),
+                                  args.repeats)
+        same = sum(o["label"] == t["label"] for o, t in zip(onnx_rows, torch_rows))
+        assert same == len(texts), f"ONNX labels differ from torch's on {name}"
+        diff = max(abs(o["score"] - t["score"]) for o, t in zip(onnx_rows, torch_rows))
+        onnx.append(f"| {name} | {len(texts)} | {len(texts) / onnx_s:.1f} | {len(texts) / torch_s:.1f} | "
+                    f"{torch_s / onnx_s:.2f}x | {len(texts) / theirs_s:.1f} | {theirs_s / onnx_s:.2f}x | "
+                    f"{same} of {len(texts)} | {diff:.1e} |")
     publish("\n".join([
         f"Predict vs pipeline() on {machine()}; export {model} (max_seq_length {max_length}), batch "
         f"{args.batch_size}, median of {args.repeats}.", "",
         "| texts | n | predict precision | predict texts/s | pipeline texts/s (fp32) | ratio | labels equal to "
         "pipeline's | max score diff |",
-        "|---|---|---|---|---|---|---|---|", *rows]), args.out)
+        "|---|---|---|---|---|---|---|---|", *rows, "",
+        f"ONNX (onnxruntime {onnxruntime.__version__}, fp32, all threads) against torch fp32 predict, same texts, reading "
+        "and batches:", "",
+        "| texts | n | onnx texts/s | torch fp32 texts/s | onnx / torch | pipeline texts/s | onnx / pipeline | "
+        "labels equal to torch's | max score diff |",
+        "|---|---|---|---|---|---|---|---|---|", *onnx]), args.out)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ def test_predict_benchmark_smoke(tmp_path):
     table = out.read_text()
     assert "| sst2 validation | 40 | fp32 |" in table and "| 40 of 40 |" in table  # fp32: pipeline()'s labels
     assert "| sst2 validation | 40 | bf16 |" in table
+    onnx = table.split("ONNX (onnxruntime")[1]
+    assert onnx.count("| 40 of 40 |") == 2  # ONNX labels equal torch's on both sets
 
 
 def test_setfit_peer_smoke(tmp_path):

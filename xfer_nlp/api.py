@@ -234,7 +234,11 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
 PREDICT_PRECISIONS = ("fp32", "bf16", "auto")
 
 
-def predict(model: str | Path, texts: str | list[str], batch_size: int = 64, precision: str = "fp32") -> list[dict]:
+PREDICT_BACKENDS = ("torch", "onnx")
+
+
+def predict(model: str | Path, texts: str | list[str], batch_size: int = 64, precision: str = "fp32",
+            backend: str = "torch") -> list[dict]:
     """Label texts with an exported model: [{"text", "label", "score", "scores": {label: p}}] in input order.
 
     precision: fp32 (the default) computes exactly what the run reported and what pipeline() computes; bf16
@@ -247,11 +251,18 @@ def predict(model: str | Path, texts: str | list[str], batch_size: int = 64, pre
     up to the model's limit). Texts are batched longest first and put back in input order. The model loads with
     trust_remote_code off: an xfer_nlp export's pooled head is this package's own class, and no code from a model
     folder or the Hub ever runs.
+
+    backend "onnx" computes the logits with onnxruntime from MODEL/onnx/model.onnx (`xfer-nlp export MODEL --format
+    onnx`), fp32 only; tokenising, reading, batching and the returned rows are the same as torch's.
     """
     from datasets import Dataset, DatasetDict
 
     if precision not in PREDICT_PRECISIONS:
         raise ConfigError(f"precision '{precision}' is not one of {', '.join(PREDICT_PRECISIONS)}.")
+    if backend not in PREDICT_BACKENDS:
+        raise ConfigError(f"backend '{backend}' is not one of {', '.join(PREDICT_BACKENDS)}.")
+    if backend == "onnx" and precision == "bf16":
+        raise ConfigError("The ONNX backend runs the exported fp32 graph: use precision fp32 (or auto) with it.")
     texts = [texts] if isinstance(texts, str) else list(texts)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
@@ -262,14 +273,18 @@ def predict(model: str | Path, texts: str | list[str], batch_size: int = 64, pre
         return []
     data = DatasetDict(predict=Dataset.from_dict({"text": texts, "label": [0] * len(texts)}))
     tokenized = batches.tokenize(data, tokenizer, reading)["predict"]
-    collator = batches.make_collator(tokenizer, None, classifier.device.type)
-    loader = batches.eval_loader(tokenized, collator, batch_size)
     device = classifier.device.type
-    if precision == "auto":
-        precision = "bf16" if bf16_is_native(device) else "fp32"
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logits, _ = loop.predict_logits(None, classifier, loader,
-                                        desc="Predicting" if len(texts) > batch_size else None)
+    loader = batches.eval_loader(tokenized, batches.make_collator(tokenizer, None, device), batch_size)
+    desc = "Predicting" if len(texts) > batch_size else None
+    if backend == "onnx":
+        from .onnx_export import OnnxClassifier, default_output
+
+        logits, _ = batches.per_text(None, loader, OnnxClassifier.load(default_output(str(model))), desc)
+    else:
+        if precision == "auto":
+            precision = "bf16" if bf16_is_native(device) else "fp32"
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits, _ = loop.predict_logits(None, classifier, loader, desc)
     names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
     rows = []
     for text, p in zip(texts, torch.softmax(logits, -1).tolist()):

@@ -10,13 +10,14 @@ from pathlib import Path
 from . import logs
 from .errors import Interrupted, XferError
 
-USAGE = """usage: xfer-nlp {run,compare,report,predict,evaluate,push} ...
+USAGE = """usage: xfer-nlp {run,compare,report,predict,evaluate,export,push} ...
 
   run      train one model (all flags: xfer-nlp run --help)
   compare  run modes x training-set sizes x seeds and report which approach wins (xfer-nlp compare --help)
   report   rewrite a comparison folder's tables and plots, without training
   predict  label texts with an exported model
   evaluate score an exported model or Hub id on a dataset (metrics, predictions, confusion matrix)
+  export   write an exported model as ONNX (onnx/model.onnx), checked against torch
   push     upload a finished run folder to the Hugging Face Hub
 """
 
@@ -89,7 +90,7 @@ def report_command(argv: list[str]) -> int:
 
 
 def predict_command(argv: list[str]) -> int:
-    from .api import PREDICT_PRECISIONS, predict
+    from .api import PREDICT_BACKENDS, PREDICT_PRECISIONS, predict
     from .data import read_texts, write_jsonl
 
     parser = argparse.ArgumentParser(prog="xfer-nlp predict", description="Label texts with an exported model.")
@@ -103,6 +104,9 @@ def predict_command(argv: list[str]) -> int:
     parser.add_argument("--precision", choices=PREDICT_PRECISIONS, default="fp32", help=(
         "fp32: exactly the scores the run reported and pipeline() computes; bf16: faster where the hardware has "
         "native bf16 (scores within bf16 rounding, a near-tie label can flip); auto: bf16 where native, else fp32."))
+    parser.add_argument("--backend", choices=PREDICT_BACKENDS, default="torch", help=(
+        "torch: the exported model; onnx: MODEL/onnx/model.onnx through onnxruntime (make it with "
+        "`xfer-nlp export MODEL --format onnx`; fp32)."))
     args = parser.parse_args(argv)
     try:
         texts = list(args.texts) + (read_texts(args.input, args.text_column) if args.input else [])
@@ -113,7 +117,7 @@ def predict_command(argv: list[str]) -> int:
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise XferError(f"--output '{args.output}': its folder cannot be created ({e.strerror}).") from None
-        rows = predict(args.model, texts, args.batch_size, args.precision)
+        rows = predict(args.model, texts, args.batch_size, args.precision, args.backend)
     except XferError as e:
         return _error(e)
     if args.output:
@@ -160,6 +164,26 @@ def evaluate_command(argv: list[str]) -> int:
     return 0
 
 
+def export_command(argv: list[str]) -> int:
+    from .onnx_export import export_onnx
+
+    parser = argparse.ArgumentParser(prog="xfer-nlp export", description=(
+        "Write an exported model as ONNX with torch's exporter. The graph takes the tokenizer's inputs (dynamic batch "
+        "and length) and returns logits; it is kept only if onnxruntime reproduces the torch model's logits (to 1e-4 of the largest). "
+        "Into a finished run folder it goes to onnx/model.onnx, recorded in results.json (so push uploads it); label "
+        "texts with it by `xfer-nlp predict --model RUN_DIR --backend onnx`."))
+    parser.add_argument("model", help="An output_dir of xfer-nlp run, or any text-classification model folder / Hub id.")
+    parser.add_argument("--format", choices=["onnx"], required=True, help="The export format (onnx).")
+    parser.add_argument("--output", help="The .onnx file to write (default: MODEL/onnx/model.onnx).")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18).")
+    args = parser.parse_args(argv)
+    try:
+        print(export_onnx(args.model, args.output, args.opset))
+    except XferError as e:
+        return _error(e)
+    return 0
+
+
 def push_command(argv: list[str]) -> int:
     from .hub import push
 
@@ -179,7 +203,8 @@ def push_command(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"run": run_command, "compare": compare_command, "report": report_command,
-                "predict": predict_command, "evaluate": evaluate_command, "push": push_command}
+                "predict": predict_command, "evaluate": evaluate_command, "export": export_command,
+                "push": push_command}
     if not argv or argv[0] not in commands:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -23,6 +23,7 @@ PREDICTIONS = "predictions.jsonl"  # every evaluated text with its gold and pred
 CONFUSION = "confusion_matrix.png"
 TRAIN_LOG, EVALUATE_LOG, COMPARE_LOG = "train.log", "evaluate.log", "compare.log"
 EVALUATION = "evaluation.json"  # what `xfer-nlp evaluate` leaves
+ONNX_DIR, ONNX_MODEL = "onnx", "model.onnx"  # what `xfer-nlp export --format onnx` adds (onnx/model.onnx)
 CHECKPOINTS = "checkpoints"
 CELL = "cell.json"  # what a compare grid writes into a cell before its run
 FAILED = "failed.txt"  # ... and after a run that raised, with the traceback
@@ -161,6 +162,7 @@ class RunRecord:
     best_step: int | None = None
     stopped_early: bool = False
     files: list[str] | None = None  # what the run wrote into its folder: exactly what push uploads
+    onnx: dict | None = None  # the ONNX export, once `xfer-nlp export` made one: file, opset, checked logit difference
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,69 @@
+"""`xfer-nlp export --format onnx`: a graph that onnxruntime runs to the torch model's labels, found by predict."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import launch_env, make_rows, tiny_configs, save_tiny_encoder
+
+import xfer_nlp
+from xfer_nlp.onnx_export import export_onnx
+
+pytest.importorskip("onnxruntime")
+
+TEXTS = [row["text"] for row in make_rows(70, 9)] + ["good " * 200, "awful", ""]
+
+
+def test_onnx_labels_equal_torch_and_the_run_records_the_export(tiny_run):
+    out = xfer_nlp.run(mode="finetune", num_train_epochs=3, learning_rate=1e-3, **tiny_run).output_dir
+    path = export_onnx(out)
+    assert path == out / "onnx" / "model.onnx"
+    record = json.loads((out / "results.json").read_text())
+    assert record["onnx"]["file"] == "onnx/model.onnx" and record["onnx"]["max_logit_diff"] < 1e-4
+    assert "onnx/model.onnx" in record["files"]  # push uploads it
+    torch_rows = xfer_nlp.predict(out, TEXTS, batch_size=16)
+    onnx_rows = xfer_nlp.predict(out, TEXTS, batch_size=16, backend="onnx")
+    assert [r["text"] for r in onnx_rows] == TEXTS  # input order
+    assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(onnx_rows, torch_rows)) < 1e-4
+    assert len({round(r["score"], 6) for r in torch_rows}) > 10  # the scores vary by text: the comparison can fail
+
+
+def test_onnx_windows_of_a_chunked_run_and_another_family(tiny_run, tmp_path):
+    """A run that reads long texts as windows: the ONNX path averages them exactly as torch does. RoBERTa: no
+    token_type_ids, so the graph takes only what the tokenizer makes."""
+    model = save_tiny_encoder(tiny_configs()["roberta"], tmp_path / "roberta")
+    run = dict(tiny_run, model_name_or_path=str(model), max_seq_length=16, long_text="chunk", chunk_stride=8)
+    out = xfer_nlp.run(mode="probe", probe_c_grid="1", **run).output_dir
+    export_onnx(out)
+    torch_rows = xfer_nlp.predict(out, TEXTS)
+    onnx_rows = xfer_nlp.predict(out, TEXTS, backend="onnx")
+    assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(onnx_rows, torch_rows)) < 1e-4
+    assert len({r["label"] for r in torch_rows}) == 2  # both labels occur
+
+
+def test_the_cli_exports_and_predicts_with_onnx_and_names_each_mistake(tiny_run, tmp_path):
+    out = xfer_nlp.run(mode="probe", probe_c_grid="1", **tiny_run).output_dir
+    cli = [sys.executable, "-m", "xfer_nlp.cli"]
+
+    def call(*args):
+        return subprocess.run([*cli, *args], capture_output=True, text=True, env=launch_env(), timeout=300)
+
+    missing = call("predict", "--model", str(out), "--backend", "onnx", "good film")
+    assert missing.returncode == 2 and "xfer-nlp export" in missing.stderr and "Traceback" not in missing.stderr
+    wrong = call("export", str(out), "--format", "onnx", "--output", str(tmp_path / "model.bin"))
+    assert wrong.returncode == 2 and "must end in .onnx" in wrong.stderr
+    done = call("export", str(out), "--format", "onnx")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str(out / "onnx" / "model.onnx")
+    labelled = call("predict", "--model", str(out), "--backend", "onnx", "good film", "awful plot")
+    assert labelled.returncode == 0, labelled.stderr
+    expected = [r["label"] for r in xfer_nlp.predict(out, ["good film", "awful plot"])]
+    assert [line.split("\t")[0] for line in labelled.stdout.strip().splitlines()] == expected
+    bf16 = call("predict", "--model", str(out), "--backend", "onnx", "--precision", "bf16", "good film")
+    assert bf16.returncode == 2 and "fp32" in bf16.stderr
+    (out / "onnx" / "model.onnx").write_bytes(b"not a protobuf")
+    broken = call("predict", "--model", str(out), "--backend", "onnx", "good film")
+    assert broken.returncode == 2 and "not a loadable ONNX model" in broken.stderr
