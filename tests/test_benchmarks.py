@@ -107,3 +107,15 @@ def test_probe_benchmark_smoke(tmp_path):
     out = tmp_path / "probe.md"
     bench("probe.py", "--skip_trainer", "--max_train_samples", "64", "--out", str(out), cwd=tmp_path)
     assert "| xfer_nlp probe, cold cache" in out.read_text() and "| mr |" in out.read_text()
+
+
+def test_scale_benchmark_smoke(tmp_path):
+    out = tmp_path / "scale.md"
+    bench("scale.py", "--sizes", "300,600", "--probe_sizes", "300", "--steps", "3", "--work_dir", str(tmp_path / "w"),
+          "--out", str(out), cwd=tmp_path)
+    table = out.read_text()
+    assert "| 300 |" in table and "| 600 |" in table
+    train = (tmp_path / "w" / "data" / "sst2x600" / "train.jsonl").read_text().splitlines()
+    assert len(train) == 600  # repeated to size
+    probe_row = table.split("| probe: training examples")[1].splitlines()[2]
+    assert probe_row.split("|")[5].strip() == "1544"  # 384 fp32 features + an int64 label per text, plus headers

@@ -179,7 +179,7 @@ def metadata(path):
 def test_probe_cache_files_are_checked_before_they_are_trusted(tiny_run):
     first = xfer_nlp.run(mode="probe", **tiny_run)
     cache = Path(tiny_run["feature_cache_dir"])
-    files = {load_file(p)["features"].shape[0]: p for p in cache.glob("*.safetensors")}
+    files = {load_file(p)["features"].shape[0]: p for p in cache.rglob("*.safetensors")}
     train, validation = files[160], files[48]
     original = {k: v.clone() for k, v in load_file(validation).items()}
     validation_meta, train_meta = metadata(validation), metadata(train)

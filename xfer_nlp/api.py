@@ -192,14 +192,15 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         model = accelerator.unwrap_model(model)
     if spec.fitted_head:
         model = model.to(accelerator.device)
-        loaders = {s: accelerator.prepare(batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size))
-                   for s in tokenized}
+        def make_loader(dataset):
+            return accelerator.prepare(batches.eval_loader(dataset, collator, cfg.per_device_eval_batch_size))
+
         # After a loop (contrastive's pairs) the head is fitted on the tuned encoder in fp32 and with no feature
         # cache: its weights are this run's own.
         tuned = spec.loop is not None
         metrics, outputs, extra["probe"] = probe.run_probe(
             accelerator, dataclasses.replace(cfg, no_feature_cache=True) if tuned else cfg, model, built.layout,
-            loaders, tokenized, scorer, weights, autocast=not tuned)
+            make_loader, tokenized, scorer, weights, autocast=not tuned)
         accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}, step=0)
     train_seconds = time.perf_counter() - start
 

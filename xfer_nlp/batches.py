@@ -84,10 +84,11 @@ def pieces(length: int, specials: tuple[int, int], reading: Reading) -> list[lis
     return [first + kept + last]
 
 
-def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int) -> DatasetDict:
+def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int, num_proc: int | None = None) -> DatasetDict:
     """input_ids/attention_mask/labels and doc (the text's row) per model input; logs how many texts were long.
 
-    Unpadded. With windows a text becomes several rows sharing its doc; otherwise one row per text.
+    Unpadded. With windows a text becomes several rows sharing its doc; otherwise one row per text. `num_proc`:
+    datasets.map's worker processes (benchmarks/scale.py measures whether they pay).
     """
     reading = Reading(reading) if isinstance(reading, int) else reading
     specials = _specials(tokenizer)
@@ -115,10 +116,11 @@ def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int) -> DatasetD
                 out["long"].append(len(ids) > reading.max_length)
         return out
 
-    out = splits.map(encode, batched=True, with_indices=True, remove_columns=["text", "label"], desc="Tokenising")
+    out = splits.map(encode, batched=True, with_indices=True, remove_columns=["text", "label"], desc="Tokenising",
+                     num_proc=num_proc)
     for name, ds in out.items():
-        docs = np.asarray(ds["doc"])
-        n = len(np.unique(docs[np.asarray(ds["long"])]))
+        columns = ds.select_columns(["doc", "long"]).with_format("numpy")[:]
+        n = len(np.unique(columns["doc"][columns["long"]]))
         if n:
             logger.warning("%d of %d %s texts are longer than --max_seq_length %d tokens; read as %s.", n,
                            len(splits[name]), name, reading.max_length, reading.describe())
@@ -139,10 +141,12 @@ def by_doc(values: torch.Tensor, labels: torch.Tensor, doc: torch.Tensor) -> tup
     return sums / counts.unsqueeze(1).to(values.dtype), per_text
 
 
-def per_text(accelerator, loader, fn, desc: str | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def per_text(accelerator, loader, fn, desc: str | None = None, device=None,
+             first_text: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(fn(batch) for every row, labels), gathered from all processes and put back in data order with one row per
     text (by_doc: a text read as several windows gets their mean). Without an accelerator (predict) one process
-    reads the loader, its batches moved to `device`. A progress bar shows when `desc` is given."""
+    reads the loader, its batches moved to `device`. A progress bar shows when `desc` is given. `first_text`: the
+    document number of the loader's first text (a shard of a split), so rows come back numbered from 0."""
     gather = accelerator.gather_for_metrics if accelerator is not None else (lambda tensors: tensors)
     main = accelerator is None or accelerator.is_local_main_process
     values, labels, docs = [], [], []
@@ -153,7 +157,7 @@ def per_text(accelerator, loader, fn, desc: str | None = None, device=None) -> t
         v, y, d = gather((fn(batch).float(), batch["labels"], batch["doc"]))
         values.append(v.cpu())
         labels.append(y.cpu())
-        docs.append(d.cpu())
+        docs.append(d.cpu() - first_text)
     docs = torch.cat(docs)
     assert len(docs) == len(loader.dataset), "gather_for_metrics must count every row exactly once"
     return by_doc(torch.cat(values), torch.cat(labels), docs)
@@ -256,13 +260,21 @@ def _own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
+def token_lengths(ds) -> np.ndarray:
+    """Each row's number of token ids, read from the Arrow column's offsets: no Python list of every row's ids,
+    which at a million rows would cost gigabytes."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(ds.select_columns(["input_ids"]).with_format("arrow")[:]["input_ids"]).to_numpy()
+
+
 def train_loader(ds, collator, batch_size: int, seed: int, lengths=None) -> DataLoader:
-    lengths = [len(x) for x in ds["input_ids"]] if lengths is None else lengths
+    lengths = token_lengths(ds) if lengths is None else lengths
     return DataLoader(ds, batch_sampler=LengthGroupedBatchSampler(lengths, batch_size, seed), collate_fn=collator,
                       generator=_own_generator())
 
 
 def eval_loader(ds, collator, batch_size: int) -> DataLoader:
-    lengths = [len(x) for x in ds["input_ids"]]
+    lengths = token_lengths(ds)
     return DataLoader(ds, batch_sampler=SortedBatchSampler(lengths, batch_size), collate_fn=collator,
                       generator=_own_generator())

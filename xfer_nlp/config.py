@@ -177,6 +177,9 @@ class RunConfig:
                                           "~/.cache/xfer_nlp/features). Keyed by weights, tokens, pooling and layer.",
                                           resume_may_differ=True)
     no_feature_cache: bool = _f(False, "probe: neither read nor write the feature cache.", resume_may_differ=True)
+    feature_cache_shard_size: int = _f(50_000, "probe: texts per feature-cache shard. Each shard is written as soon "
+                                       "as it is encoded, so a killed encoding of a large set resumes at the first "
+                                       "missing shard.", positive="integer", resume_may_differ=True)
     lora_r: int = _f(8, "lora: adapter rank.", positive="integer")
     lora_alpha: int = _f(16, "lora: adapter scaling numerator.", positive="integer")
     lora_dropout: float = _f(0.1, "lora: dropout on the adapter input.")

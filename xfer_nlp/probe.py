@@ -14,6 +14,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
@@ -40,58 +41,91 @@ def weights_fingerprint(model: torch.nn.Module, layout: Layout) -> str:
 
 
 def data_fingerprint(ds) -> str:
+    """Hash of a tokenised split's token ids, labels and documents, read from its Arrow columns in blocks (no
+    Python list of a million rows): the same rows hash alike however the table is chunked."""
+    import pyarrow.compute as pc
+
     h = hashlib.blake2b(digest_size=16)
-    for ids, label, doc in zip(ds["input_ids"], ds["labels"], ds["doc"]):
-        h.update(repr((ids, label, doc)).encode())
+    for block in ds.with_format("arrow").iter(batch_size=65536):
+        ids = block.column("input_ids")
+        for array in (pc.list_value_length(ids), pc.list_flatten(ids), block.column("labels"), block.column("doc")):
+            h.update(array.to_numpy().astype(np.int64).tobytes())
     return h.hexdigest()
 
 
-def encode(accelerator, model, layout: Layout, loader, desc: str, autocast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(accelerator, model, layout: Layout, loader, desc: str, autocast: bool = True,
+           first_text: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) of every text of a prepared loader in data order, gathered from all processes; a text
-    read as several windows gets the mean of their features."""
+    read as several windows gets the mean of their features. `first_text`: the loader's rows start at that text."""
     def features(batch):
         # Only the forward pass in inference mode: the rows are concatenated outside it, because the head is then
         # fitted with autograd on them.
         with torch.inference_mode(), accelerator.autocast() if autocast else nullcontext():
             return sentence_features(model, layout, batch)
 
-    return per_text(accelerator, loader, features, desc)
+    return per_text(accelerator, loader, features, desc, first_text=first_text)
 
 
 def text_labels(dataset) -> torch.Tensor:
     """Each text's label in data order, from a tokenised split's rows."""
-    labels, docs = torch.tensor(dataset["labels"]), torch.tensor(dataset["doc"])
+    columns = dataset.select_columns(["labels", "doc"]).with_format("numpy")[:]
+    labels, docs = (torch.from_numpy(columns[k].astype(np.int64)) for k in ("labels", "doc"))
     out = torch.empty(int(docs.max()) + 1, dtype=labels.dtype)
     out[docs] = labels
     return out
 
 
-def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple, loader, dataset, desc: str,
-                    autocast: bool = True):
-    """encode(), unless a cache file for exactly these weights, tokens, pooling and layer exists and checks out.
+def shards(dataset, shard_texts: int) -> list[tuple[int, int, int, int]]:
+    """(first text, end text, first row, end row) of each shard of `shard_texts` texts; a text's windows are
+    consecutive rows (batches.tokenize), so each shard is one contiguous block of rows."""
+    docs = dataset.select_columns(["doc"]).with_format("numpy")[:]["doc"]
+    n = int(docs[-1]) + 1
+    bounds = list(range(0, n, shard_texts)) + [n]
+    rows = np.searchsorted(docs, bounds, side="left").tolist()
+    return [(lo, hi, rows[i], rows[i + 1]) for i, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
 
-    A cache file is checked against the data before it is used: its row count, the hash of the token ids and
-    labels it was made from, its labels (in data order) and the feature width the head reads. One that
-    fails a check (another split's file, altered labels, another model's width) is re-encoded with a warning.
+
+def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple, make_loader, dataset, desc: str,
+                    autocast: bool = True):
+    """encode(), shard by shard, reusing every shard whose cache file exists and checks out.
+
+    A split is encoded in shards of --feature_cache_shard_size texts, each written (atomically, by the main
+    process) as soon as it is encoded: a killed encoding resumes at the first missing shard. Each file is raw fp32
+    safetensors, 4 bytes per feature (1,536 per text for a 384-wide encoder) plus its label. A file is checked before
+    it is used: its row count and first text, the hash of the split it was made from, its labels (in data order)
+    and the feature width the head reads; one that fails a check is re-encoded with a warning.
+
+    Returns (features, labels, shards read from the cache, shards in all).
     """
     key = hashlib.blake2b(repr(key_parts).encode(), digest_size=20).hexdigest()
-    cache_dir = Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features")
-    path = cache_dir / f"{key}.safetensors"
+    folder = Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features") / key
     expected = text_labels(dataset)
-    meta = {"rows": str(len(expected)), "data": key_parts[-1], "width": str(out_layer(model, layout).in_features)}
-    if not cfg.no_feature_cache and path.is_file():
-        problem = _check_cache(path, meta, expected)
-        if problem is None:
-            tensors = load_file(path)
-            return tensors["features"], tensors["labels"], True
-        logger.warning("Feature cache %s does not match this data (%s); encoding again.", path, problem)
-    feats, labels = encode(accelerator, model, layout, loader, desc, autocast)
-    assert torch.equal(labels, expected), "gathered labels must come back in data order"
-    if not cfg.no_feature_cache and accelerator.is_main_process:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as tmp:  # a killed run never leaves a half-written cache entry
-            save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata=meta)
-    return feats, labels, False
+    width = out_layer(model, layout).in_features
+    features = torch.empty(len(expected), width)
+    plan = shards(dataset, cfg.feature_cache_shard_size)
+    hits = 0
+    for k, (lo, hi, row_lo, row_hi) in enumerate(plan):
+        path = folder / f"texts-{lo}-{hi}.safetensors"
+        meta = {"rows": str(hi - lo), "first": str(lo), "data": key_parts[-1], "width": str(width)}
+        if not cfg.no_feature_cache and path.is_file():
+            problem = _check_cache(path, meta, expected[lo:hi])
+            if problem is None:
+                features[lo:hi] = load_file(path)["features"]
+                hits += 1
+                continue
+            logger.warning("Feature cache %s does not match this data (%s); encoding again.", path, problem)
+        part = dataset.select(range(row_lo, row_hi)) if len(plan) > 1 else dataset
+        label = desc if len(plan) == 1 else f"{desc} (shard {k + 1} of {len(plan)})"
+        feats, labels = encode(accelerator, model, layout, make_loader(part), label, autocast, first_text=lo)
+        assert torch.equal(labels, expected[lo:hi]), "gathered labels must come back in data order"
+        features[lo:hi] = feats
+        if not cfg.no_feature_cache and accelerator.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path) as tmp:  # a killed run never leaves a half-written shard
+                save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata=meta)
+    if 0 < hits < len(plan):
+        logger.info("%s: %d of %d shards from the feature cache, the rest encoded.", desc, hits, len(plan))
+    return features, expected, hits, len(plan)
 
 
 def _check_cache(path: Path, meta: dict, labels: torch.Tensor) -> str | None:
@@ -159,23 +193,25 @@ def fit_head(train: tuple, val: tuple, scorer, c_grid: list[float], metric: str 
     return {"weight": weight.float(), "bias": (b - weight @ mean).float(), "C": c, "validation_by_C": scores}
 
 
-def run_probe(accelerator, cfg, model, layout: Layout, loaders: dict, datasets: dict, scorer,
+def run_probe(accelerator, cfg, model, layout: Layout, make_loader, datasets: dict, scorer,
               class_weights: torch.Tensor | None = None, autocast: bool = True) -> tuple[dict, dict, dict]:
-    """Encode, fit, write the head into `model`. `autocast` False encodes in fp32 whatever the run's precision
-    (contrastive: its features then are exactly what the exported model computes).
+    """Encode, fit, write the head into `model`. `make_loader(dataset)` gives a prepared evaluation loader.
+    `autocast` False encodes in fp32 whatever the run's precision (contrastive: its features then are exactly what
+    the exported model computes).
 
     Returns (metrics per split, each split's (logits, labels) in evaluation order, probe details).
     """
     model.eval()  # frozen encoder, and no dropout noise in the features
     base_key = (weights_fingerprint(model, layout), getattr(model.config, "pooling", "pooler"),
                 getattr(model.config, "encoder", model.config).num_hidden_layers, cfg.max_seq_length,
-                "one row per text, in data order")  # the cache layout: files of the older evaluation order differ
+                "shards of texts, one row per text")  # the cache layout: files of older layouts differ
     start = time.perf_counter()
-    features, hits = {}, {}
-    for split, loader in loaders.items():
-        key = base_key + (data_fingerprint(datasets[split]),)
-        *features[split], hits[split] = cached_features(accelerator, cfg, model, layout, key, loader,
-                                                        datasets[split], f"Encoding {split}", autocast)
+    features, hits, shard_hits = {}, {}, {}
+    for split, dataset in datasets.items():
+        key = base_key + (data_fingerprint(dataset),)
+        *features[split], done, total = cached_features(accelerator, cfg, model, layout, key, make_loader, dataset,
+                                                         f"Encoding {split}", autocast)
+        hits[split], shard_hits[split] = done == total, f"{done} of {total}"
     encode_seconds = time.perf_counter() - start
     c_grid = cfg.c_grid
     head = fit_head(features["train"], features["validation"], scorer, c_grid, cfg.metric_for_best_model,
@@ -188,6 +224,7 @@ def run_probe(accelerator, cfg, model, layout: Layout, loaders: dict, datasets: 
     details = {"C": head["C"], "C_chosen_on": cfg.metric_for_best_model,
                "validation_by_C": {str(k): v for k, v in head["validation_by_C"].items()},
                "encode_seconds": round(encode_seconds, 2), "feature_cache_hit": hits,
+               "feature_cache_shards": shard_hits,
                "fit_seconds": round(time.perf_counter() - start - encode_seconds, 2)}
     logger.info("Probe head: C=%s chosen on validation (%s); features %s.", head["C"], details["validation_by_C"],
                 "from cache" if all(hits.values()) else f"encoded in {encode_seconds:.1f}s")

@@ -1,0 +1,171 @@
+"""Scale of data: what 10k, 100k and 1M training examples cost before and during training.
+
+    python benchmarks/scale.py --sizes 10000,100000,1000000 --out benchmarks/results/scale.md
+
+The training sets are real sst2 training sentences repeated to size in a seeded shuffled order (the text is real,
+the count is not: no new information past 6,920 examples); validation is sst2's own. Each size runs in a fresh
+process, so its peak RSS (VmHWM) is its own:
+
+- tokenisation: `batches.tokenize` (datasets.map, batched, the fast tokenizer) on the whole training split, in
+  texts/s, beside the single-process loop a user would write (`tokenizer(text)` per example; timed on the first
+  20,000 texts) and `datasets.map` with num_proc=2;
+- a finetune run of --steps optimizer steps (recipe defaults otherwise): seconds from calling `xfer_nlp.run` to the
+  first optimizer step (reading, cleaning, tokenising, building batches, loading the model), and samples/s over
+  the steps after the first;
+- peak RSS of the process, and its growth over the smallest size.
+
+--probe_sizes also runs the probe on those sizes and reports its feature cache on disk (bytes per example). A
+1M-example probe encodes a million sentences (about an hour on this project's 2-core CPU), so by default it runs
+on the smallest size only; the bytes per example do not depend on the size.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import machine, publish
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_data(root: Path, size: int, source: Path) -> Path:
+    folder = root / f"sst2x{size}"
+    if (folder / "train.jsonl").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = (source / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    order = np.random.default_rng(0).permutation(size) % len(lines)
+    tmp = folder / "train.jsonl.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        for i in order:
+            f.write(lines[i] + "\n")
+    tmp.rename(folder / "train.jsonl")
+    (folder / "validation.jsonl").write_text((source / "validation.jsonl").read_text(encoding="utf-8"))
+    return folder
+
+
+def peak_rss_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def cell(args) -> dict:
+    """One size in this (fresh) process: tokenisation, then a run; prints a JSON line."""
+    import xfer_nlp
+    from xfer_nlp import batches
+    from xfer_nlp.config import RunConfig, resolve
+    from xfer_nlp.data import load_text_data
+    from xfer_nlp.modes import EMBEDDED_MODEL, resolve_model_path
+
+    from transformers import AutoTokenizer
+
+    out = {"size": int(args.cell_size), "mode": args.mode}
+    if args.mode == "finetune":
+        cfg = resolve(RunConfig(dataset_name=args.cell_data))
+        data = load_text_data(cfg)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL))
+        texts = data.splits["train"]["text"][:]
+        sample = texts[:20000]
+        start = time.perf_counter()
+        for text in sample:
+            tokenizer(text, truncation=True, max_length=cfg.max_seq_length)
+        out["loop_texts_per_s"] = len(sample) / (time.perf_counter() - start)
+        for num_proc in (None, 2):
+            start = time.perf_counter()
+            batches.tokenize(data.splits, tokenizer, batches.Reading(cfg.max_seq_length), num_proc=num_proc)
+            seconds = time.perf_counter() - start
+            out[f"map_texts_per_s_{num_proc or 1}"] = sum(len(s) for s in data.splits.values()) / seconds
+        del data, texts, sample
+        out["rss_after_tokenising_mb"] = peak_rss_mb()
+    steps = []
+
+    def on_step(step):
+        steps.append(time.perf_counter())
+
+    overrides = {"max_steps": args.steps} if args.mode == "finetune" else {}
+    shutil.rmtree(Path(args.cell_out) / "features", ignore_errors=True)  # a cold cache: encoding is what is measured
+    start = time.perf_counter()
+    result = xfer_nlp.run(mode=args.mode, dataset_name=args.cell_data, output_dir=args.cell_out,
+                          overwrite_output_dir=True, on_step=on_step if args.mode == "finetune" else None,
+                          feature_cache_dir=str(Path(args.cell_out) / "features"), **overrides)
+    if args.mode == "finetune":
+        out["first_step_s"] = steps[0] - start
+        batch = result.record.config["per_device_train_batch_size"]
+        out["samples_per_s"] = batch * (len(steps) - 1) / (steps[-1] - steps[0])
+    else:
+        files = list((Path(args.cell_out) / "features").rglob("*.safetensors"))
+        rows = sum(result.record.split_sizes.values())
+        out["cache_bytes"] = sum(p.stat().st_size for p in files)
+        out["cache_bytes_per_example"] = out["cache_bytes"] / rows
+        out["encode_s"] = result.record.probe["encode_seconds"]
+        out["texts_per_s"] = rows / result.record.probe["encode_seconds"]
+    out["val_accuracy"] = result.metrics["validation"]["accuracy"]
+    out["peak_rss_mb"] = peak_rss_mb()
+    print("CELL " + json.dumps(out))
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--probe_sizes", default="10000")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps of each finetune run")
+    parser.add_argument("--work_dir", default="runs/scale")
+    parser.add_argument("--data_dir", default=None, help="sst2 JSONL folder (default: the shared data's sst2)")
+    parser.add_argument("--out", default=None)
+    for name in ("cell_size", "cell_data", "cell_out", "mode"):
+        parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.cell_data:
+        cell(args)
+        return
+    from xfer_nlp.config import RunConfig
+    from xfer_nlp.data import data_root
+
+    source = Path(args.data_dir) if args.data_dir else data_root(RunConfig()) / "sst2"
+    work = Path(args.work_dir)
+    cells = []
+    jobs = [("finetune", int(n)) for n in args.sizes.split(",")] + \
+           [("probe", int(n)) for n in args.probe_sizes.split(",") if n]
+    for mode, size in jobs:
+        data = make_data(work / "data", size, source)
+        cmd = [sys.executable, str(HERE / "scale.py"), "--cell_size", str(size), "--cell_data", str(data),
+               "--cell_out", str(work / f"{mode}-{size}"), "--mode", mode, "--steps", str(args.steps)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "true"})
+        if done.returncode != 0:
+            sys.exit(f"{mode} at {size} failed:\n{done.stderr[-3000:]}")
+        cells.append(json.loads(next(line for line in done.stdout.splitlines() if line.startswith("CELL "))[5:]))
+    publish(report(cells, args), args.out)
+
+
+def report(cells: list[dict], args) -> str:
+    tuned = [c for c in cells if c["mode"] == "finetune"]
+    base = tuned[0]["peak_rss_mb"] if tuned else None
+    lines = [f"Scale of data on {machine()}: sst2 sentences repeated to size (seeded shuffle), finetune for "
+             f"{args.steps} steps (recipe defaults otherwise), each size in a fresh process.", "",
+             f"    python benchmarks/scale.py --sizes {args.sizes} --probe_sizes {args.probe_sizes} --steps {args.steps}",
+             "", "| training examples | tokenise texts/s (map) | map num_proc=2 | per-example loop | map / loop | "
+             "seconds to first step | samples/s | peak RSS MB | vs smallest |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in tuned:
+        lines.append(f"| {c['size']:,} | {c['map_texts_per_s_1']:,.0f} | {c['map_texts_per_s_2']:,.0f} | "
+                     f"{c['loop_texts_per_s']:,.0f} | {c['map_texts_per_s_1'] / c['loop_texts_per_s']:.1f}x | "
+                     f"{c['first_step_s']:.1f} | {c['samples_per_s']:.1f} | {c['peak_rss_mb']:,.0f} | "
+                     f"{(c['peak_rss_mb'] / base - 1) * 100:+.1f}% |")
+    probes = [c for c in cells if c["mode"] == "probe"]
+    if probes:
+        lines += ["", "| probe: training examples | encode s | texts/s | feature cache on disk | bytes per example | "
+                  "peak RSS MB |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['size']:,} | {c['encode_s']:.1f} | {c['texts_per_s']:.0f} | {c['cache_bytes'] / 2**20:.1f} MiB "
+                  f"| {c['cache_bytes_per_example']:.0f} | {c['peak_rss_mb']:,.0f} |" for c in probes]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
