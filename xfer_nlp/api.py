@@ -236,6 +236,9 @@ PREDICT_PRECISIONS = ("fp32", "bf16", "auto")
 
 
 PREDICT_BACKENDS = ("torch", "onnx")
+# Texts labelled at a time by predict_stream: each chunk is sorted by length and batched, so memory stays flat for
+# any number of texts while batches stay nearly unpadded.
+CHUNK_TEXTS = 16384
 
 
 def predict(model: str | Path, texts: str | list[str], batch_size: int = 64, precision: str = "fp32",
@@ -255,8 +258,26 @@ def predict(model: str | Path, texts: str | list[str], batch_size: int = 64, pre
 
     backend "onnx" computes the logits with onnxruntime from MODEL/onnx/model.onnx (`xfer-nlp export MODEL --format
     onnx`), fp32 only; tokenising, reading, batching and the returned rows are the same as torch's.
+    For more texts than fit in memory, use predict_stream.
     """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ConfigError(f"Text {bad} of {len(texts)} is {texts[bad]!r}, not a string. Pass strings only (drop or "
+                          "fill the missing ones).")
+    return list(predict_stream(model, texts, batch_size, precision, backend, total=len(texts)))
+
+
+def predict_stream(model: str | Path, texts, batch_size: int = 64, precision: str = "fp32", backend: str = "torch",
+                   total: int | None = None, chunk_texts: int = CHUNK_TEXTS):
+    """predict() over any iterable of texts, yielding rows in input order as each chunk of `chunk_texts` is
+    labelled: a file of a million texts streams through in flat memory (`xfer-nlp predict --input F --output O`).
+    `total`, when known, sizes the progress bar."""
+    import itertools
+
     from datasets import Dataset, DatasetDict
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+    from tqdm.auto import tqdm
 
     if precision not in PREDICT_PRECISIONS:
         raise ConfigError(f"precision '{precision}' is not one of {', '.join(PREDICT_PRECISIONS)}.")
@@ -264,34 +285,44 @@ def predict(model: str | Path, texts: str | list[str], batch_size: int = 64, pre
         raise ConfigError(f"backend '{backend}' is not one of {', '.join(PREDICT_BACKENDS)}.")
     if backend == "onnx" and precision == "bf16":
         raise ConfigError("The ONNX backend runs the exported fp32 graph: use precision fp32 (or auto) with it.")
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
-        raise ConfigError(f"Text {bad} of {len(texts)} is {texts[bad]!r}, not a string. Pass strings only (drop or "
-                          "fill the missing ones).")
     tokenizer, classifier, reading = load_model(str(model))
-    if not texts:
-        return []
-    data = DatasetDict(predict=Dataset.from_dict({"text": texts, "label": [0] * len(texts)}))
-    tokenized = batches.tokenize(data, tokenizer, reading)["predict"]
     device = classifier.device.type
-    loader = batches.eval_loader(tokenized, batches.make_collator(tokenizer, None, device), batch_size)
-    desc = "Predicting" if len(texts) > batch_size else None
+    collator = batches.make_collator(tokenizer, None, device)
+    names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
     if backend == "onnx":
         from .onnx_export import OnnxClassifier, default_output
 
-        logits, _ = batches.per_text(None, loader, OnnxClassifier.load(default_output(str(model))), desc)
-    else:
-        if precision == "auto":
-            precision = "bf16" if bf16_is_native(device) else "fp32"
+        onnx_model = OnnxClassifier.load(default_output(str(model)))
+    elif precision == "auto":
+        precision = "bf16" if bf16_is_native(device) else "fp32"
+
+    def logits_of(chunk: list[str]) -> torch.Tensor:
+        data = DatasetDict(predict=Dataset.from_dict({"text": chunk, "label": [0] * len(chunk)}))
+        loader = batches.eval_loader(batches.tokenize(data, tokenizer, reading)["predict"], collator, batch_size)
+        if backend == "onnx":
+            return batches.per_text(None, loader, onnx_model)[0]
         with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits, _ = loop.predict_logits(None, classifier, loader, desc)
-    names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
-    rows = []
-    for text, p in zip(texts, torch.softmax(logits, -1).tolist()):
-        best = max(range(len(p)), key=p.__getitem__)
-        rows.append({"text": text, "label": names[best], "score": p[best], "scores": dict(zip(names, p))})
-    return rows
+            return loop.predict_logits(None, classifier, loader)[0]
+
+    stream, position = iter(texts), 0
+    bars_on = is_progress_bar_enabled()
+    disable_progress_bar()  # datasets' per-chunk "Tokenising" bars; one bar below counts the texts
+    try:
+        with tqdm(total=total, unit="texts", desc="Predicting", disable=total is not None and total <= batch_size,
+                  leave=False) as bar:
+            while chunk := list(itertools.islice(stream, chunk_texts)):
+                bad = next((i for i, t in enumerate(chunk) if not isinstance(t, str)), None)
+                if bad is not None:
+                    raise ConfigError(f"Text {position + bad} is {chunk[bad]!r}, not a string. Pass strings only "
+                                      "(drop or fill the missing ones).")
+                for text, p in zip(chunk, torch.softmax(logits_of(chunk), -1).tolist()):
+                    best = max(range(len(p)), key=p.__getitem__)
+                    yield {"text": text, "label": names[best], "score": p[best], "scores": dict(zip(names, p))}
+                position += len(chunk)
+                bar.update(len(chunk))
+    finally:
+        if bars_on:
+            enable_progress_bar()
 
 
 def load_model(model: str):

@@ -90,8 +90,10 @@ def report_command(argv: list[str]) -> int:
 
 
 def predict_command(argv: list[str]) -> int:
-    from .api import PREDICT_BACKENDS, PREDICT_PRECISIONS, predict
-    from .data import read_texts, write_jsonl
+    import itertools
+
+    from .api import PREDICT_BACKENDS, PREDICT_PRECISIONS, predict_stream
+    from .data import iter_texts, write_jsonl
 
     parser = argparse.ArgumentParser(prog="xfer-nlp predict", description="Label texts with an exported model.")
     parser.add_argument("texts", nargs="*", help="Texts to label (or use --input).")
@@ -109,23 +111,26 @@ def predict_command(argv: list[str]) -> int:
         "`xfer-nlp export MODEL --format onnx`; fp32)."))
     args = parser.parse_args(argv)
     try:
-        texts = list(args.texts) + (read_texts(args.input, args.text_column) if args.input else [])
-        if not texts:
+        texts = itertools.chain(args.texts, iter_texts(args.input, args.text_column) if args.input else [])
+        first = next(texts, predict_command)  # the function itself as the end marker: a text may be None
+        if first is predict_command:
             raise XferError("No texts to label: pass them as arguments or with --input FILE.")
         if args.output:  # before any model is loaded or text labelled
             try:
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise XferError(f"--output '{args.output}': its folder cannot be created ({e.strerror}).") from None
-        rows = predict(args.model, texts, args.batch_size, args.precision, args.backend)
+        # Streamed: texts are read, labelled and written a chunk at a time, so memory stays flat for any input size.
+        rows = predict_stream(args.model, itertools.chain([first], texts), args.batch_size, args.precision,
+                              args.backend)
+        if args.output:
+            n = write_jsonl(args.output, rows)
+            print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+        else:
+            for row in rows:
+                print(f"{row['label']}\t{row['score']:.4f}\t{row['text']}")
     except XferError as e:
         return _error(e)
-    if args.output:
-        write_jsonl(args.output, rows)
-        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
-    else:
-        for row in rows:
-            print(f"{row['label']}\t{row['score']:.4f}\t{row['text']}")
     return 0
 
 

@@ -393,21 +393,38 @@ def load_text_data(cfg: RunConfig) -> TextData:
     return TextData(splits, names, source, tuple(notes))
 
 
-def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
-    """Texts to predict on: .txt (one a line), or any data format with a text column."""
+def iter_texts(path: str | Path, text_column: str = "text"):
+    """Texts to predict on, one at a time (a file of millions never sits in a list): .txt (one a line, blank lines
+    skipped), or any data format with a text column (read through its memory-mapped Arrow table in blocks). A
+    missing value comes through as None, which predict refuses naming its position. Problems with the file itself
+    are raised before the first text."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Input file '{path}' does not exist.")
     if path.suffix.lower() == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        def lines():
+            with open(path, encoding="utf-8") as f:
+                yield from (line.rstrip("\r\n") for line in f if line.strip())
+        return lines()
     ds = _read_file(path)
     if text_column not in ds.column_names:
         raise DataError(f"'{path}' has no column '{text_column}'; its columns are {', '.join(ds.column_names)}. "
                         "Pass --text_column.")
-    return [str(t) for t in ds[text_column]]
+
+    def column():
+        for block in ds.select_columns([text_column]).with_format("arrow").iter(batch_size=8192):
+            yield from (t if t is None or isinstance(t, str) else str(t) for t in block.column(0).to_pylist())
+    return column()
 
 
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+def write_jsonl(path: str | Path, rows) -> int:
+    """Write rows (any iterable) as JSONL, atomically: the file appears, complete, once the last row is written.
+    Returns how many rows were written."""
+    from .runfolder import atomic_write
+
+    n = 0
+    with atomic_write(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
