@@ -1,4 +1,4 @@
-"""xfer_nlp against transformers' Trainer, side by side in one invocation: throughput, time to accuracy, memory.
+"""xfer_nlp against transformers' Trainer, side by side in one invocation: time to accuracy (the headline), throughput, memory.
 
     python benchmarks/speed.py --short          # 100 steps: 1 epoch on 3,200 examples, every contestant
     python benchmarks/speed.py --contestants trainer-grouped,trainer-grouped@bf16,xfer_nlp,xfer_nlp@bf16
@@ -168,6 +168,31 @@ def time_to(evals: list[dict], target: float) -> float | None:
     return next((e["seconds"] for e in evals if e["accuracy"] >= target - 1e-9), None)
 
 
+def headline(results: dict, best_peer: str | None, target: float | None, task: str) -> list[str]:
+    """The first table of the report: seconds until validation accuracy first reaches the fp32 Trainer's final
+    accuracy, xfer_nlp as shipped (what --mixed_precision auto picks here) against the Trainer as shipped (fp32),
+    then at each equal precision both ran."""
+    from xfer_nlp.modes import EMBEDDED_MODEL
+    from xfer_nlp.precision import resolve_precision
+
+    if best_peer is None:
+        return []
+    shipped = "xfer_nlp@bf16" if resolve_precision("auto", task, EMBEDDED_MODEL) == "bf16" else "xfer_nlp"
+    pairs = [("as shipped", shipped, best_peer), ("fp32", "xfer_nlp", best_peer),
+             ("bf16", "xfer_nlp@bf16", f"{best_peer}@bf16")]
+    lines = [f"Time to accuracy: seconds until validation accuracy first reaches {best_peer}'s final accuracy in fp32 "
+             f"({target:.4f}); each run evaluates once per epoch.", "",
+             "| comparison | xfer_nlp s | Trainer s | speed-up |", "|---|---|---|---|"]
+    for label, ours, theirs in pairs:
+        if ours not in results or theirs not in results:
+            continue
+        a, b = time_to(results[ours]["evals"], target), time_to(results[theirs]["evals"], target)
+        ratio = f"{b / a:.2f}x" if a and b else "—"
+        lines.append(f"| {label} ({ours} vs {theirs}) | {'never' if a is None else f'{a:.0f}'} | "
+                     f"{'never' if b is None else f'{b:.0f}'} | {ratio} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("finetune", "scratch"), default="finetune")
@@ -226,6 +251,7 @@ def main() -> None:
              f"lr {args.learning_rate:g}, batch 32, precision {args.mixed_precision}, seed {args.seed}"
              + (f"; median of {args.repeats} round-robin repeats." if args.repeats > 1 else "."),
              f"Command: `python benchmarks/speed.py {' '.join(a for a in sys.argv[1:])}`", "",
+             *headline(results, best_peer, target, args.task), "",
              "| contestant | train samples/s | wall s | time to peer's final accuracy (s) | final val accuracy "
              "| peak RSS MB |" + (" peak GPU MB |" if gpu else "") + " xfer_nlp speed-up (same precision) |",
              "|---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|"]

@@ -82,6 +82,8 @@ def test_speed_benchmark_smoke(tmp_path):
           "trainer-grouped,xfer_nlp", "--out", str(out), cwd=tmp_path)
     table = out.read_text()
     assert "| trainer-grouped |" in table and "| xfer_nlp |" in table
+    assert table.index("Time to accuracy") < table.index("| contestant |")  # the headline comes first
+    assert "| fp32 (xfer_nlp vs trainer-grouped) |" in table
 
 
 def test_levers_benchmark_smoke(tmp_path):
