@@ -80,6 +80,7 @@ def test_auto_reads_long_training_texts_head_plus_tail_and_predict_applies_it(ti
     log = (run.output_dir / "train.log").read_text()
     assert "Reading texts: the first 8 and the last tokens, 32 in all" in log and "--truncation auto" in log
     assert "24 of 24 validation texts are longer than --max_seq_length 32 tokens" in log
+    assert "The training texts are long and the model reads 32 tokens" in log and "--max_seq_length 512" in log
     rows = [json.loads(x) for x in (run.output_dir / "predictions.jsonl").read_text().splitlines()]
     texts = [r["text"] for r in rows if r["split"] == "validation"]
     applied = xfer_nlp.predict(run.output_dir, texts)

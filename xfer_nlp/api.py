@@ -153,6 +153,11 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     reading, extra["reading"] = batches.choose_reading(cfg, data.splits["train"]["text"], built.tokenizer)
     logger.info("Reading texts: %s (the training texts' 90th-percentile length is %d tokens%s).", reading.describe(),
                 extra["reading"]["train_p90_tokens"], "; --truncation auto" if cfg.truncation == "auto" else "")
+    if extra["reading"]["train_p90_tokens"] > cfg.max_seq_length < 512 and not reading.chunk_stride:
+        logger.warning("The training texts are long and the model reads %d tokens of each. On whole reviews "
+                       "(polarity2k) the probe scored 0.71 at 128 tokens, 0.795 with --max_seq_length 512 (head+tail) "
+                       "and 0.80 with --long_text chunk (benchmarks/RESULTS.md, \"Long reviews\"); each costs 4-5x "
+                       "the time a step. Pass one of them if that time is worth it.", cfg.max_seq_length)
     with accelerator.main_process_first():
         tokenized = batches.tokenize(data.splits, built.tokenizer, reading)
     collator = batches.make_collator(built.tokenizer, accelerator.mixed_precision, accelerator.device.type)
