@@ -42,6 +42,8 @@ def test_onnx_windows_of_a_chunked_run_and_another_family(tiny_run, tmp_path):
     assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(onnx_rows, torch_rows)) < 1e-4
     assert len({r["label"] for r in torch_rows}) == 2  # both labels occur
+    xfer_nlp.run(mode="probe", probe_c_grid="1", overwrite_output_dir=True, **run)  # a new model in the folder
+    assert not (out / "onnx").exists()  # the old model's graph is gone, not served beside the new model
 
 
 def test_the_cli_exports_and_predicts_with_onnx_and_names_each_mistake(tiny_run, tmp_path):

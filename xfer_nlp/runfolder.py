@@ -95,10 +95,12 @@ def check(out: Path, overwrite: bool, resume: bool) -> None:
 
 def invalidate(out: Path) -> None:
     """Before an overwriting run writes anything: the old run's results and checkpoints go first, so a run killed
-    half-way never leaves a folder whose results.json describes another model."""
+    half-way never leaves a folder whose results.json describes another model. The old model's ONNX export goes
+    too: `predict --backend onnx` would otherwise serve the old graph beside the new model."""
     (out / RESULTS).unlink(missing_ok=True)
     (out / EVALUATION).unlink(missing_ok=True)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(out / ONNX_DIR, ignore_errors=True)
 
 
 class Lock:
