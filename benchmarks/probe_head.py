@@ -45,6 +45,13 @@ def heads(x, y, xv, yv) -> dict[str, float]:
             "L2-normalised, C=1 (SetFit's head)": accuracy(fit_logistic(n, y, 2, 1.0), nv, yv)}
 
 
+def split_features(folder: Path) -> tuple[int, tuple[torch.Tensor, torch.Tensor]]:
+    """(rows, (features, labels)) of one split's feature-cache folder, its shards joined in text order."""
+    shards = [load_file(p) for p in sorted(folder.glob("texts-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))]
+    labels = torch.cat([t["labels"] for t in shards]).long()
+    return len(labels), (torch.cat([t["features"] for t in shards]).float(), labels)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="16,32,64,100,500")
@@ -59,8 +66,7 @@ def main(argv=None) -> None:
         xfer_nlp.run(mode="probe", dataset_name="sst2", output_dir=str(out / "probe"), overwrite_output_dir=True,
                      probe_c_grid="1", feature_cache_dir=str(cache), max_train_samples=args.max_train_samples)
     sizes = json.loads((out / "probe" / "results.json").read_text())["split_sizes"]
-    by_rows = {len(t["labels"]): (t["features"].float(), t["labels"].long())
-               for t in map(load_file, cache.glob("*.safetensors"))}
+    by_rows = dict(split_features(folder) for folder in cache.iterdir() if folder.is_dir())
     (xt, yt), (xv, yv) = by_rows[sizes["train"]], by_rows[sizes["validation"]]
     scores: dict[int, dict[str, list[float]]] = {}
     for n in (int(s) for s in args.sizes.split(",")):
