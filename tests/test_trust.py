@@ -302,7 +302,10 @@ def test_ctrl_c_is_one_line_with_the_resume_command(tiny_model_dir, tmp_path):
                              "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(data),
                              "--output_dir", str(out), "--max_seq_length", "32", "--per_device_train_batch_size", "8",
                              "--num_train_epochs", "3", "--save_steps", "20"], cwd=ROOT, env=launch_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and
+                            # Python then never raises KeyboardInterrupt; the user's terminal run has it on.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     # Any checkpoint: the tiny model runs ~100 steps a second, and save_total_limit 2 rotates each one away about
     # 0.4 s after it appears, so waiting for one named checkpoint could miss it and outwait the whole run.
