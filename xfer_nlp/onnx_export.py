@@ -118,8 +118,8 @@ def export_onnx(model: str | Path, output: str | Path | None = None, opset: int 
 
 
 def _check(path: Path, tokenizer, classifier, max_length: int, names: list[str]) -> float:
-    """The largest logit difference (relative to the largest logit, or absolute below 1) between onnxruntime and torch on CHECK_TEXTS (batched, then one at a time);
-    an export that disagrees is an error and is not kept."""
+    """The largest logit difference (relative to the largest logit, or absolute below 1) between onnxruntime and
+    torch on CHECK_TEXTS (batched, then one at a time); an export that disagrees is an error and is not kept."""
     onnx_model = OnnxClassifier.load(path)
     worst = 0.0
     for texts in (CHECK_TEXTS, *([t] for t in CHECK_TEXTS)):
@@ -147,11 +147,9 @@ def _record(folder: Path, output: Path, opset: int, diff: float) -> None:
         relative = output.resolve().relative_to(folder.resolve()).as_posix()
     except ValueError:
         return  # exported elsewhere: the run folder is left as it was
-    import onnxruntime
-
     record = read_results(folder)
     files = [f for f in (record.files or []) if f != relative] + [relative]
     info = {"file": relative, "opset": opset, "max_logit_diff": diff, "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__}
+            "onnxruntime": _require().__version__}
     write_json(folder / RESULTS, RunRecord.from_dict({**record.to_dict(), "files": files, "onnx": info}).to_dict())
 
