@@ -28,6 +28,8 @@ def test_onnx_labels_equal_torch_and_the_run_records_the_export(tiny_run):
     assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(onnx_rows, torch_rows)) < 1e-4
     assert len({round(r["score"], 6) for r in torch_rows}) > 10  # the scores vary by text: the comparison can fail
+    (out / "model.safetensors").rename(out / "moved.safetensors")  # the ONNX path reads no torch weights
+    assert xfer_nlp.predict(out, TEXTS, batch_size=16, backend="onnx") == onnx_rows
 
 
 def test_onnx_windows_of_a_chunked_run_and_another_family(tiny_run, tmp_path):

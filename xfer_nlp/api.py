@@ -290,10 +290,12 @@ def predict_stream(model: str | Path, texts, batch_size: int = 64, precision: st
         raise ConfigError(f"backend '{backend}' is not one of {', '.join(PREDICT_BACKENDS)}.")
     if backend == "onnx" and precision == "bf16":
         raise ConfigError("The ONNX backend runs the exported fp32 graph: use precision fp32 (or auto) with it.")
-    tokenizer, classifier, reading = load_model(str(model))
-    device = classifier.device.type
+    # The ONNX graph carries the weights: from the model folder it needs only the config and the tokenizer.
+    tokenizer, classifier, reading = load_model(str(model), weights=backend == "torch")
+    config = classifier if backend == "onnx" else classifier.config
+    device = "cpu" if backend == "onnx" else classifier.device.type
     collator = batches.make_collator(tokenizer, None, device)
-    names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    names = [config.id2label[i] for i in range(config.num_labels)]
     if backend == "onnx":
         from .onnx_export import OnnxClassifier, default_output
 
@@ -330,23 +332,26 @@ def predict_stream(model: str | Path, texts, batch_size: int = 64, precision: st
             enable_progress_bar()
 
 
-def load_model(model: str):
-    """(tokenizer, classifier in eval mode, Reading) for a run folder, a model folder or a Hub id."""
+def load_model(model: str, weights: bool = True):
+    """(tokenizer, classifier in eval mode, Reading) for a run folder, a model folder or a Hub id; with
+    weights=False the classifier's config in its place (nothing is read from the weights file)."""
     import json
 
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     check_model_folder(model)
     path = Path(model).expanduser()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
-        classifier = AutoModelForSequenceClassification.from_pretrained(model, trust_remote_code=False)
+        classifier = (AutoModelForSequenceClassification.from_pretrained(model, trust_remote_code=False) if weights
+                      else AutoConfig.from_pretrained(model, trust_remote_code=False))
     except (OSError, ValueError, KeyError) as e:
         offline = " This machine is offline (HF_HUB_OFFLINE), so only models already in the cache can load." \
             if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") and not path.exists() else ""
         raise ConfigError(f"Could not load the model '{model}' ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:300]}).{offline}") from None
-    classifier = classifier.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    if weights:
+        classifier = classifier.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     record = None
     if (path / runfolder.RESULTS).is_file():
         try:
@@ -357,7 +362,7 @@ def load_model(model: str):
     reading = batches.saved_reading(record)
     if reading is None:  # as pipeline() reads: the tokenizer's limit, within what the positions cover
         limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 512
-        positions = getattr(classifier.config, "max_position_embeddings", None)
+        positions = getattr(classifier.config if weights else classifier, "max_position_embeddings", None)
         reading = batches.Reading(min(limit, positions) if positions else limit)
     return tokenizer, classifier, reading
 
