@@ -13,7 +13,8 @@ import pytest
 from conftest import free_port, launch_env
 
 import xfer_nlp
-from xfer_nlp.compare import parse_variants
+from xfer_nlp.compare import CompareArgs, parse_variants, plan
+from xfer_nlp.config import RunConfig
 from xfer_nlp.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,15 @@ def test_variants_parse_with_their_settings():
     assert variants[2].overrides == {"freeze_layers": 4}
     assert variants[3].overrides == {"gradual_unfreezing": True, "layer_lr_decay": 0.8}
     assert variants[3].slug == "finetune-gradual_unfreezing_True-layer_lr_decay_0.8"
+
+
+def test_grid_probes_encode_cold_so_their_train_time_counts_encoding(tmp_path):
+    """A re-fit on cached features would read ~1 s in the textbook table where a first probe encodes every text."""
+    args = CompareArgs("probe,probe[feature_cache_dir=/tmp/f],contrastive,finetune", "16", "0")
+    cold = {c.variant.label: c.config.no_feature_cache for c in plan(RunConfig(), args, tmp_path)}
+    assert cold == {"probe": True, "probe[feature_cache_dir=/tmp/f]": False, "contrastive": True, "finetune": False}
+    reuse = plan(RunConfig(feature_cache_dir=str(tmp_path / "f")), CompareArgs("probe", "16", "0"), tmp_path)
+    assert reuse[0].config.no_feature_cache is False  # asked to reuse features: the cache is read
 
 
 @pytest.mark.parametrize("spec,message", [

@@ -149,6 +149,10 @@ def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
     """Every cell's resolved config; any invalid combination is reported before the first cell runs."""
     cells, problems = [], []
     for variant in parse_variants(args.modes):
+        # A grid measures training time: a probe re-fitted on cached features reads ~1 s where a first run encodes
+        # every text, so each fitted-head cell encodes cold unless --feature_cache_dir asks to reuse features.
+        cold = MODES[variant.mode].fitted_head and base.feature_cache_dir is None \
+            and "feature_cache_dir" not in variant.overrides
         for size in parse_sizes(args.train_sizes):
             for seed in parse_seeds(args.seeds):
                 name = f"{variant.slug}-n{size}-s{seed}"
@@ -157,7 +161,8 @@ def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
                         base, **variant.overrides, mode=variant.mode, seed=seed,
                         max_train_samples=None if size == "all" else int(size),
                         output_dir=str(output_dir / "runs" / name), overwrite_output_dir=False,
-                        resume_from_checkpoint=None, push_to_hub=False))
+                        resume_from_checkpoint=None, push_to_hub=False,
+                        no_feature_cache=base.no_feature_cache or cold))
                 except ConfigError as e:
                     problems.append(f"{variant.label}: {e}")
                     break
