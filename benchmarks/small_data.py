@@ -1,0 +1,131 @@
+"""Issue 22's checks, read off the small-data grids: the best xfer_nlp mode and contrastive against the setfit peer.
+
+    for s in 0 1 2; do
+      xfer-nlp compare --modes probe,finetune,lora,contrastive,scratch --train_sizes 16,32,64,100 --seeds $s \\
+          --dataset_name sst2 --output_dir benchmarks/results/grid-sst2
+      python benchmarks/setfit_peer.py --dataset_name sst2 --train_sizes 16,32,64,100 --seeds $s \\
+          --output_dir benchmarks/results/grid-sst2
+    done                                         # and the same with mr, into grid-mr
+    python benchmarks/small_data.py benchmarks/results/grid-sst2 benchmarks/results/grid-mr \\
+        --out benchmarks/results/small-data.md
+
+This script trains nothing: it reads each grid's finished cells (compare's `comparison.csv` format, through
+`xfer_nlp.report.load_cells`) and their results.json, and writes per size: the mean validation accuracy of every
+variant over the seeds it has, the best xfer_nlp mode against setfit, contrastive against setfit in accuracy and
+seconds per run, and finetune against the probe.
+
+Selection on validation, said plainly: xfer_nlp's loop modes keep their best evaluation (on the validation split
+they are scored on) and the probe's head picks its C on it too; the setfit peer picks nothing. So each check is
+also shown without any selection: the loop modes' last evaluation (their final weights) and contrastive's head at
+C = 1, scikit-learn's default that setfit's LogisticRegression uses (the probe's objective is scikit-learn's).
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from xfer_nlp.report import load_cells
+
+from common import cpu_name, publish
+
+PEER = "setfit"
+MODES = ("probe", "finetune", "lora", "contrastive", "scratch")
+
+
+def selection_free(folder: Path) -> float | None:
+    """The cell's validation accuracy with nothing chosen on validation (None where nothing was chosen anyway)."""
+    record = json.loads((folder / "results.json").read_text())
+    if record.get("mode") in ("finetune", "lora", "scratch") and record.get("history"):
+        return record["history"][-1].get("validation_accuracy")
+    if record.get("mode") == "contrastive":
+        by_c = (record.get("probe") or {}).get("validation_by_C") or {}
+        return next((v for c, v in by_c.items() if math.isclose(float(c), 1.0)), None)
+    return None
+
+
+def cells(grid: Path) -> pd.DataFrame:
+    done = load_cells(grid)
+    done = done[done.status == "done"].copy()
+    done["free"] = [selection_free(grid / "runs" / f) for f in done.folder]
+    done["free"] = done["free"].fillna(done.validation_accuracy)
+    return done
+
+
+def per_size(done: pd.DataFrame) -> pd.DataFrame:
+    """mode x size -> mean accuracy (selected and selection-free), mean seconds, seeds."""
+    return done.groupby(["mode", "size"]).agg(acc=("validation_accuracy", "mean"), sd=("validation_accuracy", "std"),
+                                              free=("free", "mean"), seconds=("train_seconds", "mean"),
+                                              seeds=("seed", "nunique"))
+
+
+def _size_key(size: str) -> float:
+    return math.inf if size == "all" else int(size)
+
+
+def report(grid: Path) -> list[str]:
+    done = cells(grid)
+    if done.empty:
+        return [f"## {grid.name}", "", "No finished cells yet.", ""]
+    table = per_size(done)
+    sizes = sorted(done["size"].unique(), key=_size_key)
+    modes = [m for m in MODES if m in table.index.get_level_values(0)]
+    has_peer = PEER in table.index.get_level_values(0)
+    lines = [f"## {grid.name}", "",
+             "Validation accuracy, mean ± sd over seeds (seeds in brackets where fewer than 3); in italics, the same "
+             "with nothing chosen on validation (last evaluation; contrastive's head at C = 1).", "",
+             "| n | " + " | ".join(modes + ([f"{PEER} (peer)"] if has_peer else [])) + " |",
+             "|---|" + "---|" * (len(modes) + has_peer)]
+
+    def cell(mode, size):
+        if (mode, size) not in table.index:
+            return "—"
+        row = table.loc[(mode, size)]
+        sd = "" if row.seeds < 2 else f" ± {row.sd:.3f}"
+        seeds = "" if row.seeds >= 3 else f" [{int(row.seeds)} seed{'s' if row.seeds > 1 else ''}]"
+        free = f" *{row.free:.3f}*" if abs(row.free - row.acc) > 5e-4 else ""
+        return f"{row.acc:.3f}{sd}{seeds}{free}"
+
+    for size in sizes:
+        lines.append(f"| {size} | " + " | ".join(cell(m, size) for m in modes + ([PEER] if has_peer else [])) + " |")
+    lines += ["", "| n | best xfer_nlp mode | vs setfit | contrastive − setfit | contrastive s | setfit s | "
+              "setfit s / contrastive s |", "|---|---|---|---|---|---|---|"]
+    for size in sizes:
+        ours = table.loc[[(m, size) for m in modes if (m, size) in table.index]]
+        best = ours.acc.idxmax()[0]
+        if has_peer and (PEER, size) in table.index:
+            peer = table.loc[(PEER, size)]
+            vs = f"{ours.acc.max() - peer.acc:+.3f} (no selection {ours.free.max() - peer.acc:+.3f})"
+            if ("contrastive", size) in table.index:
+                con = table.loc[("contrastive", size)]
+                delta = f"{con.acc - peer.acc:+.3f} (C = 1: {con.free - peer.acc:+.3f})"
+                timing = f"{con.seconds:.0f} | {peer.seconds:.0f} | {peer.seconds / con.seconds:.2f}x"
+            else:
+                delta, timing = "—", "— | — | —"
+        else:
+            vs, delta, timing = "—", "—", "— | — | —"
+        lines.append(f"| {size} | {best} {ours.acc.max():.3f} | {vs} | {delta} | {timing} |")
+    if ("finetune", "100") in table.index and ("probe", "100") in table.index:
+        ft, pr = table.loc[("finetune", "100")], table.loc[("probe", "100")]
+        lines += ["", f"finetune at n=100: {ft.acc:.3f} (last evaluation {ft.free:.3f}) against the probe's "
+                      f"{pr.acc:.3f}: {ft.acc - pr.acc:+.3f}."]
+    return lines + [""]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grids", nargs="+", help="compare folders (each with runs/ holding the cells)")
+    parser.add_argument("--out", default=None, help="also write the report to this file")
+    args = parser.parse_args(argv)
+    lines = ["# Small data: xfer_nlp's modes and the setfit peer", "",
+             f"Read from finished cells by `python benchmarks/small_data.py {' '.join(args.grids)}`; the cells ran on "
+             f"{cpu_name()} (this machine when the report was written; each cell's results.json names its own).", ""]
+    for grid in args.grids:
+        lines += report(Path(grid))
+    publish("\n".join(lines), args.out)
+
+
+if __name__ == "__main__":
+    main()
