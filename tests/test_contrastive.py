@@ -8,7 +8,7 @@ from conftest import make_rows, write_jsonl
 
 import xfer_nlp
 from xfer_nlp.errors import ConfigError
-from xfer_nlp.pairs import make_pairs
+from xfer_nlp.pairs import auto_rounds, make_pairs
 
 
 @pytest.mark.parametrize("labels", [[0, 1] * 8, [0, 0, 0, 1, 1, 2, 2, 2, 2, 1]], ids=["binary", "three-classes"])
@@ -41,12 +41,32 @@ def test_a_contrastive_run_tunes_the_encoder_then_fits_the_probe_head(tiny_run):
     assert res["mode"] == "contrastive" and res["probe"]["C"] in [float(c) for c in res["config"]["probe_c_grid"].split(",")]
     assert len(res["history"]) == 1 and res["history"][0]["step"] == 40  # 160 texts x 2 rounds x 2 / batch 16
     log = (result.output_dir / "train.log").read_text()
-    assert "Contrastive pairs: 640 (2 rounds x 2 per training text)." in log
+    assert "Contrastive pairs: 640 (2 rounds x 2 per training text; --pair_iterations)." in log
     probe = xfer_nlp.run(mode="probe", **{**tiny_run, "output_dir": tiny_run["output_dir"] + "-probe"})
     assert result.metrics["validation"]["accuracy"] >= probe.metrics["validation"]["accuracy"] - 0.1
     assert np.isfinite(result.metrics["validation"]["macro_f1"])
     card = (result.output_dir / "README.md").read_text()
     assert "contrastive few-shot tuning" in card and "pair_iterations: 2" in card
+
+
+@pytest.mark.parametrize("labels,rounds", [
+    ([0] * 8 + [1] * 8, 3),  # 2 x 28 same-label pairs over 16 texts
+    ([0] * 16 + [1] * 16, 7),  # 240 / 32
+    ([0] * 50 + [1] * 50, 20),  # 24 a text: capped at SetFit's 20
+    ([0, 0, 1, 1, 2, 2], 1),  # 3 / 6: at least one round
+    ([0] * 10 + [1] * 2, 3),  # imbalanced: 45 + 1 over 12
+])
+def test_the_default_pair_rounds_follow_the_distinct_same_label_pairs(labels, rounds):
+    assert auto_rounds(labels) == rounds
+
+
+def test_without_pair_iterations_the_rule_sets_the_rounds_and_says_so(tiny_run):
+    result = xfer_nlp.run(mode="contrastive", max_train_samples=16, **tiny_run)
+    assert result.results["pairs"] == {"rounds": 3, "pairs": 96, "rule": "auto: the training set's distinct "
+                                       "same-label pairs per text, between 1 and 20"}
+    assert result.results["history"][-1]["step"] == 6  # 96 pairs / batch 16
+    assert "Contrastive pairs: 96 (3 rounds x 2 per training text; auto:" in (result.output_dir / "train.log").read_text()
+    assert "pair_iterations: 3 (96 pairs; auto:" in (result.output_dir / "README.md").read_text()
 
 
 def test_contrastive_with_one_example_of_a_class_is_one_message(tiny_run, tmp_path):

@@ -177,9 +177,13 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     spec = MODES[cfg.mode]
     model = built.model
     if spec.loop == "pairs":  # SetFit's first stage: tune the encoder on pairs, keeping the last weights
-        pair_ds = pairs.pair_dataset(tokenized["train"], pairs.make_pairs(
-            tokenized["train"]["labels"], cfg.pair_iterations, cfg.seed, data.label_names))
-        logger.info("Contrastive pairs: %d (%d rounds x 2 per training text).", len(pair_ds), cfg.pair_iterations)
+        labels = tokenized["train"]["labels"]
+        rounds = cfg.pair_iterations or pairs.auto_rounds(labels)
+        pair_ds = pairs.pair_dataset(tokenized["train"], pairs.make_pairs(labels, rounds, cfg.seed, data.label_names))
+        rule = "--pair_iterations" if cfg.pair_iterations else (
+            f"auto: the training set's distinct same-label pairs per text, between 1 and {pairs.MAX_ROUNDS}")
+        extra["pairs"] = {"rounds": rounds, "pairs": len(pair_ds), "rule": rule}
+        logger.info("Contrastive pairs: %d (%d rounds x 2 per training text; %s).", len(pair_ds), rounds, rule)
         pair_dl = batches.train_loader(pair_ds, pairs.PairCollator(collator), cfg.per_device_train_batch_size,
                                        cfg.seed, lengths=pairs.pair_lengths(pair_ds))
         trained = loop.train(accelerator, cfg, model, built.layout, pair_dl, {}, scorer, loss_fn=pairs.cosine_loss,

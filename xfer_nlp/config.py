@@ -169,8 +169,10 @@ class RunConfig:
                                 choices=POOLINGS)
     probe_layer: int = _f(-1, "probe: which encoder layer's states to pool (-1 = last; k>0 keeps the bottom k "
                           "layers). The exported model keeps only the layers it uses.")
-    pair_iterations: int = _f(20, "contrastive: rounds of pair sampling; each gives every training text one "
-                              "same-label and one other-label partner (SetFit's num_iterations).", positive="integer")
+    pair_iterations: Optional[int] = _f(None, "contrastive: rounds of pair sampling; each gives every training text "
+                                        "one same-label and one other-label partner (SetFit's num_iterations). "
+                                        "Default: as many rounds as the training set has distinct same-label pairs "
+                                        "per text, at least 1 and at most 20 (logged).", positive="integer")
     probe_c_grid: str = _f("0.0001,0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,30,100", "probe: inverse L2 strengths (as in scikit-learn's C) tried for "
                            "the logistic-regression head; the best on validation is kept.")
     feature_cache_dir: Optional[str] = _f(None, "probe: where encoded features are cached (default: "

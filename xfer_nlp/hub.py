@@ -94,6 +94,8 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
         tags=["xfer_nlp", mode, "text-classification"], model_name=Path(cfg["output_dir"]).name, eval_results=evals)
     rows = "\n".join(f"| {split} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for split, m in record.metrics.items())
     hyper = {k: cfg[k] for k in spec.card_settings if cfg.get(k) is not None}
+    if record.pairs:
+        hyper["pair_iterations"] = f"{record.pairs['rounds']} ({record.pairs['pairs']:,} pairs; {record.pairs['rule']})"
     if spec.fitted_head:
         hyper["probe_C (chosen)"] = (record.probe or {}).get("C")
         chosen = ("The encoder was tuned on pairs for the steps set in advance (no choice on validation); the head's "

@@ -17,6 +17,19 @@ from .errors import ConfigError
 from .families import sentence_features
 
 
+MAX_ROUNDS = 20  # SetFit's num_iterations default
+
+
+def auto_rounds(labels) -> int:
+    """--pair_iterations when not given: about one pass over the distinct same-label pairs (what SetFit's default
+    oversampling draws), at least 1 round and at most MAX_ROUNDS. More rounds on a few texts repeat the same pairs:
+    on 16 sst2 sentences 20 rounds scored 4.7 points below SetFit and took twice its time, 3 rounds scored above it
+    (benchmarks/RESULTS.md, "Small data")."""
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    same_label_pairs = int((counts * (counts - 1) // 2).sum())
+    return max(1, min(MAX_ROUNDS, same_label_pairs // len(labels)))
+
+
 def make_pairs(labels, iterations: int, seed: int, label_names=None) -> list[tuple[int, int, float]]:
     """(i, j, target) for every text i, `iterations` times: one same-label j != i (1.0), one other-label j (0.0)."""
     labels = np.asarray(labels)

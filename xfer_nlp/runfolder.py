@@ -160,6 +160,7 @@ class RunRecord:
     history: list[dict] = field(default_factory=list)  # one record per evaluation during training
     schedule: dict | None = None  # parameter groups, learning rates, unfreezing stages
     probe: dict | None = None  # the fitted head: C, its validation scores, encoding seconds, cache hits
+    pairs: dict | None = None  # contrastive: the pair rounds, the pair count and the rule that set them
     best_epoch: float | None = None
     best_step: int | None = None
     stopped_early: bool = False
