@@ -101,7 +101,7 @@ def report(grid: Path) -> list[str]:
             if ("contrastive", size) in table.index:
                 con = table.loc[("contrastive", size)]
                 delta = f"{con.acc - peer.acc:+.3f} (C = 1: {con.free - peer.acc:+.3f})"
-                timing = f"{con.seconds:.0f} | {peer.seconds:.0f} | {peer.seconds / con.seconds:.2f}x"
+                timing = f"{con.seconds:.1f} | {peer.seconds:.1f} | {peer.seconds / con.seconds:.2f}x"
             else:
                 delta, timing = "—", "— | — | —"
         else:

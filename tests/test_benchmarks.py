@@ -45,6 +45,17 @@ def test_setfit_peer_smoke(tmp_path):
     results = json.loads((out / "runs" / "setfit-n8-s0" / "results.json").read_text())
     assert results["train_samples"] == 8 and results["split_sizes"]["validation"] == 872  # the same split as a run
     assert "setfit (peer)" in (out / "comparison.md").read_text()
+    # xfer_nlp's cells beside it, then issue 22's checks read off the grid
+    xfer = subprocess.run([str(Path(sys.executable).parent / "xfer-nlp"), "compare", "--modes", "probe,contrastive",
+                           "--train_sizes", "8", "--seeds", "0", "--pair_iterations", "1", "--output_dir", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, env=launch_env(), timeout=900)
+    assert xfer.returncode == 0, xfer.stderr[-3000:]
+    report = bench("small_data.py", str(out), cwd=tmp_path).stdout
+    row = next(line for line in report.splitlines() if line.startswith("| 8 |") and "x |" in line)
+    best, vs, delta, ours, peer, ratio = (x.strip() for x in row.strip("|").split("|")[1:])
+    assert best.split()[0] in ("probe", "contrastive") and vs.startswith(("+", "-"))
+    assert delta.startswith(("+", "-")) and "C = 1" in delta  # also shown with nothing chosen on validation
+    assert abs(float(peer) / float(ours) / float(ratio.rstrip("x")) - 1) < 0.1  # seconds shown to 0.1 s
 
 
 def test_cross_domain_benchmark_smoke(tmp_path):
