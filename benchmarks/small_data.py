@@ -16,8 +16,9 @@ seconds per run, and finetune against the probe.
 
 Selection on validation, said plainly: xfer_nlp's loop modes keep their best evaluation (on the validation split
 they are scored on) and the probe's head picks its C on it too; the setfit peer picks nothing. So each check is
-also shown without any selection: the loop modes' last evaluation (their final weights) and contrastive's head at
-C = 1, scikit-learn's default that setfit's LogisticRegression uses (the probe's objective is scikit-learn's).
+also shown without any selection: the loop modes' last evaluation (their final weights) and the fitted heads (probe,
+contrastive) at C = 1, scikit-learn's default that setfit's LogisticRegression uses (the probe's objective is
+scikit-learn's).
 """
 
 import argparse
@@ -40,7 +41,7 @@ def selection_free(folder: Path) -> float | None:
     record = json.loads((folder / "results.json").read_text())
     if record.get("mode") in ("finetune", "lora", "scratch") and record.get("history"):
         return record["history"][-1].get("validation_accuracy")
-    if record.get("mode") == "contrastive":
+    if record.get("mode") in ("probe", "contrastive"):
         by_c = (record.get("probe") or {}).get("validation_by_C") or {}
         return next((v for c, v in by_c.items() if math.isclose(float(c), 1.0)), None)
     return None
@@ -75,7 +76,7 @@ def report(grid: Path) -> list[str]:
     has_peer = PEER in table.index.get_level_values(0)
     lines = [f"## {grid.name}", "",
              "Validation accuracy, mean ± sd over seeds (seeds in brackets where fewer than 3); in italics, the same "
-             "with nothing chosen on validation (last evaluation; contrastive's head at C = 1).", "",
+             "with nothing chosen on validation (last evaluation; a fitted head at C = 1).", "",
              "| n | " + " | ".join(modes + ([f"{PEER} (peer)"] if has_peer else [])) + " |",
              "|---|" + "---|" * (len(modes) + has_peer)]
 
