@@ -94,6 +94,10 @@ def test_grid_runs_reports_and_skips_finished_cells(tiny_model_dir, tiny_data_di
     card = (out / "runs" / "probe-n40-s0" / "README.md").read_text()
     assert "## Comparison" in card and "finetune[freeze_layers=1]" in card
 
+    # --keep model (the default): a finished cell keeps its model, not the checkpoints only a resume needs
+    finetuned = out / "runs" / "finetune-n40-s0"
+    assert (finetuned / "model.safetensors").is_file() and not (finetuned / "checkpoints").exists()
+
     before = {f.name: (f / "results.json").stat().st_mtime_ns for f in (out / "runs").iterdir()}
     again = xfer_nlp.compare(**kwargs)
     assert again.ran == 0 and again.skipped == 12
@@ -112,6 +116,25 @@ def test_a_failing_cell_is_reported_and_the_others_survive(tiny_model_dir, tiny_
     assert "Traceback" in (out / "runs" / name / "failed.txt").read_text()
     md = (out / "comparison.md").read_text()
     assert f"{name}: failed" in md and "| probe |" in md
+
+
+def test_keep_says_what_a_finished_cell_leaves_on_disk(tiny_model_dir, tiny_data_dir, tmp_path):
+    args = dict(modes="finetune", train_sizes="40", seeds="0", **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
+    xfer_nlp.compare(output_dir=tmp_path / "all", keep="all", **args)
+    cell = tmp_path / "all" / "runs" / "finetune-n40-s0"
+    assert (cell / "model.safetensors").is_file() and any((cell / "checkpoints").glob("checkpoint-*"))
+
+    result = xfer_nlp.compare(output_dir=tmp_path / "results", keep="results", **args)
+    cell = tmp_path / "results" / "runs" / "finetune-n40-s0"
+    assert not list(cell.rglob("*.safetensors")) and not (cell / "checkpoints").exists()
+    assert (cell / "results.json").is_file() and (cell / "README.md").is_file()
+    assert "| finetune |" in result.summary  # the report needs nothing more
+    again = xfer_nlp.compare(output_dir=tmp_path / "results", keep="results", **args)
+    assert again.skipped == 1 and again.ran == 0  # a trimmed cell still counts as finished
+
+    with pytest.raises(ConfigError, match="--keep must be one of all, model, results, got 'none'"):
+        xfer_nlp.compare(output_dir=tmp_path / "bad", keep="none", **args)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_report_reruns_without_training(tiny_model_dir, tiny_data_dir, tmp_path):
@@ -182,7 +205,7 @@ def bigger_data(tmp_path):
 def test_compare_command_line_help_and_mistakes():
     helped = subprocess.run([str(XFER), "compare", "--help"], capture_output=True, text=True, timeout=300)
     assert helped.returncode == 0
-    for flag in ("--modes", "--train_sizes", "--seeds", "--gradual_unfreezing", "--freeze_layers"):
+    for flag in ("--modes", "--train_sizes", "--seeds", "--keep", "--gradual_unfreezing", "--freeze_layers"):
         assert flag in helped.stdout
     wrong = subprocess.run([str(XFER), "compare", "--mode", "probe"], capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2 and "compare takes --modes" in wrong.stderr

@@ -61,7 +61,7 @@ def compare_command(argv: list[str]) -> int:
             raise XferError("compare takes --modes (a comma list, e.g. probe,finetune), not --mode.")
         cfg, grid = parse_args(argv, extra_types=(CompareArgs,))
         result = compare(cfg, modes=grid.modes, train_sizes=grid.train_sizes, seeds=grid.seeds,
-                         output_dir=cfg.output_dir)
+                         output_dir=cfg.output_dir, keep=grid.keep)
     except XferError as e:
         return _error(e)
     if logs.is_main_process():
