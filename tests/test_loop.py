@@ -1,7 +1,12 @@
 """The training step's CPU lever: the word-embedding gradient kept in one buffer must change nothing but speed."""
 
 import contextlib
+import json
+import platform
+import subprocess
+import sys
 
+import pytest
 import torch
 from accelerate import Accelerator
 
@@ -53,3 +58,39 @@ def test_gradient_accumulation_keeps_the_dense_gradient(tiny_model_dir):
     reused, _, lever_on = train_steps(tiny_model_dir, reuse=True, accumulate=2)
     assert not lever_on
     assert all(torch.equal(dense[k], reused[k]) for k in dense)
+
+
+ALLOCATOR_CHECK = """
+import ctypes, json, sys, torch
+from xfer_nlp import allocator
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                                 "uordblks", "fordblks", "keepcost")]
+
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = Info
+
+def mapped_while_held():  # bytes glibc mapped on their own while a 100 MB tensor lives
+    x = torch.empty(100 * 2**20, dtype=torch.uint8)
+    held = mallinfo2().hblkhd
+    del x
+    return held
+
+before = mapped_while_held()
+took = allocator.keep_freed_memory() if sys.argv[1] == "on" else False
+print(json.dumps({"took": took, "before": before, "after": mapped_while_held()}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_keep_freed_memory_serves_big_tensors_from_the_heap():
+    """--keep_freed_memory's lever: afterwards a 100 MB tensor is no longer mapped (and unmapped) on its own."""
+    for setting in ("off", "on"):
+        out = subprocess.run([sys.executable, "-c", ALLOCATOR_CHECK, setting], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout.splitlines()[-1])
+        assert result["before"] >= 100 * 2**20  # glibc's default: a block this big is mapped on its own
+        assert result["took"] is (setting == "on")
+        assert (result["after"] >= 100 * 2**20) is (setting == "off")

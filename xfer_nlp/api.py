@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-from . import batches, hub, logs, loop, modes, pairs, probe, runfolder
+from . import allocator, batches, hub, logs, loop, modes, pairs, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data
 from .errors import ConfigError
@@ -139,6 +139,11 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
                        "For N CPU processes with DDP use `accelerate launch --multi_gpu --num_processes N` or "
                        "`--config_file recipes/accelerate_configs/cpu_ddp.yaml` on a machine without GPUs.")
     set_seed(cfg.seed)
+    if cfg.keep_freed_memory:
+        if allocator.keep_freed_memory():
+            logger.info("Memory: glibc keeps what a step frees for the next one (--keep_freed_memory).")
+        else:
+            logger.warning("--keep_freed_memory does nothing here: it tunes glibc's allocator (Linux) only.")
 
     extra = {}
     data = load_text_data(cfg)  # cheap checks and reads: fail before any model is loaded
