@@ -4,7 +4,7 @@ The issue asked for optimum, the usual exporter. Its ONNX exporter now lives in 
 only release (0.1.0) requires transformers<4.58; xfer_nlp runs on transformers 5, so optimum cannot be installed
 beside it. `torch.onnx.export` (torch.export + onnxscript, the exporter optimum-onnx itself calls) writes the graph
 here; nothing in this module writes ONNX by hand. The export is checked before it is kept: onnxruntime must give the
-torch model's labels and logits (within 1e-4) on texts of several lengths, batched and alone.
+torch model's labels and logits (within 1e-3) on texts of several lengths, batched and alone.
 
 An .onnx file is a protobuf graph of standard operators: loading it runs no Python code, and onnxruntime is never
 given a custom-operator library.
@@ -29,7 +29,9 @@ INSTALL = 'pip install -e ".[onnx]"  (or: pip install onnx onnxscript onnxruntim
 # Texts the export is checked on: short and long, alone and batched with padding.
 CHECK_TEXTS = ["a gripping, beautifully made film", "dull", "it is neither as funny nor as moving as it wants to be, "
                "and the last act drags on far too long " * 6]
-TOLERANCE = 1e-4  # fp32 graph against fp32 torch: differences are float reassociation, ~1e-6 relative
+# fp32 graph against fp32 torch: differences are float reassociation, relative to the largest logit ~1e-6 on the
+# Intel Xeon but 1.2e-4 for a tiny RoBERTa on an AMD EPYC, whose kernels sum in another order; labels must be equal
+TOLERANCE = 1e-3
 
 
 def _require():
