@@ -163,7 +163,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--output_dir", default="runs/long-polarity2k")
     parser.add_argument("--keep_freed_memory", action="store_true", help="train the cells with --keep_freed_memory "
-                        "(1.3-1.4x faster 512-token steps on CPU, ~30%% more peak memory; results unchanged)")
+                        "(2-2.5x faster 512-token steps here, results unchanged, but memory grows over a run: "
+                        "twice the default's, see the run flag's help)")
     parser.add_argument("--report_only", action="store_true", help="train nothing: tabulate the finished cells of "
                         "these modes and settings, whatever seeds each has (a grid filled over several sessions)")
     parser.add_argument("--memory", action="store_true", help="the peak-memory table instead of the grid")
