@@ -7,8 +7,9 @@ The grid is `xfer-nlp compare` on polarity2k (1,600 training, 200 validation, 20
 with one variant per mode and reading (SETTINGS), so it resumes when run again; the table adds each cell's
 test accuracy and how fast `xfer_nlp.predict` labels the 200 test reviews with the run's own reading (model
 loading included, median of 3 calls). Validation chooses (the epoch, the probe's C); test is the report.
-Fine-tuning at 512 tokens is slow on a CPU (8-11 s a step on 2 cores, 250 steps a cell): --keep_freed_memory
-trains with that run flag, and --report_only tabulates what is finished, so the grid can fill over sessions.
+Fine-tuning at 512 tokens is slow on a CPU (15-24 s a step on 2 cores, 250 steps a cell): --keep_freed_memory
+trains with that run flag (8-11 s a step, but 22 GB within 50 steps), and --report_only tabulates what is
+finished, so the grid can fill over sessions.
 
 --memory runs probe, finetune (4 steps) and predict in fresh processes on texts of 1,000 and 10,000 words made by
 joining polarity2k reviews, chunked into 512-token windows, and reports each process's peak RSS: with every window
@@ -164,7 +165,7 @@ def main(argv=None) -> None:
     parser.add_argument("--output_dir", default="runs/long-polarity2k")
     parser.add_argument("--keep_freed_memory", action="store_true", help="train the cells with --keep_freed_memory "
                         "(2-2.5x faster 512-token steps here, results unchanged, but memory grows over a run: "
-                        "twice the default's, see the run flag's help)")
+                        "twice the default's within 50 steps, see the run flag's help)")
     parser.add_argument("--report_only", action="store_true", help="train nothing: tabulate the finished cells of "
                         "these modes and settings, whatever seeds each has (a grid filled over several sessions)")
     parser.add_argument("--memory", action="store_true", help="the peak-memory table instead of the grid")
