@@ -127,6 +127,7 @@ def test_resumed_in_the_first_epoch_the_second_epoch_matches(mode, tiny_run, tmp
     xfer_nlp.run(**run)
     out.rename(ref)
     first_epoch_end = json.loads((ref / "results.json").read_text())["history"][0]["step"]
+    assert json.loads((ref / "results.json").read_text())["resumed"] is None
     saved = sorted(int(c.name.split("-")[1]) for c in (ref / "checkpoints").glob("checkpoint-*"))
     mid_epoch = max(s for s in saved if s < first_epoch_end)
     assert first_epoch_end in saved and 0 < mid_epoch < first_epoch_end
@@ -140,6 +141,12 @@ def test_resumed_in_the_first_epoch_the_second_epoch_matches(mode, tiny_run, tmp
             shutil.rmtree(later)
         xfer_nlp.run(**run, resume_from_checkpoint=str(out / "checkpoints" / f"checkpoint-{step}"))
         assert f"Resumed from {out / 'checkpoints' / f'checkpoint-{step}'}" in (out / "train.log").read_text()
+        # the time trained before the checkpoint counts: written with every checkpoint, evaluated or not (mid_epoch)
+        before = json.loads((out / "checkpoints" / f"checkpoint-{step}" / "xfer_state.json").read_text())
+        results = json.loads((out / "results.json").read_text())
+        assert before["progress"]["seconds"] > 0
+        assert results["resumed"] == {"from_step": step, "seconds_before": round(before["progress"]["seconds"], 2)}
+        assert results["train_seconds"] > results["resumed"]["seconds_before"]
         for file, weights in want.items():
             got = load_file(out / file)
             for name in weights:

@@ -172,6 +172,7 @@ class Trained:
     stopped_early: bool
     history: list[dict]  # one record per evaluation
     schedule: dict  # parameter groups, learning rates, unfreezing stages (describe)
+    resumed: dict | None  # {"from_step", "seconds_before"}: what earlier processes trained, when resumed
 
 
 @dataclass
@@ -197,6 +198,7 @@ class _Run:
     ever_trained: list[str]
     params: dict  # name -> parameter, named as in the unwrapped model (DDP's wrapper prefixes "module.")
     progress: Progress = field(default_factory=Progress)
+    resumed: dict | None = None
     thawed: int = -1  # the stage the requires_grad flags are set for; a resumed run starts from none
 
     @property
@@ -253,6 +255,7 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
             _restore(accelerator.scaler.load_state_dict, saved.scaler, "gradient-scaler state")
         run.progress.load_state_dict(saved.state["progress"])
         set_rng_states(*saved.rng)  # last, as Accelerate's load_state does: nothing after it may draw
+        run.resumed = {"from_step": run.progress.step, "seconds_before": round(run.progress.seconds, 2)}
         logger.info("Resumed from %s: epoch %d, step %d, %d batches into the epoch.", saved.path,
                     run.progress.epoch + 1, run.progress.step, run.progress.batches_in_epoch)
     rates = {g["group"]: g["lr"] for g in readable["groups"]}  # a depth's decay and no-decay groups share a rate
@@ -322,14 +325,14 @@ def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=No
                 if evaluated:
                     _evaluate(run, scorer, clock)
                 if evaluated or (cfg.save_steps and progress.step % cfg.save_steps == 0):
-                    _save_checkpoint(run)  # after the evaluation, so a resumed run neither repeats nor misses it
+                    _save_checkpoint(run, clock)  # after the evaluation: a resumed run neither repeats nor misses it
             progress.epoch += 1
             progress.batches_in_epoch = 0
             # Evaluating by steps, a run checkpoints with each evaluation (and --save_steps), not at each epoch end:
             # on small data an epoch is a step or two, and a checkpoint per epoch would cost more than the training.
             if run.eval_every is None:
                 _evaluate(run, scorer, clock)
-                _save_checkpoint(run)
+                _save_checkpoint(run, clock)
         bar.close()
 
 
@@ -356,7 +359,7 @@ def finish(run: _Run, scorer) -> Trained:
         logger.info("Epoch %g rescored in fp32: %s", progress.best_epoch, ", ".join(
             f"{s}_{k} {v:.4f}" for s, m in metrics.items() for k, v in scalars(m).items()))
     return Trained(metrics, outputs, progress.best_epoch, progress.best_step, progress.stopped_early,
-                   progress.history, run.schedule)
+                   progress.history, run.schedule, run.resumed)
 
 
 def _thaw(run: _Run, stage: int) -> None:
@@ -414,9 +417,10 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
                         progress.best["validation"][watched], progress.best_step)
 
 
-def _save_checkpoint(run: _Run) -> None:
+def _save_checkpoint(run: _Run, clock: float) -> None:
     # A checkpoint is only ever a good one: weights that are no longer finite end the run before any is written.
     progress = run.progress
+    progress.seconds = time.perf_counter() - clock  # so a resumed run's time counts the steps before it
     if not all(torch.isfinite(p).all() for p in run.model.parameters() if p.is_floating_point()):
         raise TrainingDiverged(
             f"The weights became NaN or infinite by step {progress.step} (epoch {progress.epoch + 1}). Lower "

@@ -164,6 +164,7 @@ class RunRecord:
     best_epoch: float | None = None
     best_step: int | None = None
     stopped_early: bool = False
+    resumed: dict | None = None  # from a checkpoint: its step and the seconds earlier processes trained (in train_seconds)
     files: list[str] | None = None  # what the run wrote into its folder: exactly what push uploads
     onnx: dict | None = None  # the ONNX export, once `xfer-nlp export` made one: file, opset, checked logit difference
 
