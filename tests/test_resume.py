@@ -194,6 +194,17 @@ def test_resume_with_different_settings_is_refused(interrupted, tiny_model_dir, 
         xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted, learning_rate=1e-2))
 
 
+def test_resume_ignores_settings_the_mode_never_reads(interrupted, tiny_model_dir, tiny_data_dir):
+    # lora's rank and contrastive's pair rounds cannot change a finetune run (a default changed between versions
+    # used to refuse the resume); a setting finetune reads still must match
+    with pytest.raises(CheckpointError, match="learning_rate") as refused:
+        xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted, learning_rate=1e-2, lora_r=4,
+                                     pair_iterations=3))
+    assert "lora_r" not in str(refused.value) and "pair_iterations" not in str(refused.value)
+    result = xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted, lora_r=4, pair_iterations=3))
+    assert result.results["resumed"]["from_step"] > 0
+
+
 def test_resume_without_checkpoints_is_an_error(tiny_model_dir, tiny_data_dir, tmp_path):
     with pytest.raises(CheckpointError, match="No intact checkpoint"):
         xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, tmp_path / "empty"))

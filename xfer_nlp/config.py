@@ -38,7 +38,7 @@ def _per_mode(key: str) -> str:
 
 
 # Field metadata that is this package's own (the rules above), not an argparse keyword.
-RULE_KEYS = ("resume_may_differ", "grid_owned", "positive")
+RULE_KEYS = ("resume_may_differ", "grid_owned", "positive", "only_for")
 
 
 class ArgumentParser(HfArgumentParser):
@@ -172,7 +172,8 @@ class RunConfig:
     pair_iterations: Optional[int] = _f(None, "contrastive: rounds of pair sampling; each gives every training text "
                                         "one same-label and one other-label partner (SetFit's num_iterations). "
                                         "Default: as many rounds as the training set has distinct same-label pairs "
-                                        "per text, at least 1 and at most 20 (logged).", positive="integer")
+                                        "per text, at least 1 and at most 20 (logged).", positive="integer",
+                                        only_for=("contrastive",))
     probe_c_grid: str = _f("0.0001,0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,30,100", "probe: inverse L2 strengths (as in scikit-learn's C) tried for "
                            "the logistic-regression head; the best on validation is kept.")
     feature_cache_dir: Optional[str] = _f(None, "probe: where encoded features are cached (default: "
@@ -182,14 +183,16 @@ class RunConfig:
     feature_cache_shard_size: int = _f(50_000, "probe: texts per feature-cache shard. Each shard is written as soon "
                                        "as it is encoded, so a killed encoding of a large set resumes at the first "
                                        "missing shard.", positive="integer", resume_may_differ=True)
-    lora_r: int = _f(8, "lora: adapter rank.", positive="integer")
-    lora_alpha: int = _f(16, "lora: adapter scaling numerator.", positive="integer")
-    lora_dropout: float = _f(0.1, "lora: dropout on the adapter input.")
+    lora_r: int = _f(8, "lora: adapter rank.", positive="integer", only_for=("lora",))
+    lora_alpha: int = _f(16, "lora: adapter scaling numerator.", positive="integer", only_for=("lora",))
+    lora_dropout: float = _f(0.1, "lora: dropout on the adapter input.", only_for=("lora",))
     lora_target_modules: Optional[str] = _f(None, "lora: comma-separated module names that get adapters (default: "
                                             "the encoder family's attention and feed-forward projections, e.g. "
-                                            "BERT's query,key,value,dense inside the encoder layers).")
+                                            "BERT's query,key,value,dense inside the encoder layers).",
+                                            only_for=("lora",))
     save_lora_adapter: bool = _f(False, "lora: also save the unmerged peft adapter (and head) under "
-                                 "OUTPUT_DIR/adapter; the main export always has the adapters merged.")
+                                 "OUTPUT_DIR/adapter; the main export always has the adapters merged.",
+                                 only_for=("lora",))
     seed: int = _f(42, "Seed for subsets, splits, initialisation, shuffling and dropout.", grid_owned=True)
     mixed_precision: str = _f("auto", "auto, no, fp16 or bf16. auto: what `accelerate launch --mixed_precision` "
                               "set, else what measured fastest: bf16 on CPUs with AVX512-BF16 or AMX (about 2x "
@@ -255,6 +258,8 @@ class RunConfig:
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunConfig))
 # Settings that may differ between an interrupted run and its resumption without changing what is computed.
 RESUME_MAY_DIFFER = frozenset(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("resume_may_differ"))
+# Settings only some modes read (name -> those modes): under any other mode a resume need not match them.
+MODE_ONLY = {f.name: f.metadata["only_for"] for f in dataclasses.fields(RunConfig) if "only_for" in f.metadata}
 # Settings a compare variant may not set: the grid owns them.
 GRID_OWNED = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("grid_owned"))
 

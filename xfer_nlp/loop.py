@@ -19,7 +19,7 @@ from .checkpoint import Checkpoints, CheckpointError, set_rng_states
 from .batches import per_text
 from .dropout import cpu_dropout
 from .families import model_inputs
-from .config import RESUME_MAY_DIFFER
+from .config import MODE_ONLY, RESUME_MAY_DIFFER
 from .modes import MAX_EPOCHS
 from .errors import ConfigError, Interrupted, TrainingDiverged
 from .metrics import scalars
@@ -83,7 +83,9 @@ def _check_same_run(state: dict, cfg, world: dict) -> None:
     # The same folder spelled another way (relative, absolute, through a link) is the same run.
     if isinstance(saved.get("output_dir"), str) and Path(saved["output_dir"]).resolve() == Path(now["output_dir"]).resolve():
         saved["output_dir"] = now["output_dir"]
-    differ = sorted(k for k in now if k not in RESUME_MAY_DIFFER and saved.get(k) != now[k])
+    # A setting this mode never reads (lora's rank under finetune) cannot change the run, even if its default did.
+    ignored = {k for k, modes in MODE_ONLY.items() if now["mode"] not in modes}
+    differ = sorted(k for k in now if k not in RESUME_MAY_DIFFER | ignored and saved.get(k) != now[k])
     if differ:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in differ)
         raise CheckpointError(f"Cannot resume: the run would not be the same ({detail}). Resume with the original "
