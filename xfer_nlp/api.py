@@ -181,7 +181,6 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     eval_splits = [s for s in tokenized if s != "train"]
     spec = MODES[cfg.mode]
     model = built.model
-    resumed = None
     if spec.loop == "pairs":  # SetFit's first stage: tune the encoder on pairs, keeping the last weights
         labels = tokenized["train"]["labels"]
         rounds = cfg.pair_iterations or pairs.auto_rounds(labels)
@@ -194,18 +193,16 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
                                        cfg.seed, lengths=pairs.pair_lengths(pair_ds))
         trained = loop.train(accelerator, cfg, model, built.layout, pair_dl, {}, scorer, loss_fn=pairs.cosine_loss,
                              on_step=on_step)
-        extra.update(history=trained.history, schedule=trained.schedule)
+        extra.update(history=trained.history, schedule=trained.schedule, resumed=trained.resumed)
         model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-        resumed = trained.resumed
     elif spec.loop == "classifier":
         train_dl = batches.train_loader(tokenized["train"], collator, cfg.per_device_train_batch_size, cfg.seed)
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
         trained = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls, scorer, weights,
                              on_step=on_step)
         extra.update(history=trained.history, schedule=trained.schedule, best_epoch=trained.best_epoch,
-                     best_step=trained.best_step, stopped_early=trained.stopped_early)
+                     best_step=trained.best_step, stopped_early=trained.stopped_early, resumed=trained.resumed)
         metrics, outputs = trained.metrics, trained.outputs
-        resumed = trained.resumed
         model = accelerator.unwrap_model(model)
     if spec.fitted_head:
         model = model.to(accelerator.device)
@@ -221,10 +218,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}, step=0)
     # A resumed run's time is this process's plus what the checkpoint's steps took in the processes before it (the
     # steps an interrupted process ran after its last checkpoint are redone here, so counted once).
-    train_seconds = time.perf_counter() - start
-    if resumed:
-        extra["resumed"] = resumed
-        train_seconds += resumed["seconds_before"]
+    train_seconds = time.perf_counter() - start + (extra.get("resumed") or {}).get("seconds_before", 0)
 
     if cfg.save_lora_adapter and hasattr(model, "peft_config") and accelerator.is_main_process:
         model.save_pretrained(output_dir / "adapter")  # before merging: merge_and_unload consumes the adapters
