@@ -18,6 +18,7 @@ batched like any other row, the 10,000-word text should cost about what the 1,00
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -89,10 +90,7 @@ def grid(args) -> str:
                      "test": results["metrics"]["test"]["accuracy"], "train_s": results["train_seconds"],
                      "predict_s": predict_seconds(cell.parent, test), "reading": results["reading"]})
     lines = [f"# Reading long reviews: polarity2k, {cpu_name()}", "",
-             "    python benchmarks/long_texts.py " + f"--modes {args.modes} --settings {args.settings} "
-             f"--seeds {args.seeds} --output_dir {args.output_dir}" + (" --tiny" if args.tiny else "")
-             + (" --keep_freed_memory" if args.keep_freed_memory else "") + (" --report_only" if args.report_only else ""),
-             "",
+             f"    {args.command}", "",
              f"Accuracy (mean ± sd over the seeds run); predict: {len(test)} test reviews through xfer_nlp.predict "
              "with the run's reading, model loading included.", "",
              "| mode | reading | seeds | validation | test | train s | predict s |", "|---|---|---|---|---|---|---|"]
@@ -129,7 +127,7 @@ def memory(args) -> str:
     words = " ".join(reviews).split()
     cli = [str(Path(sys.executable).parent / "xfer-nlp")]
     lines = [f"# Peak memory of a 10,000-word text: {cpu_name()}", "",
-             f"    python benchmarks/long_texts.py --memory --output_dir {args.output_dir}" + (" --tiny" if args.tiny else ""),
+             f"    {args.command}",
              "", "Training and validation sets of texts of the length given, read as 512-token windows "
              "(--long_text chunk); peak RSS of the whole process in MB.", "",
              "| words per text | probe run | finetune run (4 steps) | predict (the validation texts) |",
@@ -173,6 +171,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tiny", action="store_true", help="smoke test: 64 training reviews, 2 steps, C=1 (with "
                                                             "--memory: texts of 100 and 1,000 words, 2 a split)")
     args = parser.parse_args(argv)
+    # the command as given, for the report's header
+    args.command = shlex.join(["python", "benchmarks/long_texts.py", *(sys.argv[1:] if argv is None else argv)])
     publish(memory(args) if args.memory else grid(args), args.out)
 
 
