@@ -1,6 +1,7 @@
 """Scale of data: what 10k, 100k and 1M training examples cost before and during training.
 
     python benchmarks/scale.py --sizes 10000,100000,1000000 --out benchmarks/results/scale.md
+    python benchmarks/scale.py --sizes "" --probe_sizes "" --predict_sizes 10000,100000,1000000
 
 The training sets are real sst2 training sentences repeated to size in a seeded shuffled order (the text is real,
 the count is not: no new information past 6,920 examples); validation is sst2's own. Each size runs in a fresh
@@ -14,14 +15,27 @@ process, so its peak RSS (VmHWM) is its own:
   the steps after the first;
 - peak RSS of the process, and its growth over the smallest size.
 
+The tokenisation columns also give the ceiling: the Rust tokenizer alone (`encode_batch`, its own threads on every
+core, no Python objects per text) on the loop's sample. No batched path can pass it, so it says how much of a gap
+to the loop batching can close on this machine.
+
+--predict_sizes runs `xfer-nlp predict --input F --output O` (fp32) on that many texts, each size in its own
+process, and reports texts/s and the process's peak RSS: predict streams its input and output in chunks, so the
+memory should not grow with the file. --predict_model is the exported model it labels with: by default a tiny
+randomly initialised BERT (2 layers, 32 wide) with the embedded encoder's tokenizer, built here, because the claim
+is about the data's memory and a million texts through the real encoder take about an hour on 2 cores; pass the
+probe's output folder (e.g. runs/scale/probe-10000) to measure the real encoder at sizes it can finish.
+
 --probe_sizes also runs the probe on those sizes and reports its feature cache on disk (bytes per example). A
 1M-example probe encodes a million sentences (about an hour on this project's 2-core CPU), so by default it runs
 on the smallest size only; the bytes per example do not depend on the size.
 """
 
 import argparse
+import copy
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -77,6 +91,13 @@ def cell(args) -> dict:
         for text in sample:
             tokenizer(text, truncation=True, max_length=cfg.max_seq_length)
         out["loop_texts_per_s"] = len(sample) / (time.perf_counter() - start)
+        rust = copy.deepcopy(tokenizer.backend_tokenizer)  # the embedded tokenizer.json pads to 128: not here
+        rust.no_padding()
+        rust.enable_truncation(cfg.max_seq_length)
+        start = time.perf_counter()
+        for i in range(0, len(sample), 1000):
+            rust.encode_batch(sample[i:i + 1000])
+        out["rust_texts_per_s"] = len(sample) / (time.perf_counter() - start)
         for num_proc in (None, 2):
             start = time.perf_counter()
             batches.tokenize(data.splits, tokenizer, batches.Reading(cfg.max_seq_length), num_proc=num_proc)
@@ -112,10 +133,52 @@ def cell(args) -> dict:
     return out
 
 
+def tiny_export(folder: Path) -> Path:
+    """A randomly initialised 2-layer BERT classifier with the embedded encoder's tokenizer, saved as a model folder."""
+    if (folder / "config.json").is_file():
+        return folder
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from xfer_nlp.modes import EMBEDDED_MODEL, resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def predict_cell(model: Path, data: Path, size: int, work: Path) -> dict:
+    """`xfer-nlp predict` on a file of `size` texts in a child process: texts/s and the child's own peak RSS."""
+    output = work / f"predict-{size}.jsonl"
+    cmd = [str(Path(sys.executable).parent / "xfer-nlp"), "predict", "--model", str(model), "--input",
+           str(data / "train.jsonl"), "--output", str(output), "--precision", "fp32"]
+    log = work / f"predict-{size}.log"  # a file, not a pipe: the progress bar would fill a pipe no one reads
+    start = time.perf_counter()
+    with log.open("w") as err:
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's rusage alone (ru_maxrss in KiB on Linux)
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait for it again
+    seconds = time.perf_counter() - start
+    if child.returncode != 0:
+        sys.exit(f"predict on {size} texts failed:\n{log.read_text()[-3000:]}")
+    with output.open(encoding="utf-8") as f:
+        rows = sum(1 for _ in f)
+    if rows != size:
+        sys.exit(f"predict on {size} texts wrote {rows} rows")
+    output.unlink()
+    return {"size": size, "texts_per_s": size / seconds, "seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--probe_sizes", default="10000")
+    parser.add_argument("--predict_sizes", default="", help="texts to label with `xfer-nlp predict` (e.g. "
+                        "10000,100000,1000000); none by default")
+    parser.add_argument("--predict_model", default=None, help="exported model for --predict_sizes (default: a tiny "
+                        "random BERT with the embedded tokenizer, built in --work_dir)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps of each finetune run")
     parser.add_argument("--work_dir", default="runs/scale")
     parser.add_argument("--data_dir", default=None, help="sst2 JSONL folder (default: the shared data's sst2)")
@@ -123,6 +186,7 @@ def main(argv=None) -> None:
     for name in ("cell_size", "cell_data", "cell_out", "mode"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "benchmarks/scale.py", *(sys.argv[1:] if argv is None else argv)])
     if args.cell_data:
         cell(args)
         return
@@ -132,7 +196,7 @@ def main(argv=None) -> None:
     source = Path(args.data_dir) if args.data_dir else data_root(RunConfig()) / "sst2"
     work = Path(args.work_dir)
     cells = []
-    jobs = [("finetune", int(n)) for n in args.sizes.split(",")] + \
+    jobs = [("finetune", int(n)) for n in args.sizes.split(",") if n] + \
            [("probe", int(n)) for n in args.probe_sizes.split(",") if n]
     for mode, size in jobs:
         data = make_data(work / "data", size, source)
@@ -142,6 +206,11 @@ def main(argv=None) -> None:
         if done.returncode != 0:
             sys.exit(f"{mode} at {size} failed:\n{done.stderr[-3000:]}")
         cells.append(json.loads(next(line for line in done.stdout.splitlines() if line.startswith("CELL "))[5:]))
+    sizes = [int(n) for n in args.predict_sizes.split(",") if n]
+    if sizes:
+        model = Path(args.predict_model) if args.predict_model else tiny_export(work / "tiny-bert")
+        cells += [{"mode": "predict", "model": str(model), **predict_cell(model, make_data(work / "data", n, source),
+                                                                         n, work)} for n in sizes]
     publish(report(cells, args), args.out)
 
 
@@ -150,12 +219,15 @@ def report(cells: list[dict], args) -> str:
     base = tuned[0]["peak_rss_mb"] if tuned else None
     lines = [f"Scale of data on {machine()}: sst2 sentences repeated to size (seeded shuffle), finetune for "
              f"{args.steps} steps (recipe defaults otherwise), each size in a fresh process.", "",
-             f"    python benchmarks/scale.py --sizes {args.sizes} --probe_sizes {args.probe_sizes} --steps {args.steps}",
-             "", "| training examples | tokenise texts/s (map) | map num_proc=2 | per-example loop | map / loop | "
-             "seconds to first step | samples/s | peak RSS MB | vs smallest |", "|---|---|---|---|---|---|---|---|---|"]
+             "    " + args.command, ""]
+    if tuned:
+        lines += ["| training examples | tokenise texts/s (map) | map num_proc=2 | per-example loop | map / loop | "
+                  "Rust tokenizer alone, all cores (ceiling) | ceiling / loop | seconds to first step | samples/s | "
+                  "peak RSS MB | vs smallest |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in tuned:
         lines.append(f"| {c['size']:,} | {c['map_texts_per_s_1']:,.0f} | {c['map_texts_per_s_2']:,.0f} | "
                      f"{c['loop_texts_per_s']:,.0f} | {c['map_texts_per_s_1'] / c['loop_texts_per_s']:.1f}x | "
+                     f"{c['rust_texts_per_s']:,.0f} | {c['rust_texts_per_s'] / c['loop_texts_per_s']:.1f}x | "
                      f"{c['first_step_s']:.1f} | {c['samples_per_s']:.1f} | {c['peak_rss_mb']:,.0f} | "
                      f"{(c['peak_rss_mb'] / base - 1) * 100:+.1f}% |")
     probes = [c for c in cells if c["mode"] == "probe"]
@@ -164,6 +236,13 @@ def report(cells: list[dict], args) -> str:
                   "peak RSS MB |", "|---|---|---|---|---|---|"]
         lines += [f"| {c['size']:,} | {c['encode_s']:.1f} | {c['texts_per_s']:.0f} | {c['cache_bytes'] / 2**20:.1f} MiB "
                   f"| {c['cache_bytes_per_example']:.0f} | {c['peak_rss_mb']:,.0f} |" for c in probes]
+    predicts = [c for c in cells if c["mode"] == "predict"]
+    if predicts:
+        lines += ["", f"`xfer-nlp predict --input F --output O --precision fp32` with {predicts[0]['model']}, each size in "
+                  "its own process:", "", "| predict: texts | seconds | texts/s | peak RSS MB | vs smallest |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c['size']:,} | {c['seconds']:.1f} | {c['texts_per_s']:,.0f} | {c['peak_rss_mb']:,.0f} | "
+                  f"{(c['peak_rss_mb'] / predicts[0]['peak_rss_mb'] - 1) * 100:+.1f}% |" for c in predicts]
     return "\n".join(lines)
 
 

@@ -130,11 +130,14 @@ def test_probe_benchmark_smoke(tmp_path):
 
 def test_scale_benchmark_smoke(tmp_path):
     out = tmp_path / "scale.md"
-    bench("scale.py", "--sizes", "300,600", "--probe_sizes", "300", "--steps", "3", "--work_dir", str(tmp_path / "w"),
-          "--out", str(out), cwd=tmp_path)
+    bench("scale.py", "--sizes", "300,600", "--probe_sizes", "300", "--predict_sizes", "300,600", "--steps", "3",
+          "--work_dir", str(tmp_path / "w"), "--out", str(out), cwd=tmp_path)
     table = out.read_text()
     assert "| 300 |" in table and "| 600 |" in table
     train = (tmp_path / "w" / "data" / "sst2x600" / "train.jsonl").read_text().splitlines()
     assert len(train) == 600  # repeated to size
     probe_row = table.split("| probe: training examples")[1].splitlines()[2]
     assert probe_row.split("|")[5].strip() == "1544"  # 384 fp32 features + an int64 label per text, plus headers
+    predict_rows = table.split("| predict: texts")[1].splitlines()[2:4]  # the cell checked each wrote every row
+    assert [row.split("|")[1].strip() for row in predict_rows] == ["300", "600"]
+    assert all(float(row.split("|")[4].replace(",", "")) > 0 for row in predict_rows)  # a measured peak RSS
