@@ -7,7 +7,7 @@ import pytest
 from conftest import SHARED_DATA, make_rows, write_jsonl
 
 from xfer_nlp.config import RunConfig, resolve
-from xfer_nlp.data import load_text_data, stratified_subset
+from xfer_nlp.data import iter_texts, load_text_data, stratified_subset
 from xfer_nlp.errors import DataError
 
 
@@ -150,6 +150,31 @@ def test_bad_files(tmp_path, name, content, message):
         path.write_bytes(content)
     with pytest.raises(DataError, match=message):
         load(path)
+
+
+def test_a_bad_byte_past_the_first_block_names_its_line(tmp_path):
+    # The check reads 16 MiB blocks; the bad byte sits in the second, after a character cut by the block boundary.
+    row = '{"text": "' + "é" * 60 + '", "label": 0}\n'  # 137 bytes, so some row straddles the 16 MiB boundary
+    rows = (1 << 24) // len(row.encode()) + 10
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(row.encode() * rows + b'{"text": "caf\xe9", "label": 1}\n')
+    with pytest.raises(DataError, match=f"byte 0xe9 on line {rows + 1} cannot"):
+        load(path)
+
+
+def test_texts_to_label_stream_from_a_file_a_block_at_a_time(tmp_path):
+    rows = [{"id": i, "review": f"text number {i}"} for i in range(20_000)]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    texts = iter_texts(path, "review")
+    assert next(texts) == "text number 0" and list(texts)[-1] == "text number 19999"
+    with pytest.raises(DataError, match="no column 'text'; its columns are id, review"):
+        iter_texts(path)  # refused before the first text
+    broken = tmp_path / "broken.jsonl"  # a malformed row past datasets' first 10 MB block: the same message when reached
+    broken.write_text(path.read_text() * 30 + '{"review": \n')
+    texts = iter_texts(broken, "review")
+    assert next(texts) == "text number 0"
+    with pytest.raises(DataError, match="Could not read .* as json"):
+        list(texts)
 
 
 def test_folder_without_train_file(tmp_path):

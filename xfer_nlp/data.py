@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -73,47 +74,66 @@ def data_root(cfg: RunConfig) -> Path | None:
 
 
 def _check_file(path: Path) -> str:
-    """Cheap checks before `datasets` sees the file; returns the datasets builder name."""
+    """Cheap checks before `datasets` sees the file; returns the datasets builder name. The file is read in blocks,
+    so checking a file of millions of rows holds one block, not the file."""
     builder = FORMATS.get(path.suffix.lower())
     if builder is None:
         raise DataError(f"'{path}' has extension '{path.suffix}', which xfer_nlp cannot read. Use one of "
                         f"{', '.join(FORMATS)} (JSON Lines: one {{\"text\": ..., \"label\": ...}} object a line).")
     if path.stat().st_size == 0:
         raise DataError(f"'{path}' is empty. Put labelled examples in it, or point --dataset_name at another file.")
-    raw = path.read_bytes()
-    if builder == "parquet":
-        if raw[:4] != b"PAR1":
-            raise DataError(f"'{path}' is named .parquet but is not a Parquet file (no PAR1 header). "
-                            "Rename it to its real format or re-export it as Parquet.")
-        return builder
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"'{path}' is not UTF-8: byte {raw[e.start]:#x} on line {line} cannot be decoded. "
-                        "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
-    if not text.strip():
+    with path.open("rb") as f:
+        if builder == "parquet":
+            if f.read(4) != b"PAR1":
+                raise DataError(f"'{path}' is named .parquet but is not a Parquet file (no PAR1 header). "
+                                "Rename it to its real format or re-export it as Parquet.")
+            return builder
+        decoder, lines, first = codecs.getincrementaldecoder("utf-8")(), 0, ""
+        while True:
+            block = f.read(1 << 24)
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as e:  # e.object: this block after the few bytes of a character cut at its start
+                line = lines + e.object[: e.start].count(b"\n") + 1
+                raise DataError(f"'{path}' is not UTF-8: byte {e.object[e.start]:#x} on line {line} cannot be decoded. "
+                                "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+            if not block:
+                break
+            lines += block.count(b"\n")
+            first = first or text.lstrip("\ufeff \t\r\n")[:1]
+    if not first:
         raise DataError(f"'{path}' holds only whitespace. Put labelled examples in it.")
-    if builder == "json" and text.lstrip("\ufeff \t\r\n")[0] not in "{[":
+    if builder == "json" and first not in "{[":
         raise DataError(f"'{path}' is named {path.suffix} but does not start with a JSON object or array. "
                         f"Rename it to its real format (.csv, .tsv) or write it as JSON Lines.")
     return builder
 
 
-def _read_file(path: Path) -> Dataset:
+def _load_file(path: Path, **load_kwargs):
+    """datasets' reader for a checked file (its Dataset, or with streaming=True an IterableDataset)."""
     builder = _check_file(path)
     from datasets import load_dataset
 
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    if builder == "json" and path.read_bytes()[:3] == b"\xef\xbb\xbf":
-        kwargs["encoding"] = "utf-8-sig"  # a byte-order mark that editors on Windows write: read past it
+    if builder == "json":
+        with path.open("rb") as f:
+            if f.read(3) == b"\xef\xbb\xbf":
+                kwargs["encoding"] = "utf-8-sig"  # a byte-order mark that editors on Windows write: read past it
     try:
-        # keep_in_memory: the small files we read are faster in RAM than through datasets' arrow cache.
-        return load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True, **kwargs)
+        return load_dataset(builder, data_files=str(path), split="train", **kwargs, **load_kwargs)
     except Exception as e:  # datasets raises many types for malformed input; all mean "this file is broken"
-        cause = e.__cause__ or e
-        raise DataError(f"Could not read '{path}' as {builder}: {type(cause).__name__}: {str(cause)[:300]}. "
-                        "Check that every row is well-formed and has the same columns.") from None
+        raise _unreadable(path, builder, e) from None
+
+
+def _unreadable(path: Path, builder: str, e: Exception) -> DataError:
+    cause = e.__cause__ or e
+    return DataError(f"Could not read '{path}' as {builder}: {type(cause).__name__}: {str(cause)[:300]}. "
+                     "Check that every row is well-formed and has the same columns.")
+
+
+def _read_file(path: Path) -> Dataset:
+    # keep_in_memory: the small files we read are faster in RAM than through datasets' arrow cache.
+    return _load_file(path, keep_in_memory=True)
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -395,9 +415,9 @@ def load_text_data(cfg: RunConfig) -> TextData:
 
 def iter_texts(path: str | Path, text_column: str = "text"):
     """Texts to predict on, one at a time (a file of millions never sits in a list): .txt (one a line, blank lines
-    skipped), or any data format with a text column (read through its memory-mapped Arrow table in blocks). A
-    missing value comes through as None, which predict refuses naming its position. Problems with the file itself
-    are raised before the first text."""
+    skipped), or any data format with a text column (read by datasets' streaming reader, a block of rows at a time).
+    A missing value comes through as None, which predict refuses naming its position. A file that is not what its
+    name says, or lacks the column, is refused before the first text; a malformed row further down, when reached."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Input file '{path}' does not exist.")
@@ -406,15 +426,27 @@ def iter_texts(path: str | Path, text_column: str = "text"):
             with open(path, encoding="utf-8") as f:
                 yield from (line.rstrip("\r\n") for line in f if line.strip())
         return lines()
-    ds = _read_file(path)
-    if text_column not in ds.column_names:
-        raise DataError(f"'{path}' has no column '{text_column}'; its columns are {', '.join(ds.column_names)}. "
+    # Streamed: datasets reads the file a block at a time (a million texts never sit in memory, as a Dataset would).
+    blocks = iter(_load_file(path, streaming=True).iter(batch_size=8192))
+
+    def next_block():
+        try:
+            return next(blocks, None)
+        except Exception as e:  # a malformed row further down the file: the same message as one at the top
+            raise _unreadable(path, FORMATS[path.suffix.lower()], e) from None
+
+    block = next_block()
+    if block is None:
+        raise DataError(f"'{path}' has no rows. Put the texts to label in it.")
+    if text_column not in block:
+        raise DataError(f"'{path}' has no column '{text_column}'; its columns are {', '.join(block)}. "
                         "Pass --text_column.")
 
-    def column():
-        for block in ds.select_columns([text_column]).with_format("arrow").iter(batch_size=8192):
-            yield from (t if t is None or isinstance(t, str) else str(t) for t in block.column(0).to_pylist())
-    return column()
+    def column(block):
+        while block is not None:
+            yield from (t if t is None or isinstance(t, str) else str(t) for t in block[text_column])
+            block = next_block()
+    return column(block)
 
 
 def write_jsonl(path: str | Path, rows) -> int:
