@@ -39,6 +39,7 @@ def test_each_format_loads(tmp_path, fmt):
     assert len(data.splits["train"]) + len(data.splits["validation"]) == 40
     assert data.splits["train"][0]["text"] in {r["text"] for r in rows}
     assert data.label_names == ("0", "1")
+    assert list(iter_texts(path)) == [r["text"] for r in rows]  # predict --input reads the same file, streamed
 
 
 def test_folder_with_splits(tiny_data_dir):
