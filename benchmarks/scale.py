@@ -238,8 +238,8 @@ def report(cells: list[dict], args) -> str:
                   f"| {c['cache_bytes_per_example']:.0f} | {c['peak_rss_mb']:,.0f} |" for c in probes]
     predicts = [c for c in cells if c["mode"] == "predict"]
     if predicts:
-        lines += ["", f"`xfer-nlp predict --input F --output O --precision fp32` with {predicts[0]['model']}, each size in "
-                  "its own process:", "", "| predict: texts | seconds | texts/s | peak RSS MB | vs smallest |",
+        lines += ["", f"`xfer-nlp predict --input F --output O --precision fp32` with {predicts[0]['model']}, each "
+                  "size in its own process:", "", "| predict: texts | seconds | texts/s | peak RSS MB | vs smallest |",
                   "|---|---|---|---|---|"]
         lines += [f"| {c['size']:,} | {c['seconds']:.1f} | {c['texts_per_s']:,.0f} | {c['peak_rss_mb']:,.0f} | "
                   f"{(c['peak_rss_mb'] / predicts[0]['peak_rss_mb'] - 1) * 100:+.1f}% |" for c in predicts]

@@ -170,7 +170,7 @@ def test_texts_to_label_stream_from_a_file_a_block_at_a_time(tmp_path):
     assert next(texts) == "text number 0" and list(texts)[-1] == "text number 19999"
     with pytest.raises(DataError, match="no column 'text'; its columns are id, review"):
         iter_texts(path)  # refused before the first text
-    broken = tmp_path / "broken.jsonl"  # a malformed row past datasets' first 10 MB block: the same message when reached
+    broken = tmp_path / "broken.jsonl"  # a malformed row past datasets' first 10 MB block: the same message there
     broken.write_text(path.read_text() * 30 + '{"review": \n')
     texts = iter_texts(broken, "review")
     assert next(texts) == "text number 0"
