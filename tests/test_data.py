@@ -154,12 +154,15 @@ def test_bad_files(tmp_path, name, content, message):
 
 
 def test_a_bad_byte_past_the_first_block_names_its_line(tmp_path):
-    # The check reads 16 MiB blocks; the bad byte sits in the second, after a character cut by the block boundary.
-    row = '{"text": "' + "é" * 60 + '", "label": 0}\n'  # 137 bytes, so some row straddles the 16 MiB boundary
-    rows = (1 << 24) // len(row.encode()) + 10
+    # The check reads 16 MiB blocks; the bad byte sits in the second, after an "é" that the block boundary cuts.
+    row = ('{"text": "' + "é" * 60 + '", "label": 0}\n').encode()  # 145 bytes; its é's start at byte 10
+    pad = ((1 << 24) - 36) % len(row)  # a first row of 25 + pad bytes: the boundary falls 11 bytes into a row
+    data = ('{"text": "' + "a" * pad + '", "label": 1}\n').encode() + row * ((1 << 24) // len(row) + 10)
+    assert data[(1 << 24) - 1:(1 << 24) + 1] == "é".encode()  # the boundary falls inside a character
     path = tmp_path / "big.jsonl"
-    path.write_bytes(row.encode() * rows + b'{"text": "caf\xe9", "label": 1}\n')
-    with pytest.raises(DataError, match=f"byte 0xe9 on line {rows + 1} cannot"):
+    path.write_bytes(data + b'{"text": "caf\xe9", "label": 1}\n')
+    bad_line = data.count(b"\n") + 1
+    with pytest.raises(DataError, match=f"byte 0xe9 on line {bad_line} cannot"):
         load(path)
 
 
