@@ -1,6 +1,10 @@
 """What the benchmarks' reports share: the machine they ran on, and where their tables go."""
 
+import os
 import platform
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -31,3 +35,19 @@ def publish(text: str, out: str | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Run `cmd` as a child process: (its wall seconds, its own peak RSS in MB, from wait4's rusage of that child
+    alone). Its output goes to a temporary file, not a pipe, which a long progress bar would fill; on failure the
+    file's tail is in the RuntimeError."""
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)  # ru_maxrss in KiB on Linux
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait for it again
+        seconds = time.perf_counter() - start
+        if child.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{log.read()[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024

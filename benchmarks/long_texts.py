@@ -20,7 +20,6 @@ import argparse
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import xfer_nlp
 from xfer_nlp.config import RunConfig
 from xfer_nlp.data import data_root
 
-from common import cpu_name, publish
+from common import cpu_name, publish, run_measured
 
 SETTINGS = {
     "head-128": "truncation=head,max_seq_length=128",
@@ -110,16 +109,6 @@ def _mean_sd(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.4f}" + (f" ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else "")
 
 
-def peak_rss_mb(cmd: list[str]) -> float:
-    """The peak resident memory of `cmd`, run in a fresh wrapper process so that no earlier child counts."""
-    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) if r.returncode == 0 else sys.exit(1)")
-    done = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    return int(done.stdout.split()[-1]) / 1024
-
-
 def memory(args) -> str:
     out = Path(args.output_dir)
     reviews = [json.loads(line)["text"] for line in (data_root(RunConfig()) / "polarity2k" / "train.jsonl").read_text(
@@ -143,14 +132,14 @@ def memory(args) -> str:
         common = ["--dataset_name", str(data), "--long_text", "chunk", "--max_seq_length", "512",
                   "--overwrite_output_dir", "--per_device_eval_batch_size", "16"]
         probe_dir, finetune_dir = out / f"probe-{n}", out / f"finetune-{n}"
-        probe = peak_rss_mb([*cli, "run", "--mode", "probe", "--output_dir", str(probe_dir), "--probe_c_grid", "1",
-                             "--feature_cache_dir", str(out / "features"), *common])
-        finetune = peak_rss_mb([*cli, "run", "--mode", "finetune", "--output_dir", str(finetune_dir), "--max_steps", "4",
-                                "--per_device_train_batch_size", "8", *common])
+        _, probe = run_measured([*cli, "run", "--mode", "probe", "--output_dir", str(probe_dir), "--probe_c_grid", "1",
+                                 "--feature_cache_dir", str(out / "features"), *common])
+        _, finetune = run_measured([*cli, "run", "--mode", "finetune", "--output_dir", str(finetune_dir), "--max_steps",
+                                    "4", "--per_device_train_batch_size", "8", *common])
         texts = out / f"texts-{n}.txt"
         texts.write_text("".join(r["text"] + "\n" for r in rows[texts_per_split:]), encoding="utf-8")
-        predicted = peak_rss_mb([*cli, "predict", "--model", str(finetune_dir), "--input", str(texts),
-                                 "--output", str(out / f"predictions-{n}.jsonl")])
+        _, predicted = run_measured([*cli, "predict", "--model", str(finetune_dir), "--input", str(texts),
+                                     "--output", str(out / f"predictions-{n}.jsonl")])
         lines.append(f"| {n:,} | {probe:.0f} | {finetune:.0f} | {predicted:.0f} |")
     return "\n".join(lines)
 

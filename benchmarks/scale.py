@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine, publish
+from common import machine, publish, run_measured
 
 HERE = Path(__file__).resolve().parent
 
@@ -154,21 +154,13 @@ def predict_cell(model: Path, data: Path, size: int, work: Path) -> dict:
     output = work / f"predict-{size}.jsonl"
     cmd = [str(Path(sys.executable).parent / "xfer-nlp"), "predict", "--model", str(model), "--input",
            str(data / "train.jsonl"), "--output", str(output), "--precision", "fp32"]
-    log = work / f"predict-{size}.log"  # a file, not a pipe: the progress bar would fill a pipe no one reads
-    start = time.perf_counter()
-    with log.open("w") as err:
-        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)  # this child's rusage alone (ru_maxrss in KiB on Linux)
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait for it again
-    seconds = time.perf_counter() - start
-    if child.returncode != 0:
-        sys.exit(f"predict on {size} texts failed:\n{log.read_text()[-3000:]}")
+    seconds, peak_mb = run_measured(cmd)
     with output.open(encoding="utf-8") as f:
         rows = sum(1 for _ in f)
     if rows != size:
         sys.exit(f"predict on {size} texts wrote {rows} rows")
     output.unlink()
-    return {"size": size, "texts_per_s": size / seconds, "seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"size": size, "texts_per_s": size / seconds, "seconds": seconds, "peak_rss_mb": peak_mb}
 
 
 def main(argv=None) -> None:
