@@ -302,8 +302,11 @@ def predict_stream(model: str | Path, texts, batch_size: int = 64, precision: st
     if backend == "onnx" and precision == "bf16":
         raise ConfigError("The ONNX backend runs the exported fp32 graph: use precision fp32 (or auto) with it.")
     # The ONNX graph carries the weights: from the model folder it needs only the config and the tokenizer.
-    tokenizer, classifier, reading = load_model(str(model), weights=backend == "torch")
-    config = classifier if backend == "onnx" else classifier.config
+    if backend == "onnx":
+        tokenizer, config, reading = load_setup(str(model))
+    else:
+        tokenizer, classifier, reading = load_model(str(model))
+        config = classifier.config
     device = "cpu" if backend == "onnx" else classifier.device.type
     collator = batches.make_collator(tokenizer, None, device)
     names = [config.id2label[i] for i in range(config.num_labels)]
@@ -343,26 +346,32 @@ def predict_stream(model: str | Path, texts, batch_size: int = 64, precision: st
             enable_progress_bar()
 
 
-def load_model(model: str, weights: bool = True):
-    """(tokenizer, classifier in eval mode, Reading) for a run folder, a model folder or a Hub id; with
-    weights=False the classifier's config in its place (nothing is read from the weights file)."""
+def load_model(model: str):
+    """(tokenizer, classifier in eval mode, Reading) for a run folder, a model folder or a Hub id."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer, _, reading = load_setup(model)
+    try:
+        classifier = AutoModelForSequenceClassification.from_pretrained(model, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise _unloadable(model, e) from None
+    return tokenizer, classifier.to("cuda" if torch.cuda.is_available() else "cpu").eval(), reading
+
+
+def load_setup(model: str):
+    """(tokenizer, classifier's config, Reading) for a model, reading nothing from its weights file: what the
+    ONNX backend needs beside its graph, and what load_model builds on."""
     import json
 
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     check_model_folder(model)
     path = Path(model).expanduser()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
-        classifier = (AutoModelForSequenceClassification.from_pretrained(model, trust_remote_code=False) if weights
-                      else AutoConfig.from_pretrained(model, trust_remote_code=False))
+        config = AutoConfig.from_pretrained(model, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
-        offline = " This machine is offline (HF_HUB_OFFLINE), so only models already in the cache can load." \
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") and not path.exists() else ""
-        raise ConfigError(f"Could not load the model '{model}' ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:300]}).{offline}") from None
-    if weights:
-        classifier = classifier.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        raise _unloadable(model, e) from None
     record = None
     if (path / runfolder.RESULTS).is_file():
         try:
@@ -373,9 +382,17 @@ def load_model(model: str, weights: bool = True):
     reading = batches.saved_reading(record)
     if reading is None:  # as pipeline() reads: the tokenizer's limit, within what the positions cover
         limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 512
-        positions = getattr(classifier.config if weights else classifier, "max_position_embeddings", None)
+        positions = getattr(config, "max_position_embeddings", None)
         reading = batches.Reading(min(limit, positions) if positions else limit)
-    return tokenizer, classifier, reading
+    return tokenizer, config, reading
+
+
+def _unloadable(model: str, e: Exception) -> ConfigError:
+    offline = " This machine is offline (HF_HUB_OFFLINE), so only models already in the cache can load." \
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") and not Path(model).expanduser().exists() \
+        else ""
+    return ConfigError(f"Could not load the model '{model}' ({type(e).__name__}: {str(e).splitlines()[0][:300]})."
+                       f"{offline}")
 
 
 def check_model_folder(model: str) -> None:
