@@ -4,6 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_rows, write_jsonl
 
 import xfer_nlp
@@ -47,6 +48,26 @@ def test_a_contrastive_run_tunes_the_encoder_then_fits_the_probe_head(tiny_run):
     assert np.isfinite(result.metrics["validation"]["macro_f1"])
     card = (result.output_dir / "README.md").read_text()
     assert "contrastive few-shot tuning" in card and "pair_iterations: 2" in card
+    assert "(mean pooling, each sentence vector scaled to unit length)" in card
+
+
+def test_the_contrastive_head_reads_unit_length_vectors_and_the_probe_does_not(tiny_run):
+    """The cosine loss trains directions only, so the exported head reads sentence vectors of length 1 (as SetFit's
+    Normalize does); the probe reads the encoder's own vectors."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    lengths = {}
+    for mode in ("contrastive", "probe"):
+        run = xfer_nlp.run(mode=mode, pair_iterations=1, max_train_samples=32,
+                           **{**tiny_run, "output_dir": f"{tiny_run['output_dir']}-{mode}"})
+        model = AutoModelForSequenceClassification.from_pretrained(run.output_dir).eval()
+        batch = AutoTokenizer.from_pretrained(run.output_dir)(["good film", "a dull, long and tiresome plot"],
+                                                              padding=True, return_tensors="pt")
+        assert model.config.normalize is (mode == "contrastive")
+        with torch.no_grad():
+            lengths[mode] = model.features(**batch).norm(dim=-1)
+    assert torch.allclose(lengths["contrastive"], torch.ones(2), atol=1e-5)
+    assert not torch.allclose(lengths["probe"], torch.ones(2), atol=1e-2)
 
 
 @pytest.mark.parametrize("labels,rounds", [

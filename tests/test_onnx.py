@@ -34,10 +34,12 @@ def test_onnx_labels_equal_torch_and_the_run_records_the_export(tiny_run):
 
 def test_onnx_windows_of_a_chunked_run_and_another_family(tiny_run, tmp_path):
     """A run that reads long texts as windows: the ONNX path averages them exactly as torch does. RoBERTa: no
-    token_type_ids, so the graph takes only what the tokenizer makes."""
+    token_type_ids, so the graph takes only what the tokenizer makes. Contrastive's mean-pooled head scales each
+    vector to unit length inside the graph too."""
     model = save_tiny_encoder(tiny_configs()["roberta"], tmp_path / "roberta")
-    run = dict(tiny_run, model_name_or_path=str(model), max_seq_length=16, long_text="chunk", chunk_stride=8)
-    out = xfer_nlp.run(mode="probe", probe_c_grid="1", **run).output_dir
+    run = dict(tiny_run, model_name_or_path=str(model), max_seq_length=16, long_text="chunk", chunk_stride=8,
+               pooling="mean")
+    out = xfer_nlp.run(mode="contrastive", pair_iterations=1, probe_c_grid="1", **run).output_dir
     export_onnx(out)
     torch_rows = xfer_nlp.predict(out, TEXTS)
     onnx_rows = xfer_nlp.predict(out, TEXTS, backend="onnx")

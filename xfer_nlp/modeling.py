@@ -20,18 +20,20 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 
 class XferPooledConfig(PretrainedConfig):
-    """`encoder` is the wrapped encoder's own config (any family); `pooling` is mean or cls."""
+    """`encoder` is the wrapped encoder's own config (any family); `pooling` is mean or cls; `normalize` scales
+    each sentence vector to unit length before the head (contrastive: its cosine loss trains directions only)."""
 
     model_type = "xfer-pooled"
     sub_configs = {"encoder": AutoConfig}
 
     def __init__(self, encoder: dict | PretrainedConfig | None = None, pooling: str = "mean",
-                 classifier_dropout: float | None = None, **kwargs):
+                 classifier_dropout: float | None = None, normalize: bool = False, **kwargs):
         if isinstance(encoder, dict):
             encoder = AutoConfig.for_model(**encoder)
         self.encoder = encoder
         self.pooling = pooling
         self.classifier_dropout = classifier_dropout
+        self.normalize = normalize
         super().__init__(**kwargs)
 
 
@@ -71,11 +73,13 @@ class XferPooledForSequenceClassification(PreTrainedModel):
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.encoder(input_ids, attention_mask=attention_mask, return_dict=True, **kwargs).last_hidden_state
         if self.config.pooling == "cls":
-            return hidden[:, 0]
-        if attention_mask is None:
-            return hidden.mean(dim=1)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            pooled = hidden[:, 0]
+        elif attention_mask is None:
+            pooled = hidden.mean(dim=1)
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, dim=-1) if getattr(self.config, "normalize", False) else pooled
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
         logits = self.classifier(self.dropout(self.features(input_ids, attention_mask, token_type_ids, **kwargs)))

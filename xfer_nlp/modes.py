@@ -115,6 +115,9 @@ class Mode:
     # transformers encoder such as the embedded one); "pooler" is the family's stock head, whose export loads in
     # pipeline() with no remote code. Measured equal for finetune (benchmarks/RESULTS.md, "Pooling").
     pooling: str | None = None
+    # The pooled head (mean or cls) reads unit-length sentence vectors, as SetFit's body ends in Normalize. For
+    # contrastive: its cosine loss trains directions and leaves lengths untrained (RESULTS.md, "Small data").
+    normalize: bool = False
     adjust_config: Callable[[Any, RunConfig], None] | None = None  # on the encoder's config, before the model is made
     prepare: Callable = field(default=_keep)  # (model, layout, family, cfg) -> model: what trains, adapters
 
@@ -167,7 +170,7 @@ MODES: dict[str, Mode] = {m.name: m for m in (
          why_not="its pair stage tunes the whole pretrained encoder at once, as SetFit does",
          card_settings=TRAINED_SETTINGS + ("pair_iterations", "probe_c_grid"),
          # Its forward runs the classifier too, whose frozen output layer the loss never reads.
-         unused_parameters=True, prepare=_tune_the_sentence_encoder),
+         unused_parameters=True, normalize=True, prepare=_tune_the_sentence_encoder),
 )}
 
 
@@ -292,7 +295,8 @@ def _make_model(cfg: RunConfig, path: str, base, pooling: str, labels: dict) -> 
                 return AutoModelForSequenceClassification.from_config(config)
             return AutoModelForSequenceClassification.from_pretrained(path, config=config, use_safetensors=True,
                                                                       trust_remote_code=False)
-        model = XferPooledForSequenceClassification(XferPooledConfig(encoder=base, pooling=pooling, **labels))
+        head = XferPooledConfig(encoder=base, pooling=pooling, normalize=MODES[cfg.mode].normalize, **labels)
+        model = XferPooledForSequenceClassification(head)
         if pretrained:
             model.encoder = AutoModel.from_pretrained(path, config=base, use_safetensors=True, trust_remote_code=False,
                                                       **no_pooler(type(model.encoder)))

@@ -203,6 +203,7 @@ def run_probe(accelerator, cfg, model, layout: Layout, make_loader, datasets: di
     """
     model.eval()  # frozen encoder, and no dropout noise in the features
     base_key = (weights_fingerprint(model, layout), getattr(model.config, "pooling", "pooler"),
+                getattr(model.config, "normalize", False),
                 getattr(model.config, "encoder", model.config).num_hidden_layers, cfg.max_seq_length,
                 "shards of texts, one row per text")  # the cache layout: files of older layouts differ
     start = time.perf_counter()
