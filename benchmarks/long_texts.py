@@ -32,6 +32,7 @@ from common import cpu_name, publish, run_measured
 
 SETTINGS = {
     "head-128": "truncation=head,max_seq_length=128",
+    "head+tail-128": "truncation=head+tail,max_seq_length=128",  # what --truncation auto picks for long texts
     "head-256": "truncation=head,max_seq_length=256",
     "head-512": "truncation=head,max_seq_length=512",
     "head+tail-512": "truncation=head+tail,max_seq_length=512",
