@@ -12,7 +12,9 @@
 This script trains nothing: it reads each grid's finished cells (compare's `comparison.csv` format, through
 `xfer_nlp.report.load_cells`) and their results.json, and writes per size: the mean validation accuracy of every
 variant over the seeds it has, the best xfer_nlp mode against setfit, contrastive against setfit in accuracy and
-seconds per run, and finetune against the probe.
+seconds per run, and finetune against the probe. A cell run under a stated step budget (`setfit_peer.py
+--max_steps`, or a variant such as `contrastive[max_steps=1250]` where a full run would take hours here) says
+so in its table entry.
 
 Selection on validation, said plainly: xfer_nlp's loop modes keep their best evaluation (on the validation split
 they are scored on) and the probe's head picks its C on it too; the setfit peer picks nothing. So each check is
@@ -52,6 +54,8 @@ def cells(grid: Path) -> pd.DataFrame:
     done = done[done.status == "done"].copy()
     done["free"] = [selection_free(grid / "runs" / f) for f in done.folder]
     done["free"] = done["free"].fillna(done.validation_accuracy)
+    # A cell run under a stated step budget (setfit_peer.py --max_steps, a variant such as contrastive[max_steps=N])
+    done["cap"] = [(o or {}).get("max_steps") if isinstance(o, dict) else None for o in done["overrides"]]
     return done
 
 
@@ -59,7 +63,7 @@ def per_size(done: pd.DataFrame) -> pd.DataFrame:
     """mode x size -> mean accuracy (selected and selection-free), mean seconds, seeds."""
     return done.groupby(["mode", "size"]).agg(acc=("validation_accuracy", "mean"), sd=("validation_accuracy", "std"),
                                               free=("free", "mean"), seconds=("train_seconds", "mean"),
-                                              seeds=("seed", "nunique"))
+                                              seeds=("seed", "nunique"), cap=("cap", "max"))
 
 
 def _size_key(size: str) -> float:
@@ -87,7 +91,8 @@ def report(grid: Path) -> list[str]:
         sd = "" if row.seeds < 2 else f" ± {row.sd:.3f}"
         seeds = "" if row.seeds >= 3 else f" [{int(row.seeds)} seed{'s' if row.seeds > 1 else ''}]"
         free = f" *{row.free:.3f}*" if abs(row.free - row.acc) > 5e-4 else ""
-        return f"{row.acc:.3f}{sd}{seeds}{free}"
+        cap = f" (capped at {int(row.cap):,} steps)" if pd.notna(row.cap) else ""
+        return f"{row.acc:.3f}{sd}{seeds}{free}{cap}"
 
     for size in sizes:
         lines.append(f"| {size} | " + " | ".join(cell(m, size) for m in modes + ([PEER] if has_peer else [])) + " |")
