@@ -1,7 +1,6 @@
 """What the benchmarks' reports share: the machine they ran on, and where their tables go."""
 
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -9,24 +8,14 @@ from pathlib import Path
 
 import torch
 
+from xfer_nlp.precision import cpu_name  # noqa: F401  (the reports import it from here)
+
 
 def machine() -> str:
     """The device that trained (a GPU when there is one: xfer_nlp and the Trainer both pick it) and torch's build."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} GPU, torch {torch.__version__}, CUDA {torch.version.cuda}"
     return f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def cpu_name() -> str:
-    """The CPU's model and its bf16 units: sessions here have landed on AMD EPYC (AVX512-BF16) and Intel Xeon (AMX)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return f"{platform.machine()} CPU"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 f"{platform.machine()} CPU")
-    units = [name for flag, name in ((" amx_bf16", "AMX-BF16"), (" avx512_bf16", "AVX512-BF16")) if flag in info]
-    return f"{model} ({', '.join(units) or 'no native bf16'})"
 
 
 def publish(text: str, out: str | None) -> None:

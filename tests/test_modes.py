@@ -167,12 +167,31 @@ def test_result_prints_as_table(tiny_run):
     assert "validation" in text and "accuracy" in text and "parameters" in text
 
 
+@pytest.mark.parametrize("cpuinfo,name,bf16", [
+    ("model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx512_bf16 amx_bf16 sse\n",
+     "Intel(R) Xeon(R) Processor (AMX-BF16, AVX512-BF16)", True),
+    ("model name\t: AMD EPYC\nflags\t\t: fpu avx512_bf16\n", "AMD EPYC (AVX512-BF16)", True),
+    ("model name\t: Intel(R) Xeon(R) CPU @ 2.80GHz\nflags\t\t: fpu avx512f\n",
+     "Intel(R) Xeon(R) CPU @ 2.80GHz (no native bf16)", False),
+    ("", "x86_64 CPU (no native bf16)", False),  # no /proc/cpuinfo
+])
+def test_the_cpu_is_named_with_its_bf16_units(monkeypatch, cpuinfo, name, bf16):
+    """What results.json's hardware says: timings compare only within one kind of CPU."""
+    from xfer_nlp import precision
+
+    monkeypatch.setattr(precision, "_cpuinfo", lambda: cpuinfo)
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    assert precision.cpu_name() == name
+    assert precision.cpu_has_bf16() is bf16
+
+
 def test_bf16_autocast_run(tiny_run):
     """bf16 autocast on CPU (AMX/AVX512-bf16 where the CPU has it): trains, evaluates and exports fp32 weights."""
     fp32 = xfer_nlp.run(mode="probe", mixed_precision="no", **{**tiny_run, "output_dir": tiny_run["output_dir"] + "32"})
     result = xfer_nlp.run(mode="finetune", mixed_precision="bf16", num_train_epochs=1, **tiny_run)
     assert fp32.results["mixed_precision"] == "no"  # one process, two precisions: each run() sets its own
     assert result.results["mixed_precision"] == "bf16"
+    assert result.results["hardware"].startswith(f"1 process(es) on {xfer_nlp.precision.cpu_name()}, ")
     assert "Precision fp32 on" in (Path(fp32.output_dir) / "train.log").read_text()  # the log says which one ran
     assert "Precision bf16 on" in (Path(result.output_dir) / "train.log").read_text()
     weights = exported(result.output_dir)

@@ -7,6 +7,7 @@ levers table), with the commands that measured them; they are not repeated here,
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -18,14 +19,28 @@ from .modes import MODES, resolve_model_path
 GPU_BF16_MIN_PARAMS = 100_000_000
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""  # not Linux: no model name, and bf16 counted as not native
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX); without them bf16 is emulated and slower
     than fp32. With them a fine-tuning step is 1.6-2x faster in bf16 autocast (RESULTS.md)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpuinfo()
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def cpu_name() -> str:
+    """The CPU's model and its bf16 units, e.g. 'AMD EPYC 9B14 (AVX512-BF16)': what a results.json and a benchmark
+    name, since timings compare only within one kind of machine."""
+    info = _cpuinfo()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 f"{platform.machine()} CPU")
+    units = [name for flag, name in ((" amx_bf16", "AMX-BF16"), (" avx512_bf16", "AVX512-BF16")) if flag in info]
+    return f"{model} ({', '.join(units) or 'no native bf16'})"
 
 
 def bf16_is_native(device: str) -> bool:
