@@ -66,6 +66,19 @@ def per_size(done: pd.DataFrame) -> pd.DataFrame:
                                               seeds=("seed", "nunique"), cap=("cap", "max"))
 
 
+def speedup(done: pd.DataFrame, size: str) -> str:
+    """setfit's seconds over contrastive's, from the seeds whose two cells ran on one kind of machine (the same
+    hardware string); cells of a grid filled over several sessions may not have, and then the report says so."""
+    cells = done[done["size"] == size].set_index("seed")
+    con, peer = cells[cells["mode"] == "contrastive"], cells[cells["mode"] == PEER]
+    seeds = [s for s in con.index.intersection(peer.index) if con.hardware[s] == peer.hardware[s]]
+    if not seeds:  # results.json named no CPU model before 2026-12-03, so older pairs cannot be matched
+        return f"{peer.train_seconds.mean() / con.train_seconds.mean():.2f}x (machines differ or unrecorded)"
+    ratio = peer.train_seconds[seeds].mean() / con.train_seconds[seeds].mean()
+    return f"{ratio:.2f}x" + ("" if len(seeds) == len(con) else f" (seed{'s' * (len(seeds) > 1)} "
+                                                               f"{', '.join(map(str, seeds))}: one machine)")
+
+
 def _size_key(size: str) -> float:
     return math.inf if size == "all" else int(size)
 
@@ -107,7 +120,7 @@ def report(grid: Path) -> list[str]:
             if ("contrastive", size) in table.index:
                 con = table.loc[("contrastive", size)]
                 delta = f"{con.acc - peer.acc:+.3f} (C = 1: {con.free - peer.acc:+.3f})"
-                timing = f"{con.seconds:.1f} | {peer.seconds:.1f} | {peer.seconds / con.seconds:.2f}x"
+                timing = f"{con.seconds:.1f} | {peer.seconds:.1f} | {speedup(done, size)}"
             else:
                 delta, timing = "—", "— | — | —"
         else:
