@@ -79,7 +79,7 @@ class XferPooledForSequenceClassification(PreTrainedModel):
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return nn.functional.normalize(pooled, dim=-1) if getattr(self.config, "normalize", False) else pooled
+        return nn.functional.normalize(pooled, dim=-1) if self.config.normalize else pooled
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
         logits = self.classifier(self.dropout(self.features(input_ids, attention_mask, token_type_ids, **kwargs)))
