@@ -14,7 +14,6 @@ shows it as one more variant, "setfit (peer)". Where the default pair count woul
 
 import argparse
 import json
-import os
 import resource
 import time
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from xfer_nlp.config import EMBEDDED_MODEL, RunConfig, resolve
 from xfer_nlp.data import load_text_data
 from xfer_nlp.metrics import classification_metrics
 from xfer_nlp.modes import resolve_model_path
-from xfer_nlp.precision import cpu_name
+from xfer_nlp.precision import cpu_hardware
 from xfer_nlp.report import write_report
 from xfer_nlp.runfolder import RunRecord
 
@@ -60,7 +59,7 @@ def run_cell(dataset: str, size: str, seed: int, out: Path, max_steps: int | Non
                      train_seconds=round(seconds, 2), trainable_params=body + head, total_params=body + head,
                      peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                      label_names=list(data.label_names),
-                     hardware=f"1 process(es) on {cpu_name()}, {os.cpu_count()} cores",  # as a run's results.json
+                     hardware=cpu_hardware(1),
                      finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      config={"setfit_defaults": True, "max_steps": max_steps, "seed": seed, "dataset_name": dataset,
                              "max_train_samples": cfg.max_train_samples})

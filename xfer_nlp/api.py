@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .evaluation import plot_confusion, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
-from .precision import bf16_is_native, cpu_name, resolve_precision
+from .precision import bf16_is_native, cpu_hardware, resolve_precision
 from .runfolder import RunRecord
 
 logger = logging.getLogger("xfer_nlp")
@@ -63,7 +63,7 @@ def _hardware(accelerator: Accelerator) -> str:
     n = accelerator.num_processes
     if accelerator.device.type == "cuda":
         return f"{n} x {torch.cuda.get_device_name(accelerator.device)}"
-    return f"{n} process(es) on {cpu_name()}, {os.cpu_count()} cores"
+    return cpu_hardware(n)
 
 
 def _reset_peak_memory() -> None:

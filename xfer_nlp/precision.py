@@ -43,6 +43,11 @@ def cpu_name() -> str:
     return f"{model} ({', '.join(units) or 'no native bf16'})"
 
 
+def cpu_hardware(processes: int) -> str:
+    """A CPU run's `hardware` in results.json; the setfit peer writes the same, so reports can pair cells by it."""
+    return f"{processes} process(es) on {cpu_name()}, {os.cpu_count()} cores"
+
+
 def bf16_is_native(device: str) -> bool:
     return torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
 
