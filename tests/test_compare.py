@@ -46,6 +46,14 @@ def test_grid_probes_encode_cold_so_their_train_time_counts_encoding(tmp_path):
     assert reuse[0].config.no_feature_cache is False  # asked to reuse features: the cache is read
 
 
+def test_cells_that_keep_freed_memory_run_after_the_others(tmp_path):
+    """glibc keeps the setting for the rest of the process, so a cell run after one with it would inherit it."""
+    args = CompareArgs("finetune[keep_freed_memory=true],probe,lora", "16,32", "0")
+    order = [(c.variant.label, c.size) for c in plan(RunConfig(), args, tmp_path)]
+    assert order == [("probe", "16"), ("probe", "32"), ("lora", "16"), ("lora", "32"),
+                     ("finetune[keep_freed_memory=true]", "16"), ("finetune[keep_freed_memory=true]", "32")]
+
+
 @pytest.mark.parametrize("spec,message", [
     ("probe,finetune[freez_layers=4]", "'freez_layers' is not a run option (did you mean 'freeze_layers'?)"),
     ("finetune[seed=3]", "'seed' is set by the grid itself"),

@@ -176,7 +176,9 @@ def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
                 cells.append(Cell(variant, size, seed, cfg))
     if problems:
         raise ConfigError("The grid has invalid cells:\n" + "\n".join(dict.fromkeys(problems)))
-    return cells
+    # --keep_freed_memory tunes glibc for the rest of the process (allocator.py): a cell without it that ran after
+    # one with it would train with it too and report that heap as its peak. So those cells run last.
+    return sorted(cells, key=lambda c: c.config.keep_freed_memory)
 
 
 KEEP = ("all", "model", "results")

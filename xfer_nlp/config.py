@@ -206,7 +206,7 @@ class RunConfig:
                                  "gives memory back: 30 percent more peak RSS over 4 steps, and over a whole "
                                  "polarity2k fine-tune it grew to twice the default's, filling a 24 GB machine "
                                  "within 50 steps (benchmarks/RESULTS.md). Only with memory to spare. Lasts for "
-                                 "the rest of the process.",
+                                 "the rest of the process, so a compare grid runs the cells that set it last.",
                                  resume_may_differ=True)
     save_steps: Optional[int] = _f(None, "Also checkpoint every this many optimizer steps (a checkpoint is always "
                                    "written at each epoch end). Checkpoints live in OUTPUT_DIR/checkpoints.",
