@@ -82,8 +82,14 @@ def main(argv=None) -> None:
     parser.add_argument("--skip_trainer", action="store_true", help="leave out the (slow) Trainer peer")
     parser.add_argument("--max_train_samples", type=int, default=None, help="smoke tests: train on fewer texts")
     args = parser.parse_args(argv)
+    # Two feature caches and five runs' model folders, ~350 MB: gone when the report is written.
+    with tempfile.TemporaryDirectory(prefix="xfer-probe-bench-") as work:
+        publish(report(args, Path(work)), args.out)
+
+
+def report(args, work: Path) -> str:
+    """Runs every measurement with its files under `work` and returns the report's markdown."""
     model_path = resolve_model_path(xfer_nlp.config.EMBEDDED_MODEL)
-    work = Path(tempfile.mkdtemp(prefix="xfer-probe-bench-"))
     splits = load_text_data(resolve(RunConfig(dataset_name="sst2", max_train_samples=args.max_train_samples))).splits
     limit = {"max_train_samples": args.max_train_samples}
 
@@ -121,7 +127,7 @@ def main(argv=None) -> None:
         lines.append(f"| {name} | {r.results['split_sizes']['train']} / {r.results['split_sizes']['validation']} | "
                      f"{r.metrics['validation']['accuracy']:.4f} | {r.metrics['validation']['macro_f1']:.4f} |")
     lines.append(f"\nPeak RSS of the benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB.")
-    publish("\n".join(lines), args.out)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

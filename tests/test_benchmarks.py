@@ -10,9 +10,10 @@ from conftest import launch_env
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def bench(script: str, *args: str, cwd: Path, tmp: Path | None = None) -> subprocess.CompletedProcess:
+    env = launch_env() if tmp is None else {**launch_env(), "TMPDIR": str(tmp)}
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
-                            text=True, cwd=cwd, env=launch_env(), timeout=900)
+                            text=True, cwd=cwd, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -124,8 +125,11 @@ def test_precision_benchmark_smoke(tmp_path):
 
 def test_probe_benchmark_smoke(tmp_path):
     out = tmp_path / "probe.md"
-    bench("probe.py", "--skip_trainer", "--max_train_samples", "64", "--out", str(out), cwd=tmp_path)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    bench("probe.py", "--skip_trainer", "--max_train_samples", "64", "--out", str(out), cwd=tmp_path, tmp=tmp)
     assert "| xfer_nlp probe, cold cache" in out.read_text() and "| mr |" in out.read_text()
+    assert not list(tmp.glob("xfer-probe-bench-*"))  # its runs and feature caches (~350 MB at full size) are gone
 
 
 def test_scale_benchmark_smoke(tmp_path):
