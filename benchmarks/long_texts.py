@@ -103,7 +103,40 @@ def grid(args) -> str:
             lines.append(f"| {mode} | {setting} | {len(cells)} | {_mean_sd([r['validation'] for r in cells])} | "
                          f"{_mean_sd([r['test'] for r in cells])} | {statistics.mean(r['train_s'] for r in cells):.0f} | "
                          f"{statistics.mean(r['predict_s'] for r in cells):.1f} |")
+    if args.out and rows:
+        plot(rows, modes, settings, Path(args.out).with_suffix(".png"))
+        lines += ["", f"![test accuracy against training time]({Path(args.out).with_suffix('.png').name})"]
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], modes: list[str], settings: list[str], path: Path) -> None:
+    """Test accuracy (mean ± sd over seeds) against mean training seconds, one point per mode and reading."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, mode in enumerate(modes):
+        points = [(s, [r for r in rows if r["mode"] == mode and r["setting"] == s]) for s in settings]
+        points = [(s, cells) for s, cells in points if cells]
+        if not points:
+            continue
+        x = [statistics.mean(r["train_s"] for r in cells) for _, cells in points]
+        y = [statistics.mean(r["test"] for r in cells) for _, cells in points]
+        sd = [statistics.stdev(r["test"] for r in cells) if len(cells) > 1 else 0.0 for _, cells in points]
+        ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, linestyle="none", color=plt.cm.tab10(i), label=mode)
+        for (setting, cells), xi, yi in zip(points, x, y):
+            ax.annotate(f"{setting} ({len(cells)})", (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set(xscale="log", xlabel="training seconds, mean over seeds (log scale)",
+           ylabel="test accuracy (mean ± sd; seeds in brackets)",
+           title="polarity2k: how a long review is read, accuracy against training time")
+    ax.margins(x=0.25, y=0.1)  # room for the labels beside the outermost points
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _mean_sd(xs: list[float]) -> str:
