@@ -27,6 +27,7 @@ from pathlib import Path
 import xfer_nlp
 from xfer_nlp.config import RunConfig
 from xfer_nlp.data import data_root
+from xfer_nlp.report import write_report
 
 from common import cpu_name, publish, run_measured
 
@@ -76,6 +77,8 @@ def grid(args) -> str:
         xfer_nlp.compare(modes=variants(modes, settings, args.tiny), train_sizes="64" if args.tiny else "all",
                          seeds=args.seeds, output_dir=out, dataset_name="polarity2k",
                          keep_freed_memory=args.keep_freed_memory)
+    if (out / "runs").is_dir():  # compare reported this call's variants; the folder's report covers every cell
+        write_report(out)
     test = [json.loads(line)["text"] for line in (data_root(RunConfig()) / "polarity2k" / "test.jsonl").read_text(
         encoding="utf-8").splitlines()][: 16 if args.tiny else None]
     rows = []

@@ -82,6 +82,10 @@ def test_long_texts_benchmark_smoke(tmp_path):
                    "--report_only", "--output_dir", str(out), "--out", str(tmp_path / "long.md"), cwd=tmp_path)
     assert "| finetune | head-128 | 1 |" in result.stdout and not list((out / "runs").glob("*-s1"))
     assert (tmp_path / "long.png").stat().st_size > 0 and "(long.png)" in (tmp_path / "long.md").read_text()
+    # a call for one mode (its cell done, so nothing trains) leaves the folder's report covering every cell
+    bench("long_texts.py", "--tiny", "--modes", "finetune", "--settings", "head-128", "--seeds", "0",
+          "--output_dir", str(out), cwd=tmp_path)
+    assert "| probe[" in (out / "comparison.md").read_text() and "| finetune[" in (out / "comparison.md").read_text()
     result = bench("long_texts.py", "--memory", "--tiny", "--output_dir", str(tmp_path / "memory"), cwd=tmp_path)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 1") and "MB" not in line]
     assert len(rows) == 2 and all(float(x) > 0 for row in rows for x in row.strip("|").split("|")[1:])
