@@ -58,8 +58,7 @@ def run_cell(dataset: str, size: str, seed: int, out: Path, max_steps: int | Non
                      split_sizes={s: len(d) for s, d in data.splits.items()}, metrics=metrics,
                      train_seconds=round(seconds, 2), trainable_params=body + head, total_params=body + head,
                      peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                     label_names=list(data.label_names),
-                     hardware=cpu_hardware(1),
+                     label_names=list(data.label_names), hardware=cpu_hardware(1),
                      finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      config={"setfit_defaults": True, "max_steps": max_steps, "seed": seed, "dataset_name": dataset,
                              "max_train_samples": cfg.max_train_samples})
