@@ -8,6 +8,8 @@ import torch
 from conftest import make_rows, write_jsonl
 
 import xfer_nlp
+from xfer_nlp import batches
+from xfer_nlp.batches import LengthGroupedBatchSampler
 from xfer_nlp.errors import ConfigError
 from xfer_nlp.pairs import auto_rounds, make_pairs
 
@@ -81,8 +83,12 @@ def test_the_default_pair_rounds_follow_the_distinct_same_label_pairs(labels, ro
     assert auto_rounds(labels) == rounds
 
 
-def test_without_pair_iterations_the_rule_sets_the_rounds_and_says_so(tiny_run):
+def test_without_pair_iterations_the_rule_sets_the_rounds_and_says_so(tiny_run, monkeypatch):
+    groups = []
+    real = batches.train_loader
+    monkeypatch.setattr(batches, "train_loader", lambda *a, **k: groups.append(k.get("group")) or real(*a, **k))
     result = xfer_nlp.run(mode="contrastive", max_train_samples=16, **tiny_run)
+    assert groups == [1]  # the pairs' loader draws random batches (see the next test)
     assert result.results["pairs"] == {"rounds": 3, "pairs": 96, "rule": "auto: the training set's distinct "
                                        "same-label pairs per text, between 1 and 20"}
     assert result.results["history"][-1]["step"] == 6  # 96 pairs / batch 16
@@ -100,3 +106,17 @@ def test_contrastive_with_one_example_of_a_class_is_one_message(tiny_run, tmp_pa
         xfer_nlp.run(mode="contrastive", **{**tiny_run, "dataset_name": str(data)})
     assert "contrastive needs at least 2 training examples of each class" in str(e.value) and "class 1 has 1" in str(e.value)
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_pair_batches_are_random_where_training_batches_group_by_length():
+    """Grouping pairs by length cost mr 2 points at n=100 (RESULTS, "Random pair batches"), so pairs use group=1."""
+    lengths = np.arange(3200)  # every length once: a batch's spread shows how it was drawn
+    spread = {}
+    for group in (50, 1):
+        sampler = LengthGroupedBatchSampler(lengths, batch_size=32, seed=0, group=group)
+        drawn = list(sampler)
+        assert sorted(i for b in drawn for i in b) == list(range(3200))  # every example once
+        assert drawn == list(LengthGroupedBatchSampler(lengths, 32, 0, group))  # a function of (seed, epoch)
+        spread[group] = np.median([lengths[b].max() - lengths[b].min() for b in drawn])
+    assert spread[50] < 200  # a mega-batch of 1,600 sorted: neighbours differ by about 2 each
+    assert spread[1] > 2500  # 32 of 3,200 at random span most of the range

@@ -268,10 +268,11 @@ def token_lengths(ds) -> np.ndarray:
     return pc.list_value_length(ds.select_columns(["input_ids"]).with_format("arrow")[:]["input_ids"]).to_numpy()
 
 
-def train_loader(ds, collator, batch_size: int, seed: int, lengths=None) -> DataLoader:
+def train_loader(ds, collator, batch_size: int, seed: int, lengths=None, group: int = 50) -> DataLoader:
+    """Shuffled training batches; `group`: batches per length-sorted mega-batch (1: plain random batches)."""
     lengths = token_lengths(ds) if lengths is None else lengths
-    return DataLoader(ds, batch_sampler=LengthGroupedBatchSampler(lengths, batch_size, seed), collate_fn=collator,
-                      generator=_own_generator())
+    return DataLoader(ds, batch_sampler=LengthGroupedBatchSampler(lengths, batch_size, seed, group),
+                      collate_fn=collator, generator=_own_generator())
 
 
 def eval_loader(ds, collator, batch_size: int) -> DataLoader:
