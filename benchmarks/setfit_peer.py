@@ -66,10 +66,14 @@ def run_cell(dataset: str, size: str, seed: int, out: Path, max_steps: int | Non
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset_name", default="sst2")
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--train_sizes", default="16,32,64")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--dataset_name", default="sst2",
+                        help="a shared data set's name, as compare's --dataset_name")
+    parser.add_argument("--data_dir", default=None,
+                        help='the shared data folder (default: XFER_NLP_DATA_DIR or ../shared/data)')
+    parser.add_argument("--train_sizes", default="16,32,64",
+                        help="comma list of training-set sizes (compare's stratified subsets)")
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="comma list of seeds (each picks the subset and seeds setfit, as compare's)")
     parser.add_argument("--output_dir", required=True, help="a compare folder: cells go to OUTPUT_DIR/runs")
     parser.add_argument("--max_steps", type=int, default=None, help="cap on the pair stage's steps (default: none)")
     args = parser.parse_args(argv)
