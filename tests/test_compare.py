@@ -147,12 +147,17 @@ def test_keep_says_what_a_finished_cell_leaves_on_disk(tiny_model_dir, tiny_data
 
 def test_report_reruns_without_training(tiny_model_dir, tiny_data_dir, tmp_path):
     out = tmp_path / "grid"
-    xfer_nlp.compare(modes="probe", train_sizes="40", seeds="0", output_dir=out,
+    xfer_nlp.compare(modes="probe", train_sizes="40", seeds="0,1", output_dir=out,
                      **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
     (out / "comparison.md").unlink()
+    moved = out / "runs" / "probe-n40-s1" / "results.json"  # as if this cell had run in a later session elsewhere
+    moved.write_text(json.dumps({**json.loads(moved.read_text()), "hardware": "1 process(es) on Other CPU, 2 cores"}))
     cmd = subprocess.run([str(XFER), "report", str(out)], capture_output=True, text=True, timeout=300)
     assert cmd.returncode == 0, cmd.stderr
     assert (out / "comparison.md").is_file() and "probe" in cmd.stdout
+    first = json.loads((out / "runs" / "probe-n40-s0" / "results.json").read_text())["hardware"]
+    assert f"2 runs finished (1 on {first}; 1 on 1 process(es) on Other CPU, 2 cores)" in (
+        out / "comparison.md").read_text()
     empty = subprocess.run([str(XFER), "report", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert empty.returncode == 2 and "Run xfer-nlp compare first" in empty.stderr
 
