@@ -188,7 +188,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
             f"auto: the training set's distinct same-label pairs per text, between 1 and {pairs.MAX_ROUNDS}")
         extra["pairs"] = {"rounds": rounds, "pairs": len(pair_ds), "rule": rule}
         logger.info("Contrastive pairs: %d (%d rounds x 2 per training text; %s).", len(pair_ds), rounds, rule)
-        # Random batches, as setfit draws them: grouping pairs by length saved 25-45% of the seconds but cost up to
+        # Random batches, as setfit draws them: grouping pairs by length saved 10-65% of the seconds but cost up to
         # 2 points of accuracy (mr, n=100; benchmarks/RESULTS.md, "Random pair batches").
         pair_dl = batches.train_loader(pair_ds, pairs.PairCollator(collator), cfg.per_device_train_batch_size,
                                        cfg.seed, lengths=pairs.pair_lengths(pair_ds), group=1)
