@@ -215,10 +215,9 @@ def write_report(output_dir: str | Path, labels: list[str] | None = None) -> str
     files = plot(summary, cells, labels, output_dir)
     done, other = cells[cells.status == "done"], cells[cells.status != "done"]
     grid = json.loads((output_dir / "grid.json").read_text()) if (output_dir / "grid.json").is_file() else {}
-    machines = done.hardware.value_counts(sort=False) if "hardware" in done else {"unknown hardware": len(done)}
     # Cells of one grid can run on different machines (sessions apart): each is named, with its count.
-    hardware = (next(iter(machines.keys())) if len(machines) == 1
-                else "; ".join(f"{count} on {name}" for name, count in machines.items()))
+    machines = done.hardware.value_counts(sort=False)
+    hardware = machines.index[0] if len(machines) == 1 else "; ".join(f"{n} on {name}" for name, n in machines.items())
     lines = [f"# Comparison: {', '.join(labels)}", "",
              f"{len(done)} runs finished ({hardware}); training time summed over runs "
              f"{done.train_seconds.sum() / 60:.1f} min" + (f", the cells' runs {grid['wall_seconds'] / 60:.1f} min "
