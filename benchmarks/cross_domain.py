@@ -55,11 +55,11 @@ def metric(record: dict | None, split: str) -> dict | None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="runs/cross-domain",
-                        help='a compare folder for the cells (finished cells are kept and skipped)')
+                        help="a compare folder for the cells (finished cells are kept and skipped)")
     parser.add_argument("--modes", default=MODES,
-                        help='comma list of modes or compare variants (mode[key=value])')
+                        help="comma list of modes or compare variants (mode[key=value])")
     parser.add_argument("--seed", type=int, default=0,
-                        help='the training seed of every cell')
+                        help="the training seed of every cell")
     parser.add_argument("--out", default=None, help="also write the report to this markdown file")
     parser.add_argument("--report_only", action="store_true", help="write the table from the runs already "
                                                                    "finished ('not run yet' for the others); train nothing")

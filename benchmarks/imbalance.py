@@ -45,15 +45,15 @@ def make_files(source: Path, out: Path, negative_share: float, seed: int, limit:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="runs/imbalance-sst2",
-                        help='a compare folder: the imbalanced data set and the cells')
+                        help="a compare folder: the imbalanced data set and the cells")
     parser.add_argument("--negative_share", type=float, default=0.1,
-                        help='share of negative sentences kept in the training split')
+                        help="share of negative sentences kept in the training split")
     parser.add_argument("--data_seed", type=int, default=0,
-                        help='seed of which negative sentences are kept')
+                        help="seed of which negative sentences are kept")
     parser.add_argument("--seeds", default="0,1,2",
-                        help='comma list of training seeds')
+                        help="comma list of training seeds")
     parser.add_argument("--variants", default=VARIANTS,
-                        help='comma list of compare variants (mode[key=value])')
+                        help="comma list of compare variants (mode[key=value])")
     parser.add_argument("--tiny", action="store_true", help="smoke test: 400 rows, one epoch, one C")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)

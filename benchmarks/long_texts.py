@@ -184,12 +184,12 @@ def memory(args) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", default="probe,finetune",
-                        help='comma list of modes, each run with every setting')
+                        help="comma list of modes, each run with every setting")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"from {', '.join(SETTINGS)}")
     parser.add_argument("--seeds", default="0,1,2",
-                        help='comma list of training seeds')
+                        help="comma list of training seeds")
     parser.add_argument("--output_dir", default="runs/long-polarity2k",
-                        help='a compare folder for the cells (finished cells are kept and skipped)')
+                        help="a compare folder for the cells (finished cells are kept and skipped)")
     parser.add_argument("--keep_freed_memory", action="store_true", help="train the cells with --keep_freed_memory "
                         "(2-2.5x faster 512-token steps here, results unchanged, but memory grows over a run: "
                         "twice the default's within 50 steps, see the run flag's help)")

@@ -25,11 +25,11 @@ def main() -> None:
     parser.add_argument("--dataset_name", default="sst2",
                         help="a shared data set's name or a data folder")
     parser.add_argument("--modes", default=",".join(MODES),
-                        help='comma list of modes to time')
+                        help="comma list of modes to time")
     parser.add_argument("--runs_dir", default=str(ROOT / "runs" / "bench-modes"),
                         help="folder for the runs' outputs")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "modes-sst2.md"),
-                        help='markdown file for the table')
+                        help="markdown file for the table")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed to every run, after -- "
                                                                  "(e.g. -- --max_train_samples 64)")
     args = parser.parse_args()

@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--seq_lens", default="32,128", help="comma list of token lengths (sst2's median is ~25)")
     parser.add_argument("--precisions", default="no,bf16,fp16", help="comma list of no, bf16, fp16")
     parser.add_argument("--batch", type=int, default=32,
-                        help='examples per timed step')
+                        help="examples per timed step")
     parser.add_argument("--steps", type=int, default=50, help="timed steps per cell")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--out", default=None, help="markdown file for the table (default: print only)")

@@ -51,10 +51,10 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=64,
                         help="pipeline()'s batch size (xfer_nlp.predict batches by its own token budget)")
     parser.add_argument("--repeats", type=int, default=3,
-                        help='timed runs of each contestant; the median is reported')
+                        help="timed runs of each contestant; the median is reported")
     parser.add_argument("--limit", type=int, default=None, help="at most this many texts per set (smoke tests)")
     parser.add_argument("--out", default=None,
-                        help='markdown file for the table (default: print only)')
+                        help="markdown file for the table (default: print only)")
     args = parser.parse_args(argv)
     root = data_root(RunConfig())
     model = args.model

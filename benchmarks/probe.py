@@ -79,7 +79,7 @@ def trainer_frozen(splits, model_path: str, workdir: str) -> tuple[float, float]
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "probe.md"),
-                        help='markdown file for the table')
+                        help="markdown file for the table")
     parser.add_argument("--skip_trainer", action="store_true", help="leave out the (slow) Trainer peer")
     parser.add_argument("--max_train_samples", type=int, default=None, help="smoke tests: train on fewer texts")
     args = parser.parse_args(argv)

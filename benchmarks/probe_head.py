@@ -55,13 +55,13 @@ def split_features(folder: Path) -> tuple[int, tuple[torch.Tensor, torch.Tensor]
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="16,32,64,100,500",
-                        help='comma list of training-set sizes')
+                        help="comma list of training-set sizes")
     parser.add_argument("--draws", type=int, default=8,
-                        help='seeded class-balanced draws per size')
+                        help="seeded class-balanced draws per size")
     parser.add_argument("--output_dir", default="runs/probe-head",
-                        help='work folder (the encoded features go to OUTPUT_DIR/features)')
+                        help="work folder (the encoded features go to OUTPUT_DIR/features)")
     parser.add_argument("--out", default=None,
-                        help='markdown file for the table (default: print only)')
+                        help="markdown file for the table (default: print only)")
     parser.add_argument("--max_train_samples", type=int, default=None, help="smoke tests: encode fewer texts")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)

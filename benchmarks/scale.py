@@ -166,7 +166,7 @@ def predict_cell(model: Path, data: Path, size: int, work: Path) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000",
-                        help='comma list of training-set sizes for the finetune rows')
+                        help="comma list of training-set sizes for the finetune rows")
     parser.add_argument("--probe_sizes", default="10000",
                         help="comma list of sizes for the probe's feature-cache rows")
     parser.add_argument("--predict_sizes", default="", help="texts to label with `xfer-nlp predict` (e.g. "
@@ -175,10 +175,10 @@ def main(argv=None) -> None:
                         "random BERT with the embedded tokenizer, built in --work_dir)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps of each finetune run")
     parser.add_argument("--work_dir", default="runs/scale",
-                        help='folder for the repeated data sets and the runs')
+                        help="folder for the repeated data sets and the runs")
     parser.add_argument("--data_dir", default=None, help="sst2 JSONL folder (default: the shared data's sst2)")
     parser.add_argument("--out", default=None,
-                        help='markdown file for the table (default: print only)')
+                        help="markdown file for the table (default: print only)")
     for name in ("cell_size", "cell_data", "cell_out", "mode"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -196,19 +196,19 @@ def headline(results: dict, best_peer: str | None, target: float | None, task: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("finetune", "scratch"), default="finetune",
-                        help='fine-tune the embedded encoder or train its architecture from random weights')
+                        help="fine-tune the embedded encoder or train its architecture from random weights")
     parser.add_argument("--dataset_name", default="sst2",
                         help="a shared data set's name")
     parser.add_argument("--num_train_epochs", type=float, default=3.0,
-                        help='epochs of every contestant')
+                        help="epochs of every contestant")
     parser.add_argument("--learning_rate", type=float, default=2e-5,
-                        help='peak learning rate of every contestant')
+                        help="peak learning rate of every contestant")
     parser.add_argument("--max_train_samples", type=int, default=None,
-                        help='train on this many examples (default: the whole split)')
+                        help="train on this many examples (default: the whole split)")
     parser.add_argument("--seed", type=int, default=42,
-                        help='the seed of every contestant')
+                        help="the seed of every contestant")
     parser.add_argument("--mixed_precision", choices=("no", "bf16", "fp16"), default="no",
-                        help='precision of every contestant (NAME@bf16 in --contestants overrides one)')
+                        help="precision of every contestant (NAME@bf16 in --contestants overrides one)")
     parser.add_argument("--short", action="store_true", help="100 steps (1 epoch on 3,200 examples) instead of the "
                                                              "full run")
     parser.add_argument("--contestants", default=",".join((*PEERS, "xfer_nlp")),
