@@ -1,0 +1,36 @@
+"""Which malloc serves the process: a preloaded tcmalloc is seen and --keep_freed_memory then does nothing; a
+512-token CPU fine-tune under glibc's malloc is told how to run under tcmalloc, other runs are not."""
+
+import ctypes.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from xfer_nlp import allocator
+
+TCMALLOC = ctypes.util.find_library("tcmalloc_minimal")
+REPORT = ("from xfer_nlp import allocator; print(allocator.preloaded(), allocator.keep_freed_memory(), "
+          "allocator.tcmalloc_hint('finetune', 512, 'cpu') is None)")
+
+
+def in_child(**env) -> list[str]:
+    """What a fresh process started with `env` reports (a preload only acts on a process it starts)."""
+    return subprocess.run([sys.executable, "-c", REPORT], capture_output=True, text=True, check=True,
+                          env={**os.environ, **env}).stdout.split()
+
+
+def test_under_glibc_the_flag_takes_and_a_512_token_cpu_finetune_gets_the_hint():
+    assert in_child() == ["None", "True", "False"]  # this suite runs on glibc Linux
+    hint = allocator.tcmalloc_hint("finetune", 512, "cpu")
+    assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in hint and "apt-get install libtcmalloc-minimal4" in hint
+    # only where it was measured: not the probe, not shorter texts, not a GPU
+    assert allocator.tcmalloc_hint("probe", 512, "cpu") is None
+    assert allocator.tcmalloc_hint("lora", 256, "cpu") is None
+    assert allocator.tcmalloc_hint("finetune", 512, "cuda") is None
+
+
+@pytest.mark.skipif(TCMALLOC is None, reason="tcmalloc is not installed (apt-get install libtcmalloc-minimal4)")
+def test_a_preloaded_tcmalloc_is_seen_and_neither_flag_nor_hint_applies():
+    assert in_child(LD_PRELOAD=TCMALLOC) == ["tcmalloc", "False", "True"]
