@@ -154,7 +154,7 @@ def predict_cell(model: Path, data: Path, size: int, work: Path) -> dict:
     output = work / f"predict-{size}.jsonl"
     cmd = [str(Path(sys.executable).parent / "xfer-nlp"), "predict", "--model", str(model), "--input",
            str(data / "train.jsonl"), "--output", str(output), "--precision", "fp32"]
-    seconds, peak_mb = run_measured(cmd)
+    seconds, peak_mb, *_ = run_measured(cmd)
     with output.open(encoding="utf-8") as f:
         rows = sum(1 for _ in f)
     if rows != size:
