@@ -8,11 +8,12 @@ import sys
 
 import pytest
 
+import xfer_nlp
 from xfer_nlp import allocator
 
 TCMALLOC = ctypes.util.find_library("tcmalloc_minimal")
-REPORT = ("from xfer_nlp import allocator; print(allocator.preloaded(), allocator.keep_freed_memory(), "
-          "allocator.tcmalloc_hint('finetune', 512, 'cpu') is None)")
+REPORT = ("from xfer_nlp import allocator; print(allocator.malloc(), allocator.preloaded(), "
+          "allocator.keep_freed_memory(), allocator.tcmalloc_hint('finetune', 512, 'cpu') is None)")
 
 
 def in_child(**env) -> list[str]:
@@ -22,7 +23,7 @@ def in_child(**env) -> list[str]:
 
 
 def test_under_glibc_the_flag_takes_and_a_512_token_cpu_finetune_gets_the_hint():
-    assert in_child() == ["None", "True", "False"]  # this suite runs on glibc Linux
+    assert in_child() == ["glibc", "None", "True", "False"]  # this suite runs on glibc Linux
     hint = allocator.tcmalloc_hint("finetune", 512, "cpu")
     assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in hint and "apt-get install libtcmalloc-minimal4" in hint
     # only where it was measured: not the probe, not shorter texts, not a GPU
@@ -33,4 +34,9 @@ def test_under_glibc_the_flag_takes_and_a_512_token_cpu_finetune_gets_the_hint()
 
 @pytest.mark.skipif(TCMALLOC is None, reason="tcmalloc is not installed (apt-get install libtcmalloc-minimal4)")
 def test_a_preloaded_tcmalloc_is_seen_and_neither_flag_nor_hint_applies():
-    assert in_child(LD_PRELOAD=TCMALLOC) == ["tcmalloc", "False", "True"]
+    assert in_child(LD_PRELOAD=TCMALLOC) == ["tcmalloc", "tcmalloc", "False", "True"]
+
+
+def test_a_run_records_who_served_malloc(tiny_run):
+    run = xfer_nlp.run(mode="probe", **tiny_run)
+    assert run.results["malloc"] == "glibc"  # the seconds of a 512-token step depend on it

@@ -34,6 +34,11 @@ def preloaded() -> str | None:
     return next((name for name in ("tcmalloc", "jemalloc") if f"lib{name}" in maps), None)
 
 
+def malloc() -> str:
+    """Who serves malloc in this process, for results.json: a preloaded tcmalloc or jemalloc, else the C library."""
+    return preloaded() or platform.libc_ver()[0] or "the C library"
+
+
 def keep_freed_memory() -> bool:
     """True when glibc took the settings; False where there is no glibc (macOS, Windows, musl) or another
     allocator serves malloc."""

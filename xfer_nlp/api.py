@@ -236,7 +236,8 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         hardware=_hardware(accelerator), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         config=cfg.to_dict(), pooling=built.pooling, architecture=type(exported).__name__, data_source=data.source,
         data_notes=list(data.notes), num_processes=accelerator.num_processes,
-        mixed_precision=accelerator.mixed_precision, torch=torch.__version__, **extra)
+        mixed_precision=accelerator.mixed_precision, torch=torch.__version__, malloc=allocator.malloc(),
+        **extra)
     if accelerator.is_main_process:
         write_predictions(output_dir / runfolder.PREDICTIONS, {s: data.splits[s]["text"] for s in outputs}, outputs,
                           data.label_names)

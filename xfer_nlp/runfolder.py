@@ -156,6 +156,7 @@ class RunRecord:
     num_processes: int = 1
     mixed_precision: str = "no"
     torch: str | None = None
+    malloc: str | None = None  # who served malloc (allocator.malloc): 512-token CPU steps differ 1.8x between them
     reading: dict | None = None  # how texts were read (batches.Reading), so predict and evaluate read them alike
     history: list[dict] = field(default_factory=list)  # one record per evaluation during training
     schedule: dict | None = None  # parameter groups, learning rates, unfreezing stages
