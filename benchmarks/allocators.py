@@ -6,9 +6,10 @@ jemalloc and tcmalloc (both preloaded through LD_PRELOAD), each in a fresh proce
 Every setting runs the same short polarity2k fine-tune (head+tail, 512 tokens, batch 32, --max_steps 4, then one
 evaluation of the 400 validation and test reviews) as a child process. The table gives its wall seconds, the run's
 own train_seconds (results.json), the child's user and kernel CPU seconds and its peak RSS (wait4's rusage of that
-child alone), and whether its weights equal the first row's byte for byte (an allocator must not change the
-arithmetic). An allocator that is not installed is a row saying how to install it. The whole-run memory of a
-512-token fine-tune under each is in RESULTS.md ("Memory allocators"): four steps do not show growth.
+child alone; GB of 10^9 bytes, as RESULTS.md's other memory figures), and whether its weights equal the first
+row's byte for byte (an allocator must not change the arithmetic). An allocator that is not installed is a row
+saying how to install it. Four steps do not show memory growth over a run: RESULTS.md ("Memory allocators") has
+a whole fine-tune's.
 """
 
 import argparse
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
             reference = reference or weights
             train_s = json.loads((out / "results.json").read_text())["train_seconds"]
             lines.append(f"| {setting} | {measured.seconds:.1f} | {train_s:.1f} | {measured.user_s:.0f} | "
-                         f"{measured.system_s:.0f} | {measured.peak_mb / 1024:.1f} | "
+                         f"{measured.system_s:.0f} | {measured.peak_mb * 2**20 / 1e9:.1f} | "
                          f"{'yes' if weights == reference else 'NO'} |")
     publish("\n".join(lines), args.out)
 
