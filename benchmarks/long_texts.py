@@ -48,7 +48,12 @@ TINY = {"probe": "probe_c_grid=1", "finetune": "max_steps=2"}  # --tiny: one C, 
 
 
 def variants(modes: list[str], settings: list[str], tiny: bool) -> str:
-    return ",".join(f"{mode}[{SETTINGS[s]}" + (f",{TINY[mode]}]" if tiny else "]") for mode in modes for s in settings)
+    """compare's variants, one per mode and setting; --tiny's extras replace a setting's own (chunk-512-250steps)."""
+    def spec(mode: str, setting: str) -> str:
+        overrides = dict(kv.split("=") for kv in SETTINGS[setting].split(","))
+        overrides.update([TINY[mode].split("=")] if tiny else [])
+        return f"{mode}[{','.join(f'{k}={v}' for k, v in overrides.items())}]"
+    return ",".join(spec(mode, s) for mode in modes for s in settings)
 
 
 def setting_of(overrides: dict) -> str | None:
