@@ -42,7 +42,7 @@ def malloc() -> str:
 def keep_freed_memory() -> bool:
     """True when glibc took the settings; False where there is no glibc (macOS, Windows, musl) or another
     allocator serves malloc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or preloaded():
+    if malloc() != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -52,7 +52,7 @@ def keep_freed_memory() -> bool:
 def tcmalloc_hint(mode: str, max_seq_length: int, device_type: str) -> str | None:
     """How to run under tcmalloc, for the runs it was measured to speed up (fine-tuning at 512 tokens on a Linux CPU)
     when they run under glibc's malloc; None otherwise."""
-    if mode == "probe" or max_seq_length < 512 or device_type != "cpu" or platform.system() != "Linux" or preloaded():
+    if mode == "probe" or max_seq_length < 512 or device_type != "cpu" or malloc() != "glibc":
         return None
     return ("512-token fine-tuning steps on a CPU ran 1.8x faster, in less memory, under tcmalloc than under glibc's "
             "malloc (benchmarks/RESULTS.md, \"Memory allocators\"). To use it, install it (Debian/Ubuntu: apt-get "

@@ -142,9 +142,8 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         if allocator.keep_freed_memory():
             logger.info("Memory: glibc keeps what a step frees for the next one (--keep_freed_memory).")
         else:
-            logger.warning("--keep_freed_memory does nothing here: it tunes glibc's allocator (Linux), and %s.",
-                           f"{allocator.preloaded()} serves malloc in this process" if allocator.preloaded()
-                           else "this is not glibc")
+            logger.warning("--keep_freed_memory does nothing here: it tunes glibc's allocator, and %s serves malloc "
+                           "in this process.", allocator.malloc())
     if hint := allocator.tcmalloc_hint(cfg.mode, cfg.max_seq_length, accelerator.device.type):
         logger.info("Memory: %s", hint)
 
