@@ -47,21 +47,24 @@ SETTINGS = {
 TINY = {"probe": "probe_c_grid=1", "finetune": "max_steps=2"}  # --tiny: one C, two steps
 
 
+def parse(spec: str) -> dict[str, str]:
+    """'a=1,b=2' (a SETTINGS or TINY entry) as {'a': '1', 'b': '2'}."""
+    return dict(kv.split("=") for kv in spec.split(","))
+
+
 def variants(modes: list[str], settings: list[str], tiny: bool) -> str:
     """compare's variants, one per mode and setting; --tiny's extras replace a setting's own (chunk-512-250steps)."""
-    def spec(mode: str, setting: str) -> str:
-        overrides = dict(kv.split("=") for kv in SETTINGS[setting].split(","))
-        overrides.update([TINY[mode].split("=")] if tiny else [])
+    def variant(mode: str, setting: str) -> str:
+        overrides = {**parse(SETTINGS[setting]), **(parse(TINY[mode]) if tiny else {})}
         return f"{mode}[{','.join(f'{k}={v}' for k, v in overrides.items())}]"
-    return ",".join(spec(mode, s) for mode in modes for s in settings)
+    return ",".join(variant(mode, s) for mode in modes for s in settings)
 
 
 def setting_of(overrides: dict) -> str | None:
     """Which SETTINGS entry a cell's overrides are (its --tiny extras aside)."""
-    tiny = dict(extra.split("=") for extra in TINY.values())
+    tiny = {k: v for extra in TINY.values() for k, v in parse(extra).items()}
     reading = {k: str(v) for k, v in overrides.items() if tiny.get(k) != str(v)}
-    return next((name for name, spec in SETTINGS.items() if dict(kv.split("=") for kv in spec.split(",")) == reading),
-                None)
+    return next((name for name, spec in SETTINGS.items() if parse(spec) == reading), None)
 
 
 def predict_seconds(run_dir: Path, texts: list[str]) -> float:
