@@ -11,8 +11,9 @@
 
 This script trains nothing: it reads each grid's finished cells (compare's `comparison.csv` format, through
 `xfer_nlp.report.load_cells`) and their results.json, and writes per size: the mean validation accuracy of every
-variant over the seeds it has, the best xfer_nlp mode against setfit, contrastive against setfit in accuracy and
-seconds per run, and finetune against the probe. A cell run under a stated step budget (`setfit_peer.py
+variant over the seeds it has, the best xfer_nlp mode against setfit (also paired by seed: a seed draws the same
+training subset for every variant, so the seed-by-seed difference shows whether a gap outgrows the subset's luck),
+contrastive against setfit in accuracy and seconds per run, and finetune against the probe. A cell run under a stated step budget (`setfit_peer.py
 --max_steps`, or a variant such as `contrastive[max_steps=1250]` where a full run would take hours here) says
 so in its table entry.
 
@@ -79,6 +80,18 @@ def speedup(done: pd.DataFrame, size: str) -> str:
                                                                f"{', '.join(map(str, seeds))}: one machine)")
 
 
+def paired(done: pd.DataFrame, mode: str, size: str) -> str:
+    """mode − setfit seed by seed (a seed draws the same training subset for both), so the subset's own luck cancels:
+    mean ± sd of the differences and how many seeds the mode is at or above the peer."""
+    cells = done[done["size"] == size].set_index("seed")
+    ours, peer = cells[cells["mode"] == mode].validation_accuracy, cells[cells["mode"] == PEER].validation_accuracy
+    diff = (ours - peer).dropna()
+    if diff.empty:
+        return "—"
+    sd = f" ± {diff.std():.3f}" if len(diff) > 1 else ""
+    return f"{diff.mean():+.3f}{sd} ({(diff >= 0).sum()} of {len(diff)} seeds ≥)"
+
+
 def _size_key(size: str) -> float:
     return math.inf if size == "all" else int(size)
 
@@ -109,14 +122,15 @@ def report(grid: Path) -> list[str]:
 
     for size in sizes:
         lines.append(f"| {size} | " + " | ".join(cell(m, size) for m in modes + ([PEER] if has_peer else [])) + " |")
-    lines += ["", "| n | best xfer_nlp mode | vs setfit | contrastive − setfit | contrastive s | setfit s | "
-              "setfit s / contrastive s |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| n | best xfer_nlp mode | vs setfit | the same, paired by seed | contrastive − setfit | "
+              "contrastive s | setfit s | setfit s / contrastive s |", "|---|---|---|---|---|---|---|---|"]
     for size in sizes:
         ours = table.loc[[(m, size) for m in modes if (m, size) in table.index]]
         best = ours.acc.idxmax()[0]
         if has_peer and (PEER, size) in table.index:
             peer = table.loc[(PEER, size)]
-            vs = f"{ours.acc.max() - peer.acc:+.3f} (no selection {ours.free.max() - peer.acc:+.3f})"
+            vs = f"{ours.acc.max() - peer.acc:+.3f} (no selection {ours.free.max() - peer.acc:+.3f}) | " \
+                 f"{paired(done, best, size)}"
             if ("contrastive", size) in table.index:
                 con = table.loc[("contrastive", size)]
                 delta = f"{con.acc - peer.acc:+.3f} (C = 1: {con.free - peer.acc:+.3f})"
@@ -124,7 +138,7 @@ def report(grid: Path) -> list[str]:
             else:
                 delta, timing = "—", "— | — | —"
         else:
-            vs, delta, timing = "—", "—", "— | — | —"
+            vs, delta, timing = "— | —", "—", "— | — | —"
         lines.append(f"| {size} | {best} {ours.acc.max():.3f} | {vs} | {delta} | {timing} |")
     if ("finetune", "100") in table.index and ("probe", "100") in table.index:
         ft, pr = table.loc[("finetune", "100")], table.loc[("probe", "100")]

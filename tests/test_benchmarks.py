@@ -53,8 +53,11 @@ def test_setfit_peer_smoke(tmp_path):
     assert xfer.returncode == 0, xfer.stderr[-3000:]
     report = bench("small_data.py", str(out), cwd=tmp_path).stdout
     row = next(line for line in report.splitlines() if line.startswith("| 8 |") and "x |" in line)
-    best, vs, delta, ours, peer, ratio = (x.strip() for x in row.strip("|").split("|")[1:])
+    best, vs, pairs, delta, ours, peer, ratio = (x.strip() for x in row.strip("|").split("|")[1:])
     assert best.split()[0] in ("probe", "contrastive") and vs.startswith(("+", "-"))
+    # one seed: the paired difference is the difference, and it counts that seed on the side its sign says
+    assert pairs.split()[0] == vs.split()[0]
+    assert pairs.endswith("(0 of 1 seeds ≥)" if vs[0] == "-" else "(1 of 1 seeds ≥)")
     assert delta.startswith(("+", "-")) and "C = 1" in delta  # also shown with nothing chosen on validation
     assert abs(float(peer) / float(ours) / float(ratio.rstrip("x")) - 1) < 0.1  # seconds shown to 0.1 s
 
