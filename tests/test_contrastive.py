@@ -5,13 +5,14 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 from conftest import make_rows, write_jsonl
 
 import xfer_nlp
 from xfer_nlp import batches
 from xfer_nlp.batches import LengthGroupedBatchSampler
 from xfer_nlp.errors import ConfigError
-from xfer_nlp.pairs import auto_rounds, make_pairs
+from xfer_nlp.pairs import auto_rounds, make_pairs, pair_dataset, pair_lengths
 
 
 @pytest.mark.parametrize("labels", [[0, 1] * 8, [0, 0, 0, 1, 1, 2, 2, 2, 2, 1]], ids=["binary", "three-classes"])
@@ -29,6 +30,21 @@ def test_pairs_are_seeded_balanced_and_cover_every_class(labels):
     for c in set(labels):  # every class is in same-label pairs and in different-label pairs
         assert any(labels[i] == c and t == 1.0 for i, _, t in pairs)
         assert any(labels[j] == c and t == 0.0 for _, j, t in pairs)
+
+
+def test_a_pair_row_holds_both_texts_ids_and_its_length_is_the_longer_side():
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(100, 200, rng.integers(3, 12)).tolist() for _ in range(10)]
+    tokenized = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids],
+                                   "labels": [0, 1] * 5})
+    pairs = make_pairs(tokenized["labels"], iterations=3, seed=0)
+    ds = pair_dataset(tokenized, pairs)
+    assert len(ds) == len(pairs) and set(ds.column_names) == {
+        "input_ids_a", "input_ids_b", "attention_mask_a", "attention_mask_b", "labels", "doc"}
+    for row, (i, j, target) in zip(ds, pairs):
+        assert row["input_ids_a"] == ids[i] and row["input_ids_b"] == ids[j] and row["labels"] == target
+        assert row["attention_mask_a"] == [1] * len(ids[i])
+    assert pair_lengths(ds).tolist() == [max(len(ids[i]), len(ids[j])) for i, j, _ in pairs]
 
 
 def test_partners_are_drawn_over_the_whole_class():

@@ -57,9 +57,9 @@ def make_pairs(labels, iterations: int, seed: int, label_names=None) -> list[tup
 
 
 def pair_dataset(tokenized: Dataset, pairs: list[tuple[int, int, float]]) -> Dataset:
-    """One row per pair: both sides' input ids (and masks), the target similarity as labels, and a length."""
+    """One row per pair: both sides' input ids (and masks) and the target similarity as labels."""
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in tokenized.column_names]
-    rows = {c: tokenized[c] for c in columns}
+    rows = tokenized.select_columns(columns).to_dict()  # Python lists: a lazy Column costs ~0.1 ms a row lookup
     i, j, target = (list(x) for x in zip(*pairs))
     data = {f"{c}_{side}": [rows[c][k] for k in idx] for c in columns for side, idx in (("a", i), ("b", j))}
     data["labels"] = target
@@ -82,8 +82,13 @@ class PairCollator:
         return batch
 
 
-def pair_lengths(ds: Dataset) -> list[int]:
-    return [max(len(a), len(b)) for a, b in zip(ds["input_ids_a"], ds["input_ids_b"])]
+def pair_lengths(ds: Dataset) -> np.ndarray:
+    """Each pair's longer side in tokens, read from the Arrow columns' offsets (as batches.token_lengths)."""
+    import pyarrow.compute as pc
+
+    table = ds.select_columns(["input_ids_a", "input_ids_b"]).with_format("arrow")[:]
+    return np.maximum(pc.list_value_length(table["input_ids_a"]).to_numpy(),
+                      pc.list_value_length(table["input_ids_b"]).to_numpy())
 
 
 def cosine_loss(model, layout, batch: dict) -> torch.Tensor:
