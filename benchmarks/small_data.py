@@ -13,9 +13,9 @@ This script trains nothing: it reads each grid's finished cells (compare's `comp
 `xfer_nlp.report.load_cells`) and their results.json, and writes per size: the mean validation accuracy of every
 variant over the seeds it has, the best xfer_nlp mode against setfit (also paired by seed: a seed draws the same
 training subset for every variant, so the seed-by-seed difference shows whether a gap outgrows the subset's luck),
-contrastive against setfit in accuracy and seconds per run, and finetune against the probe. A cell run under a stated step budget (`setfit_peer.py
---max_steps`, or a variant such as `contrastive[max_steps=1250]` where a full run would take hours here) says
-so in its table entry.
+contrastive against setfit in accuracy and seconds per run, and finetune against the probe. A cell run under a
+stated step budget (`setfit_peer.py --max_steps`, or a variant such as `contrastive[max_steps=1250]` where a full
+run would take hours here) says so in its table entry.
 
 Selection on validation, said plainly: xfer_nlp's loop modes keep their best evaluation (on the validation split
 they are scored on) and the probe's head picks its C on it too; the setfit peer picks nothing. So each check is

@@ -260,12 +260,12 @@ def _own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def token_lengths(ds) -> np.ndarray:
+def token_lengths(ds, column: str = "input_ids") -> np.ndarray:
     """Each row's number of token ids, read from the Arrow column's offsets: no Python list of every row's ids,
     which at a million rows would cost gigabytes."""
     import pyarrow.compute as pc
 
-    return pc.list_value_length(ds.select_columns(["input_ids"]).with_format("arrow")[:]["input_ids"]).to_numpy()
+    return pc.list_value_length(ds.select_columns([column]).with_format("arrow")[:][column]).to_numpy()
 
 
 def train_loader(ds, collator, batch_size: int, seed: int, lengths=None, group: int = 50) -> DataLoader:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from .batches import token_lengths
 from .errors import ConfigError
 from .families import sentence_features
 
@@ -83,12 +84,8 @@ class PairCollator:
 
 
 def pair_lengths(ds: Dataset) -> np.ndarray:
-    """Each pair's longer side in tokens, read from the Arrow columns' offsets (as batches.token_lengths)."""
-    import pyarrow.compute as pc
-
-    table = ds.select_columns(["input_ids_a", "input_ids_b"]).with_format("arrow")[:]
-    return np.maximum(pc.list_value_length(table["input_ids_a"]).to_numpy(),
-                      pc.list_value_length(table["input_ids_b"]).to_numpy())
+    """Each pair's longer side in tokens."""
+    return np.maximum(token_lengths(ds, "input_ids_a"), token_lengths(ds, "input_ids_b"))
 
 
 def cosine_loss(model, layout, batch: dict) -> torch.Tensor:
