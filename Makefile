@@ -24,6 +24,6 @@ sentiment: $(VENV)/.installed
 	$(VENV)/bin/accelerate launch $(LAUNCH) recipes/sentiment.py --mode $(MODE) $(ARGS)
 
 test: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=15 $(ARGS)
 
 .PHONY: install sentiment test
