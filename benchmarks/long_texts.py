@@ -164,13 +164,14 @@ def memory(args) -> str:
         encoding="utf-8").splitlines()]
     words = " ".join(reviews).split()
     cli = [str(Path(sys.executable).parent / "xfer-nlp")]
+    # --tiny: 128-token windows and 2 steps, so the smoke test exercises every path in a fraction of the time
+    sizes, texts_per_split, window, steps = ((100, 1_000), 2, 128, 2) if args.tiny else ((1_000, 10_000), 8, 512, 4)
     lines = [f"# Peak memory of a 10,000-word text: {cpu_name()}", "",
              f"    {args.command}",
-             "", "Training and validation sets of texts of the length given, read as 512-token windows "
+             "", f"Training and validation sets of texts of the length given, read as {window}-token windows "
              "(--long_text chunk); peak RSS of the whole process in MB.", "",
-             "| words per text | probe run | finetune run (4 steps) | predict (the validation texts) |",
+             f"| words per text | probe run | finetune run ({steps} steps) | predict (the validation texts) |",
              "|---|---|---|---|"]
-    sizes, texts_per_split = ((100, 1_000), 2) if args.tiny else ((1_000, 10_000), 8)
     for n in sizes:
         data = out / f"data-{n}"
         data.mkdir(parents=True, exist_ok=True)
@@ -178,13 +179,13 @@ def memory(args) -> str:
                 for i in range(2 * texts_per_split)]
         for split, part in (("train", rows[:texts_per_split]), ("validation", rows[texts_per_split:])):
             (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
-        common = ["--dataset_name", str(data), "--long_text", "chunk", "--max_seq_length", "512",
+        common = ["--dataset_name", str(data), "--long_text", "chunk", "--max_seq_length", str(window),
                   "--overwrite_output_dir", "--per_device_eval_batch_size", "16"]
         probe_dir, finetune_dir = out / f"probe-{n}", out / f"finetune-{n}"
         probe = run_measured([*cli, "run", "--mode", "probe", "--output_dir", str(probe_dir), "--probe_c_grid", "1",
                               "--feature_cache_dir", str(out / "features"), *common])
         finetune = run_measured([*cli, "run", "--mode", "finetune", "--output_dir", str(finetune_dir), "--max_steps",
-                                 "4", "--per_device_train_batch_size", "8", *common])
+                                 str(steps), "--per_device_train_batch_size", "8", *common])
         texts = out / f"texts-{n}.txt"
         texts.write_text("".join(r["text"] + "\n" for r in rows[texts_per_split:]), encoding="utf-8")
         predicted = run_measured([*cli, "predict", "--model", str(finetune_dir), "--input", str(texts),
@@ -210,7 +211,7 @@ def main(argv=None) -> None:
     parser.add_argument("--memory", action="store_true", help="the peak-memory table instead of the grid")
     parser.add_argument("--out", default=None, help="also write the report to this markdown file")
     parser.add_argument("--tiny", action="store_true", help="smoke test: 64 training reviews, 2 steps, C=1 (with "
-                                                            "--memory: texts of 100 and 1,000 words, 2 a split)")
+                        "--memory: texts of 100 and 1,000 words, 2 a split, 128-token windows, 2 steps)")
     args = parser.parse_args(argv)
     # the command as given, for the report's header
     args.command = shlex.join(["python", "benchmarks/long_texts.py", *(sys.argv[1:] if argv is None else argv)])
