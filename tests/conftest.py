@@ -45,11 +45,16 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
+def one_process_env() -> dict:
+    """Environment for a subprocess that runs alone (a benchmark script): every core, and no GPUs."""
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+
 def launch_env() -> dict:
     """Environment for launched runs that may start 2 processes: one OpenMP thread each (they share this
     machine's cores), and no GPUs, so they test DDP over gloo on CPU as they say, also on a one-GPU machine,
     where two processes would otherwise share one device."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return {**one_process_env(), "OMP_NUM_THREADS": "1"}
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -1,23 +1,21 @@
 """Each new benchmark script run end to end at a tiny size, so none silently rots."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from conftest import one_process_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one_process_env(tmp: Path | None = None) -> dict:
-    """A benchmark runs one process at a time, so unlike launch_env()'s 2-process runs it gets every core (the
-    benchmark smokes took ~14 of the suite's 40 minutes on one thread, 1.2-1.7x less on two); still no GPU."""
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", **({"TMPDIR": str(tmp)} if tmp else {})}
-
-
 def bench(script: str, *args: str, cwd: Path, tmp: Path | None = None) -> subprocess.CompletedProcess:
+    # A benchmark runs one process at a time, so unlike launch_env()'s 2-process runs it gets every core (the
+    # benchmark smokes took ~14 of the suite's 40 minutes on one thread, 1.2-1.7x less on two).
+    env = one_process_env() if tmp is None else {**one_process_env(), "TMPDIR": str(tmp)}
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
-                            text=True, cwd=cwd, env=one_process_env(tmp), timeout=900)
+                            text=True, cwd=cwd, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
