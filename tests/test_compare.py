@@ -167,12 +167,14 @@ def test_report_chooses_and_orders_variants(tiny_model_dir, tiny_data_dir, tmp_p
     args = grid_args(tiny_model_dir, tiny_data_dir, tmp_path)
     xfer_nlp.compare(modes="probe[probe_c_grid=1]", train_sizes="40", seeds="0", output_dir=out, **args)
     xfer_nlp.compare(modes="probe", train_sizes="40", seeds="0", output_dir=out, **args)  # a second run, same folder
-    cmd = subprocess.run([str(XFER), "report", str(out), "--modes", "probe,probe[probe_c_grid=1]"],
+    # compare's own report covers the whole folder, this call's variants first
+    assert (out / "comparison.md").read_text().startswith("# Comparison: probe, probe[probe_c_grid=1]\n")
+    cmd = subprocess.run([str(XFER), "report", str(out), "--modes", "probe[probe_c_grid=1],probe"],
                          capture_output=True, text=True, timeout=300)
     assert cmd.returncode == 0, cmd.stderr
     md = (out / "comparison.md").read_text()
-    assert md.startswith("# Comparison: probe, probe[probe_c_grid=1]\n")
-    assert md.index("| probe | 40 |") < md.index("| probe[probe_c_grid=1] | 40 |")
+    assert md.startswith("# Comparison: probe[probe_c_grid=1], probe\n")
+    assert md.index("| probe[probe_c_grid=1] | 40 |") < md.index("| probe | 40 |")
     only = subprocess.run([str(XFER), "report", str(out), "--modes", "probe[probe_c_grid=1]"],
                           capture_output=True, text=True, timeout=300)
     assert only.returncode == 0 and "| probe | 40 |" not in (out / "comparison.md").read_text()

@@ -242,7 +242,7 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
     keep ('model', 'results' or 'all') says what a finished cell keeps on disk (CompareArgs.keep).
     """
     from . import hub
-    from .report import write_report
+    from .report import load_cells, write_report
     from .api import run
 
     if keep not in KEEP:
@@ -279,7 +279,10 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
             spent = json.loads(grid_file.read_text())["wall_seconds"] if grid_file.is_file() else 0.0
             grid_file.write_text(json.dumps({"wall_seconds": spent + time.perf_counter() - cell_start}) + "\n")
     bar.close()
-    summary = write_report(output_dir, [c.variant.label for c in cells]) if main else ""
+    # The report covers the whole folder, this call's variants first: a grid built by several calls (probe and
+    # finetune first, lora in a later session, the setfit peer's cells from benchmarks/) reads as one.
+    labels = [c.variant.label for c in cells] + list(load_cells(output_dir).label)
+    summary = write_report(output_dir, list(dict.fromkeys(labels))) if main else ""
     if main:
         for cell in cells:  # every finished run's model card carries the comparison it was part of
             out = Path(cell.config.output_dir)
