@@ -88,8 +88,8 @@ def grid(args) -> str:
     if not args.report_only:
         xfer_nlp.compare(modes=variants(modes, settings, args.tiny), train_sizes="64" if args.tiny else "all",
                          seeds=args.seeds, output_dir=out, dataset_name="polarity2k",
-                         keep_freed_memory=args.keep_freed_memory)
-    if (out / "runs").is_dir():  # compare reported this call's variants; the folder's report covers every cell
+                         keep_freed_memory=args.keep_freed_memory)  # its report covers the whole folder
+    elif (out / "runs").is_dir():
         write_report(out)
     test = [json.loads(line)["text"] for line in (data_root(RunConfig()) / "polarity2k" / "test.jsonl").read_text(
         encoding="utf-8").splitlines()][: 16 if args.tiny else None]
