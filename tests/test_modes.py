@@ -111,6 +111,34 @@ def test_finetune_moves_encoder_weights(tiny_run, tiny_model_dir):
     assert results["metrics"]["validation"]["accuracy"] >= 0.7
 
 
+def test_head_init_probe_starts_from_a_fitted_head(tiny_run, tmp_path):
+    """LP-FT: the classifier a fine-tune starts from is a logistic head fitted on the frozen encoder's (pooler)
+    features, so one step at a negligible learning rate scores what that head scored, where a random head does not
+    start from the same weights; the run records the head and its card the setting."""
+    from xfer_nlp.errors import ConfigError
+
+    still = dict(learning_rate=1e-12, max_steps=1, weight_decay=0.0)
+    tuned = xfer_nlp.run(mode="finetune", head_init="probe", **still, **tiny_run)
+    check_outputs(tuned, "finetune")
+    start = tuned.results["head_init"]
+    assert start["C"] in RunConfig().c_grid and start["validation"] >= 0.7  # the tiny data is separable by a word
+    assert tuned.metrics["validation"]["accuracy"] == start["validation"]
+    assert not any(start["feature_cache_hit"].values())  # encoded afresh: its cost is in the run's seconds
+    assert "- head_init: probe" in (tuned.output_dir / "README.md").read_text()
+    plain = xfer_nlp.run(mode="finetune", **still, **{**tiny_run, "output_dir": str(tmp_path / "random")})
+    assert plain.results["head_init"] is None
+    assert not torch.equal(exported(plain.output_dir)["classifier.weight"],
+                           exported(tuned.output_dir)["classifier.weight"])
+    lora = xfer_nlp.run(mode="lora", head_init="probe", max_steps=2, **{**tiny_run, "output_dir": str(tmp_path / "l")})
+    assert lora.results["head_init"]["C"] == start["C"]
+    for mode, why in (("probe", "its head is the probe's fitted head already"),
+                      ("scratch", "a head fitted on random features would guide nothing")):
+        with pytest.raises(ConfigError, match=f"--head_init probe does not apply to {mode}: {why}"):
+            resolve(RunConfig(mode=mode, head_init="probe"))
+    with pytest.raises(ConfigError, match="--head_init 'prob' \\(did you mean 'probe'\\?\\)"):
+        resolve(RunConfig(mode="finetune", head_init="prob"))
+
+
 def test_scratch_starts_from_random_weights(tiny_run, tiny_model_dir):
     cfg = resolve(RunConfig(mode="scratch", pooling="mean", **{k: v for k, v in tiny_run.items()}))
     model = build(cfg, ("0", "1")).model

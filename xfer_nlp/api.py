@@ -183,6 +183,10 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     eval_splits = [s for s in tokenized if s != "train"]
     spec = MODES[cfg.mode]
     model = built.model
+
+    def make_loader(dataset):
+        return accelerator.prepare(batches.eval_loader(dataset, collator, cfg.per_device_eval_batch_size))
+
     if spec.loop == "pairs":  # SetFit's first stage: tune the encoder on pairs, keeping the last weights
         labels = tokenized["train"]["labels"]
         rounds = cfg.pair_iterations or pairs.auto_rounds(labels)
@@ -200,6 +204,14 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         extra.update(history=trained.history, schedule=trained.schedule, resumed=trained.resumed)
         model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     elif spec.loop == "classifier":
+        if cfg.head_init == "probe":  # LP-FT: the probe's head first (always encoded afresh: timed with the run)
+            model = model.to(accelerator.device)
+            probed, _, extra["head_init"] = probe.run_probe(
+                accelerator, dataclasses.replace(cfg, no_feature_cache=True), model, built.layout, make_loader,
+                {s: tokenized[s] for s in ("train", "validation")}, scorer, weights)
+            extra["head_init"]["validation"] = probed["validation"]["accuracy"]
+            logger.info("Head initialised by the probe (--head_init probe): validation accuracy %.4f before any "
+                        "step.", probed["validation"]["accuracy"])
         train_dl = batches.train_loader(tokenized["train"], collator, cfg.per_device_train_batch_size, cfg.seed)
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
         trained = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls, scorer, weights,
@@ -210,9 +222,6 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         model = accelerator.unwrap_model(model)
     if spec.fitted_head:
         model = model.to(accelerator.device)
-        def make_loader(dataset):
-            return accelerator.prepare(batches.eval_loader(dataset, collator, cfg.per_device_eval_batch_size))
-
         # After a loop (contrastive's pairs) the head is fitted on the tuned encoder in fp32 and with no feature
         # cache: its weights are this run's own.
         tuned = spec.loop is not None

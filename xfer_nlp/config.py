@@ -26,6 +26,7 @@ SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "stlr")
 REPORT_TO = ("none", "all", "tensorboard", "wandb", "trackio")
 TRUNCATIONS = ("auto", "head", "tail", "head+tail")
 LONG_TEXT = ("truncate", "chunk")
+HEAD_INITS = ("random", "probe")
 BEST_METRICS = ("accuracy", "macro_f1")  # what the shipped metrics module computes per split
 
 def _per_mode(key: str) -> str:
@@ -150,6 +151,11 @@ class RunConfig:
     gradual_unfreezing: bool = _f(False, "finetune/lora: train the head alone first, then unfreeze one encoder layer "
                                   "from the top every --unfreeze_interval epochs, embeddings last (ULMFiT).")
     unfreeze_interval: float = _f(1.0, "gradual_unfreezing: epochs per stage (fractions allowed, e.g. 0.25).")
+    head_init: str = _f("random", "finetune/lora: the classifier's starting weights. random (seeded), or probe: "
+                        "first fit the probe's logistic head on the frozen encoder's features (C chosen on "
+                        "validation), then train every weight from there (LP-FT, Kumar et al. 2022): the early steps "
+                        "then tune features for a head that already works instead of one that guesses.",
+                        choices=HEAD_INITS, only_for=("finetune", "lora"))
     reinit_layers: int = _f(0, "finetune: re-initialise the top N encoder layers (and the pooler) before training "
                             "(Zhang et al. 2021, for small data).")
     freeze_layers: Optional[int] = _f(None, "finetune/lora: keep the embeddings and the bottom K encoder layers "
@@ -370,6 +376,14 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--unfreeze_interval must be a positive number of epochs, got {cfg.unfreeze_interval}.")
     if cfg.stlr_ratio < 1:
         problems.append(f"--stlr_ratio must be >= 1, got {cfg.stlr_ratio}.")
+    if cfg.head_init not in HEAD_INITS:
+        problems.append(f"--head_init '{cfg.head_init}'{nearest(cfg.head_init, HEAD_INITS)} is not one of "
+                        f"{', '.join(HEAD_INITS)}.")
+    elif cfg.head_init != "random" and cfg.mode not in MODE_ONLY["head_init"]:
+        problems.append(f"--head_init {cfg.head_init} does not apply to {cfg.mode}: "
+                        + ("its head is the probe's fitted head already." if MODES[cfg.mode].fitted_head else
+                           "a head fitted on random features would guide nothing.")
+                        + f" Use it with {' or '.join(MODE_ONLY['head_init'])}.")
     if cfg.reinit_layers < 0:
         problems.append(f"--reinit_layers must be >= 0, got {cfg.reinit_layers}.")
     used = {"gradual_unfreezing": cfg.gradual_unfreezing, "layer_lr_decay": cfg.layer_lr_decay != 1.0,

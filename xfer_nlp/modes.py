@@ -45,8 +45,8 @@ PROBE_SETTINGS = ("max_seq_length", "pooling", "probe_layer", "probe_c_grid", "s
 TRAINED_SETTINGS = ("learning_rate", "num_train_epochs", "max_steps", "min_train_steps", "eval_steps",
                     "early_stopping_patience", "max_grad_norm", "per_device_train_batch_size",
                     "gradient_accumulation_steps", "weight_decay", "warmup_ratio", "lr_scheduler_type",
-                    "layer_lr_decay", "gradual_unfreezing", "freeze_layers", "reinit_layers", "max_seq_length",
-                    "pooling", "seed", "mixed_precision", "max_train_samples")
+                    "layer_lr_decay", "gradual_unfreezing", "freeze_layers", "reinit_layers", "head_init",
+                    "max_seq_length", "pooling", "seed", "mixed_precision", "max_train_samples")
 
 
 def _keep(model, lay: families.Layout, family: families.Family, cfg: RunConfig):

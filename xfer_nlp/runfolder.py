@@ -162,6 +162,7 @@ class RunRecord:
     schedule: dict | None = None  # parameter groups, learning rates, unfreezing stages
     probe: dict | None = None  # the fitted head: C, its validation scores, encoding seconds, cache hits
     pairs: dict | None = None  # contrastive: the pair rounds, the pair count and the rule that set them
+    head_init: dict | None = None  # --head_init probe: the fitted starting head (C, validation accuracy, seconds)
     best_epoch: float | None = None
     best_step: int | None = None
     stopped_early: bool = False
