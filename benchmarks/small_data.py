@@ -11,7 +11,8 @@
 
 This script trains nothing: it reads each grid's finished cells (compare's `comparison.csv` format, through
 `xfer_nlp.report.load_cells`) and their results.json, and writes per size: the mean validation accuracy of every
-variant over the seeds it has, the best xfer_nlp mode against setfit (also paired by seed: a seed draws the same
+variant over the seeds it has (a mode's own cells and its step-capped ones in one column, any other variant in a
+column of its own), the best xfer_nlp mode or variant against setfit (also paired by seed: a seed draws the same
 training subset for every variant, so the seed-by-seed difference shows whether a gap outgrows the subset's luck),
 contrastive against setfit in accuracy and seconds per run, and finetune against the probe. A cell run under a
 stated step budget (`setfit_peer.py --max_steps`, or a variant such as `contrastive[max_steps=1250]` where a full
@@ -56,7 +57,12 @@ def cells(grid: Path) -> pd.DataFrame:
     done["free"] = [selection_free(grid / "runs" / f) for f in done.folder]
     done["free"] = done["free"].fillna(done.validation_accuracy)
     # A cell run under a stated step budget (setfit_peer.py --max_steps, a variant such as contrastive[max_steps=N])
-    done["cap"] = [(o or {}).get("max_steps") if isinstance(o, dict) else None for o in done["overrides"]]
+    overrides = [o if isinstance(o, dict) else {} for o in done["overrides"]]
+    done["cap"] = [o.get("max_steps") for o in overrides]
+    # counts as its mode, the cap noted in its entry; any other variant (finetune[head_init=probe,...]) is a column
+    # of its own under its label.
+    done["mode"] = [m if set(o) <= {"max_steps"} else label for m, o, label in zip(done["mode"], overrides,
+                                                                                     done["label"])]
     return done
 
 
@@ -102,7 +108,8 @@ def report(grid: Path) -> list[str]:
         return [f"## {grid.name}", "", "No finished cells yet.", ""]
     table = per_size(done)
     sizes = sorted(done["size"].unique(), key=_size_key)
-    modes = [m for m in MODES if m in table.index.get_level_values(0)]
+    present = table.index.get_level_values(0)
+    modes = [m for m in MODES if m in present] + sorted(set(present) - set(MODES) - {PEER})
     has_peer = PEER in table.index.get_level_values(0)
     lines = [f"## {grid.name}", "",
              "Validation accuracy, mean ± sd over seeds (seeds in brackets where fewer than 3); in italics, the same "
