@@ -49,11 +49,15 @@ def test_setfit_peer_smoke(tmp_path):
     assert results["train_samples"] == 8 and results["split_sizes"]["validation"] == 872  # the same split as a run
     assert "setfit (peer)" in (out / "comparison.md").read_text()
     # xfer_nlp's cells beside it, then issue 22's checks read off the grid
-    xfer = subprocess.run([str(Path(sys.executable).parent / "xfer-nlp"), "compare", "--modes", "probe,contrastive",
+    xfer = subprocess.run([str(Path(sys.executable).parent / "xfer-nlp"), "compare", "--modes",
+                           "probe,contrastive,probe[probe_c_grid=1]",
                            "--train_sizes", "8", "--seeds", "0", "--pair_iterations", "1", "--output_dir", str(out)],
                           capture_output=True, text=True, cwd=tmp_path, env=one_process_env(), timeout=900)
     assert xfer.returncode == 0, xfer.stderr[-3000:]
+    assert "| setfit (peer) | 8 |" in (out / "comparison.md").read_text()  # compare reports the whole folder
     report = bench("small_data.py", str(out), cwd=tmp_path).stdout
+    # a variant other than a step cap is a column of its own, not averaged into its mode's
+    assert "| n | probe | contrastive | probe[probe_c_grid=1] | setfit (peer) |" in report
     row = next(line for line in report.splitlines() if line.startswith("| 8 |") and "x |" in line)
     best, vs, pairs, delta, ours, peer, ratio = (x.strip() for x in row.strip("|").split("|")[1:])
     assert best.split()[0] in ("probe", "contrastive") and vs.startswith(("+", "-"))
