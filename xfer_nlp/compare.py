@@ -242,7 +242,7 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
     keep ('model', 'results' or 'all') says what a finished cell keeps on disk (CompareArgs.keep).
     """
     from . import hub
-    from .report import load_cells, write_report
+    from .report import write_report
     from .api import run
 
     if keep not in KEEP:
@@ -281,8 +281,7 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
     bar.close()
     # The report covers the whole folder, this call's variants first: a grid built by several calls (probe and
     # finetune first, lora in a later session, the setfit peer's cells from benchmarks/) reads as one.
-    labels = [c.variant.label for c in cells] + list(load_cells(output_dir).label)
-    summary = write_report(output_dir, list(dict.fromkeys(labels))) if main else ""
+    summary = write_report(output_dir, first=[c.variant.label for c in cells]) if main else ""
     if main:
         for cell in cells:  # every finished run's model card carries the comparison it was part of
             out = Path(cell.config.output_dir)

@@ -186,8 +186,9 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def write_report(output_dir: str | Path, labels: list[str] | None = None) -> str:
-    """Write comparison.csv, comparison.md and the plots from output_dir/runs; returns the summary table."""
+def write_report(output_dir: str | Path, labels: list[str] | None = None, first: list[str] = ()) -> str:
+    """Write comparison.csv, comparison.md and the plots from output_dir/runs; returns the summary table.
+    `labels`: only these variants, in this order; else every variant in the folder, those in `first` first."""
     output_dir = Path(output_dir)
     cells = load_cells(output_dir)
     if cells.empty:
@@ -197,7 +198,7 @@ def write_report(output_dir: str | Path, labels: list[str] | None = None) -> str
     if missing:
         raise XferError(f"No cell in '{output_dir}' is of the variant(s) {', '.join(missing)}. This folder holds: "
                         f"{', '.join(found)} (write each as compare's --modes named it).")
-    labels = list(dict.fromkeys(labels or found))
+    labels = list(dict.fromkeys(labels or [*(f for f in first if f in found), *found]))
     cells = cells[cells.label.isin(labels)]
     cells.drop(columns=["overrides"]).to_csv(output_dir / "comparison.csv", index=False)
     summary = summarise(cells, labels)
