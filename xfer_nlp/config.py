@@ -338,7 +338,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
                         "would skip text between windows.")
     if cfg.chunk_stride is not None and cfg.long_text != "chunk":
         problems.append("--chunk_stride applies to --long_text chunk only.")
-    for name, allowed in (("truncation", TRUNCATIONS), ("long_text", LONG_TEXT)):
+    for name, allowed in (("truncation", TRUNCATIONS), ("long_text", LONG_TEXT), ("head_init", HEAD_INITS)):
         if getattr(cfg, name) not in allowed:
             problems.append(f"--{name} '{getattr(cfg, name)}'{nearest(getattr(cfg, name), allowed)} is not one of "
                             f"{', '.join(allowed)}.")
@@ -376,11 +376,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--unfreeze_interval must be a positive number of epochs, got {cfg.unfreeze_interval}.")
     if cfg.stlr_ratio < 1:
         problems.append(f"--stlr_ratio must be >= 1, got {cfg.stlr_ratio}.")
-    if cfg.head_init not in HEAD_INITS:
-        problems.append(f"--head_init '{cfg.head_init}'{nearest(cfg.head_init, HEAD_INITS)} is not one of "
-                        f"{', '.join(HEAD_INITS)}.")
-    elif cfg.head_init != "random" and cfg.mode not in MODE_ONLY["head_init"]:
-        problems.append(f"--head_init {cfg.head_init} does not apply to {cfg.mode}: "
+    if cfg.head_init == "probe" and cfg.mode not in MODE_ONLY["head_init"]:
+        problems.append(f"--head_init probe does not apply to {cfg.mode}: "
                         + ("its head is the probe's fitted head already." if MODES[cfg.mode].fitted_head else
                            "a head fitted on random features would guide nothing.")
                         + f" Use it with {' or '.join(MODE_ONLY['head_init'])}.")
