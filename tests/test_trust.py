@@ -400,3 +400,22 @@ def test_results_json_is_read_against_its_schema(tiny_run):
         (result.output_dir / "results.json").write_text(json.dumps(broken))
         with pytest.raises(xfer_nlp.XferError, match=named):
             runfolder.read_results(result.output_dir)
+
+
+@pytest.mark.parametrize("pooling", ["pooler", "mean"])
+def test_loading_never_fetches_hub_kernels(pooling, tiny_run, monkeypatch):
+    """transformers 5 swaps layers for kernels downloaded from the Hub (code run on the GPU) unless told not to:
+    every model xfer_nlp loads, for training and for predict, is loaded with use_kernels=False."""
+    from transformers import PreTrainedModel
+
+    asked = []
+    real = PreTrainedModel.set_use_kernels
+
+    def spy(self, use_kernels, *args, **kwargs):
+        asked.append(use_kernels)
+        return real(self, use_kernels, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", spy)
+    result = xfer_nlp.run(mode="finetune", pooling=pooling, num_train_epochs=1, **tiny_run)
+    xfer_nlp.predict(result.output_dir, ["a good film"])
+    assert len(asked) >= 2 and not any(asked)

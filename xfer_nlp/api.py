@@ -366,7 +366,7 @@ def load_model(model: str):
 
     tokenizer, _, reading = load_setup(model)
     try:
-        classifier = AutoModelForSequenceClassification.from_pretrained(model, trust_remote_code=False)
+        classifier = AutoModelForSequenceClassification.from_pretrained(model, trust_remote_code=False, use_kernels=False)
     except (OSError, ValueError, KeyError) as e:
         raise _unloadable(model, e) from None
     return tokenizer, classifier.to("cuda" if torch.cuda.is_available() else "cpu").eval(), reading

@@ -294,12 +294,12 @@ def _make_model(cfg: RunConfig, path: str, base, pooling: str, labels: dict) -> 
             if not pretrained:
                 return AutoModelForSequenceClassification.from_config(config)
             return AutoModelForSequenceClassification.from_pretrained(path, config=config, use_safetensors=True,
-                                                                      trust_remote_code=False)
+                                                                      trust_remote_code=False, use_kernels=False)
         head = XferPooledConfig(encoder=base, pooling=pooling, normalize=MODES[cfg.mode].normalize, **labels)
         model = XferPooledForSequenceClassification(head)
         if pretrained:
             model.encoder = AutoModel.from_pretrained(path, config=base, use_safetensors=True, trust_remote_code=False,
-                                                      **no_pooler(type(model.encoder)))
+                                                      use_kernels=False, **no_pooler(type(model.encoder)))
         return model
     except OSError as e:
         raise ConfigError(f"Could not load weights from '{cfg.model_name_or_path}': {e}. xfer_nlp reads "
