@@ -2,12 +2,15 @@
 
     python benchmarks/precision.py                                  # all sizes, lengths 32 and 128, batch 32
     python benchmarks/precision.py --sizes minilm --seq_lens 32 --steps 20 --out results/precision.md
+    python benchmarks/precision.py --torch_compile no,cudagraphs      # also the step in CUDA graphs (GPU)
 
 Times xfer_nlp's training step (Accelerator(mixed_precision=...), accelerator.backward, fused AdamW, zero_grad)
 on randomly initialised BERT encoders of the three common sizes, with random token ids of a fixed length, after
 warm-up steps. It answers what `--mixed_precision auto` should pick on this machine: autocast moves the matrix
 products to faster bf16/fp16 units and halves the bytes they read, but adds cast kernels, which cost more than
-they save when a step is too small to keep the device busy (a small encoder on a large GPU).
+they save when a step is too small to keep the device busy (a small encoder on a large GPU). With
+--torch_compile, each precision is also timed with the step compiled as `--torch_compile` compiles it
+(`xfer_nlp.loop.compiled_step_model`: one CUDA graph for the fixed shape, replayed every step).
 """
 
 import argparse
@@ -21,6 +24,8 @@ from accelerate.state import AcceleratorState
 from common import machine, publish
 from transformers import BertConfig, BertForSequenceClassification
 
+from xfer_nlp.loop import compiled_step_model
+
 SIZES = {  # name: (layers, hidden, heads, intermediate)
     "minilm": (6, 384, 12, 1536),  # the embedded encoder's shape (22.7M parameters)
     "base": (12, 768, 12, 3072),  # bert-base (110M)
@@ -28,7 +33,7 @@ SIZES = {  # name: (layers, hidden, heads, intermediate)
 }
 
 
-def step_ms(size: str, seq_len: int, precision: str, batch: int, steps: int, warmup: int) -> float:
+def step_ms(size: str, seq_len: int, precision: str, compiled: str, batch: int, steps: int, warmup: int) -> float:
     AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=precision)
     layers, hidden, heads, inter = SIZES[size]
@@ -38,6 +43,7 @@ def step_ms(size: str, seq_len: int, precision: str, batch: int, steps: int, war
                                                      num_labels=2))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
     model, optimizer = accelerator.prepare(model, optimizer)
+    forward = compiled_step_model(model, compiled)
     ids = torch.randint(1000, 30000, (batch, seq_len), device=accelerator.device)
     labels = torch.randint(0, 2, (batch,), device=accelerator.device)
     cuda = accelerator.device.type == "cuda"
@@ -46,7 +52,9 @@ def step_ms(size: str, seq_len: int, precision: str, batch: int, steps: int, war
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        loss = model(input_ids=ids, labels=labels).loss
+        if compiled != "no":
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = forward(input_ids=ids, labels=labels).loss
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -60,22 +68,25 @@ def main() -> None:
     parser.add_argument("--sizes", default="minilm,base,large", help=f"comma list of {', '.join(SIZES)}")
     parser.add_argument("--seq_lens", default="32,128", help="comma list of token lengths (sst2's median is ~25)")
     parser.add_argument("--precisions", default="no,bf16,fp16", help="comma list of no, bf16, fp16")
+    parser.add_argument("--torch_compile", default="no", help="comma list of no, cudagraphs, reduce-overhead: "
+                        "each precision is timed with each (CUDA graphs need a GPU)")
     parser.add_argument("--batch", type=int, default=32,
                         help="examples per timed step")
     parser.add_argument("--steps", type=int, default=50, help="timed steps per cell")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--out", default=None, help="markdown file for the table (default: print only)")
     args = parser.parse_args()
-    precisions = args.precisions.split(",")
+    cells = [(p, c) for c in args.torch_compile.split(",") for p in args.precisions.split(",")]
+    names = [p if c == "no" else f"{p}+{c}" for p, c in cells]
     lines = [f"{datetime.now(timezone.utc):%Y-%m-%d}, {machine()}; batch {args.batch}, "
              f"mean time per step over {args.steps} steps after {args.warmup} warm-up steps.",
              f"Command: `python benchmarks/precision.py {' '.join(sys.argv[1:])}`", "",
-             "| encoder | tokens | " + " | ".join(f"{p} ms/step" for p in precisions) + " | fastest |",
-             "|---|---|" + "---|" * (len(precisions) + 1)]
+             "| encoder | tokens | " + " | ".join(f"{n} ms/step" for n in names) + " | fastest |",
+             "|---|---|" + "---|" * (len(names) + 1)]
     for size in args.sizes.split(","):
         for seq_len in map(int, args.seq_lens.split(",")):
-            ms = {p: step_ms(size, seq_len, p, args.batch, args.steps, args.warmup) for p in precisions}
-            lines.append(f"| {size} | {seq_len} | " + " | ".join(f"{ms[p]:.1f}" for p in precisions)
+            ms = {n: step_ms(size, seq_len, p, c, args.batch, args.steps, args.warmup) for n, (p, c) in zip(names, cells)}
+            lines.append(f"| {size} | {seq_len} | " + " | ".join(f"{ms[n]:.1f}" for n in names)
                          + f" | {min(ms, key=ms.get)} |")
             print(lines[-1], flush=True)
     publish("\n".join(lines), args.out)

@@ -16,6 +16,8 @@ validation after every epoch. Peers:
   trainer-dynamic  dynamic padding (DataCollatorWithPadding);
   trainer-grouped  dynamic padding + train_sampling_strategy="group_by_length";
   xfer_nlp         `xfer_nlp.run(mode=...)`, the recipe's code path.
+  xfer_nlp+cudagraphs, xfer_nlp+reduce-overhead
+                   the same with `torch_compile=...`: the training step in CUDA graphs (GPU only).
 NAME@bf16 runs that contestant under bf16 autocast (Trainer: bf16=True; xfer_nlp: mixed_precision="bf16");
 without a suffix, --mixed_precision (default no: fp32) applies.
 Samples/s counts training samples over the training call's wall time (for both: per-epoch evaluation included).
@@ -94,13 +96,13 @@ def run_trainer(args, name: str, workdir: str, precision: str) -> dict:
     return {"seconds": seconds, "samples": len(data["train"]) * args.num_train_epochs, "evals": evals}
 
 
-def run_xfer(args, workdir: str, precision: str) -> dict:
+def run_xfer(args, workdir: str, precision: str, compiled: str) -> dict:
     import xfer_nlp
 
     r = xfer_nlp.run(mode=args.task, dataset_name=args.dataset_name, seed=args.seed, output_dir=workdir,
                      learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
                      max_train_samples=args.max_train_samples, mixed_precision=precision,
-                     overwrite_output_dir=True)
+                     torch_compile=compiled or "no", overwrite_output_dir=True)
     evals = [{"epoch": h["epoch"], "seconds": h["seconds"], "accuracy": h["validation_accuracy"]}
              for h in r.results["history"]]
     return {"seconds": r.train_seconds, "samples": r.results["train_samples"] * args.num_train_epochs,
@@ -151,7 +153,8 @@ def one(args) -> None:
     if watch:
         watch.start()
     with tempfile.TemporaryDirectory() as work:
-        out = run_xfer(args, work, precision) if name == "xfer_nlp" else run_trainer(args, name, work, precision)
+        tool, _, compiled = name.partition("+")
+        out = run_xfer(args, work, precision, compiled) if tool == "xfer_nlp" else run_trainer(args, name, work, precision)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():  # both tools train on the GPU when there is one: its memory is the one that binds
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -213,7 +216,8 @@ def main() -> None:
                                                              "full run")
     parser.add_argument("--contestants", default=",".join((*PEERS, "xfer_nlp")),
                         help="comma list of trainer-pad128, trainer-dynamic, trainer-grouped, xfer_nlp; NAME@bf16 "
-                             "runs one in bf16")
+                             "runs one in bf16, xfer_nlp+cudagraphs / xfer_nlp+reduce-overhead with the training "
+                             "step compiled into CUDA graphs (GPU only)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run the whole line-up this many times, round-robin, and report each contestant's median "
                              "run, with the range of peak RSS (this machine's RSS varies by ~100 MB between runs)")
@@ -278,6 +282,14 @@ def main() -> None:
         a, b = results["xfer_nlp@bf16"], results[best_peer]
         lines.append(f"xfer_nlp@bf16 (the recipe's default on CPUs with native bf16) against {best_peer} in fp32: "
                      f"{(a['samples'] / a['seconds']) / (b['samples'] / b['seconds']):.2f} x the throughput.")
+    for name, r in results.items():  # the compiled contestants against the fastest Trainer at their precision
+        if name.startswith("xfer_nlp+") and best_peer:
+            suffix = name.partition("@")[1] + name.partition("@")[2]
+            peer = results.get(best_peer + suffix)
+            if peer:
+                lines.append(f"{name} against {best_peer + suffix}: "
+                             f"{(r['samples'] / r['seconds']) / (peer['samples'] / peer['seconds']):.2f} x the "
+                             "throughput (its seconds include compiling).")
     if args.heap:
         lines += ["", "glibc's heap at each contestant's RSS peak (its median run):", "",
                   "| contestant | peak RSS MB | heap in use MB | heap free but held MB | mapped blocks MB "

@@ -119,6 +119,7 @@ def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunRes
     accelerator = Accelerator(cpu=multi_cpu, mixed_precision=precision, kwargs_handlers=ddp,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               log_with=trackers or None, project_dir=str(output_dir))
+    loop.check_compile(cfg.torch_compile, accelerator.device)  # before the folder is locked or anything loads
     lock = runfolder.Lock(output_dir) if accelerator.is_main_process else None
     try:
         return _run(cfg, accelerator, output_dir, trackers, on_step)
@@ -168,11 +169,17 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     with accelerator.main_process_first():
         tokenized = batches.tokenize(data.splits, built.tokenizer, reading)
     collator = batches.make_collator(built.tokenizer, accelerator.mixed_precision, accelerator.device.type)
+    # Under --torch_compile the training batches come in a few padded lengths: one CUDA graph each.
+    train_collator = batches.BucketCollator(built.tokenizer, reading.max_length) if cfg.torch_compile != "no" \
+        else collator
     trainable, total = modes.count_parameters(built.model)
     logger.info("Mode %s on %s (%s pooling): %s of %s parameters train; %s.", cfg.mode, cfg.model_name_or_path,
                 built.pooling, f"{trainable:,}", f"{total:,}",
                 ", ".join(f"{s} {len(d)}" for s, d in data.splits.items()))
     shown = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
+    if cfg.torch_compile != "no":
+        logger.info("Training step: torch.compile (%s) into CUDA graphs, batches padded to a few lengths; expect "
+                    "the first steps to stall while it compiles.", cfg.torch_compile)
     logger.info("Precision %s%s on %s.", shown, " (chosen by --mixed_precision auto)" if cfg.mixed_precision == "auto"
                 else "", _hardware(accelerator))
     if trackers:
@@ -212,7 +219,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
             extra["head_init"]["validation"] = probed["validation"]["accuracy"]
             logger.info("Head initialised by the probe (--head_init probe): validation accuracy %.4f before any "
                         "step.", probed["validation"]["accuracy"])
-        train_dl = batches.train_loader(tokenized["train"], collator, cfg.per_device_train_batch_size, cfg.seed)
+        train_dl = batches.train_loader(tokenized["train"], train_collator, cfg.per_device_train_batch_size, cfg.seed)
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
         trained = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls, scorer, weights,
                              on_step=on_step)

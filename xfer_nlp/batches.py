@@ -254,6 +254,29 @@ def make_collator(tokenizer, mixed_precision: str | None, device_type: str):
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple, return_tensors="pt")
 
 
+def bucket_length(longest: int, max_length: int) -> int:
+    """The padded length of a batch whose longest row has `longest` ids: the next of 16, 24, 32, 48, 64, 96, ...
+    (2^k and 1.5 x 2^k, all multiples of 8 for tensor cores), at most `max_length`. A compiled step records one
+    CUDA graph per shape, so few shapes keep recording rare, at most a third of a batch in padding."""
+    length = 16
+    while length < longest:
+        length = length * 3 // 2 if length & (length - 1) == 0 else length * 4 // 3
+    return min(length, max_length)
+
+
+class BucketCollator:
+    """Pads each batch to bucket_length of its longest row, so a compiled training step sees a handful of shapes
+    instead of one per length (`--torch_compile`)."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.pad = DataCollatorWithPadding(tokenizer, padding="max_length", return_tensors="pt")
+        self.max_length = max_length
+
+    def __call__(self, features: list[dict]) -> dict:
+        self.pad.max_length = bucket_length(max(len(f["input_ids"]) for f in features), self.max_length)
+        return self.pad(features)
+
+
 def _own_generator() -> torch.Generator:
     # Each DataLoader iterator draws a seed from its generator; with none it draws from the global RNG, which
     # would shift dropout masks whenever an iterator is created (an evaluation, a resume) and break exact resume.

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.fx.experimental._config as fx_config
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -27,6 +28,44 @@ from .runfolder import CHECKPOINTS, atomic_write
 from . import schedules
 
 logger = logging.getLogger(__name__)
+
+# --torch_compile -> torch.compile's arguments. dynamic=True traces once with symbolic batch and length, after which
+# a new padded shape (batches.BucketCollator) only records a CUDA graph (milliseconds) instead of compiling again
+# (seconds each on an H200's host: RESULTS.md, "CUDA graphs"). The cudagraphs backend cannot: in torch 2.11 it
+# replayed a graph recorded at one length on a batch of another (a size-mismatch error), so it compiles each shape.
+COMPILE = {"cudagraphs": {"backend": "cudagraphs", "dynamic": False},
+           "reduce-overhead": {"backend": "inductor", "mode": "reduce-overhead", "dynamic": True}}
+
+
+def check_compile(how: str, device) -> None:
+    if how != "no" and device.type != "cuda":
+        raise ConfigError(f"--torch_compile {how} records CUDA graphs, and this run trains on {device.type}. Run it on "
+                          "a CUDA GPU, or leave --torch_compile at no.")
+
+
+def compiled_step_model(model, how: str):
+    """The model the training step calls: `model` itself, or with --torch_compile a compiled view of it.
+
+    Only the training forward (and so its backward) is compiled; evaluation, checkpoints and the export use `model`,
+    the same parameters, so their state-dict keys and fp32 rescoring are as without it. (Accelerate's dynamo
+    plugin would compile the prepared model itself, and with it every evaluation batch's shape.)
+    """
+    if how == "no":
+        return model
+    # transformers sets problem_type at the first forward with labels; set it first (to the same value), or that
+    # change would make the compiled step compile a second time.
+    config = getattr(getattr(model, "module", model), "config", None)
+    if config is not None and getattr(config, "problem_type", "") is None:
+        config.problem_type = "single_label_classification"
+    # Each padded shape, batch size and unfreezing stage may compile once: more than dynamo's default 8
+    # recompilations, after which it would quietly fall back to eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    if COMPILE[how]["dynamic"]:
+        # Without duck sizing, a first batch whose length equals its size (32 x 32) does not tie the two into a
+        # guard that the next batch fails (torch's own advice in that recompilation's log).
+        fx_config.use_duck_shape = False
+    return torch.compile(model, **COMPILE[how])
+
 
 @dataclass
 class Progress:
@@ -199,6 +238,7 @@ class _Run:
     last_stage: int
     ever_trained: list[str]
     params: dict  # name -> parameter, named as in the unwrapped model (DDP's wrapper prefixes "module.")
+    step_model: torch.nn.Module  # what the training step calls: `model`, or its compiled view (--torch_compile)
     progress: Progress = field(default_factory=Progress)
     resumed: dict | None = None
     thawed: int = -1  # the stage the requires_grad flags are set for; a resumed run starts from none
@@ -249,7 +289,8 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
                                                              cfg.stlr_ratio))
     readable, last_stage = describe(cfg, accelerator.unwrap_model(model), layout, groups, steps_per_epoch)
     run = _Run(accelerator, cfg, model, layout, train_dl, sampler, eval_dls, optimizer, scheduler, checkpoints, world, steps,
-               eval_every, steps_per_epoch, readable, last_stage, [n for g in groups for n in g.names], params)
+               eval_every, steps_per_epoch, readable, last_stage, [n for g in groups for n in g.names], params,
+               compiled_step_model(model, cfg.torch_compile))
     if saved:
         _restore(optimizer.load_state_dict, saved.optimizer, "optimizer state")
         _restore(scheduler.load_state_dict, saved.scheduler, "scheduler state")
@@ -272,6 +313,7 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
 def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=None, on_step=None) -> None:
     """The epochs: forward, backward, step; log, evaluate and checkpoint on schedule; stop early if told to."""
     accelerator, cfg, model, progress = run.accelerator, run.cfg, run.model, run.progress
+    forward, graphs = run.step_model, run.step_model is not run.model
     weights = None if class_weights is None else class_weights.to(accelerator.device)
     with cpu_speed_levers(accelerator, model), _interruptible(progress, run.checkpoints):
         bar = tqdm(total=run.steps, initial=progress.step, desc=f"Training ({cfg.mode})",
@@ -296,12 +338,14 @@ def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=No
                     if stage != run.thawed:
                         _thaw(run, stage)
                 with accelerator.accumulate(model):
+                    if graphs:  # a new step: the graphs may reuse the last step's output memory
+                        torch.compiler.cudagraph_mark_step_begin()
                     if loss_fn is not None:
                         loss = loss_fn(model, run.layout, batch)
                     elif weights is None:
-                        loss = model(**model_inputs(batch), labels=batch["labels"]).loss
+                        loss = forward(**model_inputs(batch), labels=batch["labels"]).loss
                     else:
-                        logits = model(**model_inputs(batch)).logits
+                        logits = forward(**model_inputs(batch)).logits
                         loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weights)
                     accelerator.backward(loss)
                     if cfg.max_grad_norm and accelerator.sync_gradients:
