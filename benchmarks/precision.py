@@ -52,8 +52,6 @@ def step_ms(size: str, seq_len: int, precision: str, compiled: str, batch: int, 
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        if compiled != "no":
-            torch.compiler.cudagraph_mark_step_begin()
         loss = forward(input_ids=ids, labels=labels).loss
         accelerator.backward(loss)
         optimizer.step()

@@ -284,7 +284,7 @@ def main() -> None:
                      f"{(a['samples'] / a['seconds']) / (b['samples'] / b['seconds']):.2f} x the throughput.")
     for name, r in results.items():  # the compiled contestants against the fastest Trainer at their precision
         if name.startswith("xfer_nlp+") and best_peer:
-            suffix = name.partition("@")[1] + name.partition("@")[2]
+            suffix = name[len(name.partition("@")[0]):]  # "@bf16" or ""
             peer = results.get(best_peer + suffix)
             if peer:
                 lines.append(f"{name} against {best_peer + suffix}: "

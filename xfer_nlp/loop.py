@@ -44,7 +44,8 @@ def check_compile(how: str, device) -> None:
 
 
 def compiled_step_model(model, how: str):
-    """The model the training step calls: `model` itself, or with --torch_compile a compiled view of it.
+    """What the training step calls: `model` itself, or with --torch_compile a compiled view of it that marks each
+    call as a new step (the graphs may then reuse the last step's output memory).
 
     Only the training forward (and so its backward) is compiled; evaluation, checkpoints and the export use `model`,
     the same parameters, so their state-dict keys and fp32 rescoring are as without it. (Accelerate's dynamo
@@ -64,7 +65,12 @@ def compiled_step_model(model, how: str):
         # Without duck sizing, a first batch whose length equals its size (32 x 32) does not tie the two into a
         # guard that the next batch fails (torch's own advice in that recompilation's log).
         fx_config.use_duck_shape = False
-    return torch.compile(model, **COMPILE[how])
+    compiled = torch.compile(model, **COMPILE[how])
+
+    def step(**inputs):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(**inputs)
+    return step
 
 
 @dataclass
@@ -238,7 +244,7 @@ class _Run:
     last_stage: int
     ever_trained: list[str]
     params: dict  # name -> parameter, named as in the unwrapped model (DDP's wrapper prefixes "module.")
-    step_model: torch.nn.Module  # what the training step calls: `model`, or its compiled view (--torch_compile)
+    step_model: object  # what the training step calls: `model`, or its compiled view (--torch_compile)
     progress: Progress = field(default_factory=Progress)
     resumed: dict | None = None
     thawed: int = -1  # the stage the requires_grad flags are set for; a resumed run starts from none
@@ -313,7 +319,7 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
 def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=None, on_step=None) -> None:
     """The epochs: forward, backward, step; log, evaluate and checkpoint on schedule; stop early if told to."""
     accelerator, cfg, model, progress = run.accelerator, run.cfg, run.model, run.progress
-    forward, graphs = run.step_model, run.step_model is not run.model
+    forward = run.step_model
     weights = None if class_weights is None else class_weights.to(accelerator.device)
     with cpu_speed_levers(accelerator, model), _interruptible(progress, run.checkpoints):
         bar = tqdm(total=run.steps, initial=progress.step, desc=f"Training ({cfg.mode})",
@@ -338,8 +344,6 @@ def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=No
                     if stage != run.thawed:
                         _thaw(run, stage)
                 with accelerator.accumulate(model):
-                    if graphs:  # a new step: the graphs may reuse the last step's output memory
-                        torch.compiler.cudagraph_mark_step_begin()
                     if loss_fn is not None:
                         loss = loss_fn(model, run.layout, batch)
                     elif weights is None:
