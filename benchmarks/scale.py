@@ -19,12 +19,13 @@ The tokenisation columns also give the ceiling: the Rust tokenizer alone (`encod
 core, no Python objects per text) on the loop's sample. No batched path can pass it, so it says how much of a gap
 to the loop batching can close on this machine.
 
---predict_sizes runs `xfer-nlp predict --input F --output O` (fp32) on that many texts, each size in its own
-process, and reports texts/s and the process's peak RSS: predict streams its input and output in chunks, so the
-memory should not grow with the file. --predict_model is the exported model it labels with: by default a tiny
-randomly initialised BERT (2 layers, 32 wide) with the embedded encoder's tokenizer, built here, because the claim
-is about the data's memory and a million texts through the real encoder take about an hour on 2 cores; pass the
-probe's output folder (e.g. runs/scale/probe-10000) to measure the real encoder at sizes it can finish.
+--predict_sizes runs `xfer-nlp predict --input F --output O --precision P` (--predict_precision, fp32 by default)
+on that many texts, each size in its own process, and reports texts/s and the process's peak RSS: predict streams
+its input and output in chunks, so the memory should not grow with the file. --predict_model is the exported model
+it labels with: by default a tiny randomly initialised BERT (2 layers, 32 wide) with the embedded encoder's
+tokenizer, built here, because the claim is about the data's memory and a million texts through the real encoder
+take about an hour on 2 cores (fp32; about half that in bf16 on a CPU with AMX); pass the probe's output folder
+(e.g. runs/scale/probe-10000) to measure the real encoder.
 
 --probe_sizes also runs the probe on those sizes and reports its feature cache on disk (bytes per example). A
 1M-example probe encodes a million sentences (about an hour on this project's 2-core CPU), so by default it runs
@@ -149,11 +150,11 @@ def tiny_export(folder: Path) -> Path:
     return folder
 
 
-def predict_cell(model: Path, data: Path, size: int, work: Path) -> dict:
+def predict_cell(model: Path, data: Path, size: int, work: Path, precision: str) -> dict:
     """`xfer-nlp predict` on a file of `size` texts in a child process: texts/s and the child's own peak RSS."""
     output = work / f"predict-{size}.jsonl"
     cmd = [str(Path(sys.executable).parent / "xfer-nlp"), "predict", "--model", str(model), "--input",
-           str(data / "train.jsonl"), "--output", str(output), "--precision", "fp32"]
+           str(data / "train.jsonl"), "--output", str(output), "--precision", precision]
     seconds, peak_mb, *_ = run_measured(cmd)
     with output.open(encoding="utf-8") as f:
         rows = sum(1 for _ in f)
@@ -173,6 +174,9 @@ def main(argv=None) -> None:
                         "10000,100000,1000000); none by default")
     parser.add_argument("--predict_model", default=None, help="exported model for --predict_sizes (default: a tiny "
                         "random BERT with the embedded tokenizer, built in --work_dir)")
+    parser.add_argument("--predict_precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="xfer-nlp predict's --precision for --predict_sizes (bf16 measured about 2x fp32 on CPUs "
+                        "with AMX or AVX512-BF16)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps of each finetune run")
     parser.add_argument("--work_dir", default="runs/scale",
                         help="folder for the repeated data sets and the runs")
@@ -206,7 +210,8 @@ def main(argv=None) -> None:
     if sizes:
         model = Path(args.predict_model) if args.predict_model else tiny_export(work / "tiny-bert")
         cells += [{"mode": "predict", "model": str(model), **predict_cell(model, make_data(work / "data", n, source),
-                                                                         n, work)} for n in sizes]
+                                                                         n, work, args.predict_precision)}
+                  for n in sizes]
     publish(report(cells, args), args.out)
 
 
@@ -234,9 +239,9 @@ def report(cells: list[dict], args) -> str:
                   f"| {c['cache_bytes_per_example']:.0f} | {c['peak_rss_mb']:,.0f} |" for c in probes]
     predicts = [c for c in cells if c["mode"] == "predict"]
     if predicts:
-        lines += ["", f"`xfer-nlp predict --input F --output O --precision fp32` with {predicts[0]['model']}, each "
-                  "size in its own process:", "", "| predict: texts | seconds | texts/s | peak RSS MB | vs smallest |",
-                  "|---|---|---|---|---|"]
+        lines += ["", f"`xfer-nlp predict --input F --output O --precision {args.predict_precision}` with "
+                  f"{predicts[0]['model']}, each size in its own process:", "",
+                  "| predict: texts | seconds | texts/s | peak RSS MB | vs smallest |", "|---|---|---|---|---|"]
         lines += [f"| {c['size']:,} | {c['seconds']:.1f} | {c['texts_per_s']:,.0f} | {c['peak_rss_mb']:,.0f} | "
                   f"{(c['peak_rss_mb'] / predicts[0]['peak_rss_mb'] - 1) * 100:+.1f}% |" for c in predicts]
     return "\n".join(lines)
