@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -186,7 +187,7 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def write_report(output_dir: str | Path, labels: list[str] | None = None, first: list[str] = ()) -> str:
+def write_report(output_dir: str | Path, labels: Sequence[str] | None = None, first: Sequence[str] = ()) -> str:
     """Write comparison.csv, comparison.md and the plots from output_dir/runs; returns the summary table.
     `labels`: only these variants, in this order; else every variant in the folder, those in `first` first."""
     output_dir = Path(output_dir)
