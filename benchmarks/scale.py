@@ -166,6 +166,8 @@ def predict_cell(model: Path, data: Path, size: int, work: Path, precision: str)
 
 
 def main(argv=None) -> None:
+    from xfer_nlp.api import PREDICT_PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000",
                         help="comma list of training-set sizes for the finetune rows")
@@ -178,7 +180,7 @@ def main(argv=None) -> None:
                         "10000,100000,1000000); none by default")
     parser.add_argument("--predict_model", default=None, help="exported model for --predict_sizes (default: a tiny "
                         "random BERT with the embedded tokenizer, built in --work_dir)")
-    parser.add_argument("--predict_precision", default="fp32", choices=("fp32", "bf16", "auto"),
+    parser.add_argument("--predict_precision", default="fp32", choices=PREDICT_PRECISIONS,
                         help="xfer-nlp predict's --precision for --predict_sizes (bf16 measured about 2x fp32 on CPUs "
                         "with AMX or AVX512-BF16)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps of each finetune run")

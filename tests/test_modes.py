@@ -243,14 +243,13 @@ def test_tensorboard_tracking(tiny_run):
     assert events and events[0].stat().st_size > 0
 
 
-
-@pytest.mark.parametrize("accuracies, warned", [
-    ((0.80, 0.79, 0.79), "smallest"),  # still rising at the smallest C (large or repeated data)
-    ((0.70, 0.75, 0.80), "largest"),
-    ((0.79, 0.79, 0.79), None),  # a tie keeps the smallest C: nothing suggests a smaller one scores more
-    ((0.78, 0.80, 0.79), None),  # the best C inside the grid
+@pytest.mark.parametrize("accuracies, chosen, warned", [
+    ((0.80, 0.79, 0.79), 1e-4, "smallest"),  # still rising at the smallest C (large or repeated data)
+    ((0.70, 0.75, 0.80), 1e-2, "largest"),
+    ((0.79, 0.79, 0.79), 1e-4, None),  # a tie keeps the smallest C: nothing suggests a smaller one scores more
+    ((0.78, 0.80, 0.79), 1e-3, None),  # the best C inside the grid
 ])
-def test_probe_warns_when_the_best_c_is_at_the_edge_of_its_grid(caplog, accuracies, warned):
+def test_probe_warns_when_the_best_c_is_at_the_edge_of_its_grid(caplog, accuracies, chosen, warned):
     from xfer_nlp.probe import fit_head
 
     class Scripted:  # validation scores in the order fit_head tries C (smallest first)
@@ -265,8 +264,7 @@ def test_probe_warns_when_the_best_c_is_at_the_edge_of_its_grid(caplog, accuraci
     x, y = torch.randn(40, 4, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 2
     with caplog.at_level("WARNING", logger="xfer_nlp.probe"):
         head = fit_head((x, y), (x, y), Scripted(), [1e-2, 1e-4, 1e-3])
-    assert head["C"] == {(0.80, 0.79, 0.79): 1e-4, (0.70, 0.75, 0.80): 1e-2, (0.79, 0.79, 0.79): 1e-4,
-                         (0.78, 0.80, 0.79): 1e-3}[accuracies]
+    assert head["C"] == chosen
     if warned:
         assert f"is the {warned} in --probe_c_grid" in caplog.text and "Extend --probe_c_grid" in caplog.text
     else:

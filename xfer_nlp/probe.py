@@ -191,13 +191,12 @@ def fit_head(train: tuple, val: tuple, scorer, c_grid: list[float], metric: str 
     _, c, (w, b) = best
     grid = sorted(scores)
     if len(grid) > 1 and c in (grid[0], grid[-1]):
-        neighbour = grid[1] if c == grid[0] else grid[-2]
+        end, neighbour = ("smallest", grid[1]) if c == grid[0] else ("largest", grid[-2])
         if scores[c] > scores[neighbour]:  # still rising at the grid's end: the best C may lie beyond it
             logger.warning("The probe's best C, %g, is the %s in --probe_c_grid and scored above its neighbour %g "
                            "(%.4f against %.4f): a C beyond the grid may score higher. Extend --probe_c_grid past %g "
                            "(the penalty per example shrinks as the training set grows, so large or repeated data "
-                           "wants a smaller C).", c, "smallest" if c == grid[0] else "largest", neighbour, scores[c],
-                           scores[neighbour], c)
+                           "wants a smaller C).", c, end, neighbour, scores[c], scores[neighbour], c)
     weight = w / std
     return {"weight": weight.float(), "bias": (b - weight @ mean).float(), "C": c, "validation_by_C": scores}
 
