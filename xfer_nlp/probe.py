@@ -180,7 +180,9 @@ def fit_head(train: tuple, val: tuple, scorer, c_grid: list[float], metric: str 
     """
     x, y = train[0].float(), train[1].long()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    z, zv = (x - mean) / std, (val[0].float() - mean) / std
+    # Divided in place: one standardised copy of the features rather than two at once (1.5 GB less peak memory
+    # at a million 384-wide features), the same numbers.
+    z, zv = (x - mean).div_(std), (val[0].float() - mean).div_(std)
     scores, best, head = {}, None, None
     for c in sorted(c_grid):
         head = fit_logistic(z, y, scorer.num_labels, c, init=head, class_weights=class_weights)
