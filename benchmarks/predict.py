@@ -6,7 +6,8 @@
 Without --model it first fits a probe of the embedded encoder on sst2 (the export every mode shares in shape).
 Texts: sst2 validation (872 sentences) and polarity2k test (200 full-length reviews). Both tools read the same
 tokens (pipeline with truncation=True, max_length = the run's max_seq_length, which is what predict applies for
-a head-truncating run) at the same batch size; each timing is the median of --repeats after one warm-up call.
+a head-truncating run); pipeline() batches --batch_size texts, predict its default token budget (batches of
+BATCH_TOKENS padded tokens, sorted by length); each timing is the median of --repeats after one warm-up call.
 predict runs twice: fp32, whose labels must be identical to pipeline()'s, and bf16 autocast (`precision="bf16"`),
 whose agreeing labels are counted. Then the export is written as ONNX (`xfer-nlp export --format onnx`) and predict
 runs a third time on onnxruntime (`backend="onnx"`), its labels checked equal to torch fp32 predict's.
@@ -22,6 +23,7 @@ import torch
 from common import machine, publish
 
 import xfer_nlp
+from xfer_nlp.api import BATCH_TOKENS
 from xfer_nlp.data import data_root
 from xfer_nlp.config import RunConfig
 
@@ -73,8 +75,7 @@ def main(argv=None) -> None:
         theirs_s, theirs = timed(lambda: reference(texts, batch_size=args.batch_size, truncation=True,
                                                    max_length=max_length), args.repeats)
         for precision in ("fp32", "bf16"):
-            ours_s, ours = timed(lambda: xfer_nlp.predict(model, texts, batch_size=args.batch_size,
-                                                          precision=precision), args.repeats)
+            ours_s, ours = timed(lambda: xfer_nlp.predict(model, texts, precision=precision), args.repeats)
             same = sum(o["label"] == max(t, key=lambda s: s["score"])["label"] for o, t in zip(ours, theirs))
             diff = max(abs(o["scores"][s["label"]] - s["score"]) for o, t in zip(ours, theirs) for s in t)
             rows.append(f"| {name} | {len(texts)} | {precision} | {len(texts) / ours_s:.1f} | "
@@ -84,7 +85,7 @@ def main(argv=None) -> None:
             assert precision != "fp32" or same == len(texts), f"fp32 labels differ from pipeline()'s on {name}"
             if precision == "fp32":
                 torch_s, torch_rows = ours_s, ours
-        onnx_s, onnx_rows = timed(lambda: xfer_nlp.predict(model, texts, batch_size=args.batch_size, backend="onnx"),
+        onnx_s, onnx_rows = timed(lambda: xfer_nlp.predict(model, texts, backend="onnx"),
                                   args.repeats)
         same = sum(o["label"] == t["label"] for o, t in zip(onnx_rows, torch_rows))
         assert same == len(texts), f"ONNX labels differ from torch's on {name}"
@@ -93,8 +94,9 @@ def main(argv=None) -> None:
                     f"{torch_s / onnx_s:.2f}x | {len(texts) / theirs_s:.1f} | {theirs_s / onnx_s:.2f}x | "
                     f"{same} of {len(texts)} | {diff:.1e} |")
     publish("\n".join([
-        f"Predict vs pipeline() on {machine()}; export {model} (max_seq_length {max_length}), batch "
-        f"{args.batch_size}, median of {args.repeats}.", "",
+        f"Predict vs pipeline() on {machine()}; export {model} (max_seq_length {max_length}); pipeline's batch "
+        f"{args.batch_size}, predict's batches of {BATCH_TOKENS} padded tokens (its default); median of "
+        f"{args.repeats}.", "",
         "| texts | n | predict precision | predict texts/s | pipeline texts/s (fp32) | ratio | labels equal to "
         "pipeline's | max score diff |",
         "|---|---|---|---|---|---|---|---|", *rows, "",

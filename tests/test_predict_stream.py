@@ -6,8 +6,13 @@ import sys
 
 from conftest import launch_env, make_rows, write_jsonl
 
+import numpy as np
+import pytest
+
 import xfer_nlp
 from xfer_nlp.api import predict_stream
+from xfer_nlp.batches import TokenBudgetSampler
+from xfer_nlp.errors import ConfigError
 
 
 def test_the_stream_labels_chunk_by_chunk_in_input_order_as_predict_does(tiny_run):
@@ -48,3 +53,34 @@ def test_the_cli_streams_a_file_to_a_file_and_names_a_missing_text(tiny_run, tmp
                          capture_output=True, text=True, env=launch_env(), timeout=300)
     assert gap.returncode == 2 and "Text 5 is None" in gap.stderr
     assert not (tmp_path / "g.jsonl").exists()  # no half-written output
+
+
+def test_token_budget_batches_are_longest_first_within_the_budget_and_cover_every_row_once():
+    lengths = np.random.default_rng(0).integers(3, 130, size=500)
+    lengths[7] = 2000  # longer than the budget: a batch alone
+    sampler = TokenBudgetSampler(lengths, max_tokens=1024)
+    drawn = list(sampler)
+    assert len(drawn) == len(sampler) and sorted(i for b in drawn for i in b) == list(range(500))
+    flat = [i for b in drawn for i in b]
+    assert list(lengths[flat]) == sorted(lengths, reverse=True)
+    assert drawn[0] == [7]
+    for batch in drawn[1:]:
+        longest = lengths[batch].max()
+        assert len(batch) * longest <= 1024  # the padded batch fits
+    # Every batch but the last is as wide as the budget allows for its longest row.
+    assert all(len(b) == 1024 // lengths[b[0]] for b in drawn[1:-1])
+    assert max(len(b) for b in TokenBudgetSampler(lengths, max_tokens=1024, max_rows=16)) == 16
+
+
+def test_predict_batches_by_tokens_with_the_same_labels_and_rejects_a_bad_budget(tiny_run):
+    out = xfer_nlp.run(mode="probe", probe_c_grid="1", **tiny_run).output_dir
+    texts = [r["text"] for r in make_rows(60, 13)]
+    by_count = xfer_nlp.predict(out, texts, batch_size=4, batch_tokens=10**9)  # 4 texts a batch, as before budgets
+    narrow, wide = xfer_nlp.predict(out, texts, batch_tokens=40), xfer_nlp.predict(out, texts)
+    for rows in (narrow, wide):
+        assert [r["text"] for r in rows] == texts
+        assert [r["label"] for r in rows] == [r["label"] for r in by_count]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(rows, by_count)) < 1e-5
+    for bad in ({"batch_tokens": 0}, {"batch_size": 0}, {"batch_tokens": 2.5}):
+        with pytest.raises(ConfigError, match="whole number of at least 1"):
+            xfer_nlp.predict(out, texts, **bad)

@@ -276,16 +276,24 @@ PREDICT_BACKENDS = ("torch", "onnx")
 # Texts labelled at a time by predict_stream: each chunk is sorted by length and batched, so memory stays flat for
 # any number of texts while batches stay nearly unpadded.
 CHUNK_TEXTS = 16384
+# Padded tokens per forward pass in predict (32 texts of 128 tokens, 8 of 512), at most batch_size (64) texts.
+# Measured on 2 CPU cores (benchmarks/RESULTS.md, "Inference", token budget): as fast as 64-text batches on
+# sentences, where the 64 binds, and on 512-token reviews half the peak memory in bf16 and a third less in fp32;
+# wider batches of sentences (8,192 tokens and up) ran slower and peaked higher.
+BATCH_TOKENS = 4096
 
 
-def predict(model: str | Path, texts: str | list[str], batch_size: int = 64, precision: str = "fp32",
-            backend: str = "torch") -> list[dict]:
+def predict(model: str | Path, texts: str | list[str], batch_size: int | None = 64, precision: str = "fp32",
+            backend: str = "torch", batch_tokens: int = BATCH_TOKENS) -> list[dict]:
     """Label texts with an exported model: [{"text", "label", "score", "scores": {label: p}}] in input order.
 
     precision: fp32 (the default) computes exactly what the run reported and what pipeline() computes; bf16
     autocasts the matrix multiplies (faster where the CPU or GPU has native bf16, see benchmarks/RESULTS.md
     "Inference"; scores then differ in the third decimal and a near-tie label can flip); auto is bf16 where the
     hardware computes it natively, else fp32.
+
+    Texts are batched by a token budget: each forward pass holds as many texts as fit in `batch_tokens` padded
+    tokens, and at most `batch_size` (None: no cap), so sentences go 64 to a batch and 512-token reviews 8.
 
     `texts` is one text or a list of them. A run's export is read as the run read its texts (results.json's
     "reading": truncation or windows, max_seq_length); any other model as pipeline() reads it (the first tokens,
@@ -302,11 +310,13 @@ def predict(model: str | Path, texts: str | list[str], batch_size: int = 64, pre
     if bad is not None:
         raise ConfigError(f"Text {bad} of {len(texts)} is {texts[bad]!r}, not a string. Pass strings only (drop or "
                           "fill the missing ones).")
-    return list(predict_stream(model, texts, batch_size, precision, backend, total=len(texts)))
+    return list(predict_stream(model, texts, batch_size, precision, backend, total=len(texts),
+                               batch_tokens=batch_tokens))
 
 
-def predict_stream(model: str | Path, texts, batch_size: int = 64, precision: str = "fp32", backend: str = "torch",
-                   total: int | None = None, chunk_texts: int = CHUNK_TEXTS):
+def predict_stream(model: str | Path, texts, batch_size: int | None = 64, precision: str = "fp32",
+                   backend: str = "torch", total: int | None = None, chunk_texts: int = CHUNK_TEXTS,
+                   batch_tokens: int = BATCH_TOKENS):
     """predict() over any iterable of texts, yielding rows in input order as each chunk of `chunk_texts` is
     labelled: a file of a million texts streams through in flat memory (`xfer-nlp predict --input F --output O`).
     `total`, when known, sizes the progress bar."""
@@ -320,6 +330,9 @@ def predict_stream(model: str | Path, texts, batch_size: int = 64, precision: st
         raise ConfigError(f"precision '{precision}' is not one of {', '.join(PREDICT_PRECISIONS)}.")
     if backend not in PREDICT_BACKENDS:
         raise ConfigError(f"backend '{backend}' is not one of {', '.join(PREDICT_BACKENDS)}.")
+    for name, value in (("batch_tokens", batch_tokens), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}.")
     if backend == "onnx" and precision == "bf16":
         raise ConfigError("The ONNX backend runs the exported fp32 graph: use precision fp32 (or auto) with it.")
     # The ONNX graph carries the weights: from the model folder it needs only the config and the tokenizer.
@@ -340,7 +353,8 @@ def predict_stream(model: str | Path, texts, batch_size: int = 64, precision: st
 
     def logits_of(chunk: list[str]) -> torch.Tensor:
         data = DatasetDict(predict=Dataset.from_dict({"text": chunk, "label": [0] * len(chunk)}))
-        loader = batches.eval_loader(batches.tokenize(data, tokenizer, reading)["predict"], collator, batch_size)
+        loader = batches.budget_loader(batches.tokenize(data, tokenizer, reading)["predict"], collator,
+                                       batch_tokens, batch_size)
         if backend == "onnx":
             return batches.per_text(None, loader, onnx_model)[0]
         with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -350,8 +364,8 @@ def predict_stream(model: str | Path, texts, batch_size: int = 64, precision: st
     bars_on = is_progress_bar_enabled()
     disable_progress_bar()  # datasets' per-chunk "Tokenising" bars; one bar below counts the texts
     try:
-        with tqdm(total=total, unit="texts", desc="Predicting", disable=total is not None and total <= batch_size,
-                  leave=False) as bar:
+        few = total is not None and total <= 64  # no bar for a few texts
+        with tqdm(total=total, unit="texts", desc="Predicting", disable=few, leave=False) as bar:
             while chunk := list(itertools.islice(stream, chunk_texts)):
                 bad = next((i for i, t in enumerate(chunk) if not isinstance(t, str)), None)
                 if bad is not None:

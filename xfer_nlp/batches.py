@@ -248,6 +248,28 @@ class SortedBatchSampler(Sampler[list[int]]):
             yield self.order[i:i + self.batch_size].tolist()
 
 
+class TokenBudgetSampler(Sampler[list[int]]):
+    """Prediction batches, longest first, each as many rows as fit in `max_tokens` padded tokens (rows x the
+    batch's first, longest row), at most `max_rows`: short texts go max_rows to a batch and 512-token reviews
+    few, so no forward pass holds more than the budget. A row longer than the budget is a batch alone."""
+
+    def __init__(self, lengths, max_tokens: int, max_rows: int | None = None):
+        self.order = eval_order(lengths)
+        longest = np.asarray(lengths)[self.order]
+        self.bounds, start = [], 0
+        while start < len(self.order):
+            rows = min(max(1, max_tokens // max(1, int(longest[start]))), max_rows or len(self.order))
+            self.bounds.append((start, start + rows))
+            start += rows
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def __iter__(self):
+        for start, end in self.bounds:
+            yield self.order[start:end].tolist()
+
+
 def make_collator(tokenizer, mixed_precision: str | None, device_type: str):
     # Multiples of 8 let fp16/bf16 matmuls hit tensor-core shapes; on CPU and in fp32 they only add padding.
     multiple = 8 if mixed_precision in ("fp16", "bf16") and device_type == "cuda" else None
@@ -302,3 +324,9 @@ def eval_loader(ds, collator, batch_size: int) -> DataLoader:
     lengths = token_lengths(ds)
     return DataLoader(ds, batch_sampler=SortedBatchSampler(lengths, batch_size), collate_fn=collator,
                       generator=_own_generator())
+
+
+def budget_loader(ds, collator, max_tokens: int, max_rows: int | None = None) -> DataLoader:
+    """predict's batches: by a token budget (TokenBudgetSampler), for one process without Accelerate."""
+    return DataLoader(ds, batch_sampler=TokenBudgetSampler(token_lengths(ds), max_tokens, max_rows),
+                      collate_fn=collator, generator=_own_generator())

@@ -92,7 +92,7 @@ def report_command(argv: list[str]) -> int:
 def predict_command(argv: list[str]) -> int:
     import itertools
 
-    from .api import PREDICT_BACKENDS, PREDICT_PRECISIONS, predict_stream
+    from .api import BATCH_TOKENS, PREDICT_BACKENDS, PREDICT_PRECISIONS, predict_stream
     from .data import iter_texts, write_jsonl
 
     parser = argparse.ArgumentParser(prog="xfer-nlp predict", description="Label texts with an exported model.")
@@ -102,7 +102,11 @@ def predict_command(argv: list[str]) -> int:
     parser.add_argument("--input", help="File of texts: .txt (one a line), .jsonl, .json, .csv, .tsv or .parquet.")
     parser.add_argument("--text_column", default="text", help="Column of --input that holds the text.")
     parser.add_argument("--output", help="Write JSONL rows (text, label, score, scores) here instead of printing.")
-    parser.add_argument("--batch_size", type=int, default=64, help="Texts per forward pass.")
+    parser.add_argument("--batch_tokens", type=int, default=BATCH_TOKENS, help=(
+        "Padded tokens per forward pass: texts are sorted by length and each batch holds as many as fit, up to "
+        "--batch_size (the default: 64 sentences, 32 texts of 128 tokens, 8 of 512), so long texts cannot make a "
+        "pass much bigger than a short one."))
+    parser.add_argument("--batch_size", type=int, default=64, help="At most this many texts per forward pass.")
     parser.add_argument("--precision", choices=PREDICT_PRECISIONS, default="fp32", help=(
         "fp32: exactly the scores the run reported and pipeline() computes; bf16: faster where the hardware has "
         "native bf16 (scores within bf16 rounding, a near-tie label can flip); auto: bf16 where native, else fp32."))
@@ -122,7 +126,7 @@ def predict_command(argv: list[str]) -> int:
                 raise XferError(f"--output '{args.output}': its folder cannot be created ({e.strerror}).") from None
         # Streamed: texts are read, labelled and written a chunk at a time, so memory stays flat for any input size.
         rows = predict_stream(args.model, itertools.chain([first], texts), args.batch_size, args.precision,
-                              args.backend)
+                              args.backend, batch_tokens=args.batch_tokens)
         if args.output:
             n = write_jsonl(args.output, rows)
             print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
