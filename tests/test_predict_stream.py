@@ -4,10 +4,9 @@ import json
 import subprocess
 import sys
 
-from conftest import launch_env, make_rows, write_jsonl
-
 import numpy as np
 import pytest
+from conftest import launch_env, make_rows, write_jsonl
 
 import xfer_nlp
 from xfer_nlp.api import predict_stream
