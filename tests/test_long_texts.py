@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import FILLER, NEGATIVE, POSITIVE, data_folder
 from datasets import Dataset, DatasetDict
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BatchEncoding
 
 import xfer_nlp
 from xfer_nlp.batches import Reading, pieces, tokenize
@@ -55,6 +55,33 @@ def test_head_tail_and_head_plus_tail_keep_exactly_the_expected_tokens(tiny_mode
     assert ds["attention_mask"] == [[1] * 16] and ds["token_type_ids"] == [[0] * 16] and ds["doc"] == [0]
 
 
+
+class NoEncodings:
+    """A tokenizer that returns plain ids without the Rust encodings (as a tokenizer without the tokenizers
+    backend does), so tokenize() must tell long texts by tokenising the ones that fill the window again."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, *args, **kwargs):
+        return BatchEncoding(dict(self.tokenizer(*args, **kwargs)))
+
+
+def test_head_truncation_tells_long_texts_in_one_pass_or_by_tokenising_again(tiny_model_dir, caplog):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    # 5, 16 (fills the window exactly: not long), 17 and 42 ids with the specials
+    texts = [" ".join(FILLER[i % len(FILLER)] for i in range(n)) for n in (3, 14, 15, 40)]
+    assert [len(tok(t)["input_ids"]) for t in texts] == [5, 16, 17, 42]
+    data = DatasetDict(s=Dataset.from_dict({"text": texts, "label": [0, 1, 0, 1]}))
+    expected = [tok(t, truncation=True, max_length=16)["input_ids"] for t in texts]
+    assert tok(texts, truncation=True, max_length=16).encodings is not None  # the one-pass path is the one tested
+    for tokenizer in (tok, NoEncodings(tok)):
+        for fingerprint in (None, "a-name"):  # an in-memory split named by the caller (predict) reads the same
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="xfer_nlp.batches"):
+                ds = tokenize(data, tokenizer, Reading(16), fingerprint=fingerprint)["s"]
+            assert ds["input_ids"] == expected and ds["doc"] == [0, 1, 2, 3] and ds["labels"] == [0, 1, 0, 1]
+            assert "2 of 4 s texts are longer than --max_seq_length 16 tokens" in caplog.text  # not the one of 16
 @pytest.mark.parametrize("length,window,stride", [(50, 16, 7), (50, 16, 14), (15, 16, 3), (17, 16, 1), (300, 34, 16)])
 def test_windows_cover_every_token_once_per_stride(length, window, stride):
     reading = Reading(window, chunk_stride=stride)

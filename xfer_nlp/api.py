@@ -7,6 +7,7 @@ import logging
 import os
 import resource
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -353,8 +354,9 @@ def predict_stream(model: str | Path, texts, batch_size: int | None = 64, precis
 
     def logits_of(chunk: list[str]) -> torch.Tensor:
         data = DatasetDict(predict=Dataset.from_dict({"text": chunk, "label": [0] * len(chunk)}))
-        loader = batches.budget_loader(batches.tokenize(data, tokenizer, reading)["predict"], collator,
-                                       batch_tokens, batch_size)
+        # A chunk lives in memory and is tokenised once, so its fingerprint is only a unique name.
+        tokenized = batches.tokenize(data, tokenizer, reading, fingerprint=uuid.uuid4().hex)["predict"]
+        loader = batches.budget_loader(tokenized, collator, batch_tokens, batch_size)
         if backend == "onnx":
             return batches.per_text(None, loader, onnx_model)[0]
         with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):

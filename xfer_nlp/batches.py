@@ -84,25 +84,34 @@ def pieces(length: int, specials: tuple[int, int], reading: Reading) -> list[lis
     return [first + kept + last]
 
 
-def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int, num_proc: int | None = None) -> DatasetDict:
+def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int, num_proc: int | None = None,
+             fingerprint: str | None = None) -> DatasetDict:
     """input_ids/attention_mask/labels and doc (the text's row) per model input; logs how many texts were long.
 
     Unpadded. With windows a text becomes several rows sharing its doc; otherwise one row per text. `num_proc`:
-    datasets.map's worker processes (benchmarks/scale.py measures whether they pay).
+    datasets.map's worker processes (benchmarks/scale.py measures whether they pay). `fingerprint`: only for
+    splits held in memory (predict's chunks), whose map result is never cached on disk; it spares datasets from
+    hashing the tokenizer to name the result (about 0.07 s a call). Splits read from files must leave it None, so
+    that datasets' cache of tokenised files stays keyed by the tokenizer.
     """
     reading = Reading(reading) if isinstance(reading, int) else reading
     specials = _specials(tokenizer)
 
     def encode(batch, indices):
         if reading.truncation == "head" and not reading.chunk_stride:
-            # The tokenizer's own truncation: the same ids pipeline() reads; only texts that fill max_length can
-            # have been cut, so just those are re-tokenised to tell.
+            # The tokenizer's own truncation: the same ids pipeline() reads. A Rust tokenizer keeps what it cut
+            # off (`overflowing`), so one pass tells which texts were long; otherwise only texts that fill
+            # max_length can have been cut, and just those are tokenised again to tell.
             enc = tokenizer(batch["text"], truncation=True, max_length=reading.max_length)
-            full = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) == reading.max_length]
-            lengths = dict(zip(full, map(len, tokenizer([batch["text"][i] for i in full])["input_ids"]))) if full else {}
+            if enc.encodings is not None:
+                long = [bool(e.overflowing) for e in enc.encodings]
+            else:
+                full = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) == reading.max_length]
+                again = tokenizer([batch["text"][i] for i in full], verbose=False)["input_ids"] if full else []
+                cut = {i for i, ids in zip(full, again) if len(ids) > reading.max_length}
+                long = [i in cut for i in range(len(batch["text"]))]
             out = {k: list(v) for k, v in enc.items()}
-            out["labels"], out["doc"] = list(batch["label"]), list(indices)
-            out["long"] = [lengths.get(i, 0) > reading.max_length for i in range(len(batch["text"]))]
+            out["labels"], out["doc"], out["long"] = list(batch["label"]), list(indices), long
             return out
         enc = tokenizer(batch["text"], verbose=False)
         out = {k: [] for k in [*enc.keys(), "labels", "doc", "long"]}
@@ -116,8 +125,10 @@ def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int, num_proc: i
                 out["long"].append(len(ids) > reading.max_length)
         return out
 
-    out = splits.map(encode, batched=True, with_indices=True, remove_columns=["text", "label"], desc="Tokenising",
-                     num_proc=num_proc)
+    options = dict(batched=True, with_indices=True, remove_columns=["text", "label"], desc="Tokenising",
+                   num_proc=num_proc)
+    out = splits.map(encode, **options) if fingerprint is None else DatasetDict(
+        {name: ds.map(encode, new_fingerprint=f"{fingerprint}-{name}", **options) for name, ds in splits.items()})
     for name, ds in out.items():
         columns = ds.select_columns(["doc", "long"]).with_format("numpy")[:]
         n = len(np.unique(columns["doc"][columns["long"]]))
