@@ -10,7 +10,8 @@ a head-truncating run); pipeline() batches --batch_size texts, predict its defau
 BATCH_TOKENS padded tokens, sorted by length); each timing is the median of --repeats after one warm-up call.
 predict runs twice: fp32, whose labels must be identical to pipeline()'s, and bf16 autocast (`precision="bf16"`),
 whose agreeing labels are counted. Then the export is written as ONNX (`xfer-nlp export --format onnx`) and predict
-runs a third time on onnxruntime (`backend="onnx"`), its labels checked equal to torch fp32 predict's.
+runs a third time on onnxruntime (`backend="onnx"`), its labels checked equal to torch fp32 predict's. Last, one
+sentence at a time: predict() (which loads the model on every call), a Predictor and pipeline() (each built once).
 """
 
 import argparse
@@ -93,6 +94,14 @@ def main(argv=None) -> None:
         onnx.append(f"| {name} | {len(texts)} | {len(texts) / onnx_s:.1f} | {len(texts) / torch_s:.1f} | "
                     f"{torch_s / onnx_s:.2f}x | {len(texts) / theirs_s:.1f} | {theirs_s / onnx_s:.2f}x | "
                     f"{same} of {len(texts)} | {diff:.1e} |")
+    # One text at a time, as a notebook or a server asks: predict() loads the model on every call, a Predictor
+    # and a pipeline() are built once; the median of 20 calls after a warm-up each.
+    one = texts_of(root / "sst2" / "validation.jsonl")[0]
+    predictor = xfer_nlp.Predictor(model)
+    latency = {name: timed(fn, 20)[0] * 1000 for name, fn in (
+        ("xfer_nlp.predict(MODEL, text)", lambda: xfer_nlp.predict(model, one)),
+        ("xfer_nlp.Predictor(MODEL) built once, then called", lambda: predictor(one)),
+        ("pipeline() built once, then called", lambda: reference(one, truncation=True, max_length=max_length)))}
     publish("\n".join([
         f"Predict vs pipeline() on {machine()}; export {model} (max_seq_length {max_length}); pipeline's batch "
         f"{args.batch_size}, predict's batches of {BATCH_TOKENS} padded tokens (its default); median of "
@@ -104,7 +113,9 @@ def main(argv=None) -> None:
         "and batches:", "",
         "| texts | n | onnx texts/s | torch fp32 texts/s | onnx / torch | pipeline texts/s | onnx / pipeline | "
         "labels equal to torch's | max score diff |",
-        "|---|---|---|---|---|---|---|---|---|", *onnx]), args.out)
+        "|---|---|---|---|---|---|---|---|---|", *onnx, "",
+        "One sentence at a time (fp32), median of 20 calls:", "", "| call | ms a text |", "|---|---|",
+        *(f"| {name} | {ms:.1f} |" for name, ms in latency.items())]), args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Each new benchmark script run end to end at a tiny size, so none silently rots."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,9 @@ def test_predict_benchmark_smoke(tmp_path):
     assert "| sst2 validation | 40 | bf16 |" in table
     onnx = table.split("ONNX (onnxruntime")[1]
     assert onnx.count("| 40 of 40 |") == 2  # ONNX labels equal torch's on both sets
+    latency = dict(re.findall(r"^\| (.+?) \| ([0-9.]+) \|$", table.split("One sentence at a time")[1], re.M))
+    assert set(latency) == {"xfer_nlp.predict(MODEL, text)", "xfer_nlp.Predictor(MODEL) built once, then called",
+                            "pipeline() built once, then called"} and all(float(ms) > 0 for ms in latency.values())
 
 
 def test_setfit_peer_smoke(tmp_path):

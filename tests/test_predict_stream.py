@@ -83,3 +83,21 @@ def test_predict_batches_by_tokens_with_the_same_labels_and_rejects_a_bad_budget
     for bad in ({"batch_tokens": 0}, {"batch_size": 0}, {"batch_tokens": 2.5}):
         with pytest.raises(ConfigError, match="whole number of at least 1"):
             xfer_nlp.predict(out, texts, **bad)
+
+
+def test_a_predictor_loads_once_and_labels_as_predict_does(tiny_run, monkeypatch):
+    out = xfer_nlp.run(mode="probe", probe_c_grid="1", **tiny_run).output_dir
+    texts = [r["text"] for r in make_rows(30, 14)]
+    expected = xfer_nlp.predict(out, texts)
+    loads = []
+    real_load = xfer_nlp.api.load_model
+    monkeypatch.setattr(xfer_nlp.api, "load_model", lambda model: loads.append(model) or real_load(model))
+    predictor = xfer_nlp.Predictor(out)
+    one, many, streamed = predictor(texts[3]), predictor(texts), list(predictor.stream(iter(texts), chunk_texts=8))
+    assert loads == [str(out)]  # three calls, one load
+    for rows in (many, streamed):
+        assert [r["text"] for r in rows] == texts and [r["label"] for r in rows] == [r["label"] for r in expected]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(rows, expected)) < 1e-5
+    assert one[0]["label"] == expected[3]["label"] and one[0]["scores"] == pytest.approx(expected[3]["scores"], abs=1e-5)
+    with pytest.raises(ConfigError, match="Text 1 of 2 is None"):
+        predictor(["fine", None])

@@ -284,9 +284,13 @@ CHUNK_TEXTS = 16384
 BATCH_TOKENS = 4096
 
 
-def predict(model: str | Path, texts: str | list[str], batch_size: int | None = 64, precision: str = "fp32",
-            backend: str = "torch", batch_tokens: int = BATCH_TOKENS) -> list[dict]:
-    """Label texts with an exported model: [{"text", "label", "score", "scores": {label: p}}] in input order.
+class Predictor:
+    """An exported model loaded once, to label texts as often as needed: `Predictor(MODEL)(texts)`.
+
+    predict() and predict_stream() build one for each call, so each call pays for loading the model (about 60 ms
+    for the embedded encoder's export on 2 CPU cores); a notebook or a server that labels texts again and again
+    builds one Predictor and calls it (benchmarks/RESULTS.md, "Inference": one sentence in 70 ms through predict(),
+    a few ms through a Predictor).
 
     precision: fp32 (the default) computes exactly what the run reported and what pipeline() computes; bf16
     autocasts the matrix multiplies (faster where the CPU or GPU has native bf16, see benchmarks/RESULTS.md
@@ -296,23 +300,102 @@ def predict(model: str | Path, texts: str | list[str], batch_size: int | None = 
     Texts are batched by a token budget: each forward pass holds as many texts as fit in `batch_tokens` padded
     tokens, and at most `batch_size` (None: no cap), so sentences go 64 to a batch and 512-token reviews 8.
 
-    `texts` is one text or a list of them. A run's export is read as the run read its texts (results.json's
-    "reading": truncation or windows, max_seq_length); any other model as pipeline() reads it (the first tokens,
-    up to the model's limit). Texts are batched longest first and put back in input order. The model loads with
-    trust_remote_code off: an xfer_nlp export's pooled head is this package's own class, and no code from a model
-    folder or the Hub ever runs.
+    A run's export is read as the run read its texts (results.json's "reading": truncation or windows,
+    max_seq_length); any other model as pipeline() reads it (the first tokens, up to the model's limit). Texts are
+    batched longest first and put back in input order. The model loads with trust_remote_code off: an xfer_nlp
+    export's pooled head is this package's own class, and no code from a model folder or the Hub ever runs.
 
     backend "onnx" computes the logits with onnxruntime from MODEL/onnx/model.onnx (`xfer-nlp export MODEL --format
     onnx`), fp32 only; tokenising, reading, batching and the returned rows are the same as torch's.
-    For more texts than fit in memory, use predict_stream.
     """
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
-        raise ConfigError(f"Text {bad} of {len(texts)} is {texts[bad]!r}, not a string. Pass strings only (drop or "
-                          "fill the missing ones).")
-    return list(predict_stream(model, texts, batch_size, precision, backend, total=len(texts),
-                               batch_tokens=batch_tokens))
+
+    def __init__(self, model: str | Path, precision: str = "fp32", backend: str = "torch",
+                 batch_size: int | None = 64, batch_tokens: int = BATCH_TOKENS):
+        if precision not in PREDICT_PRECISIONS:
+            raise ConfigError(f"precision '{precision}' is not one of {', '.join(PREDICT_PRECISIONS)}.")
+        if backend not in PREDICT_BACKENDS:
+            raise ConfigError(f"backend '{backend}' is not one of {', '.join(PREDICT_BACKENDS)}.")
+        for name, value in (("batch_tokens", batch_tokens), ("batch_size", batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}.")
+        if backend == "onnx" and precision == "bf16":
+            raise ConfigError("The ONNX backend runs the exported fp32 graph: use precision fp32 (or auto) with it.")
+        self.backend, self.batch_size, self.batch_tokens = backend, batch_size, batch_tokens
+        # The ONNX graph carries the weights: from the model folder it needs only the config and the tokenizer.
+        if backend == "onnx":
+            from .onnx_export import OnnxClassifier, default_output
+
+            self.tokenizer, config, self.reading = load_setup(str(model))
+            self.onnx_model, self.device = OnnxClassifier.load(default_output(str(model))), "cpu"
+            precision = "fp32"
+        else:
+            self.tokenizer, self.classifier, self.reading = load_model(str(model))
+            config, self.device = self.classifier.config, self.classifier.device.type
+            if precision == "auto":
+                precision = "bf16" if bf16_is_native(self.device) else "fp32"
+        self.precision = precision
+        self.collator = batches.make_collator(self.tokenizer, None, self.device)
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+
+    def __call__(self, texts: str | list[str]) -> list[dict]:
+        """[{"text", "label", "score", "scores": {label: p}}] for one text or a list of them, in input order."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise ConfigError(f"Text {bad} of {len(texts)} is {texts[bad]!r}, not a string. Pass strings only (drop or "
+                              "fill the missing ones).")
+        return list(self.stream(texts, total=len(texts)))
+
+    def stream(self, texts, total: int | None = None, chunk_texts: int = CHUNK_TEXTS):
+        """The rows of any iterable of texts, in input order, as each chunk of `chunk_texts` is labelled: a file of
+        a million texts streams through in flat memory. `total`, when known, sizes the progress bar."""
+        import itertools
+
+        from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+        from tqdm.auto import tqdm
+
+        stream, position = iter(texts), 0
+        bars_on = is_progress_bar_enabled()
+        disable_progress_bar()  # datasets' per-chunk "Tokenising" bars; one bar below counts the texts
+        try:
+            few = total is not None and total <= 64  # no bar for a few texts
+            with tqdm(total=total, unit="texts", desc="Predicting", disable=few, leave=False) as bar:
+                while chunk := list(itertools.islice(stream, chunk_texts)):
+                    bad = next((i for i, t in enumerate(chunk) if not isinstance(t, str)), None)
+                    if bad is not None:
+                        raise ConfigError(f"Text {position + bad} is {chunk[bad]!r}, not a string. Pass strings "
+                                          "only (drop or fill the missing ones).")
+                    for text, p in zip(chunk, torch.softmax(self._logits(chunk), -1).tolist()):
+                        best = max(range(len(p)), key=p.__getitem__)
+                        yield {"text": text, "label": self.labels[best], "score": p[best],
+                               "scores": dict(zip(self.labels, p))}
+                    position += len(chunk)
+                    bar.update(len(chunk))
+        finally:
+            if bars_on:
+                enable_progress_bar()
+
+    def _logits(self, chunk: list[str]) -> torch.Tensor:
+        from datasets import Dataset, DatasetDict
+
+        data = DatasetDict(predict=Dataset.from_dict({"text": chunk, "label": [0] * len(chunk)}))
+        # A chunk lives in memory and is tokenised once, so its fingerprint is only a unique name.
+        tokenized = batches.tokenize(data, self.tokenizer, self.reading, fingerprint=uuid.uuid4().hex)["predict"]
+        loader = batches.budget_loader(tokenized, self.collator, self.batch_tokens, self.batch_size)
+        if self.backend == "onnx":
+            return batches.per_text(None, loader, self.onnx_model)[0]
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return loop.predict_logits(None, self.classifier, loader)[0]
+
+
+def predict(model: str | Path, texts: str | list[str], batch_size: int | None = 64, precision: str = "fp32",
+            backend: str = "torch", batch_tokens: int = BATCH_TOKENS) -> list[dict]:
+    """Label texts with an exported model: [{"text", "label", "score", "scores": {label: p}}] in input order.
+
+    One call loads the model and labels `texts` (one text or a list); the options are Predictor's. To label texts
+    again and again, build a Predictor once and call it. For more texts than fit in memory, use predict_stream.
+    """
+    return Predictor(model, precision, backend, batch_size, batch_tokens)(texts)
 
 
 def predict_stream(model: str | Path, texts, batch_size: int | None = 64, precision: str = "fp32",
@@ -320,67 +403,8 @@ def predict_stream(model: str | Path, texts, batch_size: int | None = 64, precis
                    batch_tokens: int = BATCH_TOKENS):
     """predict() over any iterable of texts, yielding rows in input order as each chunk of `chunk_texts` is
     labelled: a file of a million texts streams through in flat memory (`xfer-nlp predict --input F --output O`).
-    `total`, when known, sizes the progress bar."""
-    import itertools
-
-    from datasets import Dataset, DatasetDict
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
-    from tqdm.auto import tqdm
-
-    if precision not in PREDICT_PRECISIONS:
-        raise ConfigError(f"precision '{precision}' is not one of {', '.join(PREDICT_PRECISIONS)}.")
-    if backend not in PREDICT_BACKENDS:
-        raise ConfigError(f"backend '{backend}' is not one of {', '.join(PREDICT_BACKENDS)}.")
-    for name, value in (("batch_tokens", batch_tokens), ("batch_size", batch_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}.")
-    if backend == "onnx" and precision == "bf16":
-        raise ConfigError("The ONNX backend runs the exported fp32 graph: use precision fp32 (or auto) with it.")
-    # The ONNX graph carries the weights: from the model folder it needs only the config and the tokenizer.
-    if backend == "onnx":
-        tokenizer, config, reading = load_setup(str(model))
-    else:
-        tokenizer, classifier, reading = load_model(str(model))
-        config = classifier.config
-    device = "cpu" if backend == "onnx" else classifier.device.type
-    collator = batches.make_collator(tokenizer, None, device)
-    names = [config.id2label[i] for i in range(config.num_labels)]
-    if backend == "onnx":
-        from .onnx_export import OnnxClassifier, default_output
-
-        onnx_model = OnnxClassifier.load(default_output(str(model)))
-    elif precision == "auto":
-        precision = "bf16" if bf16_is_native(device) else "fp32"
-
-    def logits_of(chunk: list[str]) -> torch.Tensor:
-        data = DatasetDict(predict=Dataset.from_dict({"text": chunk, "label": [0] * len(chunk)}))
-        # A chunk lives in memory and is tokenised once, so its fingerprint is only a unique name.
-        tokenized = batches.tokenize(data, tokenizer, reading, fingerprint=uuid.uuid4().hex)["predict"]
-        loader = batches.budget_loader(tokenized, collator, batch_tokens, batch_size)
-        if backend == "onnx":
-            return batches.per_text(None, loader, onnx_model)[0]
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            return loop.predict_logits(None, classifier, loader)[0]
-
-    stream, position = iter(texts), 0
-    bars_on = is_progress_bar_enabled()
-    disable_progress_bar()  # datasets' per-chunk "Tokenising" bars; one bar below counts the texts
-    try:
-        few = total is not None and total <= 64  # no bar for a few texts
-        with tqdm(total=total, unit="texts", desc="Predicting", disable=few, leave=False) as bar:
-            while chunk := list(itertools.islice(stream, chunk_texts)):
-                bad = next((i for i, t in enumerate(chunk) if not isinstance(t, str)), None)
-                if bad is not None:
-                    raise ConfigError(f"Text {position + bad} is {chunk[bad]!r}, not a string. Pass strings only "
-                                      "(drop or fill the missing ones).")
-                for text, p in zip(chunk, torch.softmax(logits_of(chunk), -1).tolist()):
-                    best = max(range(len(p)), key=p.__getitem__)
-                    yield {"text": text, "label": names[best], "score": p[best], "scores": dict(zip(names, p))}
-                position += len(chunk)
-                bar.update(len(chunk))
-    finally:
-        if bars_on:
-            enable_progress_bar()
+    `total`, when known, sizes the progress bar. The model loads (and bad options are refused) when it is called."""
+    return Predictor(model, precision, backend, batch_size, batch_tokens).stream(texts, total, chunk_texts)
 
 
 def load_model(model: str):
