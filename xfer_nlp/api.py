@@ -289,8 +289,8 @@ class Predictor:
 
     predict() and predict_stream() build one for each call, so each call pays for loading the model (about 60 ms
     for the embedded encoder's export on 2 CPU cores); a notebook or a server that labels texts again and again
-    builds one Predictor and calls it (benchmarks/RESULTS.md, "Inference": one sentence in 70 ms through predict(),
-    a few ms through a Predictor).
+    builds one Predictor and calls it (benchmarks/RESULTS.md, "Inference": one sentence in 72 ms through predict(),
+    12 ms through a Predictor, 5 ms through a pipeline()).
 
     precision: fp32 (the default) computes exactly what the run reported and what pipeline() computes; bf16
     autocasts the matrix multiplies (faster where the CPU or GPU has native bf16, see benchmarks/RESULTS.md
