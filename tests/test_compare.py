@@ -208,6 +208,30 @@ def test_killed_grid_resumes_the_interrupted_cell(tiny_model_dir, bigger_data, t
     assert "1 cells run, 1 already done" in resumed.stdout
 
 
+def test_sigterm_stops_the_whole_grid_and_the_rerun_resumes_its_cell(tiny_model_dir, bigger_data, tmp_path):
+    """SIGTERM (or Ctrl-C) mid-cell stops the grid with one message, not just that cell: the next cell never starts."""
+    out = tmp_path / "grid"
+    cmd = [str(XFER), "compare", "--modes", "finetune", "--train_sizes", "all", "--seeds", "0,1",
+           "--output_dir", str(out), "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(bigger_data),
+           "--max_seq_length", "32", "--num_train_epochs", "12", "--save_steps", "10", "--min_train_steps", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = out / "runs" / "finetune-nall-s0"
+    deadline = time.time() + 300
+    while not any((first / "checkpoints").glob("checkpoint-*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the grid ended before any checkpoint was seen; nothing was interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert "error: The grid was interrupted in cell finetune-nall-s0, at step" in stderr
+    assert "resumes from its last checkpoint" in stderr
+    assert not (out / "runs" / "finetune-nall-s1").exists()  # the grid stopped; before, it went on to this cell
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(resuming)" in resumed.stderr and "2 cells run, 0 already done" in resumed.stdout
+
+
 @pytest.fixture
 def bigger_data(tmp_path):
     from conftest import make_rows, write_jsonl

@@ -5,12 +5,15 @@ torchrun-style launcher (`--multi_gpu`), for which xfer_nlp selects gloo on a ma
 """
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, launch_env
+from conftest import free_port, launch_env, make_rows, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -59,3 +62,28 @@ def test_cpu_flag_with_several_processes_warns(tiny_model_dir, tiny_data_dir, tm
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "accelerate issue #2741" in result.stderr and "--multi_gpu" in result.stderr
+
+
+def test_sigterm_to_a_two_process_launch_is_one_line_with_the_resume_command(tiny_model_dir, tmp_path):
+    """A scheduler stops a job by sending SIGTERM to all its processes, and the launcher passes it on to the
+    workers; they used to die without a word. Now rank 0 says where the run stopped, once."""
+    data = tmp_path / "big"
+    write_jsonl(data / "train.jsonl", make_rows(3000, 5))
+    write_jsonl(data / "validation.jsonl", make_rows(64, 6))
+    out = tmp_path / "o"
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
+           "recipes/sentiment.py", "--mode", "finetune", "--model_name_or_path", str(tiny_model_dir),
+           "--dataset_name", str(data), "--output_dir", str(out), "--max_seq_length", "32",
+           "--per_device_train_batch_size", "8", "--num_train_epochs", "3", "--save_steps", "20"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=launch_env(), start_new_session=True)
+    deadline = time.time() + 300
+    while not any((out / "checkpoints").glob("checkpoint-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before any checkpoint was seen; nothing was stopped"
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole job: launcher and workers
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.count("error: Interrupted at step") == 1 and "the last checkpoint is checkpoint-" in stderr
+    assert "--resume_from_checkpoint latest" in stderr

@@ -1,8 +1,10 @@
 """predict_stream and `xfer-nlp predict --input --output`: any number of texts, chunk by chunk, in input order."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -101,3 +103,22 @@ def test_a_predictor_loads_once_and_labels_as_predict_does(tiny_run, monkeypatch
     assert one[0]["label"] == expected[3]["label"] and one[0]["scores"] == pytest.approx(expected[3]["scores"], abs=1e-5)
     with pytest.raises(ConfigError, match="Text 1 of 2 is None"):
         predictor(["fine", None])
+
+
+def test_a_stopped_predict_leaves_no_partial_file_and_says_so(tiny_run, tmp_path):
+    out = xfer_nlp.run(mode="probe", probe_c_grid="1", **tiny_run).output_dir
+    write_jsonl(tmp_path / "in.jsonl", make_rows(200, 15) * 500)  # 100,000 texts: seconds of labelling
+    (tmp_path / "p.jsonl").write_text("an earlier output\n")
+    proc = subprocess.Popen([sys.executable, "-m", "xfer_nlp.cli", "predict", "--model", str(out), "--input",
+                             str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "p.jsonl")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=launch_env())
+    deadline = time.time() + 300
+    while not list(tmp_path.glob(".p.jsonl.tmp*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "predict ended before its output was being written; nothing was stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert f"error: Interrupted; nothing was written to {tmp_path / 'p.jsonl'}" in stderr
+    assert not list(tmp_path.glob(".p.jsonl.tmp*"))  # before, a SIGTERM left the temporary file behind
+    assert (tmp_path / "p.jsonl").read_text() == "an earlier output\n"  # never half-replaced

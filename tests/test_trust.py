@@ -293,7 +293,8 @@ def test_report_counts_a_truncated_results_json_as_failed(tiny_run, tmp_path):
     assert "probe-n40-s0,failed" in rows and "probe-nall-s0,done" in rows
 
 
-def test_ctrl_c_is_one_line_with_the_resume_command(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_is_one_line_with_the_resume_command(stop, tiny_model_dir, tmp_path):
     data = tmp_path / "big"
     write_jsonl(data / "train.jsonl", make_rows(3000, 5))
     write_jsonl(data / "validation.jsonl", make_rows(64, 6))
@@ -312,7 +313,7 @@ def test_ctrl_c_is_one_line_with_the_resume_command(tiny_model_dir, tmp_path):
     while not any((out / "checkpoints").glob("checkpoint-*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before any checkpoint was seen; nothing was interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)  # SIGTERM: a scheduler's preemption, `timeout`, `kill`; Python would die without a word
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,11 +34,30 @@ def _error(e: Exception) -> int:
     return 2
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's preemption, `timeout`, `kill`, the launcher stopping its workers) stops a command as
+    Ctrl-C does: a run says where it stopped and how to resume, a grid stops, and a half-written output file is
+    removed. Python's default is to die at once, with no message and the temporary file left behind. A process
+    forked from this one (a datasets worker) keeps the default, so that its pool can stop it."""
+    owner = os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def run_command(argv: list[str], default_config_dir: str | Path | None = None) -> int:
     """`xfer-nlp run` and the recipes: parse, run, print the results table."""
     from .api import run
     from .config import parse_args
 
+    stop_on_sigterm()
     try:
         result = run(parse_args(argv, default_config_dir))
     except Interrupted as e:
@@ -62,6 +84,12 @@ def compare_command(argv: list[str]) -> int:
         cfg, grid = parse_args(argv, extra_types=(CompareArgs,))
         result = compare(cfg, modes=grid.modes, train_sizes=grid.train_sizes, seeds=grid.seeds,
                          output_dir=cfg.output_dir, keep=grid.keep)
+    except Interrupted as e:
+        _error(e)
+        return 130
+    except KeyboardInterrupt:  # between cells or while reporting: every finished cell is on disk
+        _error(Interrupted("Interrupted; finished cells are kept. Run the same compare command again to finish."))
+        return 130
     except XferError as e:
         return _error(e)
     if logs.is_main_process():
@@ -133,6 +161,10 @@ def predict_command(argv: list[str]) -> int:
         else:
             for row in rows:
                 print(f"{row['label']}\t{row['score']:.4f}\t{row['text']}")
+    except KeyboardInterrupt:
+        written = f"; nothing was written to {args.output} (it appears only when complete)" if args.output else ""
+        _error(Interrupted(f"Interrupted{written}. Run the command again."))
+        return 130
     except XferError as e:
         return _error(e)
     return 0
@@ -217,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in commands:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    stop_on_sigterm()
     return commands[argv[0]](argv[1:])
 
 

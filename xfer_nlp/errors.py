@@ -14,7 +14,12 @@ class DataError(XferError):
 
 
 class Interrupted(XferError):
-    """The user stopped the run (Ctrl-C); the message says where and how to resume."""
+    """The user (Ctrl-C) or the system (SIGTERM) stopped the run; the message says where and how to resume. `where`:
+    the step and the last checkpoint alone, for a caller (compare) that words the resume its own way."""
+
+    def __init__(self, message: str, where: str = ""):
+        super().__init__(message)
+        self.where = where
 
 
 class CheckpointError(XferError):

@@ -494,14 +494,16 @@ def cpu_speed_levers(accelerator, model):
 
 @contextmanager
 def _interruptible(progress: Progress, checkpoints: Checkpoints):
-    """Ctrl-C becomes one line that says where the run stopped and how to continue it."""
+    """Ctrl-C (or SIGTERM, which the CLI turns into one) becomes one line that says where the run stopped and how
+    to continue it."""
     try:
         yield
     except KeyboardInterrupt:
         last = checkpoints.complete()
-        where = f"the last checkpoint is {last[-1].name}" if last else "no checkpoint was written yet"
-        raise Interrupted(f"Interrupted at step {progress.step} (epoch {progress.epoch + 1}); {where}. Resume with "
-                          "the same command and --resume_from_checkpoint latest.") from None
+        where = (f"at step {progress.step} (epoch {progress.epoch + 1}); "
+                 + (f"the last checkpoint is {last[-1].name}" if last else "no checkpoint was written yet"))
+        raise Interrupted(f"Interrupted {where}. Resume with the same command and --resume_from_checkpoint latest.",
+                          where) from None
 
 
 def _restore(load_state_dict, state, what: str) -> None:
