@@ -69,3 +69,15 @@ def test_predict_command(tiny_model_dir, tiny_data_dir, tmp_path):
     assert abs(sum(rows[0]["scores"].values()) - 1) < 1e-4
     missing = sh("-m", "xfer_nlp.cli", "predict", "--model", out, "--input", tmp_path / "nope.txt")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_a_command_stopped_by_ctrl_c_prints_one_line_not_a_traceback(monkeypatch, capsys):
+    from xfer_nlp import cli
+
+    def stopped(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "report_command", stopped)
+    monkeypatch.setattr(cli, "stop_on_sigterm", lambda: None)  # this test process keeps its own SIGTERM handling
+    assert cli.main(["report", "somewhere"]) == 130
+    assert capsys.readouterr().err.strip() == "error: xfer-nlp report was interrupted. Run the command again."

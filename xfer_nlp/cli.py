@@ -250,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     stop_on_sigterm()
-    return commands[argv[0]](argv[1:])
+    try:
+        return commands[argv[0]](argv[1:])
+    except KeyboardInterrupt:  # the commands without their own word on it (report, evaluate, export, push)
+        _error(Interrupted(f"xfer-nlp {argv[0]} was interrupted. Run the command again."))
+        return 130
 
 
 if __name__ == "__main__":

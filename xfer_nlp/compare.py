@@ -270,15 +270,13 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
             ran += 1
             if main:
                 _trim_cell(Path(cfg.output_dir), keep)
-        except Interrupted as e:  # Ctrl-C stops the grid, not only this cell
-            raise Interrupted(f"The grid was interrupted in cell {cell.name}, {e.where}. Run the same compare command "
-                              "again: finished cells are kept and this one resumes from its last checkpoint.",
-                              e.where) from None
-        except KeyboardInterrupt:  # outside the training loop: loading, encoding, evaluating
+        except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C stops the grid, not only this cell
+            where = getattr(e, "where", "")  # the step and checkpoint, when training was under way
             then = ("resumes from its last checkpoint" if runfolder.state(Path(cfg.output_dir)) == "interrupted"
                     else "starts over")
-            raise Interrupted(f"The grid was interrupted in cell {cell.name}. Run the same compare command again: "
-                              f"finished cells are kept and this one {then}.") from None
+            raise Interrupted(f"The grid was interrupted in cell {cell.name}{', ' + where if where else ''}. Run the "
+                              f"same compare command again: finished cells are kept and this one {then}.",
+                              where) from None
         except (XferError, RuntimeError, ValueError, OSError) as e:
             failed[cell.name] = f"{type(e).__name__}: {e}"
             logger.error("Cell %s failed; the grid goes on. %s", cell.name, failed[cell.name])
