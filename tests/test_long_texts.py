@@ -165,3 +165,22 @@ def test_bad_reading_settings_are_one_message(overrides, words, tiny_run):
     with pytest.raises(ConfigError, match=None) as e:
         xfer_nlp.run(mode="probe", **{**tiny_run, **overrides})
     assert words in str(e.value)
+
+
+@pytest.mark.parametrize("reading", [Reading(16), Reading(16, "tail"), Reading(16, "head+tail", 4),
+                                     Reading(16, chunk_stride=7)], ids=["head", "tail", "head+tail", "windows"])
+def test_rows_in_lists_are_the_rows_of_the_arrow_table(reading, tiny_model_dir, caplog):
+    """predict's small calls skip datasets (tokenize_rows); the rows and the long-text warning must be the same."""
+    from xfer_nlp.batches import tokenize_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = [" ".join(FILLER[i % len(FILLER)] for i in range(n)) for n in (3, 14, 15, 40)]
+    with caplog.at_level("WARNING", logger="xfer_nlp.batches"):
+        table = tokenize(DatasetDict(predict=Dataset.from_dict({"text": texts, "label": [0] * 4})), tok,
+                         reading)["predict"]
+        warned = caplog.text
+        caplog.clear()
+        rows = tokenize_rows(texts, tok, reading)
+    assert rows == table.to_list()
+    assert len(rows) == (len(texts) + 5 if reading.chunk_stride else len(texts))  # windows: 2 and 5 for the long two
+    assert caplog.text == warned and "2 of 4 predict texts are longer" in warned

@@ -122,3 +122,13 @@ def test_a_stopped_predict_leaves_no_partial_file_and_says_so(tiny_run, tmp_path
     assert f"error: Interrupted; nothing was written to {tmp_path / 'p.jsonl'}" in stderr
     assert not list(tmp_path.glob(".p.jsonl.tmp*"))  # before, a SIGTERM left the temporary file behind
     assert (tmp_path / "p.jsonl").read_text() == "an earlier output\n"  # never half-replaced
+
+
+def test_predict_without_and_with_an_arrow_table_gives_the_same_rows(tiny_run, monkeypatch):
+    """Up to ROWS_IN_LISTS texts a chunk's ids stay in Python lists; above, in an Arrow table: the same rows."""
+    out = xfer_nlp.run(mode="probe", probe_c_grid="1", **tiny_run).output_dir
+    texts = [r["text"] for r in make_rows(40, 16)]
+    in_lists = xfer_nlp.predict(out, texts)
+    monkeypatch.setattr(xfer_nlp.api, "ROWS_IN_LISTS", 0)
+    in_table = xfer_nlp.predict(out, texts)
+    assert in_lists == in_table

@@ -282,6 +282,10 @@ CHUNK_TEXTS = 16384
 # sentences, where the 64 binds, and on 512-token reviews half the peak memory in bf16 and a third less in fp32;
 # wider batches of sentences (8,192 tokens and up) ran slower and peaked higher.
 BATCH_TOKENS = 4096
+# Up to this many texts, predict keeps a chunk's token ids in Python lists rather than an Arrow table: for one
+# sentence the table cost more than the model (11 ms a call against 5). datasets.map holds as many texts' ids in
+# lists at once (its batch of 1,000), so the peak is no higher; larger chunks keep the compact table.
+ROWS_IN_LISTS = 1000
 
 
 class Predictor:
@@ -289,8 +293,8 @@ class Predictor:
 
     predict() and predict_stream() build one for each call, so each call pays for loading the model (about 60 ms
     for the embedded encoder's export on 2 CPU cores); a notebook or a server that labels texts again and again
-    builds one Predictor and calls it (benchmarks/RESULTS.md, "Inference": one sentence in 72 ms through predict(),
-    12 ms through a Predictor, 5 ms through a pipeline()).
+    builds one Predictor and calls it (benchmarks/RESULTS.md, "Inference": one sentence in 73 ms through predict(),
+    6 ms through a Predictor, 5 ms through a pipeline()).
 
     precision: fp32 (the default) computes exactly what the run reported and what pipeline() computes; bf16
     autocasts the matrix multiplies (faster where the CPU or GPU has native bf16, see benchmarks/RESULTS.md
@@ -378,9 +382,12 @@ class Predictor:
     def _logits(self, chunk: list[str]) -> torch.Tensor:
         from datasets import Dataset, DatasetDict
 
-        data = DatasetDict(predict=Dataset.from_dict({"text": chunk, "label": [0] * len(chunk)}))
-        # A chunk lives in memory and is tokenised once, so its fingerprint is only a unique name.
-        tokenized = batches.tokenize(data, self.tokenizer, self.reading, fingerprint=uuid.uuid4().hex)["predict"]
+        if len(chunk) <= ROWS_IN_LISTS:
+            tokenized = batches.tokenize_rows(chunk, self.tokenizer, self.reading)
+        else:
+            data = DatasetDict(predict=Dataset.from_dict({"text": chunk, "label": [0] * len(chunk)}))
+            # A chunk lives in memory and is tokenised once, so its fingerprint is only a unique name.
+            tokenized = batches.tokenize(data, self.tokenizer, self.reading, fingerprint=uuid.uuid4().hex)["predict"]
         loader = batches.budget_loader(tokenized, self.collator, self.batch_tokens, self.batch_size)
         if self.backend == "onnx":
             return batches.per_text(None, loader, self.onnx_model)[0]
