@@ -153,8 +153,10 @@ def predict_command(argv: list[str]) -> int:
             except OSError as e:
                 raise XferError(f"--output '{args.output}': its folder cannot be created ({e.strerror}).") from None
         # Streamed: texts are read, labelled and written a chunk at a time, so memory stays flat for any input size.
+        # Texts given as arguments are counted, so a few of them get no progress bar; a file's are not known ahead.
         rows = predict_stream(args.model, itertools.chain([first], texts), args.batch_size, args.precision,
-                              args.backend, batch_tokens=args.batch_tokens)
+                              args.backend, total=None if args.input else len(args.texts),
+                              batch_tokens=args.batch_tokens)
         if args.output:
             n = write_jsonl(args.output, rows)
             print(f"wrote {n} predictions to {args.output}", file=sys.stderr)

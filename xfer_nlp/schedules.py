@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import get_scheduler
 
 from .families import Layout
 
@@ -77,6 +76,10 @@ def slanted_triangular(optimizer, total_steps: int, cut_frac: float, ratio: floa
 
 def make_scheduler(name: str, optimizer, total_steps: int, warmup_ratio: float, stlr_ratio: float):
     """transformers' get_scheduler for the schedules it has; our own for stlr (it has none)."""
+    # Imported here, not at the top: transformers.optimization imports peft, 1.5 s that predict, report and
+    # evaluate (which import this module through modes) never need.
+    from transformers import get_scheduler
+
     if name == "stlr":
         return slanted_triangular(optimizer, total_steps, warmup_ratio, stlr_ratio)
     return get_scheduler(name, optimizer, num_training_steps=total_steps,
