@@ -138,10 +138,11 @@ def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int, num_proc: i
     def encode(batch, indices):
         return _encode(batch["text"], batch["label"], indices, tokenizer, reading, specials)
 
-    options = dict(batched=True, with_indices=True, remove_columns=["text", "label"], desc="Tokenising",
-                   num_proc=num_proc)
-    out = splits.map(encode, **options) if fingerprint is None else DatasetDict(
-        {name: ds.map(encode, new_fingerprint=f"{fingerprint}-{name}", **options) for name, ds in splits.items()})
+    # Split by split, as DatasetDict.map does, so that a split can be given its fingerprint.
+    out = DatasetDict({name: ds.map(encode, batched=True, with_indices=True, remove_columns=["text", "label"],
+                                    desc="Tokenising", num_proc=num_proc,
+                                    new_fingerprint=f"{fingerprint}-{name}" if fingerprint else None)
+                       for name, ds in splits.items()})
     for name, ds in out.items():
         columns = ds.select_columns(["doc", "long"]).with_format("numpy")[:]
         _warn_long(columns["doc"], columns["long"], len(splits[name]), name, reading)
