@@ -1,5 +1,6 @@
 """Which malloc serves the process: a preloaded tcmalloc is seen and --keep_freed_memory then does nothing; a
-512-token CPU fine-tune under glibc's malloc is told how to run under tcmalloc, other runs are not."""
+512-token CPU fine-tune and a file labelled on a CPU under glibc's malloc are told how to run under tcmalloc,
+other runs are not."""
 
 import ctypes.util
 import os
@@ -13,7 +14,8 @@ from xfer_nlp import allocator
 
 TCMALLOC = ctypes.util.find_library("tcmalloc_minimal")
 REPORT = ("from xfer_nlp import allocator; print(allocator.malloc(), allocator.preloaded(), "
-          "allocator.keep_freed_memory(), allocator.tcmalloc_hint('finetune', 512, 'cpu') is None)")
+          "allocator.keep_freed_memory(), allocator.tcmalloc_hint('finetune', 512, 'cpu') is None, "
+          "allocator.predict_hint('cpu') is None)")
 
 
 def in_child(**env) -> list[str]:
@@ -23,7 +25,7 @@ def in_child(**env) -> list[str]:
 
 
 def test_under_glibc_the_flag_takes_and_a_512_token_cpu_finetune_gets_the_hint(monkeypatch):
-    assert in_child(LD_PRELOAD="") == ["glibc", "None", "True", "False"]  # this suite runs on glibc Linux
+    assert in_child(LD_PRELOAD="") == ["glibc", "None", "True", "False", "False"]  # this suite runs on glibc Linux
     monkeypatch.setattr(allocator, "preloaded", lambda: None)  # as in that child, whatever runs this suite
     hint = allocator.tcmalloc_hint("finetune", 512, "cpu")
     assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in hint and "apt-get install libtcmalloc-minimal4" in hint
@@ -31,11 +33,14 @@ def test_under_glibc_the_flag_takes_and_a_512_token_cpu_finetune_gets_the_hint(m
     assert allocator.tcmalloc_hint("probe", 512, "cpu") is None
     assert allocator.tcmalloc_hint("lora", 256, "cpu") is None
     assert allocator.tcmalloc_hint("finetune", 512, "cuda") is None
+    # and labelling a file on a CPU (`xfer-nlp predict --input`), not on a GPU
+    assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in allocator.predict_hint("cpu")
+    assert allocator.predict_hint("cuda") is None
 
 
 @pytest.mark.skipif(TCMALLOC is None, reason="tcmalloc is not installed (apt-get install libtcmalloc-minimal4)")
 def test_a_preloaded_tcmalloc_is_seen_and_neither_flag_nor_hint_applies():
-    assert in_child(LD_PRELOAD=TCMALLOC) == ["tcmalloc", "tcmalloc", "False", "True"]
+    assert in_child(LD_PRELOAD=TCMALLOC) == ["tcmalloc", "tcmalloc", "False", "True", "True"]
 
 
 def test_a_run_records_who_served_malloc(tiny_run):

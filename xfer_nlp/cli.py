@@ -120,6 +120,9 @@ def report_command(argv: list[str]) -> int:
 def predict_command(argv: list[str]) -> int:
     import itertools
 
+    import torch
+
+    from . import allocator
     from .api import BATCH_TOKENS, PREDICT_BACKENDS, PREDICT_PRECISIONS, predict_stream
     from .data import iter_texts, write_jsonl
 
@@ -152,6 +155,8 @@ def predict_command(argv: list[str]) -> int:
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise XferError(f"--output '{args.output}': its folder cannot be created ({e.strerror}).") from None
+        if args.input and (hint := allocator.predict_hint("cuda" if torch.cuda.is_available() else "cpu")):
+            print(f"note: {hint}", file=sys.stderr)
         # Streamed: texts are read, labelled and written a chunk at a time, so memory stays flat for any input size.
         # Texts given as arguments are counted, so a few of them get no progress bar; a file's are not known ahead.
         rows = predict_stream(args.model, itertools.chain([first], texts), args.batch_size, args.precision,
