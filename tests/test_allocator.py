@@ -1,5 +1,5 @@
 """Which malloc serves the process: a preloaded tcmalloc is seen and --keep_freed_memory then does nothing; a
-512-token CPU fine-tune and a file labelled on a CPU under glibc's malloc are told how to run under tcmalloc,
+run that trains on a CPU and a file labelled on a CPU under glibc's malloc are told how to run under tcmalloc,
 other runs are not."""
 
 import ctypes.util
@@ -24,14 +24,17 @@ def in_child(**env) -> list[str]:
                           env={**os.environ, **env}).stdout.split()
 
 
-def test_under_glibc_the_flag_takes_and_a_512_token_cpu_finetune_gets_the_hint(monkeypatch):
+def test_under_glibc_the_flag_takes_and_a_cpu_training_run_gets_the_hint(monkeypatch):
     assert in_child(LD_PRELOAD="") == ["glibc", "None", "True", "False", "False"]  # this suite runs on glibc Linux
     monkeypatch.setattr(allocator, "preloaded", lambda: None)  # as in that child, whatever runs this suite
     hint = allocator.tcmalloc_hint("finetune", 512, "cpu")
     assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in hint and "apt-get install libtcmalloc-minimal4" in hint
-    # only where it was measured: not the probe, not shorter texts, not a GPU
+    assert "1.8x" in hint
+    # every trained mode, with the figure measured at its length
+    assert "1.1-1.26x" in allocator.tcmalloc_hint("lora", 128, "cpu")
+    assert "LD_PRELOAD" in allocator.tcmalloc_hint("contrastive", 64, "cpu")
+    # not the probe (a few percent), not a GPU
     assert allocator.tcmalloc_hint("probe", 512, "cpu") is None
-    assert allocator.tcmalloc_hint("lora", 256, "cpu") is None
     assert allocator.tcmalloc_hint("finetune", 512, "cuda") is None
     # and labelling a file on a CPU (`xfer-nlp predict --input`), not on a GPU
     assert "LD_PRELOAD=libtcmalloc_minimal.so.4" in allocator.predict_hint("cpu")
@@ -43,6 +46,8 @@ def test_a_preloaded_tcmalloc_is_seen_and_neither_flag_nor_hint_applies():
     assert in_child(LD_PRELOAD=TCMALLOC) == ["tcmalloc", "tcmalloc", "False", "True", "True"]
 
 
-def test_a_run_records_who_served_malloc(tiny_run):
-    run = xfer_nlp.run(mode="probe", **tiny_run)
-    assert run.results["malloc"] == (allocator.preloaded() or "glibc")  # 512-token steps' seconds depend on it
+def test_a_run_records_who_served_malloc_and_a_cpu_training_run_logs_the_hint(tiny_run):
+    run = xfer_nlp.run(mode="finetune", max_steps=2, **tiny_run)
+    assert run.results["malloc"] == (allocator.preloaded() or "glibc")  # a CPU run's seconds depend on it
+    hinted = run.results["malloc"] == "glibc"
+    assert ("LD_PRELOAD=libtcmalloc_minimal.so.4" in (run.output_dir / "train.log").read_text()) == hinted
