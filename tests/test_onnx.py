@@ -68,6 +68,10 @@ def test_the_cli_exports_and_predicts_with_onnx_and_names_each_mistake(tiny_run,
     assert labelled.returncode == 0, labelled.stderr
     expected = [r["label"] for r in xfer_nlp.predict(out, ["good film", "awful plot"])]
     assert [line.split("\t")[0] for line in labelled.stdout.strip().splitlines()] == expected
+    (tmp_path / "texts.txt").write_text("good film\nawful plot\n")
+    from_file = call("predict", "--model", str(out), "--backend", "onnx", "--input", str(tmp_path / "texts.txt"))
+    assert [line.split("\t")[0] for line in from_file.stdout.strip().splitlines()] == expected
+    assert "LD_PRELOAD" not in from_file.stderr  # the tcmalloc note is torch's: onnxruntime keeps its own arena
     bf16 = call("predict", "--model", str(out), "--backend", "onnx", "--precision", "bf16", "good film")
     assert bf16.returncode == 2 and "fp32" in bf16.stderr
     (out / "onnx" / "model.onnx").write_bytes(b"not a protobuf")

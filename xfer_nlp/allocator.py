@@ -11,9 +11,9 @@ rest of the process (mallopt cannot restore glibc's dynamic thresholds). Nothing
 tcmalloc, preloaded (LD_PRELOAD) before the process starts, did better on both counts: 512-token steps 1.8x faster
 than glibc's defaults with less peak RSS, flat over a whole fine-tune ("Memory allocators" in RESULTS.md), and
 sentence-length training 1.1-1.26x faster with 16-29% less peak RSS, so a run that trains on a CPU without it
-logs how to use it. `xfer-nlp predict --input` says so too: labelling a file ran
-1.06-1.2x faster under it, with up to 17% less peak memory ("Scale of data" in RESULTS.md). Under a preloaded
-allocator mallopt is not glibc's, so the flag does nothing there.
+logs how to use it. `xfer-nlp predict --input` says so too: labelling a file through torch ran 1.06-1.2x faster
+under it, with up to 17% less peak memory ("Scale of data" in RESULTS.md; onnxruntime, with its own arena, gained
+3-5%). Under a preloaded allocator mallopt is not glibc's, so the flag does nothing there.
 """
 from __future__ import annotations
 
