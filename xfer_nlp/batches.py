@@ -84,8 +84,7 @@ def pieces(length: int, specials: tuple[int, int], reading: Reading) -> list[lis
     return [first + kept + last]
 
 
-def _encode(texts: list[str], labels: list, docs: list[int], tokenizer, reading: Reading,
-            specials: tuple[int, int]) -> dict[str, list]:
+def _encode(texts: list[str], labels: list, docs: list[int], tokenizer, reading: Reading) -> dict[str, list]:
     """The columns of tokenised rows for a batch of texts: the tokenizer's own plus labels, doc and long."""
     if reading.truncation == "head" and not reading.chunk_stride:
         # The tokenizer's own truncation: the same ids pipeline() reads. A Rust tokenizer keeps what it cut off
@@ -103,6 +102,7 @@ def _encode(texts: list[str], labels: list, docs: list[int], tokenizer, reading:
         out["labels"], out["doc"], out["long"] = list(labels), list(docs), long
         return out
     enc = tokenizer(texts, verbose=False)
+    specials = _specials(tokenizer)  # only the cut readings need them (two tiny encodings: not on head's path)
     out = {k: [] for k in [*enc.keys(), "labels", "doc", "long"]}
     for i, ids in enumerate(enc["input_ids"]):
         windows = pieces(len(ids), specials, reading)
@@ -133,10 +133,9 @@ def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int, num_proc: i
     that datasets' cache of tokenised files stays keyed by the tokenizer.
     """
     reading = Reading(reading) if isinstance(reading, int) else reading
-    specials = _specials(tokenizer)
 
     def encode(batch, indices):
-        return _encode(batch["text"], batch["label"], indices, tokenizer, reading, specials)
+        return _encode(batch["text"], batch["label"], indices, tokenizer, reading)
 
     # Split by split, as DatasetDict.map does, so that a split can be given its fingerprint.
     out = DatasetDict({name: ds.map(encode, batched=True, with_indices=True, remove_columns=["text", "label"],
@@ -152,7 +151,7 @@ def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int, num_proc: i
 def tokenize_rows(texts: list[str], tokenizer, reading: Reading, name: str = "predict") -> list[dict]:
     """tokenize() for a few texts without datasets: the same rows, as a list of dicts. For predict's small calls,
     where building and mapping an Arrow table took longer than the model (6 of 11 ms for one sentence)."""
-    out = _encode(texts, [0] * len(texts), list(range(len(texts))), tokenizer, reading, _specials(tokenizer))
+    out = _encode(texts, [0] * len(texts), list(range(len(texts))), tokenizer, reading)
     _warn_long(out["doc"], out.pop("long"), len(texts), name, reading)
     return [dict(zip(out, row)) for row in zip(*out.values())]
 
