@@ -51,25 +51,26 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER))
 
 
-HOW_TO = ("To use it, install it (Debian/Ubuntu: apt-get install libtcmalloc-minimal4) and start the command with "
-          "LD_PRELOAD=libtcmalloc_minimal.so.4 in its environment.")
-
-
 def tcmalloc_hint(mode: str, max_seq_length: int, device_type: str) -> str | None:
     """How to run under tcmalloc, for the runs it was measured to speed up (every trained mode on a Linux CPU; not
     the probe, 3-7% faster) when they run under glibc's malloc; None otherwise."""
-    if mode == "probe" or device_type != "cpu" or malloc() != "glibc":
+    if mode == "probe":
         return None
     gain = ("512-token fine-tuning steps on a CPU ran 1.8x faster, in less memory," if max_seq_length >= 512 else
             "Training on a CPU ran 1.1-1.26x faster (sst2 sentences, finetune and lora), with 16-29% less peak "
             "memory, and 512-token steps 1.8x faster,")
-    return (f"{gain} under tcmalloc than under glibc's malloc (benchmarks/RESULTS.md, \"Memory allocators\"). "
-            + HOW_TO)
+    return _hint(gain, "Memory allocators", device_type)
 
 
 def predict_hint(device_type: str) -> str | None:
     """How to run under tcmalloc, for labelling a file on a Linux CPU under glibc's malloc; None otherwise."""
+    return _hint("labelling texts on a CPU ran 1.06-1.2x faster, with up to 17% less peak memory,", "Scale of data",
+                 device_type)
+
+
+def _hint(gain: str, section: str, device_type: str) -> str | None:
     if device_type != "cpu" or malloc() != "glibc":
         return None
-    return ("labelling texts on a CPU ran 1.06-1.2x faster, with up to 17% less peak memory, under tcmalloc than "
-            "under glibc's malloc (benchmarks/RESULTS.md, \"Scale of data\"). " + HOW_TO)
+    return (f"{gain} under tcmalloc than under glibc's malloc (benchmarks/RESULTS.md, \"{section}\"). To use it, "
+            "install it (Debian/Ubuntu: apt-get install libtcmalloc-minimal4) and start the command with "
+            "LD_PRELOAD=libtcmalloc_minimal.so.4 in its environment.")
