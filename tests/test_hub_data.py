@@ -5,11 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import launch_env, make_rows
+from conftest import launch_env, make_rows, write_jsonl
+import pytest
 import yaml
 from datasets import ClassLabel, Dataset, Features, Value
 
 import xfer_nlp
+from xfer_nlp.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,3 +67,11 @@ def test_train_file_as_run_glue_spells_it(tiny_run, tiny_data_dir):
                           validation_file=str(tiny_data_dir / "validation.jsonl"), **tiny_run)
     assert result.results["split_sizes"] == {"train": 160, "validation": 48}
     assert result.results["dataset"] == str(tiny_data_dir / "train.jsonl")
+    assert result.results["data_source"] == f"{tiny_data_dir / 'train.jsonl'}, {tiny_data_dir / 'validation.jsonl'}"
+
+
+def test_train_file_with_other_columns_names_the_file(tiny_run, tmp_path):
+    write_jsonl(tmp_path / "reviews.jsonl", [{"review": "good", "label": 1}, {"review": "bad", "label": 0}])
+    with pytest.raises(DataError, match=r"The train split of '.*reviews\.jsonl' has no column for --text_column "
+                                        r"'text'\. Its columns are: review, label"):
+        xfer_nlp.run(mode="probe", train_file=str(tmp_path / "reviews.jsonl"), **tiny_run)

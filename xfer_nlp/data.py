@@ -176,8 +176,9 @@ def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | Non
         for split, f in files.items():
             if not f.is_file():
                 raise DataError(f"--{split}_file '{f}' does not exist. Check the path.")
-        return ({s: _read_file(f) for s, f in files.items()}, None, str(files["train"].parent), cfg.text_column,
-                cfg.label_column)
+        # The files themselves, not their folder: a message about a column names the file to fix.
+        return ({s: _read_file(f) for s, f in files.items()}, None, ", ".join(map(str, files.values())),
+                cfg.text_column, cfg.label_column)
     if name in REGISTRY:
         entry = REGISTRY[name]
         root = data_root(cfg)
