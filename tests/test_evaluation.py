@@ -101,8 +101,10 @@ def test_evaluate_scores_an_export_on_a_dataset_exactly_as_the_run_did(tiny_run,
     rows = make_rows(60, 9)
     write_jsonl(other / "train.jsonl", [{"text": r["text"], "label": names[1 - r["label"]]} for r in rows[:30]])
     write_jsonl(other / "validation.jsonl", [{"text": r["text"], "label": names[1 - r["label"]]} for r in rows[30:]])
-    cli = subprocess.run([sys.executable, "-m", "xfer_nlp.cli", "evaluate", str(run.output_dir), "--dataset_name",
-                          str(other), "--max_seq_length", "32", "--output_dir", str(tmp_path / "eval-other")],
+    # --model MODEL, as predict spells it, is accepted beside the positional MODEL
+    cli = subprocess.run([sys.executable, "-m", "xfer_nlp.cli", "evaluate", "--model", str(run.output_dir),
+                          "--dataset_name", str(other), "--max_seq_length", "32", "--output_dir",
+                          str(tmp_path / "eval-other")],
                          capture_output=True, text=True, env=launch_env(), timeout=300)
     assert cli.returncode == 0, cli.stderr[-2000:]
     got = json.loads((tmp_path / "eval-other" / "evaluation.json").read_text())
@@ -119,6 +121,7 @@ def test_evaluate_scores_an_export_on_a_dataset_exactly_as_the_run_did(tiny_run,
     ("no_metrics_watched", "--metric_for_best_model 'f1' is not a computed metric"),
     ("not_a_model", "is a folder but not a model (it has no config.json)"),
     ("labels", "The data's labels neg, pos are not among the model's"),
+    ("two_models", "two models given: 'a' and --model 'b'. Give one."),
 ])
 def test_bad_evaluation_settings_are_one_message(case, words, tiny_model_dir, tiny_data_dir, tmp_path):
     module = tmp_path / "balanced_accuracy.py"
@@ -133,6 +136,8 @@ def test_bad_evaluation_settings_are_one_message(case, words, tiny_model_dir, ti
         argv = run + ["--metrics", str(module), "--metric_for_best_model", "f1"]
     elif case == "no_metrics_watched":
         argv = run + ["--metric_for_best_model", "f1"]
+    elif case == "two_models":
+        argv = [sys.executable, "-m", "xfer_nlp.cli", "evaluate", "a", "--model", "b", "--dataset_name", "sst2"]
     elif case == "not_a_model":
         argv = [sys.executable, "-m", "xfer_nlp.cli", "evaluate", str(tiny_data_dir), "--dataset_name",
                 str(tiny_data_dir), "--output_dir", str(tmp_path / "e")]

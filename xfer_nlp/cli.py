@@ -52,6 +52,24 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, stop)
 
 
+MODEL_HELP = "An output_dir of xfer-nlp run, or any text-classification model folder / Hub id."
+
+
+def _add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """MODEL as a positional argument, or as --model as predict spells it (where positionals are the texts)."""
+    parser.add_argument("model", nargs="?", help=MODEL_HELP + " Also accepted as --model MODEL.")
+    parser.add_argument("--model", dest="model_flag", metavar="MODEL", help=argparse.SUPPRESS)
+
+
+def _model_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    model, flag = args.model, args.model_flag
+    if model and flag and model != flag:
+        parser.error(f"two models given: '{model}' and --model '{flag}'. Give one.")
+    if not (model or flag):
+        parser.error("the model to use is missing: pass an output_dir of xfer-nlp run, or a model folder / Hub id.")
+    return model or flag
+
+
 def run_command(argv: list[str], default_config_dir: str | Path | None = None) -> int:
     """`xfer-nlp run` and the recipes: parse, run, print the results table."""
     from .api import run
@@ -128,8 +146,7 @@ def predict_command(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="xfer-nlp predict", description="Label texts with an exported model.")
     parser.add_argument("texts", nargs="*", help="Texts to label (or use --input).")
-    parser.add_argument("--model", required=True, help="An output_dir of xfer-nlp run, or any text-classification "
-                                                       "model folder / Hub id.")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--input", help="File of texts: .txt (one a line), .jsonl, .json, .csv, .tsv or .parquet.")
     parser.add_argument("--text_column", default="text", help="Column of --input that holds the text.")
     parser.add_argument("--output", help="Write JSONL rows (text, label, score, scores) here instead of printing.")
@@ -189,8 +206,7 @@ def evaluate_command(argv: list[str]) -> int:
         "Score an exported model on a dataset's validation (and test) split: writes evaluation.json (accuracy, "
         "macro-F1, per-class figures, confusion matrix, --metrics), predictions.jsonl and confusion_matrix.png. "
         "The model's labels are matched to the data's by name."))
-    parser.add_argument("model", help="An output_dir of xfer-nlp run, or any text-classification model folder / "
-                                      "Hub id.")
+    _add_model_argument(parser)
     for f in dataclasses.fields(RunConfig):  # only the flags given are passed on: the rest keep evaluate's defaults
         if f.name not in EVALUATE_FIELDS:
             continue
@@ -207,8 +223,10 @@ def evaluate_command(argv: list[str]) -> int:
             parser.add_argument(f"--{f.name}", type=type(f.default) if f.default is not None else str,
                                 default=argparse.SUPPRESS, choices=f.metadata.get("choices"), help=help_text)
     args = vars(parser.parse_args(argv))
+    model = _model_of(parser, argparse.Namespace(**args))
+    del args["model"], args["model_flag"]
     try:
-        print(evaluate(args.pop("model"), **args))
+        print(evaluate(model, **args))
     except XferError as e:
         return _error(e)
     return 0
@@ -222,13 +240,13 @@ def export_command(argv: list[str]) -> int:
         "and length) and returns logits; it is kept only if onnxruntime reproduces the torch model's logits (to 1e-4 of the largest). "
         "Into a finished run folder it goes to onnx/model.onnx, recorded in results.json (so push uploads it); label "
         "texts with it by `xfer-nlp predict --model RUN_DIR --backend onnx`."))
-    parser.add_argument("model", help="An output_dir of xfer-nlp run, or any text-classification model folder / Hub id.")
+    _add_model_argument(parser)
     parser.add_argument("--format", choices=["onnx"], required=True, help="The export format (onnx).")
     parser.add_argument("--output", help="The .onnx file to write (default: MODEL/onnx/model.onnx).")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18).")
     args = parser.parse_args(argv)
     try:
-        print(export_onnx(args.model, args.output, args.opset))
+        print(export_onnx(_model_of(parser, args), args.output, args.opset))
     except XferError as e:
         return _error(e)
     return 0
