@@ -182,6 +182,45 @@ def test_pooling_choice_exports_loadable_model(tiny_run, pooling, architecture):
     assert getattr(model.config, "pooling", "pooler") == pooling
 
 
+def test_a_run_starts_from_an_earlier_export_with_other_labels(tiny_run, tmp_path):
+    """Intermediate-task transfer: a classifier trained on one task (stock head or pooled) is the starting encoder
+    for another with a different label set; its head is replaced, its encoder weights are the start."""
+    import json as _json
+
+    from conftest import make_rows, write_jsonl
+    from xfer_nlp.errors import ConfigError
+
+    three = tmp_path / "three"  # another task: three labels
+    for split, n, seed in (("train", 90, 4), ("validation", 30, 5)):
+        write_jsonl(three / f"{split}.jsonl", [{**r, "label": i % 3} for i, r in enumerate(make_rows(n, seed))])
+    second = {**tiny_run, "dataset_name": str(three)}
+    stock = xfer_nlp.run(mode="finetune", max_steps=2, **{**tiny_run, "output_dir": str(tmp_path / "stock")})
+    assert stock.results["pooling"] == "pooler"
+    again = xfer_nlp.run(mode="finetune", max_steps=2, **{**second, "model_name_or_path": str(stock.output_dir),
+                                                         "output_dir": str(tmp_path / "stock-3")})
+    assert exported(again.output_dir)["classifier.weight"].shape[0] == 3
+    pooled = xfer_nlp.run(mode="finetune", pooling="mean", max_steps=2,
+                          **{**tiny_run, "output_dir": str(tmp_path / "pooled")})
+    probed = xfer_nlp.run(mode="probe", **{**second, "model_name_or_path": str(pooled.output_dir),
+                                           "output_dir": str(tmp_path / "pooled-3")})
+    assert probed.results["pooling"] == "mean"  # the export's own pooling
+    before, after = exported(pooled.output_dir), exported(probed.output_dir)
+    assert after["classifier.weight"].shape[0] == 3
+    for name, tensor in before.items():  # the probe froze exactly the earlier run's tuned encoder
+        if name.startswith("encoder."):
+            assert torch.equal(after[name], tensor), name
+    with pytest.raises(ConfigError, match="is an xfer_nlp export with a mean-pooled head, and its encoder has no "
+                                          "pooler to build the stock head on"):
+        xfer_nlp.run(mode="finetune", pooling="pooler", **{**second, "model_name_or_path": str(pooled.output_dir),
+                                                           "output_dir": str(tmp_path / "refused")})
+    # A folder whose weights do not fit its config outside the head is refused, not silently re-initialised.
+    config = _json.loads((stock.output_dir / "config.json").read_text())
+    (stock.output_dir / "config.json").write_text(_json.dumps({**config, "intermediate_size": 48}))
+    with pytest.raises(ConfigError, match="do not fit its own config.json .*intermediate"):
+        xfer_nlp.run(mode="finetune", max_steps=2, **{**second, "model_name_or_path": str(stock.output_dir),
+                                                      "output_dir": str(tmp_path / "bad")})
+
+
 def test_pipeline_reproduces_probe_predictions(tiny_run, tiny_data_dir):
     from transformers import pipeline
 

@@ -74,7 +74,9 @@ class RunConfig:
                    grid_owned=True)
     model_name_or_path: str = _f(EMBEDDED_MODEL, f"Encoder: '{EMBEDDED_MODEL}' (the embedded pretrained MiniLM-L6, "
                                  "offline), a local transformers folder, or a Hub id. Loaded with from_pretrained, "
-                                 "safetensors only, never trust_remote_code.")
+                                 "safetensors only, never trust_remote_code. A classifier (an earlier run's "
+                                 "output_dir, a fine-tuned Hub model) works too: its encoder is the start and its "
+                                 "head is replaced by one for this data's labels (intermediate-task transfer).")
     dataset_name: str = _f("sst2", "A registry name (sst2, sst5, mr, subj, trec, polarity2k), any Hub dataset id (user/name, "
                            "through datasets.load_dataset; cached copies work offline), a folder with "
                            "train/validation/test files or laid out as a Hub dataset repository, or one file "

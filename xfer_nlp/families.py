@@ -77,9 +77,6 @@ def family_of(model_type: str, source: str) -> Family:
     """The family of a config's model_type; an unknown one stops the run before any weights are read."""
     if model_type in BY_TYPE:
         return BY_TYPE[model_type]
-    if model_type == "xfer-pooled":
-        raise ConfigError(f"'{source}' is an xfer_nlp export, not an encoder. Train from the encoder it was built "
-                          "on, or score it with `xfer-nlp predict`.")
     raise ConfigError(f"'{source}' is a '{model_type}' model, which xfer_nlp does not know how to take apart. "
                       f"Supported encoder families: {', '.join(f.name for f in FAMILIES)} (model types "
                       f"{', '.join(sorted(BY_TYPE))}).")
@@ -94,7 +91,7 @@ def plain_name(name: str) -> str:
     return _PEFT.sub("", name)
 
 
-def _under(name: str, prefixes) -> bool:
+def under(name: str, prefixes) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
@@ -129,7 +126,7 @@ class Layout:
     def depth(self, name: str) -> int:
         """0 for the head, 1 for the top encoder layer, ..., `layers` for the bottom one, `layers + 1` below."""
         plain = plain_name(name)
-        if _under(plain, self.head) or _under(plain, self.top):
+        if under(plain, self.head) or under(plain, self.top):
             return 0
         index = self.layer_index(plain)
         return self.layers + 1 if index is None else self.layers - index
@@ -142,13 +139,13 @@ class Layout:
         return f"layer.{self.layers - depth}"
 
     def is_top(self, name: str) -> bool:
-        return _under(plain_name(name), self.top)
+        return under(plain_name(name), self.top)
 
     def is_head(self, name: str) -> bool:
-        return _under(plain_name(name), self.head)
+        return under(plain_name(name), self.head)
 
     def is_out(self, name: str) -> bool:
-        return _under(plain_name(name), (self.out,))
+        return under(plain_name(name), (self.out,))
 
 
 def layout(model: torch.nn.Module, family: Family) -> Layout:

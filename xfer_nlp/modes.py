@@ -251,12 +251,22 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
     if _looks_local(path):
         _check_local_model(Path(path).expanduser())
     base = _encoder_config(path, cfg.model_name_or_path)
+    exported = None
+    if base.model_type == XferPooledConfig.model_type:  # an earlier run's export: its tuned encoder is the start
+        exported, base = base, base.encoder
     family = families.family_of(base.model_type, cfg.model_name_or_path)
     limit = family.max_length(base)
     if limit is not None and cfg.max_seq_length > limit:
         raise ConfigError(f"--max_seq_length {cfg.max_seq_length} is beyond what '{cfg.model_name_or_path}' can read: "
                           f"its position embeddings cover {limit} tokens. Use --max_seq_length {limit} or less.")
-    pooling = cfg.pooling or MODES[cfg.mode].pooling or default_pooling(path)
+    pooling = cfg.pooling or (exported and exported.pooling) or MODES[cfg.mode].pooling or default_pooling(path)
+    if exported is not None:
+        if pooling == "pooler":
+            raise ConfigError(f"'{cfg.model_name_or_path}' is an xfer_nlp export with a {exported.pooling}-pooled head, "
+                              "and its encoder has no pooler to build the stock head on. Leave --pooling out (the "
+                              f"export's {exported.pooling}) or pass mean or cls.")
+        logger.info("Starting from the encoder of the xfer_nlp export '%s' (%s pooling); its head is not reused: a "
+                    "new one is trained for this data's labels.", cfg.model_name_or_path, exported.pooling)
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}
     spec = MODES[cfg.mode]
@@ -271,7 +281,7 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
 
     if not spec.pretrained:
         torch.manual_seed(cfg.seed)
-    model = _make_model(cfg, path, base, pooling, labels)
+    model = _make_model(cfg, path, base, exported, pooling, labels, family)
     lay = families.layout(model, family)
     if spec.pretrained:
         # The new head is initialised from the global RNG; redo it from the seed so runs repeat.
@@ -284,8 +294,10 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
     return Built(model, tokenizer, pooling, path, lay)
 
 
-def _make_model(cfg: RunConfig, path: str, base, pooling: str, labels: dict) -> torch.nn.Module:
-    """The family's stock classifier for pooling 'pooler', else the pooled head over the bare encoder."""
+def _make_model(cfg: RunConfig, path: str, base, exported: XferPooledConfig | None, pooling: str, labels: dict,
+                family: families.Family) -> torch.nn.Module:
+    """The family's stock classifier for pooling 'pooler', else the pooled head over the bare encoder (read from an
+    earlier export's encoder when `exported` is its config)."""
     pretrained = MODES[cfg.mode].pretrained
     try:
         if pooling == "pooler":
@@ -293,11 +305,24 @@ def _make_model(cfg: RunConfig, path: str, base, pooling: str, labels: dict) -> 
             config.num_hidden_layers = base.num_hidden_layers
             if not pretrained:
                 return AutoModelForSequenceClassification.from_config(config)
-            return AutoModelForSequenceClassification.from_pretrained(path, config=config, use_safetensors=True,
-                                                                      trust_remote_code=False, use_kernels=False)
+            # A classifier already (a Hub sentiment model, an earlier run's export) may have another number of labels.
+            # Its head is replaced anyway (_init_head), so a head of another shape is expected; nothing else may be.
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, config=config, use_safetensors=True, trust_remote_code=False, use_kernels=False,
+                ignore_mismatched_sizes=True, output_loading_info=True)
+            wrong = sorted(k for k, *_ in info["mismatched_keys"] if not families.under(k, family.head))
+            if wrong:
+                raise ConfigError(f"The weights of '{cfg.model_name_or_path}' do not fit its own config.json "
+                                  f"({', '.join(wrong[:3])} differ in shape). Save the model again with "
+                                  "save_pretrained, or use another copy.")
+            return model
         head = XferPooledConfig(encoder=base, pooling=pooling, normalize=MODES[cfg.mode].normalize, **labels)
         model = XferPooledForSequenceClassification(head)
-        if pretrained:
+        if pretrained and exported is not None:
+            # This package's own class reads the export's safetensors; the folder's modeling.py never runs.
+            model.encoder = XferPooledForSequenceClassification.from_pretrained(
+                path, config=exported, use_safetensors=True, trust_remote_code=False, use_kernels=False).encoder
+        elif pretrained:
             model.encoder = AutoModel.from_pretrained(path, config=base, use_safetensors=True, trust_remote_code=False,
                                                       use_kernels=False, **no_pooler(type(model.encoder)))
         return model

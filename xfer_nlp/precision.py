@@ -58,6 +58,7 @@ def encoder_parameters(model_name_or_path: str) -> int | None:
 
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(model_name_or_path))
+        config = getattr(config, "encoder", config) if config.model_type == "xfer-pooled" else config  # an export
         with torch.device("meta"):
             return sum(p.numel() for p in AutoModel.from_config(config).parameters())
     except (OSError, ValueError, KeyError):
