@@ -114,6 +114,22 @@ def test_evaluate_scores_an_export_on_a_dataset_exactly_as_the_run_did(tiny_run,
     assert "validation" in cli.stdout and "accuracy" in cli.stdout
 
 
+def test_one_file_is_scored_on_the_runs_hold_out_or_on_every_row(tiny_run, tmp_path):
+    """A file without a validation split: by default the seeded hold-out a run on it validated on (the same rows
+    and score as the run's), with all_rows every row in file order."""
+    rows = make_rows(80, 12)
+    mine = write_jsonl(tmp_path / "mine.jsonl", rows)
+    run = xfer_nlp.run(mode="probe", **{**tiny_run, "dataset_name": str(mine)})
+    held = xfer_nlp.evaluate(run.output_dir, dataset_name=str(mine), output_dir=str(tmp_path / "held"))
+    assert held.results["split_sizes"] == {"validation": 8} and held.metrics["validation"] == run.metrics["validation"]
+    assert held.results["data_notes"] == ["no validation split: held out a seeded stratified 10% of train"]
+    every = xfer_nlp.evaluate(run.output_dir, dataset_name=str(mine), all_rows=True, output_dir=str(tmp_path / "all"))
+    assert every.results["split_sizes"] == {"validation": 80}
+    assert [r["text"] for r in read_rows(tmp_path / "all" / "predictions.jsonl")] == [r["text"] for r in rows]
+    labels = [p["label"] for p in xfer_nlp.predict(run.output_dir, [r["text"] for r in rows])]
+    assert every.metrics["validation"]["accuracy"] == np.mean([p == str(r["label"]) for p, r in zip(labels, rows)])
+
+
 @pytest.mark.parametrize("case,words", [
     ("offline_name", "--metrics: could not load the evaluate module 'no_such_metric_xyz'"),
     ("watched", "--metric_for_best_model 'f1' is not among the computed metrics (accuracy, macro_f1, "

@@ -222,6 +222,10 @@ def evaluate_command(argv: list[str]) -> int:
         else:
             parser.add_argument(f"--{f.name}", type=type(f.default) if f.default is not None else str,
                                 default=argparse.SUPPRESS, choices=f.metadata.get("choices"), help=help_text)
+    parser.add_argument("--all_rows", action="store_true", help=(
+        "For data without a validation split of its own (one file): score every row. Default: the seeded hold-out "
+        "(--validation_split_ratio, --seed) that a run on that data validates on, so a model and its run are scored "
+        "on the same rows."))
     args = vars(parser.parse_args(argv))
     model = _model_of(parser, argparse.Namespace(**args))
     del args["model"], args["model_flag"]

@@ -348,8 +348,9 @@ def _describe_feature(feature) -> str:
         "nested records (structs)"
 
 
-def load_text_data(cfg: RunConfig) -> TextData:
-    """Read, clean and split the data named by the config."""
+def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
+    """Read, clean and split the data named by the config. Data without a validation split gets a seeded stratified
+    hold-out of train; with `hold_out=False` (evaluate --all_rows) its rows become the validation split whole."""
     raw, registry_names, source, text_col, label_col = _load_raw(cfg)
     notes = []
     texts, labels = {}, {}
@@ -376,7 +377,10 @@ def load_text_data(cfg: RunConfig) -> TextData:
     labels, names, label_notes = _labels_to_ids(labels, registry_names)
     notes += label_notes
 
-    if "validation" not in texts:
+    if "validation" not in texts and not hold_out:
+        texts["validation"], labels["validation"] = texts.pop("train"), labels.pop("train")
+        notes.append(f"no validation split: scoring all {len(texts['validation'])} rows as validation")
+    elif "validation" not in texts:
         held_out = round(len(texts["train"]) * cfg.validation_split_ratio)
         if held_out < len(names):
             raise DataError(f"Train has too few examples ({len(texts['train'])}) for a {cfg.validation_split_ratio:.0%} "

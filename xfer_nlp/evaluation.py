@@ -99,7 +99,7 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
-def evaluate(model: str | Path, config=None, **overrides) -> EvaluationResult:
+def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overrides) -> EvaluationResult:
     """Score an exported model (a run folder, any text-classification folder or Hub id) on a dataset's evaluation
     splits (validation, and test where there is one), writing results.json, predictions.jsonl and
     confusion_matrix.png into `output_dir`.
@@ -108,6 +108,8 @@ def evaluate(model: str | Path, config=None, **overrides) -> EvaluationResult:
 
     Keyword arguments are RunConfig fields (EVALUATE_FIELDS: the data flags, the reading of texts, batch size,
     metrics, seed and validation_split_ratio for a data set without a validation split, overwrite_output_dir).
+    Data without a validation split of its own (one file) is scored on the seeded hold-out that a run on it
+    validates on, so a model and its run are scored on the same rows; `all_rows=True` scores every row instead.
     Texts are read as the run read them (its results.json), unless a reading flag is given. The model's labels
     are matched to the data's by name. No code from the model folder runs (trust_remote_code off). The default
     output_dir is runs/<model>-on-<dataset>.
@@ -135,7 +137,10 @@ def evaluate(model: str | Path, config=None, **overrides) -> EvaluationResult:
             runfolder.invalidate(output_dir)
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
         logs.setup("xfer_nlp", output_dir / EVALUATE_LOG, accelerator.is_main_process)
-        data = load_text_data(cfg)
+        data = load_text_data(cfg, hold_out=not all_rows)
+        for note in data.notes:
+            logger.info("Data: %s%s.", note, " (to score every row instead, --all_rows)"
+                        if note.startswith("no validation split: held out") else "")
         tokenizer, classifier, reading = load_model(model)
         # The run's own reading of texts, unless this evaluation names another.
         if any(k in overrides for k in ("max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride")) \
@@ -158,7 +163,8 @@ def evaluate(model: str | Path, config=None, **overrides) -> EvaluationResult:
             logger.info("%s: accuracy %.4f, macro-F1 %.4f on %d examples.", split, metrics[split]["accuracy"],
                         metrics[split]["macro_f1"], len(labels))
         results = {"evaluated": model, "dataset": cfg.train_file or cfg.dataset_name, "data_source": data.source,
-                   "label_names": names, "split_sizes": {s: len(data.splits[s]) for s in splits}, "metrics": metrics,
+                   "label_names": names, "split_sizes": {s: len(data.splits[s]) for s in splits},
+                   "data_notes": list(data.notes), "metrics": metrics,
                    "reading": dataclasses.asdict(reading),
                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         write_predictions(output_dir / PREDICTIONS, {s: data.splits[s]["text"] for s in splits}, outputs, names)
