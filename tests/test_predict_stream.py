@@ -52,7 +52,7 @@ def test_the_cli_streams_a_file_to_a_file_and_names_a_missing_text(tiny_run, tmp
     write_jsonl(tmp_path / "gap.jsonl", rows[:5] + [{"text": None, "label": 0}] + rows[5:9])
     gap = subprocess.run([*cli, "--input", str(tmp_path / "gap.jsonl"), "--output", str(tmp_path / "g.jsonl")],
                          capture_output=True, text=True, env=launch_env(), timeout=300)
-    assert gap.returncode == 2 and "Text 5 is None" in gap.stderr
+    assert gap.returncode == 2 and "Text 5 (counting from 0: row 6 of a file) is None" in gap.stderr
     assert not (tmp_path / "g.jsonl").exists()  # no half-written output
 
 
@@ -101,7 +101,7 @@ def test_a_predictor_loads_once_and_labels_as_predict_does(tiny_run, monkeypatch
         assert [r["text"] for r in rows] == texts and [r["label"] for r in rows] == [r["label"] for r in expected]
         assert max(abs(a["score"] - b["score"]) for a, b in zip(rows, expected)) < 1e-5
     assert one[0]["label"] == expected[3]["label"] and one[0]["scores"] == pytest.approx(expected[3]["scores"], abs=1e-5)
-    with pytest.raises(ConfigError, match="Text 1 of 2 is None"):
+    with pytest.raises(ConfigError, match=r"Text 1 of 2 \(counting from 0\) is None"):
         predictor(["fine", None])
 
 

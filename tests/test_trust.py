@@ -230,7 +230,7 @@ def test_predict_takes_one_string_as_one_text_and_names_a_none(tiny_run):
     out = xfer_nlp.run(mode="probe", **tiny_run).output_dir
     rows = xfer_nlp.predict(out, "a good film")
     assert len(rows) == 1 and rows[0]["text"] == "a good film"
-    with pytest.raises(xfer_nlp.XferError, match="Text 1 of 3 is None"):
+    with pytest.raises(xfer_nlp.XferError, match=r"Text 1 of 3 \(counting from 0\) is None"):
         xfer_nlp.predict(out, ["good", None, "bad"])
 
 

@@ -346,8 +346,8 @@ class Predictor:
         texts = [texts] if isinstance(texts, str) else list(texts)
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
-            raise ConfigError(f"Text {bad} of {len(texts)} is {texts[bad]!r}, not a string. Pass strings only (drop or "
-                              "fill the missing ones).")
+            raise ConfigError(f"Text {bad} of {len(texts)} (counting from 0) is {texts[bad]!r}, not a string. Pass "
+                              "strings only (drop or fill the missing ones).")
         return list(self.stream(texts, total=len(texts)))
 
     def stream(self, texts, total: int | None = None, chunk_texts: int = CHUNK_TEXTS):
@@ -367,8 +367,9 @@ class Predictor:
                 while chunk := list(itertools.islice(stream, chunk_texts)):
                     bad = next((i for i, t in enumerate(chunk) if not isinstance(t, str)), None)
                     if bad is not None:
-                        raise ConfigError(f"Text {position + bad} is {chunk[bad]!r}, not a string. Pass strings "
-                                          "only (drop or fill the missing ones).")
+                        raise ConfigError(f"Text {position + bad} (counting from 0: row {position + bad + 1} of a "
+                                          f"file) is {chunk[bad]!r}, not a string: a missing value, or a row without "
+                                          "the text column. Pass strings only (drop or fill the missing ones).")
                     for text, p in zip(chunk, torch.softmax(self._logits(chunk), -1).tolist()):
                         best = max(range(len(p)), key=p.__getitem__)
                         yield {"text": text, "label": self.labels[best], "score": p[best],
