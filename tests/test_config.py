@@ -67,6 +67,18 @@ def test_all_problems_reported_at_once():
         assert part in message
 
 
+def test_a_named_tracker_that_is_not_installed_is_refused(monkeypatch):
+    """Accelerate drops a named tracker whose package is missing without a word; the run would log nowhere."""
+    from xfer_nlp import config
+
+    monkeypatch.setitem(config.TRACKER_AVAILABLE, "wandb", lambda: False)
+    with pytest.raises(ConfigError, match=r"--report_to wandb: the wandb package is not installed\. Install it "
+                                          r"\(pip install wandb\)"):
+        resolve(RunConfig(report_to="tensorboard,wandb"))
+    assert resolve(RunConfig(report_to="tensorboard")).trackers == ["tensorboard"]  # installed: the dev extra
+    assert resolve(RunConfig(report_to="all")).trackers == ["all"]  # all: whichever are installed
+
+
 def test_unknown_mode():
     with pytest.raises(ConfigError, match="did you mean 'finetune'"):
         resolve(RunConfig(mode="fintune"))

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, Optional
 
 import yaml
+from accelerate import utils as accelerate_utils
 from transformers import HfArgumentParser
 
 from .errors import ConfigError
@@ -24,6 +25,8 @@ from .modes import ENCODER_FLAGS, EMBEDDED_MODEL, MAX_EPOCHS, MIN_STEPS, MODES, 
 POOLINGS = ("mean", "cls", "pooler")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "stlr")
 REPORT_TO = ("none", "all", "tensorboard", "wandb", "trackio")
+TRACKER_AVAILABLE = {"tensorboard": accelerate_utils.is_tensorboard_available, "wandb": accelerate_utils.is_wandb_available,
+                     "trackio": accelerate_utils.is_trackio_available}
 TRUNCATIONS = ("auto", "head", "tail", "head+tail")
 LONG_TEXT = ("truncate", "chunk")
 HEAD_INITS = ("random", "probe")
@@ -423,6 +426,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
     for tracker in _items(cfg.report_to):
         if tracker not in REPORT_TO:
             problems.append(f"--report_to '{tracker}'{nearest(tracker, REPORT_TO)} is not one of {', '.join(REPORT_TO)}.")
+        elif tracker in TRACKER_AVAILABLE and not TRACKER_AVAILABLE[tracker]():
+            # Accelerate would drop a named tracker whose package is missing without a word: the run would log nowhere.
+            problems.append(f"--report_to {tracker}: the {tracker} package is not installed. Install it (pip install "
+                            f"{tracker}), or leave it out of --report_to.")
     if problems:
         raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems))
     return cfg
