@@ -11,6 +11,7 @@ import pytest
 from conftest import launch_env, make_rows, write_jsonl
 
 import xfer_nlp
+from xfer_nlp.errors import DataError
 
 # A local evaluate module, as a user would write one: the mean of per-class recall.
 BALANCED = '''
@@ -128,6 +129,16 @@ def test_one_file_is_scored_on_the_runs_hold_out_or_on_every_row(tiny_run, tmp_p
     assert [r["text"] for r in read_rows(tmp_path / "all" / "predictions.jsonl")] == [r["text"] for r in rows]
     labels = [p["label"] for p in xfer_nlp.predict(run.output_dir, [r["text"] for r in rows])]
     assert every.metrics["validation"]["accuracy"] == np.mean([p == str(r["label"]) for p, r in zip(labels, rows)])
+    # a file of one class (all positive reviews) can be scored whole, though no model can be trained on it
+    ones = write_jsonl(tmp_path / "ones.jsonl", [r for r in rows if r["label"] == 1])
+    with pytest.raises(DataError, match=r"a single class .*To score a model on a file of one class: xfer-nlp "
+                                        r"evaluate --all_rows"):
+        xfer_nlp.evaluate(run.output_dir, dataset_name=str(ones), output_dir=str(tmp_path / "ones-held"))
+    positive = xfer_nlp.evaluate(run.output_dir, dataset_name=str(ones), all_rows=True,
+                                 output_dir=str(tmp_path / "ones-all"))
+    assert positive.metrics["validation"]["per_class"]["1"]["support"] == 40
+    assert positive.metrics["validation"]["accuracy"] == np.mean([p == "1" for p, r in zip(labels, rows)
+                                                                  if r["label"] == 1])
 
 
 @pytest.mark.parametrize("case,words", [

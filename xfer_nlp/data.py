@@ -263,8 +263,10 @@ def _load_hub(source: str, config_name: str | None,
     return splits, tuple(feature.names) if hasattr(feature, "names") else None
 
 
-def _labels_to_ids(raw: dict[str, list], registry_names) -> tuple[dict[str, list[int]], tuple[str, ...], list[str]]:
-    """Map each split's raw labels to ids 0..K-1 fixed by train; explain anything unusual."""
+def _labels_to_ids(raw: dict[str, list], registry_names,
+                   one_class_ok: bool = False) -> tuple[dict[str, list[int]], tuple[str, ...], list[str]]:
+    """Map each split's raw labels to ids 0..K-1 fixed by train; explain anything unusual. A single class is an
+    error unless `one_class_ok` (data that is only scored, never trained on)."""
     notes = []
     train = raw["train"]
     kinds = {type(v) for v in train}
@@ -299,9 +301,10 @@ def _labels_to_ids(raw: dict[str, list], registry_names) -> tuple[dict[str, list
     if values and isinstance(values[0], int) and values[0] < 0:
         raise DataError(f"Negative label {values[0]} in train. Labels must be ids >= 0 (or strings); -1 usually marks "
                         "an unlabelled row, which cannot be trained on: remove those rows.")
-    if len(values) < 2:
+    if len(values) < 2 and not one_class_ok:
         raise DataError(f"Train has a single class ({values[0]!r}); a classifier needs at least two. Check the "
-                        "label column, or that the file was not filtered to one class.")
+                        "label column, or that the file was not filtered to one class. (To score a model on a file "
+                        "of one class: xfer-nlp evaluate --all_rows.)")
     if isinstance(values[0], int) and values == list(range(len(values))):
         mapping = {v: v for v in values}
         names = tuple(registry_names) if registry_names and len(registry_names) == len(values) else tuple(
@@ -374,7 +377,7 @@ def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
             logger.warning("Dropped %d empty or whitespace-only text(s) from %s.", len(t) - len(keep), split)
         texts[split] = [str(t[i]) for i in keep]
         labels[split] = [y[i] for i in keep]
-    labels, names, label_notes = _labels_to_ids(labels, registry_names)
+    labels, names, label_notes = _labels_to_ids(labels, registry_names, one_class_ok=not hold_out)
     notes += label_notes
 
     if "validation" not in texts and not hold_out:
