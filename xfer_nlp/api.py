@@ -343,7 +343,11 @@ class Predictor:
 
     def __call__(self, texts: str | list[str]) -> list[dict]:
         """[{"text", "label", "score", "scores": {label: p}}] for one text or a list of them, in input order."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        try:
+            texts = [texts] if isinstance(texts, str) else list(texts)
+        except TypeError:
+            raise ConfigError(f"texts must be a string or a list of strings, not {type(texts).__name__} "
+                              f"({texts!r:.60}).") from None
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise ConfigError(f"Text {bad} of {len(texts)} (counting from 0) is {texts[bad]!r}, not a string. Pass "
