@@ -245,15 +245,20 @@ def _encoder_config(path: str, source: str):
         raise ConfigError(f"Could not read the model config of '{source}': {str(e).splitlines()[0][:300]}") from None
 
 
+def split_export(config) -> tuple[Any, XferPooledConfig | None]:
+    """(the encoder's config, the export's or None): an earlier run's pooled export wraps its tuned encoder's config,
+    and that encoder is what a new run starts from."""
+    if config.model_type == XferPooledConfig.model_type:
+        return config.encoder, config
+    return config, None
+
+
 def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
     """The model and tokenizer for cfg.mode, with the right parameters frozen."""
     path = resolve_model_path(cfg.model_name_or_path)
     if _looks_local(path):
         _check_local_model(Path(path).expanduser())
-    base = _encoder_config(path, cfg.model_name_or_path)
-    exported = None
-    if base.model_type == XferPooledConfig.model_type:  # an earlier run's export: its tuned encoder is the start
-        exported, base = base, base.encoder
+    base, exported = split_export(_encoder_config(path, cfg.model_name_or_path))
     family = families.family_of(base.model_type, cfg.model_name_or_path)
     limit = family.max_length(base)
     if limit is not None and cfg.max_seq_length > limit:

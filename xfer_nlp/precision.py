@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .modes import MODES, resolve_model_path
+from .modes import MODES, resolve_model_path, split_export
 
 # On GPUs, batch-32 steps of small encoders are bound by kernel launches and autocast's casts only add launches, so
 # bf16 pays from about bert-base's size up (RESULTS.md, "On a GPU": benchmarks/precision.py).
@@ -57,8 +57,7 @@ def encoder_parameters(model_name_or_path: str) -> int | None:
     from transformers import AutoConfig, AutoModel
 
     try:
-        config = AutoConfig.from_pretrained(resolve_model_path(model_name_or_path))
-        config = getattr(config, "encoder", config) if config.model_type == "xfer-pooled" else config  # an export
+        config, _ = split_export(AutoConfig.from_pretrained(resolve_model_path(model_name_or_path)))
         with torch.device("meta"):
             return sum(p.numel() for p in AutoModel.from_config(config).parameters())
     except (OSError, ValueError, KeyError):
