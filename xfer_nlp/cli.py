@@ -226,9 +226,9 @@ def evaluate_command(argv: list[str]) -> int:
         "For data without a validation split of its own (one file): score every row. Default: the seeded hold-out "
         "(--validation_split_ratio, --seed) that a run on that data validates on, so a model and its run are scored "
         "on the same rows."))
-    args = vars(parser.parse_args(argv))
-    model = _model_of(parser, argparse.Namespace(**args))
-    del args["model"], args["model_flag"]
+    parsed = parser.parse_args(argv)
+    model = _model_of(parser, parsed)
+    args = {k: v for k, v in vars(parsed).items() if k not in ("model", "model_flag")}
     try:
         print(evaluate(model, **args))
     except XferError as e:
