@@ -208,6 +208,7 @@ def test_resume_ignores_settings_the_mode_never_reads(interrupted, tiny_model_di
 def test_resume_without_checkpoints_is_an_error(tiny_model_dir, tiny_data_dir, tmp_path):
     with pytest.raises(CheckpointError, match="No intact checkpoint"):
         xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, tmp_path / "empty"))
+    assert not (tmp_path / "empty").exists(), "refused before the folder (or its log) is made"
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path):

@@ -105,7 +105,7 @@ def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunRes
     # a compare grid's main process may still be preparing the cell's folder when the others arrive here.
     processes = PartialState(cpu=multi_cpu)
     if processes.is_main_process:
-        runfolder.check(output_dir, cfg.overwrite_output_dir, bool(cfg.resume_from_checkpoint))
+        runfolder.check(output_dir, cfg.overwrite_output_dir, cfg.resume_from_checkpoint)
     processes.wait_for_everyone()
     _reset_peak_memory()
     trackers = cfg.trackers

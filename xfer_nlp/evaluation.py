@@ -130,7 +130,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
         data = Path(str(cfg.train_file or cfg.dataset_name)).stem
         cfg = dataclasses.replace(cfg, output_dir=str(Path("runs") / f"{Path(model.rstrip('/')).name}-on-{data}"))
     output_dir = Path(cfg.output_dir)
-    runfolder.check(output_dir, cfg.overwrite_output_dir, False)
+    runfolder.check(output_dir, cfg.overwrite_output_dir, None)
     lock = runfolder.Lock(output_dir)
     try:
         if cfg.overwrite_output_dir:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, XferError
+from .errors import CheckpointError, ConfigError, XferError
 
 LOCK = ".xfer_nlp.lock"
 # The layout of an output folder: every name the package writes there is one of these (the model's own files come
@@ -65,10 +65,14 @@ def state(out: Path) -> str:
     return "foreign"
 
 
-def check(out: Path, overwrite: bool, resume: bool) -> None:
+def check(out: Path, overwrite: bool, resume: str | None) -> None:
     """Never lose earlier results, nor write into a folder that is not a run's without being told to."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir '{out}' is a file. Pass a folder path.")
+    if resume == "latest" and state(out) in ("missing", "empty", "failed", "foreign"):
+        # refused here, before the data and the model load, and before the folder is created
+        raise CheckpointError(f"No intact checkpoint under '{out / CHECKPOINTS}' to resume from: the folder holds no "
+                              "checkpoint. Start the run again without --resume_from_checkpoint.")
     try:  # the one sure test of writability (permissions, read-only mounts, a file in the path) is to write
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".xfer_nlp.write-test.{os.getpid()}"
