@@ -221,6 +221,70 @@ def test_a_run_starts_from_an_earlier_export_with_other_labels(tiny_run, tmp_pat
                                                       "output_dir": str(tmp_path / "bad")})
 
 
+def test_head_init_keep_goes_on_from_the_start_classifiers_own_head(tiny_run, tiny_data_dir, tmp_path):
+    """Domain adaptation: a classifier with this data's labels trains on from its own head (the stock one, or a
+    pooled export's with its pooling and unit-length features), rows matched to the data's labels by name."""
+    import json as _json
+    import shutil
+
+    from xfer_nlp.config import RunConfig, resolve
+    from xfer_nlp.errors import ConfigError
+    from xfer_nlp.modes import build
+
+    def kept(start, mode="finetune", labels=("0", "1"), **kw):
+        return build(resolve(RunConfig(mode=mode, model_name_or_path=str(start), head_init="keep", **kw)), labels)
+
+    stock = xfer_nlp.run(mode="finetune", max_steps=3, **{**tiny_run, "output_dir": str(tmp_path / "stock")})
+    weights = exported(stock.output_dir)
+    model = kept(stock.output_dir).model
+    assert torch.equal(model.classifier.weight, weights["classifier.weight"])
+    assert torch.equal(model.bert.pooler.dense.weight, weights["bert.pooler.dense.weight"])
+    # The same labels listed the other way round, and named in capitals (as many Hub classifiers): rows follow names.
+    swapped = tmp_path / "swapped"
+    shutil.copytree(stock.output_dir, swapped)
+    config = _json.loads((swapped / "config.json").read_text())
+    (swapped / "config.json").write_text(_json.dumps({**config, "id2label": {"0": "B", "1": "A"},
+                                                      "label2id": {"B": 0, "A": 1}}))
+    model = kept(swapped, labels=("a", "b")).model
+    assert torch.equal(model.classifier.weight, weights["classifier.weight"].flip(0))
+    assert torch.equal(model.classifier.bias, weights["classifier.bias"].flip(0))
+    assert model.config.id2label == {0: "a", 1: "b"}
+    # lora keeps it too, in the copy that trains
+    lora = kept(stock.output_dir, mode="lora").model
+    assert torch.equal(lora.base_model.model.classifier.modules_to_save["default"].weight, weights["classifier.weight"])
+
+    contrastive = xfer_nlp.run(mode="contrastive", max_train_samples=16, pair_iterations=1,
+                               **{**tiny_run, "output_dir": str(tmp_path / "contrastive")})
+    model = kept(contrastive.output_dir).model
+    assert model.config.pooling == "mean" and model.config.normalize  # the kept head read unit-length mean vectors
+    assert all(torch.equal(t, model.state_dict()[n]) for n, t in exported(contrastive.output_dir).items())
+    # trains on from there, and says so
+    on = xfer_nlp.run(mode="finetune", head_init="keep", max_steps=2,
+                      **{**tiny_run, "model_name_or_path": str(contrastive.output_dir), "output_dir": str(tmp_path / "on")})
+    assert on.results["config"]["head_init"] == "keep"
+    assert "Head kept from" in (on.output_dir / "train.log").read_text()
+
+    with pytest.raises(ConfigError, match="is not a classifier .*BertModel.*no head to keep"):
+        kept(tiny_run["model_name_or_path"])
+    with pytest.raises(ConfigError, match="scores 0, 1; the data's labels are neg, neu, pos"):
+        kept(stock.output_dir, labels=("neg", "neu", "pos"))
+    with pytest.raises(ConfigError, match="scores 0, 1; the data's labels are no, yes"):
+        kept(stock.output_dir, labels=("no", "yes"))
+    with pytest.raises(ConfigError, match="reads the encoder's pooled first token, not mean pooling"):
+        kept(stock.output_dir, pooling="mean")
+    with pytest.raises(ConfigError, match="reads mean-pooled states, not cls"):
+        kept(contrastive.output_dir, pooling="cls")
+    with pytest.raises(ConfigError, match="--head_init keep does not apply to probe: its head is fitted afresh"):
+        kept(stock.output_dir, mode="probe")
+    # a classifier's config over weights without a head: refused, not silently given a random head
+    headless = tmp_path / "headless"
+    shutil.copytree(tiny_run["model_name_or_path"], headless)
+    config = _json.loads((headless / "config.json").read_text())
+    (headless / "config.json").write_text(_json.dumps({**config, "architectures": ["BertForSequenceClassification"]}))
+    with pytest.raises(ConfigError, match="holds no weights for its head .*classifier"):
+        kept(headless)
+
+
 def test_pipeline_reproduces_probe_predictions(tiny_run, tiny_data_dir):
     from transformers import pipeline
 

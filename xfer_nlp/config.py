@@ -29,7 +29,7 @@ TRACKER_AVAILABLE = {"tensorboard": accelerate_utils.is_tensorboard_available, "
                      "trackio": accelerate_utils.is_trackio_available}
 TRUNCATIONS = ("auto", "head", "tail", "head+tail")
 LONG_TEXT = ("truncate", "chunk")
-HEAD_INITS = ("random", "probe")
+HEAD_INITS = ("random", "probe", "keep")
 TORCH_COMPILE = ("no", "cudagraphs", "reduce-overhead")
 BEST_METRICS = ("accuracy", "macro_f1")  # what the shipped metrics module computes per split
 
@@ -79,7 +79,8 @@ class RunConfig:
                                  "offline), a local transformers folder, or a Hub id. Loaded with from_pretrained, "
                                  "safetensors only, never trust_remote_code. A classifier (an earlier run's "
                                  "output_dir, a fine-tuned Hub model) works too: its encoder is the start and its "
-                                 "head is replaced by one for this data's labels (intermediate-task transfer).")
+                                 "head is replaced by one for this data's labels (intermediate-task transfer), or "
+                                 "kept with --head_init keep when its labels are this data's.")
     dataset_name: str = _f("sst2", "A registry name (sst2, sst5, mr, subj, trec, polarity2k), any Hub dataset id (user/name, "
                            "through datasets.load_dataset; cached copies work offline), a folder with "
                            "train/validation/test files or laid out as a Hub dataset repository, or one file "
@@ -157,10 +158,13 @@ class RunConfig:
     gradual_unfreezing: bool = _f(False, "finetune/lora: train the head alone first, then unfreeze one encoder layer "
                                   "from the top every --unfreeze_interval epochs, embeddings last (ULMFiT).")
     unfreeze_interval: float = _f(1.0, "gradual_unfreezing: epochs per stage (fractions allowed, e.g. 0.25).")
-    head_init: str = _f("random", "finetune/lora: the classifier's starting weights. random (seeded), or probe: "
+    head_init: str = _f("random", "finetune/lora: the classifier's starting weights. random (seeded); probe: "
                         "first fit the probe's logistic head on the frozen encoder's features (C chosen on "
                         "validation), then train every weight from there (LP-FT, Kumar et al. 2022): the early steps "
-                        "then tune features for a head that already works instead of one that guesses.",
+                        "then tune features for a head that already works instead of one that guesses; or keep: "
+                        "--model_name_or_path is a classifier with this data's labels (an earlier run's output, a "
+                        "fine-tuned Hub classifier; matched by name) and training goes on from its own head, e.g. "
+                        "a sentiment model adapted to your reviews.",
                         choices=HEAD_INITS, only_for=("finetune", "lora"))
     reinit_layers: int = _f(0, "finetune: re-initialise the top N encoder layers (and the pooler) before training "
                             "(Zhang et al. 2021, for small data).")
@@ -398,11 +402,15 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--unfreeze_interval must be a positive number of epochs, got {cfg.unfreeze_interval}.")
     if cfg.stlr_ratio < 1:
         problems.append(f"--stlr_ratio must be >= 1, got {cfg.stlr_ratio}.")
-    if cfg.head_init == "probe" and cfg.mode not in MODE_ONLY["head_init"]:
-        problems.append(f"--head_init probe does not apply to {cfg.mode}: "
-                        + ("its head is the probe's fitted head already." if MODES[cfg.mode].fitted_head else
-                           "a head fitted on random features would guide nothing.")
-                        + f" Use it with {' or '.join(MODE_ONLY['head_init'])}.")
+    if cfg.head_init != "random" and cfg.mode not in MODE_ONLY["head_init"]:
+        if MODES[cfg.mode].fitted_head:
+            why = "its head is the probe's fitted head already." if cfg.head_init == "probe" else \
+                "its head is fitted afresh on the encoder's features."
+        else:
+            why = "a head fitted on random features would guide nothing." if cfg.head_init == "probe" else \
+                "it starts from random weights, head included."
+        problems.append(f"--head_init {cfg.head_init} does not apply to {cfg.mode}: {why} Use it with "
+                        f"{' or '.join(MODE_ONLY['head_init'])}.")
     if cfg.reinit_layers < 0:
         problems.append(f"--reinit_layers must be >= 0, got {cfg.reinit_layers}.")
     used = {"gradual_unfreezing": cfg.gradual_unfreezing, "layer_lr_decay": cfg.layer_lr_decay != 1.0,

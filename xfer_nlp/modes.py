@@ -270,8 +270,10 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
             raise ConfigError(f"'{cfg.model_name_or_path}' is an xfer_nlp export with a {exported.pooling}-pooled head, "
                               "and its encoder has no pooler to build the stock head on. Leave --pooling out (the "
                               f"export's {exported.pooling}) or pass mean or cls.")
-        logger.info("Starting from the encoder of the xfer_nlp export '%s' (%s pooling); its head is not reused: a "
-                    "new one is trained for this data's labels.", cfg.model_name_or_path, exported.pooling)
+        if cfg.head_init != "keep":
+            logger.info("Starting from the encoder of the xfer_nlp export '%s' (%s pooling); its head is not reused: "
+                        "a new one is trained for this data's labels.", cfg.model_name_or_path, exported.pooling)
+    kept = _head_to_keep(cfg, exported or base, pooling, label_names) if cfg.head_init == "keep" else None
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}
     spec = MODES[cfg.mode]
@@ -288,7 +290,11 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
         torch.manual_seed(cfg.seed)
     model = _make_model(cfg, path, base, exported, pooling, labels, family)
     lay = families.layout(model, family)
-    if spec.pretrained:
+    if kept is not None:
+        _reorder_classes(families.out_layer(model, lay), kept)
+        logger.info("Head kept from '%s' (--head_init keep): its classes %s are this data's.", cfg.model_name_or_path,
+                    ", ".join(label_names))
+    elif spec.pretrained:
         # The new head is initialised from the global RNG; redo it from the seed so runs repeat.
         _init_head(model, lay, cfg.seed)
         if cfg.reinit_layers:
@@ -299,11 +305,49 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
     return Built(model, tokenizer, pooling, path, lay)
 
 
+def _head_to_keep(cfg: RunConfig, start, pooling: str, label_names: tuple[str, ...]) -> list[int]:
+    """--head_init keep: checked on the starting model's config, before any weights are read. Returns the start's
+    class id for each of the data's label ids."""
+    from .evaluation import label_map
+
+    name = cfg.model_name_or_path
+    if start.model_type == XferPooledConfig.model_type:
+        if pooling != start.pooling:
+            raise ConfigError(f"--head_init keep: the head of '{name}' reads {start.pooling}-pooled states, not "
+                              f"{pooling}. Leave --pooling out.")
+    elif not any(str(a).endswith("ForSequenceClassification") for a in start.architectures or ()):
+        raise ConfigError(f"--head_init keep: '{name}' is not a classifier (its config.json names "
+                          f"{', '.join(start.architectures or ['no architecture'])}), so it has no head to keep. Start "
+                          "from a classifier with this data's labels, or leave --head_init out for a new head.")
+    elif pooling != "pooler":
+        raise ConfigError(f"--head_init keep: the stock head of '{name}' reads the encoder's pooled first token, "
+                          f"not {pooling} pooling. Leave --pooling out.")
+    theirs = start.id2label
+    try:
+        if len(theirs) != len(label_names):
+            raise ConfigError("")
+        order = label_map(theirs, label_names)
+    except ConfigError:
+        raise ConfigError(f"--head_init keep: the head of '{name}' scores {', '.join(map(str, theirs.values()))}; the "
+                          f"data's labels are {', '.join(label_names)}. A head is kept only for the same labels "
+                          "(matched by name, case aside); leave --head_init out for a new head.") from None
+    return order
+
+
+def _reorder_classes(out: torch.nn.Linear, order: list[int]) -> None:
+    """The kept head's rows in the data's label order (the start may list the same labels in another)."""
+    with torch.no_grad():
+        out.weight.copy_(out.weight[order])
+        if out.bias is not None:
+            out.bias.copy_(out.bias[order])
+
+
 def _make_model(cfg: RunConfig, path: str, base, exported: XferPooledConfig | None, pooling: str, labels: dict,
                 family: families.Family) -> torch.nn.Module:
     """The family's stock classifier for pooling 'pooler', else the pooled head over the bare encoder (read from an
-    earlier export's encoder when `exported` is its config)."""
+    earlier export's encoder when `exported` is its config; with its head too for --head_init keep)."""
     pretrained = MODES[cfg.mode].pretrained
+    keep = cfg.head_init == "keep"
     try:
         if pooling == "pooler":
             config = AutoConfig.from_pretrained(path, trust_remote_code=False, **labels)
@@ -315,15 +359,24 @@ def _make_model(cfg: RunConfig, path: str, base, exported: XferPooledConfig | No
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 path, config=config, use_safetensors=True, trust_remote_code=False, use_kernels=False,
                 ignore_mismatched_sizes=True, output_loading_info=True)
-            wrong = sorted(k for k, *_ in info["mismatched_keys"] if not families.under(k, family.head))
+            mismatched = [k for k, *_ in info["mismatched_keys"]]
+            wrong = sorted(k for k in mismatched if not families.under(k, family.head))
             if wrong:
                 raise ConfigError(f"The weights of '{cfg.model_name_or_path}' do not fit its own config.json "
                                   f"({', '.join(wrong[:3])} differ in shape). Save the model again with "
                                   "save_pretrained, or use another copy.")
+            absent = sorted(k for k in [*info["missing_keys"], *mismatched] if families.under(k, family.head))
+            if keep and absent:
+                raise ConfigError(f"--head_init keep: '{cfg.model_name_or_path}' holds no weights for its head "
+                                  f"({', '.join(absent[:3])}). Leave --head_init out for a new head.")
             return model
-        head = XferPooledConfig(encoder=base, pooling=pooling, normalize=MODES[cfg.mode].normalize, **labels)
+        normalize = exported.normalize if keep else MODES[cfg.mode].normalize  # the kept head read what it read
+        head = XferPooledConfig(encoder=base, pooling=pooling, normalize=normalize, **labels)
         model = XferPooledForSequenceClassification(head)
-        if pretrained and exported is not None:
+        if keep:
+            model.load_state_dict(XferPooledForSequenceClassification.from_pretrained(
+                path, config=exported, use_safetensors=True, trust_remote_code=False, use_kernels=False).state_dict())
+        elif pretrained and exported is not None:
             # This package's own class reads the export's safetensors; the folder's modeling.py never runs.
             model.encoder = XferPooledForSequenceClassification.from_pretrained(
                 path, config=exported, use_safetensors=True, trust_remote_code=False, use_kernels=False).encoder
