@@ -263,6 +263,7 @@ def test_head_init_keep_goes_on_from_the_start_classifiers_own_head(tiny_run, ti
                       **{**tiny_run, "model_name_or_path": str(contrastive.output_dir), "output_dir": str(tmp_path / "on")})
     assert on.results["config"]["head_init"] == "keep"
     assert "Head kept from" in (on.output_dir / "train.log").read_text()
+    assert f"Head: `{contrastive.output_dir}`'s own, kept for the same labels" in (on.output_dir / "README.md").read_text()
 
     with pytest.raises(ConfigError, match="is not a classifier .*BertModel.*no head to keep"):
         kept(tiny_run["model_name_or_path"])

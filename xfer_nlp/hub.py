@@ -107,6 +107,9 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
     chosen += (", so validation scores are optimistic; the test split was scored once, with that choice."
                if "test" in record.metrics else ", so its scores are optimistic; this dataset has no test split.")
     normalised = ", each sentence vector scaled to unit length" if spec.normalize and record.pooling != "pooler" else ""
+    head = {"keep": f" Head: `{record.model}`'s own, kept for the same labels (`--head_init keep`) and trained on.",
+            "probe": " Head: first fitted as the probe's on the frozen encoder (`--head_init probe`), then trained on."
+            }.get(cfg.get("head_init"), "")
     compared = ("## Comparison\n\nThis run is one cell of an `xfer-nlp compare` grid on the same data; the other "
                 f"approaches scored:\n\n{comparison}\n") if comparison else ""
     body = f"""
@@ -114,7 +117,7 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
 
 A text classifier for **{dataset}** ({", ".join(record.label_names)}), trained with
 [xfer_nlp](https://pypi.org/project/xfer-nlp/) in mode **{mode}**: {spec.card}.
-Encoder: `{record.model}` ({record.pooling} pooling{normalised}).
+Encoder: `{record.model}` ({record.pooling} pooling{normalised}).{head}
 {_reading_note(record)}
 
 ## Results
