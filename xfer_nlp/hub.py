@@ -101,6 +101,9 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
         chosen = ("The encoder was tuned on pairs for the steps set in advance (no choice on validation); the head's "
                   "regularisation strength C" if spec.loop else "The head's regularisation strength C")
         chosen += " was chosen on the validation split"
+    elif record.best_step == 0:
+        chosen = ("The starting classifier's weights were kept (step 0: no training step improved on them) as the "
+                  "best on the validation split")
     else:
         chosen = (f"The weights of epoch {record.best_epoch} (step {record.best_step}) were kept as "
                   "the best on the validation split")

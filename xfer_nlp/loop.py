@@ -326,6 +326,10 @@ def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=No
                    disable=not accelerator.is_local_main_process)
         running, seen = torch.zeros((), device=accelerator.device), 0
         clock = time.perf_counter() - progress.seconds
+        if cfg.head_init == "keep" and run.eval_dls and not progress.history:
+            # The start is a working classifier: it is scored first, so the kept weights are never worse on
+            # validation than where the run began (tiny or off-domain data can make training lose ground).
+            _evaluate(run, scorer, clock)
         # A run resumed at its very last step still owes that epoch's end, hence the second condition.
         while not progress.stopped_early and (progress.step < run.steps or progress.batches_in_epoch > 0):
             # Accelerate's loader sets an unwrapped sampler's epoch to its own count of passes at every iter(), and a
@@ -395,8 +399,12 @@ def finish(run: _Run, scorer) -> Trained:
     # accelerator and, under DeepSpeed, destroys the engine that still holds the model.
     run.optimizer.state.clear()
     if progress.best_step != progress.history[-1]["step"]:
-        logger.info("Keeping epoch %g (step %d), the best on validation %s.", progress.best_epoch,
-                    progress.best_step, run.cfg.metric_for_best_model)
+        if progress.best_step == 0:
+            logger.info("Keeping the starting classifier (step 0): no step improved on its validation %s.",
+                        run.cfg.metric_for_best_model)
+        else:
+            logger.info("Keeping epoch %g (step %d), the best on validation %s.", progress.best_epoch,
+                        progress.best_step, run.cfg.metric_for_best_model)
         accelerator.wait_for_everyone()
         accelerator.unwrap_model(model).load_state_dict(load_file(run.best_file))
     # Rescored without autocast, the final metrics are exactly what the exported fp32 model computes in pipeline()
