@@ -263,7 +263,9 @@ def test_head_init_keep_goes_on_from_the_start_classifiers_own_head(tiny_run, ti
                       **{**tiny_run, "model_name_or_path": str(contrastive.output_dir), "output_dir": str(tmp_path / "on")})
     assert on.results["config"]["head_init"] == "keep"
     assert "Head kept from" in (on.output_dir / "train.log").read_text()
-    assert f"Head: `{contrastive.output_dir}`'s own, kept for the same labels" in (on.output_dir / "README.md").read_text()
+    card = (on.output_dir / "README.md").read_text()
+    assert f"Head: `{contrastive.output_dir}`'s own, kept for the same labels" in card
+    assert "(mean pooling, each sentence vector scaled to unit length)" in card and on.results["normalize"]
     assert on.results["history"][0]["step"] == 0  # the start is scored before the first step ...
     # ... and kept when no step beats it on validation (here steps too small to change a prediction)
     still = xfer_nlp.run(mode="finetune", head_init="keep", max_steps=2, learning_rate=1e-12,

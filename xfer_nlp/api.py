@@ -250,7 +250,8 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         metrics=metrics, train_seconds=round(train_seconds, 2), trainable_params=trainable, total_params=total,
         peak_memory_mb=round(_peak_memory_mb(accelerator), 1), label_names=list(data.label_names),
         hardware=_hardware(accelerator), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        config=cfg.to_dict(), pooling=built.pooling, architecture=type(exported).__name__, data_source=data.source,
+        config=cfg.to_dict(), pooling=built.pooling, normalize=bool(getattr(exported.config, "normalize", False)),
+        architecture=type(exported).__name__, data_source=data.source,
         data_notes=list(data.notes), num_processes=accelerator.num_processes,
         mixed_precision=accelerator.mixed_precision, torch=torch.__version__, malloc=allocator.malloc(),
         **extra)

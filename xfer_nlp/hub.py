@@ -109,7 +109,9 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
                   "the best on the validation split")
     chosen += (", so validation scores are optimistic; the test split was scored once, with that choice."
                if "test" in record.metrics else ", so its scores are optimistic; this dataset has no test split.")
-    normalised = ", each sentence vector scaled to unit length" if spec.normalize and record.pooling != "pooler" else ""
+    # record.normalize is what the exported head does; results written before it existed leave it to the mode
+    unit_length = (record.normalize or spec.normalize) and record.pooling != "pooler"
+    normalised = ", each sentence vector scaled to unit length" if unit_length else ""
     head = {"keep": f" Head: `{record.model}`'s own, kept for the same labels (`--head_init keep`) and trained on.",
             "probe": " Head: first fitted as the probe's on the frozen encoder (`--head_init probe`), then trained on."
             }.get(cfg.get("head_init"), "")

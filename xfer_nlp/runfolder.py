@@ -154,6 +154,7 @@ class RunRecord:
     finished_at: str
     config: dict  # RunConfig.to_dict(): the resolved settings, token removed
     pooling: str | None = None
+    normalize: bool = False  # a pooled head that reads unit-length sentence vectors (contrastive, or one kept from it)
     architecture: str | None = None  # the exported class
     data_source: str | None = None
     data_notes: list[str] = field(default_factory=list)
