@@ -69,7 +69,8 @@ def check(out: Path, overwrite: bool, resume: str | None) -> None:
     """Never lose earlier results, nor write into a folder that is not a run's without being told to."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir '{out}' is a file. Pass a folder path.")
-    if resume == "latest" and state(out) in ("missing", "empty", "failed", "foreign"):
+    now = state(out)  # the write test below leaves nothing that changes it
+    if resume == "latest" and now in ("missing", "empty", "failed", "foreign"):
         # refused here, before the data and the model load, and before the folder is created
         raise CheckpointError(f"No intact checkpoint under '{out / CHECKPOINTS}' to resume from: the folder holds no "
                               "checkpoint. Start the run again without --resume_from_checkpoint.")
@@ -83,7 +84,6 @@ def check(out: Path, overwrite: bool, resume: str | None) -> None:
                           "its permissions.") from None
     if overwrite:
         return
-    now = state(out)
     if now == "finished":
         raise ConfigError(f"--output_dir '{out}' already holds a finished run (results.json or evaluation.json). Choose another "
                           "--output_dir, or pass --overwrite_output_dir to replace it.")
