@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from . import families, schedules
 from .errors import ConfigError
+from .evaluation import label_map
 from .modeling import XferPooledConfig, XferPooledForSequenceClassification, no_pooler
 
 if TYPE_CHECKING:
@@ -308,8 +309,6 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
 def _head_to_keep(cfg: RunConfig, start, pooling: str, label_names: tuple[str, ...]) -> list[int]:
     """--head_init keep: checked on the starting model's config, before any weights are read. Returns the start's
     class id for each of the data's label ids."""
-    from .evaluation import label_map
-
     name = cfg.model_name_or_path
     if start.model_type == XferPooledConfig.model_type:
         if pooling != start.pooling:
@@ -324,13 +323,13 @@ def _head_to_keep(cfg: RunConfig, start, pooling: str, label_names: tuple[str, .
                           f"not {pooling} pooling. Leave --pooling out.")
     theirs = start.id2label
     try:
-        if len(theirs) != len(label_names):
-            raise ConfigError("")
-        order = label_map(theirs, label_names)
-    except ConfigError:
+        order = label_map(theirs, label_names) if len(theirs) == len(label_names) else None
+    except ConfigError:  # a data label the head does not score
+        order = None
+    if order is None:
         raise ConfigError(f"--head_init keep: the head of '{name}' scores {', '.join(map(str, theirs.values()))}; the "
                           f"data's labels are {', '.join(label_names)}. A head is kept only for the same labels "
-                          "(matched by name, case aside); leave --head_init out for a new head.") from None
+                          "(matched by name, case aside); leave --head_init out for a new head.")
     return order
 
 
@@ -372,11 +371,11 @@ def _make_model(cfg: RunConfig, path: str, base, exported: XferPooledConfig | No
             return model
         normalize = exported.normalize if keep else MODES[cfg.mode].normalize  # the kept head read what it read
         head = XferPooledConfig(encoder=base, pooling=pooling, normalize=normalize, **labels)
+        if keep:  # the export read whole, under this data's label names (same count and shapes)
+            return XferPooledForSequenceClassification.from_pretrained(
+                path, config=head, use_safetensors=True, trust_remote_code=False, use_kernels=False)
         model = XferPooledForSequenceClassification(head)
-        if keep:
-            model.load_state_dict(XferPooledForSequenceClassification.from_pretrained(
-                path, config=exported, use_safetensors=True, trust_remote_code=False, use_kernels=False).state_dict())
-        elif pretrained and exported is not None:
+        if pretrained and exported is not None:
             # This package's own class reads the export's safetensors; the folder's modeling.py never runs.
             model.encoder = XferPooledForSequenceClassification.from_pretrained(
                 path, config=exported, use_safetensors=True, trust_remote_code=False, use_kernels=False).encoder
