@@ -8,6 +8,9 @@ ARGS ?=
 # Explicit single-process launch keeps `accelerate launch` from warning about missing config;
 # pass LAUNCH="--config_file recipes/accelerate_configs/ddp.yaml" (or your own) for more.
 LAUNCH ?= --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+# Tests run in this many pytest-xdist workers, one OpenMP thread each (tests/conftest.py): one per core, at most 4
+# (each can hold a real encoder's run in memory). TEST_WORKERS=0 runs them in this process, one after another.
+TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +27,6 @@ sentiment: $(VENV)/.installed
 	$(VENV)/bin/accelerate launch $(LAUNCH) recipes/sentiment.py --mode $(MODE) $(ARGS)
 
 test: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=15 $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 .PHONY: install sentiment test

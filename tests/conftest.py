@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: tests never touch the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N: N workers share the cores, so each (and every process it starts) gets one OpenMP thread;
+    # threads beyond the cores spin against each other and measured several times slower, not shared.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import json  # noqa: E402
 import random  # noqa: E402
@@ -46,7 +50,8 @@ def free_port() -> str:
 
 
 def one_process_env() -> dict:
-    """Environment for a subprocess that runs alone (a benchmark script): every core, and no GPUs."""
+    """Environment for a subprocess that runs alone (a benchmark script): the test's threads (every core when the
+    suite runs in one process, one under pytest -n), and no GPUs."""
     return {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
 
 
