@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from xfer_nlp import allocator
 from xfer_nlp.config import RunConfig
 
@@ -74,6 +76,23 @@ def test_predict_command(tiny_model_dir, tiny_data_dir, tmp_path):
     assert "LD_PRELOAD" not in printed.stderr
     missing = sh("-m", "xfer_nlp.cli", "predict", "--model", out, "--input", tmp_path / "nope.txt")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_predict_names_a_model_folder_given_where_its_texts_go(tmp_path, capsys):
+    """The other commands take MODEL first; predict's positionals are texts, so a folder there is named, with the
+    command as it should read, instead of argparse's bare "required: --model" (or labelling the path as a text)."""
+    from xfer_nlp import cli
+
+    (tmp_path / "my run").mkdir()
+    for texts, fix in (([str(tmp_path / "my run"), "a dull film"], "--model '{}/my run' 'a dull film'"),
+                       ([str(tmp_path / "my run")], "--model '{}/my run' ..."),
+                       (["a dull film"], None)):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["predict", *texts])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert stopped.value.code == 2 and "--model is missing" in err
+        assert (fix is not None and err.endswith("xfer-nlp predict " + fix.format(tmp_path))) or \
+            (fix is None and "is a folder" not in err and "--input FILE" in err)
 
 
 def test_a_command_stopped_by_ctrl_c_prints_one_line_not_a_traceback(monkeypatch, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -146,7 +147,7 @@ def predict_command(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="xfer-nlp predict", description="Label texts with an exported model.")
     parser.add_argument("texts", nargs="*", help="Texts to label (or use --input).")
-    parser.add_argument("--model", required=True, help=MODEL_HELP)
+    parser.add_argument("--model", help=MODEL_HELP + " Required: the positional arguments are the texts.")
     parser.add_argument("--input", help="File of texts: .txt (one a line), .jsonl, .json, .csv, .tsv or .parquet.")
     parser.add_argument("--text_column", default="text", help="Column of --input that holds the text.")
     parser.add_argument("--output", help="Write JSONL rows (text, label, score, scores) here instead of printing.")
@@ -162,6 +163,12 @@ def predict_command(argv: list[str]) -> int:
         "torch: the exported model; onnx: MODEL/onnx/model.onnx through onnxruntime (make it with "
         "`xfer-nlp export MODEL --format onnx`; fp32)."))
     args = parser.parse_args(argv)
+    if not args.model:  # the other commands take MODEL first; here a folder given so would be labelled as a text
+        if args.texts and Path(args.texts[0]).is_dir():
+            fixed = shlex.join(["xfer-nlp", "predict", "--model", *args.texts]) + (" ..." if len(args.texts) < 2 else "")
+            parser.error(f"--model is missing, and '{args.texts[0]}' is a folder: predict's positional arguments are "
+                         f"the texts, so give the model as --model: {fixed}")
+        parser.error("--model is missing: xfer-nlp predict --model RUN_DIR TEXT ... (or --input FILE).")
     try:
         texts = itertools.chain(args.texts, iter_texts(args.input, args.text_column) if args.input else [])
         first = next(texts, predict_command)  # the function itself as the end marker: a text may be None
