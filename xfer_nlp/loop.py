@@ -441,9 +441,12 @@ def _log_loss(run: _Run, bar, mean_loss: float) -> None:
 
 
 def _evaluate(run: _Run, scorer, clock: float) -> None:
-    """Score every eval split, log it, keep the weights if validation is the best so far, count patience."""
+    """Score validation, log it, keep the weights if it is the best so far, count patience. The test split is not
+    scored here: only once, with the kept weights, after training (finish), so no test figure is seen before the
+    choice is made (and the evaluations cost validation's time alone)."""
     accelerator, progress, cfg = run.accelerator, run.progress, run.cfg
-    metrics = {name: evaluate(accelerator, run.model, dl, scorer) for name, dl in run.eval_dls.items()}
+    metrics = {name: evaluate(accelerator, run.model, dl, scorer) for name, dl in run.eval_dls.items()
+               if name == "validation"}
     run.model.train()
     progress.seconds = time.perf_counter() - clock
     epoch = progress.epoch + progress.batches_in_epoch / len(run.train_dl)
