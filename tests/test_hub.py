@@ -56,6 +56,13 @@ def test_recipe_push_uploads_model_card_and_results(tiny_model_dir, tiny_data_di
     local = json.loads((out / "results.json").read_text())["metrics"]
     assert metrics[("validation", "accuracy")] == round(local["validation"]["accuracy"], 4)
     assert metrics[("test", "f1")] == round(local["test"]["macro_f1"], 4)
+    # each label's precision / recall / F1 on each split, by name, read from results.json's per-class figures
+    names = json.loads((out / "results.json").read_text())["label_names"]
+    for i, name in enumerate(names):
+        row = next(line for line in card.text.splitlines() if line.startswith(f"| {name} |")).split("|")
+        for split, cell in (("validation", row[2]), ("test", row[3])):
+            c = local[split]["per_class"][str(i)]
+            assert cell.strip() == f"{c['precision']:.3f} / {c['recall']:.3f} / {c['f1']:.3f} ({c['support']})"
     # the token never lands in an output, a log or the uploaded files
     for blob in [*repo["files"].values(), result.stdout.encode(), result.stderr.encode(),
                  *(p.read_bytes() for p in out.iterdir() if p.is_file())]:

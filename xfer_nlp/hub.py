@@ -71,6 +71,23 @@ def _reading_note(record: RunRecord) -> str:
             "this setting from results.json.")
 
 
+def _per_class_table(record: RunRecord) -> str:
+    """Precision / recall / F1 and support of each label on each scored split, by name (results.json keys them by
+    class id): accuracy and macro-F1 alone hide which class a model gets wrong."""
+    splits = [(split, m["per_class"]) for split, m in record.metrics.items() if m.get("per_class")]
+    if not splits:
+        return ""
+    lines = [f"| label | {' | '.join(split for split, _ in splits)} |", "|---|" + "---|" * len(splits)]
+    for i, name in enumerate(record.label_names):
+        cells = []
+        for _, classes in splits:
+            c = classes.get(str(i))
+            cells.append("—" if c is None else
+                         f"{c['precision']:.3f} / {c['recall']:.3f} / {c['f1']:.3f} ({c['support']:,})")
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "Per class: precision / recall / F1 (examples).\n\n" + "\n".join(lines) + "\n\n"
+
+
 def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
     """The card for one run; `comparison` is the summary table of the compare grid the run belonged to."""
     cfg = record.config
@@ -93,6 +110,7 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
         library_name="transformers", pipeline_tag="text-classification", license="apache-2.0",
         tags=["xfer_nlp", mode, "text-classification"], model_name=Path(cfg["output_dir"]).name, eval_results=evals)
     rows = "\n".join(f"| {split} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for split, m in record.metrics.items())
+    per_class = _per_class_table(record)
     hyper = {k: cfg[k] for k in spec.card_settings if cfg.get(k) is not None}
     if record.pairs:
         hyper["pair_iterations"] = f"{record.pairs['rounds']} ({record.pairs['pairs']:,} pairs; {record.pairs['rule']})"
@@ -131,7 +149,7 @@ Encoder: `{record.model}` ({record.pooling} pooling{normalised}).{head}
 |---|---|---|
 {rows}
 
-{chosen}
+{per_class}{chosen}
 Trained on {record.train_samples} examples in {record.train_seconds:.1f} s on {record.hardware};
 {record.trainable_params:,} of {record.total_params:,} parameters trained; peak memory {record.peak_memory_mb:.0f} MB.
 
