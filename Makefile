@@ -10,7 +10,7 @@ ARGS ?=
 LAUNCH ?= --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 # Tests run in this many pytest-xdist workers, one OpenMP thread each (tests/conftest.py): one per core, at most 4
 # (each can hold a real encoder's run in memory). TEST_WORKERS=0 runs them in this process, one after another.
-TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+TEST_WORKERS ?= $(shell python3 -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(); print(min(4, n or 1))")
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
