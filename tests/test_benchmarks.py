@@ -176,3 +176,26 @@ def test_allocators_benchmark_smoke(tmp_path, tiny_model_dir, tiny_data_dir):
     assert all(float(cells[4]) > 0 for cells in ran)  # a measured peak RSS
     if "not installed" in rows["tcmalloc"][0]:
         assert "apt-get install libtcmalloc-minimal4" in rows["tcmalloc"][0]
+
+
+def test_early_stopping_report_reads_a_committed_grid(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from early_stopping import stopped
+
+    curve = [{"step": s, "validation_accuracy": a} for s, a in enumerate([0.5, 0.6, 0.6, 0.58, 0.7])]
+    assert stopped(curve, "validation_accuracy", None) == (0.7, curve[-1])
+    assert stopped(curve, "validation_accuracy", 2) == (0.6, curve[3])  # a tie is no improvement, as in the loop
+    assert stopped(curve, "validation_accuracy", 3) == (0.7, curve[-1])
+    out = tmp_path / "early.md"
+    report = bench("early_stopping.py", str(ROOT / "benchmarks" / "results" / "grid-mr"), "--patience", "1,3,10",
+                   "--out", str(out), cwd=tmp_path).stdout
+    assert out.read_text().strip() == report.strip()
+    summary = {int(row.split("|")[1]): row.split("|")[2:-1] for row in report.splitlines()
+               if row.startswith("| ") and row.split("|")[1].strip().isdigit()}
+    assert list(summary) == [1, 3, 10]
+    worse = [int(cells[1]) for cells in summary.values()]
+    spent = [float(cells[4].strip().rstrip("%")) for cells in summary.values()]
+    # more patience never keeps a worse evaluation in more cells, and never stops sooner
+    assert worse == sorted(worse, reverse=True) and spent == sorted(spent)
+    assert worse[-1] == 0 and spent[-1] == 100  # no cell has more than 10 evaluations: none stops early
+    assert "| finetune | 16 | 3 | 10 |" in report  # a row per mode and size, with its seeds and evaluations
