@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from xfer_nlp.report import load_cells
+from xfer_nlp.report import load_cells, size_key
 
 from common import publish
 
@@ -61,12 +61,8 @@ def effects(grid: Path, patiences: list[int]) -> list[dict]:
     return rows
 
 
-def _size_key(size: str) -> float:
-    return float("inf") if size == "all" else int(size)
-
-
 def table(grid: Path, rows: list[dict], patiences: list[int]) -> list[str]:
-    groups = sorted({(r["mode"], r["size"]) for r in rows}, key=lambda g: (MODES.index(g[0]), _size_key(g[1])))
+    groups = sorted({(r["mode"], r["size"]) for r in rows}, key=lambda g: (MODES.index(g[0]), size_key(g[1])))
     lines = [f"### {grid.name}", "", "Per mode and training-set size, over its seeds: the kept validation accuracy's "
              "change against the full run (mean, worst) and the share of the run's seconds spent.", "",
              "| mode | n | seeds | evaluations | " + " | ".join(f"patience {p}" for p in patiences) + " |",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from xfer_nlp.report import load_cells
+from xfer_nlp.report import load_cells, size_key
 
 from common import cpu_name, publish
 
@@ -98,16 +98,12 @@ def paired(done: pd.DataFrame, mode: str, size: str) -> str:
     return f"{diff.mean():+.3f}{sd} ({(diff >= 0).sum()} of {len(diff)} seeds ≥)"
 
 
-def _size_key(size: str) -> float:
-    return math.inf if size == "all" else int(size)
-
-
 def report(grid: Path) -> list[str]:
     done = cells(grid)
     if done.empty:
         return [f"## {grid.name}", "", "No finished cells yet.", ""]
     table = per_size(done)
-    sizes = sorted(done["size"].unique(), key=_size_key)
+    sizes = sorted(done["size"].unique(), key=size_key)
     present = table.index.get_level_values(0)
     modes = [m for m in MODES if m in present] + sorted(set(present) - set(MODES) - {PEER})
     has_peer = PEER in table.index.get_level_values(0)

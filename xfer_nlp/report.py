@@ -45,7 +45,8 @@ def load_cells(output_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _size_key(size: str) -> float:
+def size_key(size: str) -> float:
+    """Sorts training-set sizes as numbers, "all" last."""
     return math.inf if size == "all" else int(size)
 
 
@@ -63,7 +64,7 @@ def summarise(cells: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     done = cells[cells.status == "done"]
     rows = []
     for label in labels:
-        for size in sorted(done[done.label == label]["size"].unique(), key=_size_key):
+        for size in sorted(done[done.label == label]["size"].unique(), key=size_key):
             g = done[(done.label == label) & (done["size"] == size)]
             row = {"label": label, "mode": g["mode"].iloc[0], "size": size, "seeds": len(g),
                    "train_samples": int(g.train_samples.mean()), "train_seconds": g.train_seconds.mean(),
@@ -92,7 +93,7 @@ def _starting_point(label: str, mode: str, overrides: dict) -> str:
 
 def textbook_table(summary: pd.DataFrame, cells: pd.DataFrame, labels: list[str]) -> str:
     """The textbook's adjectives replaced by this grid's numbers."""
-    sizes = sorted(summary["size"].unique(), key=_size_key)
+    sizes = sorted(summary["size"].unique(), key=size_key)
     header = "| | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels)
     rows = {"Starting point": [], "Data needed (95% of own full-data accuracy)": [],
             "Training time at the largest size": [], "Trainable parameters": []}
@@ -108,9 +109,9 @@ def textbook_table(summary: pd.DataFrame, cells: pd.DataFrame, labels: list[str]
             for size in sizes:
                 acc_rows[size].append("—")
             continue
-        largest = max(s.index, key=_size_key)
+        largest = max(s.index, key=size_key)
         full = s.loc[largest, "validation_accuracy_mean"]
-        needed = next(size for size in sorted(s.index, key=_size_key)
+        needed = next(size for size in sorted(s.index, key=size_key)
                       if s.loc[size, "validation_accuracy_mean"] >= 0.95 * full)
         rows["Data needed (95% of own full-data accuracy)"].append(
             f"{s.loc[needed, 'train_samples']:,} examples" + (" (the largest tried)" if needed == largest else ""))
@@ -161,7 +162,7 @@ def plot(summary: pd.DataFrame, cells: pd.DataFrame, labels: list[str], output_d
     ax.legend(fontsize=8)
     files.append(_save(fig, output_dir / "accuracy_vs_time.png"))
 
-    sizes = sorted(summary["size"].unique(), key=_size_key)
+    sizes = sorted(summary["size"].unique(), key=size_key)
     fig, axes = plt.subplots(1, len(sizes), figsize=(3.6 * len(sizes), 4), sharey=True, squeeze=False)
     for ax, size in zip(axes[0], sizes):
         for label in labels:
