@@ -78,13 +78,10 @@ def _per_class_table(record: RunRecord) -> str:
     if not splits:
         return ""
     lines = [f"| label | {' | '.join(split for split, _ in splits)} |", "|---|" + "---|" * len(splits)]
-    for i, name in enumerate(record.label_names):
-        cells = []
-        for _, classes in splits:
-            c = classes.get(str(i))
-            cells.append("—" if c is None else
-                         f"{c['precision']:.3f} / {c['recall']:.3f} / {c['f1']:.3f} ({c['support']:,})")
-        lines.append(f"| {name} | {' | '.join(cells)} |")
+    for i, name in enumerate(record.label_names):  # the metrics module scores every class id, seen or not
+        cells = (classes[str(i)] for _, classes in splits)
+        lines.append(f"| {name} | " + " | ".join(
+            f"{c['precision']:.3f} / {c['recall']:.3f} / {c['f1']:.3f} ({c['support']:,})" for c in cells) + " |")
     return "Per class: precision / recall / F1 (examples).\n\n" + "\n".join(lines) + "\n\n"
 
 
