@@ -1,4 +1,4 @@
-"""The training step's CPU lever: the word-embedding gradient kept in one buffer must change nothing but speed."""
+"""The training loop's parts: the CPU embedding-gradient lever changes nothing but speed; kept weights are checked."""
 
 import contextlib
 import json
@@ -94,3 +94,29 @@ def test_keep_freed_memory_serves_big_tensors_from_the_heap():
         assert result["before"] >= 100 * 2**20  # glibc's default: a block this big is mapped on its own
         assert result["took"] is (setting == "on")
         assert (result["after"] >= 100 * 2**20) is (setting == "off")
+
+
+def test_the_kept_weights_are_checked_to_be_the_best_evaluations(tmp_path):
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from xfer_nlp.checkpoint import CheckpointError
+    from xfer_nlp.loop import _best_weights
+
+    best = tmp_path / "best.safetensors"
+    run = SimpleNamespace(progress=SimpleNamespace(best_step=40), best_file=best)
+    with pytest.raises(CheckpointError, match=r"best evaluation \(step 40\).*but it is missing.*before step 40"):
+        _best_weights(run)
+    weights = {"w": torch.arange(6.0).reshape(2, 3)}
+    save_file(weights, best, metadata={"step": "60"})  # a later evaluation's file, left by another run
+    with pytest.raises(CheckpointError, match="holds the weights of step 60"):
+        _best_weights(run)
+    save_file(weights, best)  # no step recorded
+    with pytest.raises(CheckpointError, match="does not say which step"):
+        _best_weights(run)
+    best.write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        _best_weights(run)
+    save_file(weights, best, metadata={"step": "40"})
+    assert torch.equal(_best_weights(run)["w"], weights["w"])

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import torch.fx.experimental._config as fx_config
 from accelerate.utils import DistributedType
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoints, CheckpointError, set_rng_states
@@ -406,7 +407,7 @@ def finish(run: _Run, scorer) -> Trained:
             logger.info("Keeping epoch %g (step %d), the best on validation %s.", progress.best_epoch,
                         progress.best_step, run.cfg.metric_for_best_model)
         accelerator.wait_for_everyone()
-        accelerator.unwrap_model(model).load_state_dict(load_file(run.best_file))
+        _restore(accelerator.unwrap_model(model).load_state_dict, _best_weights(run), "kept weights")
     # Rescored without autocast, the final metrics are exactly what the exported fp32 model computes in pipeline()
     # (under mixed precision the per-evaluation history keeps the scores that chose the weights), and the logits
     # behind them are what predictions.jsonl reports.
@@ -418,6 +419,23 @@ def finish(run: _Run, scorer) -> Trained:
             f"{s}_{k} {v:.4f}" for s, m in metrics.items() for k, v in scalars(m).items()))
     return Trained(metrics, outputs, progress.best_epoch, progress.best_step, progress.stopped_early,
                    progress.history, run.schedule, run.resumed)
+
+
+def _best_weights(run: _Run) -> dict[str, torch.Tensor]:
+    """The best evaluation's weights, checked to be that evaluation's: the file names its step, and one that is
+    missing, unreadable or from another step (a folder assembled by hand, a resume from elsewhere) is refused."""
+    step = run.progress.best_step
+    try:
+        with safe_open(run.best_file, "pt") as f:
+            saved = (f.metadata() or {}).get("step")
+            if saved == str(step):
+                return {k: f.get_tensor(k) for k in f.keys()}
+        problem = f"it holds the weights of step {saved}" if saved else "it does not say which step it holds"
+    except (OSError, SafetensorError) as e:
+        problem = "it is missing" if not run.best_file.exists() else f"it could not be read ({e})"
+    raise CheckpointError(f"The run keeps the weights of its best evaluation (step {step}), which belong in "
+                          f"{run.best_file}, but {problem}. Resume from a checkpoint before step {step} so that "
+                          "the evaluation runs again, or start over with --overwrite_output_dir.")
 
 
 def _thaw(run: _Run, stage: int) -> None:
@@ -467,7 +485,8 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
             run.checkpoints.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(run.best_file) as tmp:
                 save_file({k: v.detach().contiguous() for k, v in
-                           accelerator.unwrap_model(run.model).state_dict().items()}, tmp)
+                           accelerator.unwrap_model(run.model).state_dict().items()}, tmp,
+                          metadata={"step": str(progress.step)})
     else:
         progress.evals_since_best += 1
         patience = cfg.early_stopping_patience
