@@ -57,6 +57,10 @@ def test_predictions_and_the_confusion_matrix_are_the_reported_metrics(mode, tin
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((out / "results.json").read_text())
     assert "confusion_matrix.png" in results["files"] and "predictions.jsonl" not in results["files"]  # no data pushed
+    # scoring the test split is timed apart from training (a peer's timing leaves out its evaluation too)
+    assert results["test_seconds"] > 0 and results["train_seconds"] > 0
+    if mode == "probe":
+        assert results["probe"]["test_seconds"] == results["test_seconds"]
     # The scores are what the export computes: predict() on the validation texts gives the same probabilities.
     val = [r for r in rows if r["split"] == "validation"]
     again = xfer_nlp.predict(out, [r["text"] for r in val])

@@ -225,7 +225,8 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         trained = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls, scorer, weights,
                              on_step=on_step)
         extra.update(history=trained.history, schedule=trained.schedule, best_epoch=trained.best_epoch,
-                     best_step=trained.best_step, stopped_early=trained.stopped_early, resumed=trained.resumed)
+                     best_step=trained.best_step, stopped_early=trained.stopped_early, resumed=trained.resumed,
+                     test_seconds=trained.test_seconds)
         metrics, outputs = trained.metrics, trained.outputs
         model = accelerator.unwrap_model(model)
     if spec.fitted_head:
@@ -236,10 +237,13 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         metrics, outputs, extra["probe"] = probe.run_probe(
             accelerator, dataclasses.replace(cfg, no_feature_cache=True) if tuned else cfg, model, built.layout,
             make_loader, tokenized, scorer, weights, autocast=not tuned)
+        extra["test_seconds"] = extra["probe"]["test_seconds"]
         accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}, step=0)
     # A resumed run's time is this process's plus what the checkpoint's steps took in the processes before it (the
-    # steps an interrupted process ran after its last checkpoint are redone here, so counted once).
-    train_seconds = time.perf_counter() - start + (extra.get("resumed") or {}).get("seconds_before", 0)
+    # steps an interrupted process ran after its last checkpoint are redone here, so counted once). Scoring the test
+    # split is reporting, not training, and is left out (test_seconds), as a peer's timing leaves out its evaluation.
+    train_seconds = (time.perf_counter() - start + (extra.get("resumed") or {}).get("seconds_before", 0)
+                     - extra.get("test_seconds", 0.0))
 
     if cfg.save_lora_adapter and hasattr(model, "peft_config") and accelerator.is_main_process:
         model.save_pretrained(output_dir / "adapter")  # before merging: merge_and_unload consumes the adapters

@@ -221,6 +221,7 @@ class Trained:
     history: list[dict]  # one record per evaluation
     schedule: dict  # parameter groups, learning rates, unfreezing stages (describe)
     resumed: dict | None  # {"from_step", "seconds_before"}: what earlier processes trained, when resumed
+    test_seconds: float  # scoring the test split with the kept weights (not training)
 
 
 @dataclass
@@ -412,13 +413,18 @@ def finish(run: _Run, scorer) -> Trained:
     # (under mixed precision the per-evaluation history keeps the scores that chose the weights), and the logits
     # behind them are what predictions.jsonl reports.
     plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    outputs = {name: predict_logits(accelerator, plain, dl) for name, dl in run.eval_dls.items()}
+    outputs, test_seconds = {}, 0.0
+    for name, dl in run.eval_dls.items():
+        start = time.perf_counter()
+        outputs[name] = predict_logits(accelerator, plain, dl)
+        if name != "validation":  # the test split, scored here for the first time: reporting, not training
+            test_seconds += time.perf_counter() - start
     metrics = {name: scorer(logits.argmax(-1).numpy(), labels.numpy()) for name, (logits, labels) in outputs.items()}
     if accelerator.mixed_precision != "no":
         logger.info("Epoch %g rescored in fp32: %s", progress.best_epoch, ", ".join(
             f"{s}_{k} {v:.4f}" for s, m in metrics.items() for k, v in scalars(m).items()))
     return Trained(metrics, outputs, progress.best_epoch, progress.best_step, progress.stopped_early,
-                   progress.history, run.schedule, run.resumed)
+                   progress.history, run.schedule, run.resumed, round(test_seconds, 2))
 
 
 def _best_weights(run: _Run) -> dict[str, torch.Tensor]:

@@ -171,6 +171,7 @@ class RunRecord:
     best_epoch: float | None = None
     best_step: int | None = None
     stopped_early: bool = False
+    test_seconds: float = 0.0  # scoring the test split once, after training: reporting, so not in train_seconds
     resumed: dict | None = None  # from a checkpoint: its step and the seconds earlier processes trained (in train_seconds)
     files: list[str] | None = None  # what the run wrote into its folder: exactly what push uploads
     onnx: dict | None = None  # the ONNX export, once `xfer-nlp export` made one: file, opset, checked logit difference
