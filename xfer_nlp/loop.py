@@ -424,7 +424,7 @@ def finish(run: _Run, scorer) -> Trained:
         logger.info("Epoch %g rescored in fp32: %s", progress.best_epoch, ", ".join(
             f"{s}_{k} {v:.4f}" for s, m in metrics.items() for k, v in scalars(m).items()))
     return Trained(metrics, outputs, progress.best_epoch, progress.best_step, progress.stopped_early,
-                   progress.history, run.schedule, run.resumed, round(test_seconds, 2))
+                   progress.history, run.schedule, run.resumed, round(test_seconds, 4))
 
 
 def _best_weights(run: _Run) -> dict[str, torch.Tensor]:

@@ -240,7 +240,7 @@ def run_probe(accelerator, cfg, model, layout: Layout, make_loader, datasets: di
                "encode_seconds": round(encode_seconds, 2), "feature_cache_hit": hits,
                "feature_cache_shards": shard_hits,
                "fit_seconds": round(fit_seconds, 2),
-               "test_seconds": round(sum(t for split, t in seconds.items() if split not in ("train", "validation")), 2)}
+               "test_seconds": round(sum(t for split, t in seconds.items() if split not in ("train", "validation")), 4)}
     logger.info("Probe head: C=%s chosen on validation (%s); features %s.", head["C"], details["validation_by_C"],
                 "from cache" if all(hits.values()) else f"encoded in {encode_seconds:.1f}s")
     return metrics, outputs, details
