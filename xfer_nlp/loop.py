@@ -469,8 +469,8 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
     scored here: only once, with the kept weights, after training (finish), so no test figure is seen before the
     choice is made (and the evaluations cost validation's time alone)."""
     accelerator, progress, cfg = run.accelerator, run.progress, run.cfg
-    metrics = {name: evaluate(accelerator, run.model, dl, scorer) for name, dl in run.eval_dls.items()
-               if name == "validation"}
+    metrics = {"validation": evaluate(accelerator, run.model, run.eval_dls["validation"], scorer)} \
+        if run.eval_dls else {}
     run.model.train()
     progress.seconds = time.perf_counter() - clock
     epoch = progress.epoch + progress.batches_in_epoch / len(run.train_dl)
