@@ -46,7 +46,10 @@ def selection_free(folder: Path) -> float | None:
     if record.get("mode") in ("finetune", "lora", "scratch") and record.get("history"):
         return record["history"][-1].get("validation_accuracy")
     if record.get("mode") in ("probe", "contrastive"):
-        by_c = (record.get("probe") or {}).get("validation_by_C") or {}
+        fitted = record.get("probe") or {}
+        if fitted.get("C_chosen_on", "accuracy") != "accuracy":
+            return math.nan  # validation_by_C then holds another metric: the head's accuracy at C = 1 is unknown
+        by_c = fitted.get("validation_by_C") or {}
         return next((v for c, v in by_c.items() if math.isclose(float(c), 1.0)), None)
     return None
 
@@ -54,8 +57,9 @@ def selection_free(folder: Path) -> float | None:
 def cells(grid: Path) -> pd.DataFrame:
     done = load_cells(grid)
     done = done[done.status == "done"].copy()
-    done["free"] = [selection_free(grid / "runs" / f) for f in done.folder]
-    done["free"] = done["free"].fillna(done.validation_accuracy)
+    # None: nothing was chosen on validation, so the figure is the cell's own; NaN (left empty): not known
+    done["free"] = [acc if free is None else free for free, acc in
+                    zip((selection_free(grid / "runs" / f) for f in done.folder), done.validation_accuracy)]
     # A cell run under a stated step budget (setfit_peer.py --max_steps, a variant such as contrastive[max_steps=N])
     overrides = [o if isinstance(o, dict) else {} for o in done["overrides"]]
     done["cap"] = [o.get("max_steps") for o in overrides]
