@@ -209,3 +209,24 @@ def test_predict_keeps_input_order_and_agrees_with_pipeline(tiny_run):
         assert row["scores"] == pytest.approx(exact["scores"], abs=0.05) and row["scores"] != exact["scores"]
     with pytest.raises(xfer_nlp.ConfigError, match="precision 'half' is not one of fp32, bf16, auto"):
         xfer_nlp.predict(run.output_dir, texts, precision="half")
+
+
+def test_a_class_the_kept_model_never_gets_right_is_warned_about(caplog):
+    """Choosing on accuracy can keep a head that answers only the largest classes (sst5 at 100 examples); the run
+    then says which classes it never gets right and names the fix. A model right on every class raises nothing."""
+    from xfer_nlp.evaluation import warn_unpredicted
+    from xfer_nlp.metrics import Scorer
+
+    names = ["very negative", "negative", "neutral", "positive", "very positive"]
+    labels = np.array([0, 1, 1, 1, 2, 3, 3, 3, 4, 4])
+    collapsed = np.array([1, 1, 1, 1, 1, 3, 3, 3, 3, 3])  # only the two largest classes answered
+    with caplog.at_level("WARNING", logger="xfer_nlp"):
+        warn_unpredicted({"validation": Scorer(5)(collapsed, labels)}, names, "accuracy")
+    (record,) = caplog.records
+    assert "'very negative', 'neutral', 'very positive' right (recall 0 for 3 of 5 classes; chosen on accuracy)" \
+        in record.getMessage() and "--metric_for_best_model macro_f1" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="xfer_nlp"):
+        warn_unpredicted({"validation": Scorer(5)(np.array([0, 1, 0, 1, 2, 3, 2, 3, 4, 0]), labels)}, names,
+                         "accuracy")
+    assert not caplog.records

@@ -21,7 +21,7 @@ from . import allocator, batches, hub, logs, loop, modes, pairs, probe, runfolde
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data
 from .errors import ConfigError
-from .evaluation import plot_confusion, write_predictions
+from .evaluation import plot_confusion, warn_unpredicted, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
 from .precision import bf16_is_native, cpu_hardware, resolve_precision
@@ -245,6 +245,8 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     train_seconds = (time.perf_counter() - start + (extra.get("resumed") or {}).get("seconds_before", 0)
                      - extra.get("test_seconds", 0.0))
 
+    if accelerator.is_main_process:
+        warn_unpredicted(metrics, data.label_names, cfg.metric_for_best_model)
     if cfg.save_lora_adapter and hasattr(model, "peft_config") and accelerator.is_main_process:
         model.save_pretrained(output_dir / "adapter")  # before merging: merge_and_unload consumes the adapters
     exported = modes.export_model(model).to("cpu")

@@ -40,6 +40,19 @@ def write_predictions(path: Path, texts: dict, outputs: dict, label_names) -> No
                                     "scores": {n: float(v) for n, v in zip(label_names, p)}}, ensure_ascii=False) + "\n")
 
 
+def warn_unpredicted(metrics: dict, label_names, chosen_on: str) -> None:
+    """Warn when the kept model gets no validation example of a class right: choosing on accuracy can
+    favour a model that answers only the largest classes (sst5 at 100 examples: three of five classes at recall 0,
+    benchmarks/RESULTS.md, "Held-out check")."""
+    per_class = (metrics.get("validation") or {}).get("per_class") or {}
+    missed = [label_names[int(c)] for c, m in per_class.items() if m["support"] > 0 and m["recall"] == 0]
+    if missed:
+        logger.warning("On validation the kept model gets no example of %s right (recall 0 for %d of %d classes; "
+                       "chosen on %s). Where every class matters, choose on --metric_for_best_model macro_f1, or "
+                       "weight the classes with --class_weights balanced.", ", ".join(repr(m) for m in missed),
+                       len(missed), len(per_class), chosen_on)
+
+
 def plot_confusion(path: Path, metrics: dict, label_names) -> None:
     """One heat map per scored split: counts, rows the true label, columns the predicted one."""
     import matplotlib
