@@ -49,7 +49,9 @@ def test_two_processes_match_one(mode, extra, tolerance, tiny_model_dir, tiny_da
     assert result.stdout.count("trained ") == 1
     log = (tmp_path / "two" / "train.log").read_text()
     assert log.count("Saved the model") == 1
-    assert "WARNING" not in log
+    # No warning but, at most once, the one a tiny random model may earn: a class it never gets right.
+    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    assert len(warnings) <= 1 and all("right (recall 0 for" in line for line in warnings), warnings
     if mode == "finetune":
         assert [r["step"] for r in two["history"]] == [r["step"] for r in one["history"]]
 
