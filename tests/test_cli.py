@@ -33,6 +33,16 @@ def test_help_explains_every_flag():
     assert "--config" in result.stdout
 
 
+def test_the_console_script_lists_its_commands_on_stdout_when_asked_and_on_stderr_when_misused():
+    xfer = Path(sys.executable).parent / "xfer-nlp"
+    helped = subprocess.run([xfer, "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: xfer-nlp {run,") and not helped.stderr
+    for misuse in ([], ["compar"]):
+        wrong = subprocess.run([xfer, *misuse], capture_output=True, text=True, timeout=120)
+        assert wrong.returncode == 2 and wrong.stderr.startswith("usage: xfer-nlp {run,") and not wrong.stdout
+    assert "error: unknown command 'compar'; did you mean 'compare'?" in wrong.stderr
+
+
 def test_user_error_is_one_clear_message_without_traceback(tmp_path):
     result = sh(RECIPE, "--mode", "probe", "--dataset_name", "sst3", "--output_dir", tmp_path / "o")
     assert result.returncode == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import shlex
 import signal
@@ -284,9 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": run_command, "compare": compare_command, "report": report_command,
                 "predict": predict_command, "evaluate": evaluate_command, "export": export_command,
                 "push": push_command}
+    if argv and argv[0] in ("-h", "--help"):  # asked for: stdout, so that `xfer-nlp --help | less` shows it
+        print(USAGE)
+        return 0
     if not argv or argv[0] not in commands:
         print(USAGE, file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        if argv:
+            close = difflib.get_close_matches(argv[0], commands, n=1)
+            print(f"error: unknown command '{argv[0]}'" + (f"; did you mean '{close[0]}'?" if close else "."),
+                  file=sys.stderr)
+        return 2
     stop_on_sigterm()
     try:
         return commands[argv[0]](argv[1:])
