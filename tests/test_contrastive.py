@@ -92,10 +92,12 @@ def test_the_contrastive_head_reads_unit_length_vectors_and_the_probe_does_not(t
     ([0] * 8 + [1] * 8, 3),  # 2 x 28 same-label pairs over 16 texts
     ([0] * 16 + [1] * 16, 7),  # 240 / 32
     ([0] * 50 + [1] * 50, 20),  # 24 a text: capped at SetFit's 20
-    ([0, 0, 1, 1, 2, 2], 1),  # 3 / 6: at least one round
     ([0] * 10 + [1] * 2, 3),  # imbalanced: 45 + 1 over 12
+    ([0, 0, 1, 1, 2, 2], 2),  # three classes: 12 other-label pairs (3 same-label) over 6 texts
+    ([0, 1, 2, 3] * 4, 6),  # four classes: 96 other-label pairs over 16 (24 same-label would give 1)
+    ([0, 1, 2, 3, 4] * 20, 20),  # 4,000 other-label pairs over 100: capped at SetFit's 20
 ])
-def test_the_default_pair_rounds_follow_the_distinct_same_label_pairs(labels, rounds):
+def test_the_default_pair_rounds_pass_once_over_the_kind_of_pair_setfit_draws_once(labels, rounds):
     assert auto_rounds(labels) == rounds
 
 
@@ -105,8 +107,9 @@ def test_without_pair_iterations_the_rule_sets_the_rounds_and_says_so(tiny_run, 
     monkeypatch.setattr(batches, "train_loader", lambda *a, **k: groups.append(k.get("group")) or real(*a, **k))
     result = xfer_nlp.run(mode="contrastive", max_train_samples=16, **tiny_run)
     assert groups == [1]  # the pairs' loader draws random batches (see the next test)
-    assert result.results["pairs"] == {"rounds": 3, "pairs": 96, "rule": "auto: the training set's distinct "
-                                       "same-label pairs per text, between 1 and 20"}
+    assert result.results["pairs"] == {"rounds": 3, "pairs": 96, "rule": "auto: one pass over the training set's "
+                                       "distinct same-label pairs (more than two classes: other-label pairs), "
+                                       "between 1 and 20 rounds"}
     assert result.results["history"][-1]["step"] == 6  # 96 pairs / batch 16
     assert "Contrastive pairs: 96 (3 rounds x 2 per training text; auto:" in (result.output_dir / "train.log").read_text()
     assert "pair_iterations: 3 (96 pairs; auto:" in (result.output_dir / "README.md").read_text()
