@@ -199,9 +199,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         labels = tokenized["train"]["labels"]
         rounds = cfg.pair_iterations or pairs.auto_rounds(labels)
         pair_ds = pairs.pair_dataset(tokenized["train"], pairs.make_pairs(labels, rounds, cfg.seed, data.label_names))
-        rule = "--pair_iterations" if cfg.pair_iterations else (
-            f"auto: one pass over the training set's distinct same-label pairs (more than two classes: other-label "
-            f"pairs), between 1 and {pairs.MAX_ROUNDS} rounds")
+        rule = "--pair_iterations" if cfg.pair_iterations else pairs.AUTO_RULE
         extra["pairs"] = {"rounds": rounds, "pairs": len(pair_ds), "rule": rule}
         logger.info("Contrastive pairs: %d (%d rounds x 2 per training text; %s).", len(pair_ds), rounds, rule)
         # Random batches, as setfit draws them: grouping pairs by length saved 10-65% of the seconds but cost up to

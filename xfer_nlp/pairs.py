@@ -19,6 +19,8 @@ from .families import sentence_features
 
 
 MAX_ROUNDS = 20  # SetFit's num_iterations default
+AUTO_RULE = (f"auto: one pass over the training set's distinct same-label pairs (more than two classes: other-label "
+             f"pairs), between 1 and {MAX_ROUNDS} rounds")  # auto_rounds, as results.json and the log name it
 
 
 def auto_rounds(labels) -> int:
