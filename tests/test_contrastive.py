@@ -89,10 +89,10 @@ def test_the_contrastive_head_reads_unit_length_vectors_and_the_probe_does_not(t
 
 
 @pytest.mark.parametrize("labels,rounds", [
-    ([0] * 8 + [1] * 8, 3),  # 2 x 28 same-label pairs over 16 texts
-    ([0] * 16 + [1] * 16, 7),  # 240 / 32
-    ([0] * 50 + [1] * 50, 20),  # 24 a text: capped at SetFit's 20
-    ([0] * 10 + [1] * 2, 3),  # imbalanced: 45 + 1 over 12
+    ([0] * 8 + [1] * 8, 4),  # 8 x 8 other-label pairs (2 x 28 same-label) over 16 texts
+    ([0] * 16 + [1] * 16, 8),  # 256 / 32
+    ([0] * 50 + [1] * 50, 20),  # 25 a text: capped at SetFit's 20
+    ([0] * 10 + [1] * 2, 3),  # imbalanced, the same-label pairs the more numerous: 45 + 1 (20 other) over 12
     ([0, 0, 1, 1, 2, 2], 2),  # three classes: 12 other-label pairs (3 same-label) over 6 texts
     ([0, 1, 2, 3] * 4, 6),  # four classes: 96 other-label pairs over 16 (24 same-label would give 1)
     ([0, 1, 2, 3, 4] * 20, 20),  # 4,000 other-label pairs over 100: capped at SetFit's 20
@@ -107,12 +107,12 @@ def test_without_pair_iterations_the_rule_sets_the_rounds_and_says_so(tiny_run, 
     monkeypatch.setattr(batches, "train_loader", lambda *a, **k: groups.append(k.get("group")) or real(*a, **k))
     result = xfer_nlp.run(mode="contrastive", max_train_samples=16, **tiny_run)
     assert groups == [1]  # the pairs' loader draws random batches (see the next test)
-    assert result.results["pairs"] == {"rounds": 3, "pairs": 96, "rule": "auto: one pass over the training set's "
-                                       "distinct same-label pairs (more than two classes: other-label pairs), "
+    assert result.results["pairs"] == {"rounds": 4, "pairs": 128, "rule": "auto: one pass over the training set's "
+                                       "distinct pairs of the more numerous kind (same-label or other-label), "
                                        "between 1 and 20 rounds"}
-    assert result.results["history"][-1]["step"] == 6  # 96 pairs / batch 16
-    assert "Contrastive pairs: 96 (3 rounds x 2 per training text; auto:" in (result.output_dir / "train.log").read_text()
-    assert "pair_iterations: 3 (96 pairs; auto:" in (result.output_dir / "README.md").read_text()
+    assert result.results["history"][-1]["step"] == 8  # 128 pairs / batch 16
+    assert "Contrastive pairs: 128 (4 rounds x 2 per training text; auto:" in (result.output_dir / "train.log").read_text()
+    assert "pair_iterations: 4 (128 pairs; auto:" in (result.output_dir / "README.md").read_text()
 
 
 def test_contrastive_with_one_example_of_a_class_is_one_message(tiny_run, tmp_path):

@@ -19,23 +19,22 @@ from .families import sentence_features
 
 
 MAX_ROUNDS = 20  # SetFit's num_iterations default
-AUTO_RULE = (f"auto: one pass over the training set's distinct same-label pairs (more than two classes: other-label "
-             f"pairs), between 1 and {MAX_ROUNDS} rounds")  # auto_rounds, as results.json and the log name it
+AUTO_RULE = (f"auto: one pass over the training set's distinct pairs of the more numerous kind (same-label or "
+             f"other-label), between 1 and {MAX_ROUNDS} rounds")  # auto_rounds, as results.json and the log name it
 
 
 def auto_rounds(labels) -> int:
-    """--pair_iterations when not given: about one pass over the distinct pairs of the kind that SetFit's default
-    oversampling draws once (it repeats the other kind up to as many), at least 1 round and at most MAX_ROUNDS.
-
-    Two classes: the same-label pairs (the other-label ones are at most n/2 more). More rounds on a few texts repeat
-    the same pairs: on 16 sst2 sentences 20 rounds scored 4.7 points below SetFit and took twice its time, 3 rounds
-    scored above it. More classes: the other-label pairs, which then outnumber the same-label ones about K-1 to 1;
-    on five-class sst5 the same-label count drew 4-6x fewer pairs than SetFit and scored 0.2-2.4 points below the
-    rounds counted this way on validation, up to 4.0 on test (benchmarks/RESULTS.md, "Held-out check")."""
+    """--pair_iterations when not given: about one pass over the distinct pairs of the more numerous kind, what
+    SetFit's default oversampling draws (it repeats the other kind up to as many), at least 1 round and at most
+    MAX_ROUNDS. More rounds on a few texts repeat the same pairs: on 16 sst2 sentences 20 rounds scored 4.7 points
+    below SetFit and took twice its time. With two classes the other-label pairs are the more numerous by n/2; with
+    K classes they outnumber the same-label ones about K-1 to 1, and on five-class sst5 counting the same-label
+    ones drew 4-6x fewer pairs than SetFit and scored up to 4.0 points lower on test (benchmarks/RESULTS.md,
+    "Pair rounds")."""
     counts = np.unique(np.asarray(labels), return_counts=True)[1]
     n = int(counts.sum())
     same = int((counts * (counts - 1) // 2).sum())
-    once = same if len(counts) <= 2 else max(same, n * (n - 1) // 2 - same)
+    once = max(same, n * (n - 1) // 2 - same)
     return max(1, min(MAX_ROUNDS, once // n))
 
 
