@@ -187,10 +187,9 @@ class RunConfig:
                           "layers). The exported model keeps only the layers it uses.")
     pair_iterations: Optional[int] = _f(None, "contrastive: rounds of pair sampling; each gives every training text "
                                         "one same-label and one other-label partner (SetFit's num_iterations). "
-                                        "Default: as many rounds as the training set has distinct same-label pairs "
-                                        "per text (more than two classes: other-label pairs, the more numerous "
-                                        "kind there, as SetFit's oversampling draws), at least 1 and at most 20 "
-                                        "(logged).", positive="integer",
+                                        "Default: as many rounds as the training set has distinct pairs of the "
+                                        "more numerous kind (same-label or other-label) per text, as SetFit's "
+                                        "oversampling draws, at least 1 and at most 20 (logged).", positive="integer",
                                         only_for=("contrastive",))
     probe_c_grid: str = _f("0.0001,0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1,3,10,30,100", "probe: inverse L2 strengths (as in scikit-learn's C) tried for "
                            "the logistic-regression head; the best on validation is kept.")
