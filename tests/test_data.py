@@ -83,6 +83,28 @@ def test_stratified_subset_keeps_rare_classes_and_nests():
     assert set(stratified_subset(labels, 10, 3)) <= set(stratified_subset(labels, 50, 3))
 
 
+@pytest.mark.parametrize("at_least", [1, 2])
+def test_stratified_subset_nests_at_every_size(at_least):
+    # Shares like trec's (one class 1.6%): largest remainders took a seat back from a class at some sizes (trec
+    # 86 -> 87), so the smaller subset was not inside the larger one.
+    labels = np.repeat(np.arange(6), [1162, 1250, 86, 1223, 835, 896])
+    previous = set()
+    for n in range(6, 400):
+        chosen = stratified_subset(labels, n, seed=0, at_least=at_least)
+        assert len(chosen) == n and previous <= set(chosen), n
+        counts = np.bincount(labels[chosen], minlength=6)
+        assert counts.min() >= (at_least if n >= 6 * at_least else 1)
+        share = n * np.bincount(labels) / len(labels)
+        assert np.all(np.abs(counts - share)[counts > at_least] < 1.5), (n, counts, share)  # proportional beyond it
+        previous = set(chosen)
+
+
+def test_training_subset_has_two_of_each_class_where_it_can(tmp_path):
+    rows = [{"text": f"text {i}", "label": 2 if i < 3 else i % 2} for i in range(300)]
+    data = load(write_jsonl(tmp_path / "d.jsonl", rows), max_train_samples=16)
+    assert sorted(data.splits["train"]["label"]).count(2) == 2  # 0.16 of a seat in proportion
+
+
 def test_string_labels_mapped_sorted(tmp_path):
     rows = [{"text": r["text"], "label": "pos" if r["label"] else "neg"} for r in make_rows(40, 0)]
     data = load(write_jsonl(tmp_path / "d.jsonl", rows))

@@ -32,8 +32,8 @@ class CompareArgs:
         "e.g. 'probe,finetune,finetune[freeze_layers=4],finetune[gradual_unfreezing=true,layer_lr_decay=0.8],lora'. "
         "Each is a line in the plots and a column in the tables, under that label.")})
     train_sizes: str = field(default="100,500,2000,all", metadata={"help": (
-        "Comma list of training-set sizes; 'all' is the whole training split. Subsets are stratified, seeded and "
-        "nested (the 100 are inside the 500), and the same for every mode.")})
+        "Comma list of training-set sizes; 'all' is the whole training split. Subsets are stratified (two of each "
+        "class where the size allows), seeded and nested (the 100 are inside the 500), and the same for every mode.")})
     seeds: str = field(default="0,1,2", metadata={"help": "Comma list of seeds; each cell is run once per seed."})
     keep: str = field(default="model", metadata={"help": (
         "What a finished cell keeps on disk. 'model' (default): the exported model, card, results and logs; its "

@@ -103,7 +103,8 @@ class RunConfig:
                                     "the earlier run's results.json and checkpoints are removed first, other files "
                                     "are left unless the run writes one of the same name.",
                                     resume_may_differ=True, grid_owned=True)
-    max_train_samples: Optional[int] = _f(None, "Use a seeded, stratified subset of this many training examples.",
+    max_train_samples: Optional[int] = _f(None, "Use a seeded, stratified subset of this many training examples (at "
+                                          "least two of each class where the size allows).",
                                           grid_owned=True, positive="integer")
     validation_split_ratio: float = _f(0.1, "Fraction of train held out (seeded, stratified) when the data has no "
                                        "validation split.")

@@ -324,21 +324,23 @@ def _labels_to_ids(raw: dict[str, list], registry_names,
     return {s: [mapping[v] for v in vs] for s, vs in raw.items()}, names, notes
 
 
-def stratified_subset(labels: list[int] | np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Exactly n indices, every class at least once, proportions kept otherwise (largest remainders); for one
-    seed, a smaller n gives a subset of a larger n."""
+def stratified_subset(labels: list[int] | np.ndarray, n: int, seed: int, at_least: int = 1) -> np.ndarray:
+    """Exactly n indices: every class once, then every class a second time and so on up to `at_least` (as far
+    as n and the class's examples go), the rest shared out in proportion to the classes' sizes. For one seed a
+    smaller n gives a subset of a larger n, at every n: the classes' shares come from one sequence of seats
+    (Sainte-Lague's divisor method, where largest remainders can take a seat back from a class as n grows)."""
     labels = np.asarray(labels)
     order = np.random.default_rng(seed).permutation(len(labels))
     classes, counts = np.unique(labels, return_counts=True)
     if not len(classes) <= n <= len(labels):
         raise DataError(f"Cannot take {n} examples with every one of the {len(classes)} classes from "
                         f"{len(labels)}: ask for between {len(classes)} and {len(labels)}.")
-    exact = counts / counts.sum() * n
-    quota = np.clip(np.floor(exact).astype(int), 1, counts)
-    while quota.sum() < n:  # the rest to the classes furthest below their share that still have examples
-        quota[int(np.argmax(np.where(quota < counts, exact - quota, -np.inf)))] += 1
-    while quota.sum() > n:  # the one-per-class floor overshot: back from the classes furthest above their share
-        quota[int(np.argmax(np.where(quota > 1, quota - exact, -np.inf)))] -= 1
+    floor = np.minimum(at_least, counts)
+    first = [c for level in range(at_least) for c in range(len(classes)) if floor[c] > level]
+    seat = np.concatenate([np.arange(f, m) for f, m in zip(floor, counts)])  # each later seat's number in its class
+    owner = np.repeat(np.arange(len(classes)), counts - floor)
+    later = owner[np.argsort(-counts[owner] / (2 * seat + 1), kind="stable")]  # highest priority first
+    quota = np.bincount(np.concatenate([first, later])[:n].astype(int), minlength=len(classes))
     chosen = np.concatenate([order[labels[order] == c][:q] for c, q in zip(classes, quota)])
     return np.sort(chosen)
 
@@ -409,7 +411,9 @@ def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
         if cfg.max_train_samples < len(names):
             raise DataError(f"--max_train_samples {cfg.max_train_samples} is fewer than the {len(names)} classes: a "
                             "subset must hold at least one example of each. Raise it.")
-        keep = stratified_subset(labels["train"], cfg.max_train_samples, cfg.seed)
+        # Two of each class where the size allows: one example of a class gives contrastive no same-label pair
+        # (it refuses such data) and every mode a single point to learn the class from.
+        keep = stratified_subset(labels["train"], cfg.max_train_samples, cfg.seed, at_least=2)
         notes.append(f"training on a seeded stratified subset of exactly {len(keep)} of {available} examples")
         texts["train"] = [texts["train"][i] for i in keep]
         labels["train"] = [labels["train"][i] for i in keep]
