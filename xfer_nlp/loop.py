@@ -420,7 +420,7 @@ def finish(run: _Run, scorer) -> Trained:
         if name != "validation":  # the test split, scored here for the first time: reporting, not training
             test_seconds += time.perf_counter() - start
     metrics = {name: scorer(logits.argmax(-1).numpy(), labels.numpy()) for name, (logits, labels) in outputs.items()}
-    if accelerator.mixed_precision != "no":
+    if accelerator.mixed_precision != "no" and metrics:  # contrastive's pair loop has no split to rescore
         logger.info("Epoch %g rescored in fp32: %s", progress.best_epoch, ", ".join(
             f"{s}_{k} {v:.4f}" for s, m in metrics.items() for k, v in scalars(m).items()))
     return Trained(metrics, outputs, progress.best_epoch, progress.best_step, progress.stopped_early,
