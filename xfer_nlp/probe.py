@@ -85,29 +85,33 @@ def shards(dataset, shard_texts: int) -> list[tuple[int, int, int, int]]:
     return [(lo, hi, rows[i], rows[i + 1]) for i, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
 
 
-def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple, make_loader, dataset, desc: str,
-                    autocast: bool = True):
+def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple | None, make_loader, dataset,
+                    desc: str, autocast: bool = True):
     """encode(), shard by shard, reusing every shard whose cache file exists and checks out.
 
     A split is encoded in shards of --feature_cache_shard_size texts, each written (atomically, by the main
     process) as soon as it is encoded: a killed encoding resumes at the first missing shard. Each file is raw fp32
     safetensors, 4 bytes per feature (1,536 per text for a 384-wide encoder) plus its label. A file is checked before
     it is used: its row count and first text, the hash of the split it was made from, its labels (in data order)
-    and the feature width the head reads; one that fails a check is re-encoded with a warning.
+    and the feature width the head reads; one that fails a check is re-encoded with a warning. `key_parts` None
+    (--no_feature_cache): encoded, the cache neither read nor written.
 
     Returns (features, labels, shards read from the cache, shards in all).
     """
-    key = hashlib.blake2b(repr(key_parts).encode(), digest_size=20).hexdigest()
-    folder = Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features") / key
+    caching = key_parts is not None
+    if caching:
+        key = hashlib.blake2b(repr(key_parts).encode(), digest_size=20).hexdigest()
+        folder = Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features") / key
     expected = text_labels(dataset)
     width = out_layer(model, layout).in_features
     features = torch.empty(len(expected), width)
     plan = shards(dataset, cfg.feature_cache_shard_size)
     hits = 0
     for k, (lo, hi, row_lo, row_hi) in enumerate(plan):
-        path = folder / f"texts-{lo}-{hi}.safetensors"
-        meta = {"rows": str(hi - lo), "first": str(lo), "data": key_parts[-1], "width": str(width)}
-        if not cfg.no_feature_cache and path.is_file():
+        if caching:
+            path = folder / f"texts-{lo}-{hi}.safetensors"
+            meta = {"rows": str(hi - lo), "first": str(lo), "data": key_parts[-1], "width": str(width)}
+        if caching and path.is_file():
             problem = _check_cache(path, meta, expected[lo:hi])
             if problem is None:
                 features[lo:hi] = load_file(path)["features"]
@@ -119,7 +123,7 @@ def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple, m
         feats, labels = encode(accelerator, model, layout, make_loader(part), label, autocast, first_text=lo)
         assert torch.equal(labels, expected[lo:hi]), "gathered labels must come back in data order"
         features[lo:hi] = feats
-        if not cfg.no_feature_cache and accelerator.is_main_process:
+        if caching and accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(path) as tmp:  # a killed run never leaves a half-written shard
                 save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata=meta)
@@ -212,14 +216,15 @@ def run_probe(accelerator, cfg, model, layout: Layout, make_loader, datasets: di
     Returns (metrics per split, each split's (logits, labels) in evaluation order, probe details).
     """
     model.eval()  # frozen encoder, and no dropout noise in the features
-    base_key = (weights_fingerprint(model, layout), getattr(model.config, "pooling", "pooler"),
-                getattr(model.config, "normalize", False),
-                getattr(model.config, "encoder", model.config).num_hidden_layers, cfg.max_seq_length,
-                "shards of texts, one row per text")  # the cache layout: files of older layouts differ
+    # The cache key hashes every weight (0.2 s for this encoder): only computed when the cache is read or written.
+    base_key = None if cfg.no_feature_cache else (
+        weights_fingerprint(model, layout), getattr(model.config, "pooling", "pooler"),
+        getattr(model.config, "normalize", False), getattr(model.config, "encoder", model.config).num_hidden_layers,
+        cfg.max_seq_length, "shards of texts, one row per text")  # the cache layout: files of older layouts differ
     features, hits, shard_hits, seconds = {}, {}, {}, {}
     for split, dataset in datasets.items():
         start = time.perf_counter()
-        key = base_key + (data_fingerprint(dataset),)
+        key = None if base_key is None else base_key + (data_fingerprint(dataset),)
         *features[split], done, total = cached_features(accelerator, cfg, model, layout, key, make_loader, dataset,
                                                          f"Encoding {split}", autocast)
         hits[split], shard_hits[split] = done == total, f"{done} of {total}"
