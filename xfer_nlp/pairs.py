@@ -29,9 +29,8 @@ def auto_rounds(labels) -> int:
     MAX_ROUNDS. More rounds on a few texts repeat the same pairs: on 16 sst2 sentences 20 rounds scored 4.7 points
     below SetFit and took twice its time. With two balanced classes the other-label pairs are the more numerous by
     n/2 (a rare class makes it the same-label ones); with K balanced classes they outnumber the same-label ones about
-    K-1 to 1, and on five-class sst5 counting the same-label
-    ones drew 4-6x fewer pairs than SetFit and scored up to 4.0 points lower on test (benchmarks/RESULTS.md,
-    "Pair rounds")."""
+    K-1 to 1, and on five-class sst5 counting the same-label ones drew 4-6x fewer pairs than SetFit and scored up to
+    4.0 points lower on test (benchmarks/RESULTS.md, "Pair rounds")."""
     counts = np.unique(np.asarray(labels), return_counts=True)[1]
     n = int(counts.sum())
     same = int((counts * (counts - 1) // 2).sum())

@@ -98,20 +98,18 @@ def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple | 
 
     Returns (features, labels, shards read from the cache, shards in all).
     """
-    caching = key_parts is not None
-    if caching:
-        key = hashlib.blake2b(repr(key_parts).encode(), digest_size=20).hexdigest()
-        folder = Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features") / key
+    folder = None if key_parts is None else (
+        Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features")
+        / hashlib.blake2b(repr(key_parts).encode(), digest_size=20).hexdigest())
     expected = text_labels(dataset)
     width = out_layer(model, layout).in_features
     features = torch.empty(len(expected), width)
     plan = shards(dataset, cfg.feature_cache_shard_size)
     hits = 0
     for k, (lo, hi, row_lo, row_hi) in enumerate(plan):
-        if caching:
-            path = folder / f"texts-{lo}-{hi}.safetensors"
-            meta = {"rows": str(hi - lo), "first": str(lo), "data": key_parts[-1], "width": str(width)}
-        if caching and path.is_file():
+        path = folder and folder / f"texts-{lo}-{hi}.safetensors"
+        meta = folder and {"rows": str(hi - lo), "first": str(lo), "data": key_parts[-1], "width": str(width)}
+        if path and path.is_file():
             problem = _check_cache(path, meta, expected[lo:hi])
             if problem is None:
                 features[lo:hi] = load_file(path)["features"]
@@ -123,7 +121,7 @@ def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple | 
         feats, labels = encode(accelerator, model, layout, make_loader(part), label, autocast, first_text=lo)
         assert torch.equal(labels, expected[lo:hi]), "gathered labels must come back in data order"
         features[lo:hi] = feats
-        if caching and accelerator.is_main_process:
+        if path and accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(path) as tmp:  # a killed run never leaves a half-written shard
                 save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata=meta)
