@@ -8,7 +8,8 @@ Each cell takes exactly the stratified subset `xfer_nlp.run(max_train_samples=n,
 loading, same validation split), trains `SetFitModel` from the embedded MiniLM with `setfit.Trainer` and its
 default `TrainingArguments` (oversampled pairs, one epoch, batch 16, body lr 2e-5, logistic-regression head), and
 writes a cell folder in compare's format (cell.json + results.json) under OUTPUT_DIR/runs, so `xfer-nlp report`
-shows it as one more variant, "setfit (peer)". Where the default pair count would take hours on a small CPU,
+shows it as one more variant, "setfit (peer)". train_seconds time `trainer.train()` alone; scoring the validation
+split after it is timed apart (validation_seconds), since an xfer_nlp run's seconds include it. Where the default pair count would take hours on a small CPU,
 `--max_steps` caps the pair stage; the cap is recorded in the cell's overrides and so in the table's label.
 """
 
@@ -48,9 +49,11 @@ def run_cell(dataset: str, size: str, seed: int, out: Path, max_steps: int | Non
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    metrics = {}
+    metrics, scoring = {}, {}
     for split in (s for s in data.splits if s != "train"):
+        start = time.perf_counter()
         probs = model.predict_proba(data.splits[split]["text"], as_numpy=True)
+        scoring[split] = round(time.perf_counter() - start, 2)
         metrics[split] = classification_metrics(np.argmax(probs, 1), data.splits[split]["label"], len(data.label_names))
     body = sum(p.numel() for p in model.model_body.parameters())
     head = model.model_head.coef_.size + model.model_head.intercept_.size
@@ -60,6 +63,7 @@ def run_cell(dataset: str, size: str, seed: int, out: Path, max_steps: int | Non
                      peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                      label_names=list(data.label_names), hardware=cpu_hardware(1),
                      finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     validation_seconds=scoring["validation"], test_seconds=scoring.get("test", 0.0),
                      config={"setfit_defaults": True, "max_steps": max_steps, "seed": seed, "dataset_name": dataset,
                              "max_train_samples": cfg.max_train_samples})
 

@@ -14,9 +14,15 @@ This script trains nothing: it reads each grid's finished cells (compare's `comp
 variant over the seeds it has (a mode's own cells and its step-capped ones in one column, any other variant in a
 column of its own), the best xfer_nlp mode or variant against setfit (also paired by seed: a seed draws the same
 training subset for every variant, so the seed-by-seed difference shows whether a gap outgrows the subset's luck),
-contrastive against setfit in accuracy and seconds per run, and finetune against the probe. A cell run under a
+contrastive against setfit in accuracy and seconds, and finetune against the probe. A cell run under a
 stated step budget (`setfit_peer.py --max_steps`, or a variant such as `contrastive[max_steps=1250]` where a full
 run would take hours here) says so in its table entry.
+
+Seconds, said plainly: an xfer_nlp run's train_seconds include scoring the validation split (contrastive and the
+probe encode it to choose the head's C; the loop modes evaluate on it), while setfit's `trainer.train()` never
+reads it and the peer scores it afterwards (its cells' `validation_seconds`). So the speed is shown twice: training
+alone (setfit's train_seconds over contrastive's), and per run, to a model with its validation score (setfit's
+training plus its scoring of validation, over contrastive's train_seconds).
 
 Selection on validation, said plainly: xfer_nlp's loop modes keep their best evaluation (on the validation split
 they are scored on) and the probe's head picks its C on it too; the setfit peer picks nothing. So each check is
@@ -40,6 +46,15 @@ PEER = "setfit"
 MODES = ("probe", "finetune", "lora", "contrastive", "scratch")
 
 
+def validation_scored(folder: Path, mode: str, train_seconds: float) -> float:
+    """Seconds from the start of training to a model with its validation score (NaN where a peer cell predates
+    the record of its scoring)."""
+    if mode != PEER:
+        return train_seconds  # scored inside the run's training seconds
+    scoring = json.loads((folder / "results.json").read_text()).get("validation_seconds")
+    return math.nan if scoring is None else train_seconds + scoring
+
+
 def selection_free(folder: Path) -> float | None:
     """The cell's validation accuracy with nothing chosen on validation (None where nothing was chosen anyway)."""
     record = json.loads((folder / "results.json").read_text())
@@ -60,6 +75,8 @@ def cells(grid: Path) -> pd.DataFrame:
     # None: nothing was chosen on validation, so the figure is the cell's own; NaN (left empty): not known
     done["free"] = [acc if free is None else free for free, acc in
                     zip((selection_free(grid / "runs" / f) for f in done.folder), done.validation_accuracy)]
+    done["scored_seconds"] = [validation_scored(grid / "runs" / f, m, t)
+                              for f, m, t in zip(done.folder, done["mode"], done.train_seconds)]
     # A cell run under a stated step budget (setfit_peer.py --max_steps, a variant such as contrastive[max_steps=N])
     overrides = [o if isinstance(o, dict) else {} for o in done["overrides"]]
     done["cap"] = [o.get("max_steps") for o in overrides]
@@ -77,15 +94,18 @@ def per_size(done: pd.DataFrame) -> pd.DataFrame:
                                               seeds=("seed", "nunique"), cap=("cap", "max"))
 
 
-def speedup(done: pd.DataFrame, size: str) -> str:
-    """setfit's seconds over contrastive's, from the seeds whose two cells ran on one kind of machine (the same
+def speedup(done: pd.DataFrame, size: str, seconds: str = "train_seconds") -> str:
+    """setfit's `seconds` over contrastive's, from the seeds whose two cells ran on one kind of machine (the same
     hardware string); cells of a grid filled over several sessions may not have, and then the report says so."""
     cells = done[done["size"] == size].set_index("seed")
     con, peer = cells[cells["mode"] == "contrastive"], cells[cells["mode"] == PEER]
+    peer = peer[peer[seconds].notna()]
+    if peer.empty:
+        return "—"
     seeds = [s for s in con.index.intersection(peer.index) if con.hardware[s] == peer.hardware[s]]
     if not seeds:  # results.json named no CPU model before 2026-12-03, so older pairs cannot be matched
-        return f"{peer.train_seconds.mean() / con.train_seconds.mean():.2f}x (machines differ or unrecorded)"
-    ratio = peer.train_seconds[seeds].mean() / con.train_seconds[seeds].mean()
+        return f"{peer[seconds].mean() / con[seconds].mean():.2f}x (machines differ or unrecorded)"
+    ratio = peer[seconds][seeds].mean() / con[seconds][seeds].mean()
     return f"{ratio:.2f}x" + ("" if len(seeds) == len(con) else f" (seed{'s' * (len(seeds) > 1)} "
                                                                f"{', '.join(map(str, seeds))}: one machine)")
 
@@ -130,7 +150,8 @@ def report(grid: Path) -> list[str]:
     for size in sizes:
         lines.append(f"| {size} | " + " | ".join(cell(m, size) for m in modes + ([PEER] if has_peer else [])) + " |")
     lines += ["", "| n | best xfer_nlp mode | vs setfit | the same, paired by seed | contrastive − setfit | "
-              "contrastive s | setfit s | setfit s / contrastive s |", "|---|---|---|---|---|---|---|---|"]
+              "contrastive s | setfit s | setfit s / contrastive s | per run, validation scored |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for size in sizes:
         ours = table.loc[[(m, size) for m in modes if (m, size) in table.index]]
         best = ours.acc.idxmax()[0]
@@ -141,11 +162,12 @@ def report(grid: Path) -> list[str]:
             if ("contrastive", size) in table.index:
                 con = table.loc[("contrastive", size)]
                 delta = f"{con.acc - peer.acc:+.3f} (C = 1: {con.free - peer.acc:+.3f})"
-                timing = f"{con.seconds:.1f} | {peer.seconds:.1f} | {speedup(done, size)}"
+                timing = (f"{con.seconds:.1f} | {peer.seconds:.1f} | {speedup(done, size)} | "
+                          f"{speedup(done, size, 'scored_seconds')}")
             else:
-                delta, timing = "—", "— | — | —"
+                delta, timing = "—", "— | — | — | —"
         else:
-            vs, delta, timing = "— | —", "—", "— | — | —"
+            vs, delta, timing = "— | —", "—", "— | — | — | —"
         lines.append(f"| {size} | {best} {ours.acc.max():.3f} | {vs} | {delta} | {timing} |")
     if ("finetune", "100") in table.index and ("probe", "100") in table.index:
         ft, pr = table.loc[("finetune", "100")], table.loc[("probe", "100")]

@@ -62,13 +62,17 @@ def test_setfit_peer_smoke(tmp_path):
     # a variant other than a step cap is a column of its own, not averaged into its mode's
     assert "| n | probe | contrastive | probe[probe_c_grid=1] | setfit (peer) |" in report
     row = next(line for line in report.splitlines() if line.startswith("| 8 |") and "x |" in line)
-    best, vs, pairs, delta, ours, peer, ratio = (x.strip() for x in row.strip("|").split("|")[1:])
+    best, vs, pairs, delta, ours, peer, ratio, per_run = (x.strip() for x in row.strip("|").split("|")[1:])
     assert best.split()[0] in ("probe", "contrastive") and vs.startswith(("+", "-"))
     # one seed: the paired difference is the difference, and it counts that seed on the side its sign says
     assert pairs.split()[0] == vs.split()[0]
     assert pairs.endswith("(0 of 1 seeds ≥)" if vs[0] == "-" else "(1 of 1 seeds ≥)")
     assert delta.startswith(("+", "-")) and "C = 1" in delta  # also shown with nothing chosen on validation
     assert abs(float(peer) / float(ours) / float(ratio.rstrip("x")) - 1) < 0.1  # seconds shown to 0.1 s
+    # per run, the peer's scoring of validation (timed apart from its training) joins its seconds
+    assert results["validation_seconds"] > 0
+    expected = (results["train_seconds"] + results["validation_seconds"]) / float(ours)
+    assert abs(float(per_run.rstrip("x")) / expected - 1) < 0.1, (row, results["validation_seconds"])
 
 
 def test_cross_domain_benchmark_smoke(tmp_path):

@@ -172,6 +172,9 @@ class RunRecord:
     best_step: int | None = None
     stopped_early: bool = False
     test_seconds: float = 0.0  # scoring the test split once, after training: reporting, so not in train_seconds
+    # A peer's scoring of the validation split after its training (setfit chooses nothing on it). An xfer_nlp run
+    # scores validation inside train_seconds (to choose C, or the best evaluation), so it leaves this None.
+    validation_seconds: float | None = None
     resumed: dict | None = None  # from a checkpoint: its step and the seconds earlier processes trained (in train_seconds)
     files: list[str] | None = None  # what the run wrote into its folder: exactly what push uploads
     onnx: dict | None = None  # the ONNX export, once `xfer-nlp export` made one: file, opset, checked logit difference
