@@ -9,8 +9,9 @@ loading, same validation split), trains `SetFitModel` from the embedded MiniLM w
 default `TrainingArguments` (oversampled pairs, one epoch, batch 16, body lr 2e-5, logistic-regression head), and
 writes a cell folder in compare's format (cell.json + results.json) under OUTPUT_DIR/runs, so `xfer-nlp report`
 shows it as one more variant, "setfit (peer)". train_seconds time `trainer.train()` alone; scoring the validation
-split after it is timed apart (validation_seconds), since an xfer_nlp run's seconds include it. Where the default pair count would take hours on a small CPU,
-`--max_steps` caps the pair stage; the cap is recorded in the cell's overrides and so in the table's label.
+split after it is timed apart (validation_seconds), since an xfer_nlp run's seconds include it. Where the default
+pair count would take hours on a small CPU, `--max_steps` caps the pair stage; the cap is recorded in the cell's
+overrides and so in the table's label.
 """
 
 import argparse

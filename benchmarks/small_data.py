@@ -46,18 +46,17 @@ PEER = "setfit"
 MODES = ("probe", "finetune", "lora", "contrastive", "scratch")
 
 
-def validation_scored(folder: Path, mode: str, train_seconds: float) -> float:
+def validation_scored(record: dict) -> float:
     """Seconds from the start of training to a model with its validation score (NaN where a peer cell predates
     the record of its scoring)."""
-    if mode != PEER:
-        return train_seconds  # scored inside the run's training seconds
-    scoring = json.loads((folder / "results.json").read_text()).get("validation_seconds")
-    return math.nan if scoring is None else train_seconds + scoring
+    if record.get("mode") != PEER:
+        return record["train_seconds"]  # scored inside the run's training seconds
+    scoring = record.get("validation_seconds")
+    return math.nan if scoring is None else record["train_seconds"] + scoring
 
 
-def selection_free(folder: Path) -> float | None:
+def selection_free(record: dict) -> float | None:
     """The cell's validation accuracy with nothing chosen on validation (None where nothing was chosen anyway)."""
-    record = json.loads((folder / "results.json").read_text())
     if record.get("mode") in ("finetune", "lora", "scratch") and record.get("history"):
         return record["history"][-1].get("validation_accuracy")
     if record.get("mode") in ("probe", "contrastive"):
@@ -72,11 +71,11 @@ def selection_free(folder: Path) -> float | None:
 def cells(grid: Path) -> pd.DataFrame:
     done = load_cells(grid)
     done = done[done.status == "done"].copy()
+    records = [json.loads((grid / "runs" / f / "results.json").read_text()) for f in done.folder]
     # None: nothing was chosen on validation, so the figure is the cell's own; NaN (left empty): not known
     done["free"] = [acc if free is None else free for free, acc in
-                    zip((selection_free(grid / "runs" / f) for f in done.folder), done.validation_accuracy)]
-    done["scored_seconds"] = [validation_scored(grid / "runs" / f, m, t)
-                              for f, m, t in zip(done.folder, done["mode"], done.train_seconds)]
+                    zip(map(selection_free, records), done.validation_accuracy)]
+    done["scored_seconds"] = [validation_scored(r) for r in records]
     # A cell run under a stated step budget (setfit_peer.py --max_steps, a variant such as contrastive[max_steps=N])
     overrides = [o if isinstance(o, dict) else {} for o in done["overrides"]]
     done["cap"] = [o.get("max_steps") for o in overrides]
