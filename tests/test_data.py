@@ -157,6 +157,16 @@ def test_too_small_to_hold_out_validation(tmp_path):
         load(write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}]))
 
 
+def test_hold_out_never_takes_a_class_out_of_train(tmp_path):
+    """A class of one example: the stratified hold-out gives validation its only one, and training would never see
+    the class; refused by name, where the data had kept it silently out of train."""
+    rows = make_rows(60, 0) + [{"text": "so-so", "label": 2}]
+    with pytest.raises(DataError, match=r"Too few examples of '2' \(1 in all\) to hold out a validation split"):
+        load(write_jsonl(tmp_path / "d.jsonl", rows))
+    data = load(write_jsonl(tmp_path / "e.jsonl", rows + [{"text": "fine, I guess", "label": 2}]))
+    assert set(data.splits["train"]["label"]) == set(data.splits["validation"]["label"]) == {0, 1, 2}
+
+
 @pytest.mark.parametrize("name,content,message", [
     ("nope.jsonl", None, "does not exist"),
     ("e.jsonl", b"", "is empty"),

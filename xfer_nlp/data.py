@@ -398,9 +398,12 @@ def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
         labels["validation"] = [x for x, v in zip(labels["train"], is_val) if v]
         texts["train"] = [x for x, v in zip(texts["train"], is_val) if not v]
         labels["train"] = [x for x, v in zip(labels["train"], is_val) if not v]
-        if len(set(labels["train"])) < 2:
-            raise DataError(f"Train has too few examples ({len(is_val)}) to hold out a validation split and keep "
-                            "every class. Add examples, or give a validation file beside train.")
+        lost = sorted(set(range(len(names))) - set(labels["train"]))
+        if lost:  # a class of one example: the hold-out took its only one (as scikit-learn, refuse rather than drop)
+            raise DataError(f"Too few examples of {', '.join(repr(names[c]) for c in lost)} "
+                            f"({', '.join(str(labels['validation'].count(c)) for c in lost)} in all) to hold out a validation "
+                            "split and keep the class in train. Add examples of it, remove it, or give a validation "
+                            "file beside train.")
         notes.append(f"no validation split: held out a seeded stratified {cfg.validation_split_ratio:.0%} of train")
 
     if cfg.max_train_samples is not None:
@@ -417,8 +420,6 @@ def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
         notes.append(f"training on a seeded stratified subset of exactly {len(keep)} of {available} examples")
         texts["train"] = [texts["train"][i] for i in keep]
         labels["train"] = [labels["train"][i] for i in keep]
-        if len(set(labels["train"])) < 2:
-            raise DataError(f"--max_train_samples {cfg.max_train_samples} leaves a single class; raise it.")
 
     splits = DatasetDict({s: Dataset.from_dict({"text": texts[s], "label": labels[s]})
                           for s in ("train", "validation", "test") if s in texts})
