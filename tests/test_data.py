@@ -157,6 +157,17 @@ def test_too_small_to_hold_out_validation(tmp_path):
         load(write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}]))
 
 
+def test_evaluation_texts_also_in_train_are_counted_and_said(tmp_path):
+    rows = make_rows(40, 0)
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    repeats = [{"text": "  " + rows[0]["text"].upper() + " ", "label": 0}, {"text": rows[5]["text"], "label": 1}]
+    write_jsonl(tmp_path / "validation.jsonl", repeats + make_rows(8, 1))
+    write_jsonl(tmp_path / "test.jsonl", make_rows(6, 2))
+    notes = load(tmp_path).notes
+    assert "2 of 10 validation texts also occur in train (ignoring case and spacing)" in notes
+    assert not any("test texts" in n for n in notes)
+
+
 def test_hold_out_never_takes_a_class_out_of_train(tmp_path):
     """A class of one example: the stratified hold-out gives validation its only one, and training would never see
     the class; refused by name, where the data had kept it silently out of train."""
