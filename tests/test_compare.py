@@ -101,6 +101,7 @@ def test_grid_runs_reports_and_skips_finished_cells(tiny_model_dir, tiny_data_di
     # each run's model card carries the comparison table
     card = (out / "runs" / "probe-n40-s0" / "README.md").read_text()
     assert "## Comparison" in card and "finetune[freeze_layers=1]" in card
+    assert "Data: training on a seeded stratified subset of exactly 40 of " in card  # how its splits were made
 
     # --keep model (the default): a finished cell keeps its model, not the checkpoints only a resume needs
     finetuned = out / "runs" / "finetune-n40-s0"

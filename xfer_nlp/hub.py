@@ -130,6 +130,8 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
     head = {"keep": f" Head: `{record.model}`'s own, kept for the same labels (`--head_init keep`) and trained on.",
             "probe": " Head: first fitted as the probe's on the frozen encoder (`--head_init probe`), then trained on."
             }.get(cfg.get("head_init"), "")
+    # How the splits were made and what was dropped or repeated: a reader weighs the scores by it.
+    data_notes = f"Data: {'; '.join(record.data_notes)}.\n" if record.data_notes else ""
     compared = ("## Comparison\n\nThis run is one cell of an `xfer-nlp compare` grid on the same data; the other "
                 f"approaches scored:\n\n{comparison}\n") if comparison else ""
     body = f"""
@@ -149,7 +151,7 @@ Encoder: `{record.model}` ({record.pooling} pooling{normalised}).{head}
 {per_class}{chosen}
 Trained on {record.train_samples} examples in {record.train_seconds:.1f} s on {record.hardware};
 {record.trainable_params:,} of {record.total_params:,} parameters trained; peak memory {record.peak_memory_mb:.0f} MB.
-
+{data_notes}
 ## How to use
 
 ```python
