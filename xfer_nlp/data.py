@@ -400,10 +400,9 @@ def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
         labels["train"] = [x for x, v in zip(labels["train"], is_val) if not v]
         lost = sorted(set(range(len(names))) - set(labels["train"]))
         if lost:  # a class of one example: the hold-out took its only one (as scikit-learn, refuse rather than drop)
-            raise DataError(f"Too few examples of {', '.join(repr(names[c]) for c in lost)} "
-                            f"({', '.join(str(labels['validation'].count(c)) for c in lost)} in all) to hold out a validation "
-                            "split and keep the class in train. Add examples of it, remove it, or give a validation "
-                            "file beside train.")
+            counts = ", ".join(f"{names[c]!r} ({labels['validation'].count(c)} in all)" for c in lost)
+            raise DataError(f"Too few examples of {counts} to hold out a validation split and keep each class in "
+                            "train. Add examples of such a class, remove it, or give a validation file beside train.")
         notes.append(f"no validation split: held out a seeded stratified {cfg.validation_split_ratio:.0%} of train")
 
     if cfg.max_train_samples is not None:
