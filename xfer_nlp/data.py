@@ -433,14 +433,14 @@ def _also_in_train(texts: dict[str, list[str]]) -> list[str]:
     def key(text: str) -> str:
         return " ".join(text.casefold().split())
 
-    held = {s: {key(t) for t in texts[s]} for s in ("validation", "test") if s in texts}
-    if "train" not in texts or not held:
+    keys = {s: [key(t) for t in texts[s]] for s in ("validation", "test") if s in texts}
+    if "train" not in texts or not keys:
         return []
-    wanted = set().union(*held.values())
+    wanted = {k for split_keys in keys.values() for k in split_keys}
     seen = {k for k in map(key, texts["train"]) if k in wanted}
     notes = []
-    for split, keys in held.items():
-        n = sum(key(t) in seen for t in texts[split])
+    for split, split_keys in keys.items():
+        n = sum(k in seen for k in split_keys)
         if n:
             notes.append(f"{n} of {len(texts[split])} {split} texts also occur in train (ignoring case and spacing)")
             logger.warning("%d of %d %s texts also occur in train (ignoring case and spacing): the %s figures "
