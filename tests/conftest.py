@@ -68,6 +68,18 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def temp_files_under_basetemp(tmp_path_factory):
+    """Temporary files of this process and every process it starts (torchelastic's per-launch log folders,
+    benchmarks' scratch) go under pytest's base folder, which a passing run removes, not loose into /tmp."""
+    import tempfile
+
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    yield
+    tempfile.tempdir = None
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 BERT with random weights and a word-level vocab, saved as a real model folder."""
