@@ -11,7 +11,6 @@ import numpy as np
 from .errors import ConfigError
 
 MODULE = Path(__file__).resolve().parent / "evaluate_modules" / "classification.py"
-SCALARS = ("accuracy", "macro_f1")
 
 
 @lru_cache(maxsize=None)
