@@ -7,7 +7,12 @@ MODE ?= finetune
 ARGS ?=
 # Explicit single-process launch keeps `accelerate launch` from warning about missing config;
 # pass LAUNCH="--config_file recipes/accelerate_configs/ddp.yaml" (or your own) for more.
-LAUNCH ?= --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+# `accelerate launch` gives each process one thread (OMP_NUM_THREADS=1) unless told: on a CPU the recipe trained on
+# one core of two, 1.6x slower. Its one process gets OMP_NUM_THREADS when that is set, else the threads torch
+# takes outside a launch (one per core).
+THREADS ?= $(or $(OMP_NUM_THREADS),$(shell $(PY) -c "import torch; print(torch.get_num_threads())"))
+LAUNCH ?= --num_processes 1 --num_machines 1 --num_cpu_threads_per_process $(THREADS) --mixed_precision no \
+	--dynamo_backend no
 # Tests run in this many pytest-xdist workers, one OpenMP thread each (tests/conftest.py): one per core, at most 4
 # (each can hold a real encoder's run in memory). TEST_WORKERS=0 runs them in this process, one after another.
 TEST_WORKERS ?= $(shell python3 -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(); print(min(4, n or 1))")

@@ -16,6 +16,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["probe", "finetune", "lora", "scratch"]
 
@@ -35,12 +37,14 @@ def main() -> None:
     args = parser.parse_args()
     args.extra = [a for a in args.extra if a != "--"]
     accelerate = Path(sys.executable).parent / "accelerate"
+    # `accelerate launch` gives its process one thread unless told; each run gets the threads torch takes here.
+    threads = str(torch.get_num_threads())
     rows = []
     for mode in args.modes.split(","):
         out = Path(args.runs_dir) / f"{args.dataset_name}-{mode}"
-        cmd = [str(accelerate), "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", str(ROOT / "recipes" / "sentiment.py"), "--mode", mode,
-               "--dataset_name", args.dataset_name, "--output_dir", str(out), "--overwrite_output_dir",
+        cmd = [str(accelerate), "launch", "--num_processes", "1", "--num_machines", "1", "--num_cpu_threads_per_process",
+               threads, "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "sentiment.py"),
+               "--mode", mode, "--dataset_name", args.dataset_name, "--output_dir", str(out), "--overwrite_output_dir",
                "--no_feature_cache", *args.extra]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT)

@@ -49,8 +49,9 @@ def test_two_processes_match_one(mode, extra, tolerance, tiny_model_dir, tiny_da
     assert result.stdout.count("trained ") == 1
     log = (tmp_path / "two" / "train.log").read_text()
     assert log.count("Saved the model") == 1
-    # No warning but, at most once, the one a tiny random model may earn: a class it never gets right.
-    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    # No warning but, at most once, the one a tiny random model may earn: a class it never gets right. (And the
+    # note on idle cores where this machine has more than the two single-thread processes the tests give it.)
+    warnings = [line for line in log.splitlines() if "WARNING" in line and "Threads:" not in line]
     assert len(warnings) <= 1 and all("right (recall 0 for" in line for line in warnings), warnings
     if mode == "finetune":
         assert [r["step"] for r in two["history"]] == [r["step"] for r in one["history"]]
@@ -89,3 +90,44 @@ def test_sigterm_to_a_two_process_launch_is_one_line_with_the_resume_command(tin
     assert proc.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
     assert stderr.count("error: Interrupted at step") == 1 and "the last checkpoint is checkpoint-" in stderr
     assert "--resume_from_checkpoint latest" in stderr
+
+
+def test_the_recipe_launch_gets_every_core_and_a_run_that_idles_cores_says_how_to_use_them(tmp_path, monkeypatch,
+                                                                                          tiny_run):
+    """`accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise: make sentiment tells it, and a run that is
+    left with idle cores names the flag."""
+    env = {k: v for k, v in launch_env().items() if k != "OMP_NUM_THREADS"}
+    venv = Path(sys.prefix)
+    dry = subprocess.run(["make", "-n", "-o", f"{venv}/.installed", "sentiment", f"VENV={venv}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    launch_flags = dry.split(" launch ", 1)[1].split(" recipes/sentiment.py")[0].split()
+    threads = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert launch_flags[launch_flags.index("--num_cpu_threads_per_process") + 1] == threads
+    probe = tmp_path / "threads.py"
+    probe.write_text("import torch\nprint('threads', torch.get_num_threads())\n")
+    for flags, expected in ((launch_flags, threads), (["--num_processes", "1", "--num_machines", "1"], "1")):
+        launched = subprocess.run([str(ACCELERATE), "launch", *flags, str(probe)], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=120)
+        assert f"threads {expected}" in launched.stdout, launched.stderr[-2000:]  # the bare launch: accelerate's 1
+
+    from xfer_nlp import precision
+
+    monkeypatch.setattr(precision, "usable_cores", lambda: 4)
+    monkeypatch.setattr(precision.torch, "get_num_threads", lambda: 1)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    hint = precision.idle_cores_hint("cpu")
+    assert "1 process(es) of 1 thread(s) each use 1 of this machine's 4 cores (OMP_NUM_THREADS=1)" in hint
+    assert "--num_cpu_threads_per_process 4" in hint
+    assert precision.idle_cores_hint("cuda") is None
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes of a launch on this machine
+    assert "--num_cpu_threads_per_process 2" in precision.idle_cores_hint("cpu")
+    monkeypatch.setattr(precision.torch, "get_num_threads", lambda: 2)
+    assert precision.idle_cores_hint("cpu") is None
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")  # one process of 2 threads on 4 cores: the run's log says so
+    import xfer_nlp
+
+    result = xfer_nlp.run(mode="probe", **tiny_run)
+    assert "WARNING xfer_nlp: Threads: 1 process(es) of 2 thread(s) each use 2 of this machine's 4 cores" in \
+        (result.output_dir / "train.log").read_text()

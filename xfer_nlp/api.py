@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .evaluation import plot_confusion, warn_unpredicted, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
-from .precision import bf16_is_native, cpu_hardware, resolve_precision
+from .precision import bf16_is_native, cpu_hardware, idle_cores_hint, resolve_precision
 from .runfolder import RunRecord
 
 logger = logging.getLogger("xfer_nlp")
@@ -139,6 +139,8 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         logger.warning("`accelerate launch --cpu --num_processes N` starts a single process (accelerate issue #2741). "
                        "For N CPU processes with DDP use `accelerate launch --multi_gpu --num_processes N` or "
                        "`--config_file recipes/accelerate_configs/cpu_ddp.yaml` on a machine without GPUs.")
+    if hint := idle_cores_hint(accelerator.device.type):
+        logger.warning("Threads: %s", hint)
     set_seed(cfg.seed)
     if cfg.keep_freed_memory:
         if allocator.keep_freed_memory():

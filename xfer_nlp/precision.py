@@ -2,6 +2,7 @@
 
 The figures behind each choice are in benchmarks/RESULTS.md ("On the Intel Xeon with AMX", "On a GPU", the
 levers table), with the commands that measured them; they are not repeated here, where they would go stale.
+Beside it, the facts about the CPU that a run records or is told: its name, bf16 units and cores in use.
 """
 
 from __future__ import annotations
@@ -46,6 +47,37 @@ def cpu_name() -> str:
 def cpu_hardware(processes: int) -> str:
     """A CPU run's `hardware` in results.json; the setfit peer writes the same, so reports can pair cells by it."""
     return f"{processes} process(es) on {cpu_name()}, {os.cpu_count()} cores"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a taskset, a container's cpuset), at most the machine's
+    physical cores (hyperthreads share a core's arithmetic units; torch's default thread count is the cores)."""
+    import psutil
+
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(logical, psutil.cpu_count(logical=False) or logical)
+
+
+def idle_cores_hint(device: str) -> str | None:
+    """Why a CPU run leaves cores idle, and how to use them; None when its processes' threads cover the cores.
+
+    `accelerate launch` sets OMP_NUM_THREADS=1 in each process unless given --num_cpu_threads_per_process or
+    --cpu, so `accelerate launch recipes/sentiment.py` on a CPU trained on one thread: on 2 cores the recipe's
+    fine-tune took 1.6x as long as on both (benchmarks/RESULTS.md, "Threads under accelerate launch"). A process
+    cannot tell that 1 from a user's own choice, so it says so rather than changing it.
+    """
+    if device != "cpu":
+        return None
+    cores, threads = usable_cores(), torch.get_num_threads()
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # this machine's processes of a launch
+    if threads * processes >= cores:
+        return None
+    where = f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})" if "OMP_NUM_THREADS" in os.environ else ""
+    per = cores // processes
+    return (f"{processes} process(es) of {threads} thread(s) each use {threads * processes} of this machine's {cores} "
+            f"cores{where}. `accelerate launch` gives each process 1 thread unless told otherwise: add "
+            f"--num_cpu_threads_per_process {per} to it (or set OMP_NUM_THREADS={per}) to use every core: on 2 cores "
+            "the recipe's fine-tune took 1.6x as long on one. If the cores are left free on purpose, ignore this.")
 
 
 def bf16_is_native(device: str) -> bool:
