@@ -34,6 +34,26 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def test_a_trained_run_keeps_its_loss_curve_and_plots_it_and_a_probe_over_it_leaves_none(tiny_run):
+    result = xfer_nlp.run(mode="finetune", num_train_epochs=2, **tiny_run)  # 10 steps an epoch, logged every 5
+    out, results = result.output_dir, result.results
+    assert [r["step"] for r in results["losses"]] == [5, 10, 15, 20]
+    assert [r["epoch"] for r in results["losses"]] == [0.5, 1.0, 1.5, 2.0]
+    assert all(np.isfinite(r["loss"]) for r in results["losses"])
+    assert results["losses"][0]["learning_rate"] > 0 == results["losses"][-1]["learning_rate"]  # linear decay to 0
+    log = (out / "train.log").read_text()
+    for r in results["losses"]:  # the log file carries what results.json does
+        assert f"Step {r['step']} (epoch {r['epoch']:g}): training loss {r['loss']:.4f}" in log
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "training_curves.png" in results["files"]  # pushed with the model
+    assert "![training loss and validation by step](training_curves.png)" in (out / "README.md").read_text()
+    # A probe has no training loop: rerun into the same folder, it leaves no curve of the run it replaced.
+    probed = xfer_nlp.run(**{**tiny_run, "mode": "probe", "overwrite_output_dir": True})
+    assert probed.results["losses"] == [] and not (out / "training_curves.png").exists()
+    assert "training_curves.png" not in probed.results["files"]
+    assert "training_curves.png" not in (out / "README.md").read_text()
+
+
 @pytest.mark.parametrize("mode", ["probe", "finetune"])
 def test_predictions_and_the_confusion_matrix_are_the_reported_metrics(mode, tiny_run, tiny_data_dir):
     result = xfer_nlp.run(mode=mode, num_train_epochs=2, **tiny_run)

@@ -33,7 +33,7 @@ def recipe_cmd(processes, model, data, out, *extra):
             "--mixed_precision", "no", "--dynamo_backend", "no", "recipes/sentiment.py", "--mode", "finetune",
             "--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(out),
             "--max_seq_length", "32", "--per_device_train_batch_size", str(16 // processes), "--num_train_epochs", "2",
-            "--learning_rate", "1e-3", "--save_steps", "10", "--save_total_limit", "3", "--logging_steps", "10",
+            "--learning_rate", "1e-3", "--save_steps", "10", "--save_total_limit", "3", "--logging_steps", "7",
             "--seed", "0", *extra]
 
 
@@ -110,6 +110,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(processes, schedule, tiny
         return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
     assert ra["metrics"] == rb["metrics"] and untimed(ra["history"]) == untimed(rb["history"])
+    # The loss logged every 7 steps: the kill's checkpoint (step 30) falls inside a window, which it carries over.
+    assert ra["losses"] == rb["losses"] and len(ra["losses"]) >= 2 * 100 // 7
     assert len(list((killed / "checkpoints").glob("checkpoint-*"))) <= 3  # save_total_limit
 
 
@@ -151,6 +153,8 @@ def test_resumed_in_the_first_epoch_the_second_epoch_matches(mode, tiny_run, tmp
             got = load_file(out / file)
             for name in weights:
                 assert torch.equal(weights[name], got[name]), f"{file}: {name} differs after resuming at step {step}"
+        # logged every 5 steps, checkpointed every 3: a resumed window's figure is the uninterrupted run's
+        assert results["losses"] == json.loads((ref / "results.json").read_text())["losses"]
 
 
 @pytest.fixture

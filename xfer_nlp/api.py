@@ -21,7 +21,7 @@ from . import allocator, batches, hub, logs, loop, modes, pairs, probe, runfolde
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data
 from .errors import ConfigError
-from .evaluation import plot_confusion, warn_unpredicted, write_predictions
+from .evaluation import plot_confusion, plot_training, warn_unpredicted, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
 from .precision import bf16_is_native, cpu_hardware, idle_cores_hint, resolve_precision
@@ -210,7 +210,8 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
                                        cfg.seed, lengths=pairs.pair_lengths(pair_ds), group=1)
         trained = loop.train(accelerator, cfg, model, built.layout, pair_dl, {}, scorer, loss_fn=pairs.cosine_loss,
                              on_step=on_step)
-        extra.update(history=trained.history, schedule=trained.schedule, resumed=trained.resumed)
+        extra.update(history=trained.history, losses=trained.losses, schedule=trained.schedule,
+                     resumed=trained.resumed)
         model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     elif spec.loop == "classifier":
         if cfg.head_init == "probe":  # LP-FT: the probe's head first (always encoded afresh: timed with the run)
@@ -225,7 +226,8 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
         trained = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls, scorer, weights,
                              on_step=on_step)
-        extra.update(history=trained.history, schedule=trained.schedule, best_epoch=trained.best_epoch,
+        extra.update(history=trained.history, losses=trained.losses, schedule=trained.schedule,
+                     best_epoch=trained.best_epoch,
                      best_step=trained.best_step, stopped_early=trained.stopped_early, resumed=trained.resumed,
                      test_seconds=trained.test_seconds)
         metrics, outputs = trained.metrics, trained.outputs
@@ -266,6 +268,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         write_predictions(output_dir / runfolder.PREDICTIONS, {s: data.splits[s]["text"] for s in outputs}, outputs,
                           data.label_names)
         plot_confusion(output_dir / runfolder.CONFUSION, metrics, data.label_names)
+        plot_training(output_dir / runfolder.CURVES, record)
         hub.save_outputs(output_dir, exported, built.tokenizer, record)
         logger.info("Saved the model, results.json and model card to %s.", output_dir)
     accelerator.wait_for_everyone()

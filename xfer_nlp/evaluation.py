@@ -1,5 +1,6 @@
-"""What a scored split leaves in a folder (predictions.jsonl, confusion_matrix.png), and `evaluate`: any exported
-model or Hub id scored on any dataset the package reads, e.g. trained on sst2, tested on mr."""
+"""What a scored split leaves in a folder (predictions.jsonl, confusion_matrix.png, and a run's training_curves.png),
+and `evaluate`: any exported model or Hub id scored on any dataset the package reads, e.g. trained on sst2, tested
+on mr."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .runfolder import CONFUSION, EVALUATE_LOG, PREDICTIONS, RESULTS, atomic_write
+from .runfolder import CONFUSION, EVALUATE_LOG, PREDICTIONS, RESULTS, RunRecord, atomic_write
 
 logger = logging.getLogger("xfer_nlp")
 
@@ -78,6 +79,42 @@ def plot_confusion(path: Path, metrics: dict, label_names) -> None:
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def plot_training(path: Path, record: RunRecord) -> bool:
+    """The training loss by step and, where the run evaluated, the validation figures by step with the kept
+    evaluation marked: how the run went, at a glance. False (nothing written) for a run without a training loop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not record.losses:
+        return False
+    watched = f"validation_{record.config.get('metric_for_best_model', 'accuracy')}"
+    shown = [k for k in dict.fromkeys(("validation_accuracy", watched)) if record.history and k in record.history[0]]
+    fig, axes = plt.subplots(1, 1 + bool(shown), figsize=(5.2 * (1 + bool(shown)), 3.6), squeeze=False)
+    loss = axes[0][0]
+    steps = [r["step"] for r in record.losses]
+    loss.plot(steps, [r["loss"] for r in record.losses], marker="o" if len(steps) <= 30 else None, markersize=3)
+    loss.set(xlabel="optimizer step", ylabel="training loss",
+             title=f"{record.mode}: mean loss every {record.config.get('logging_steps')} steps")
+    if shown:
+        scores = axes[0][1]
+        for key in shown:
+            scores.plot([r["step"] for r in record.history], [r[key] for r in record.history], marker="o",
+                        markersize=3, label=key.removeprefix("validation_").replace("_", "-"))
+        if record.best_step is not None:
+            scores.axvline(record.best_step, color="grey", linestyle="--", label=f"kept (step {record.best_step})")
+        scores.set(xlabel="optimizer step", ylabel="validation", title="validation at each evaluation")
+        scores.legend()
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return True
 
 
 def label_map(model_labels: dict[int, str], data_labels) -> list[int]:

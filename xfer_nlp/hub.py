@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modes import EMBEDDED_MODEL, MODES
 from .errors import PushError, XferError
-from .runfolder import CARD, CONFIG, CONFUSION, RESULTS, RunRecord, atomic_write, read_results
+from .runfolder import CARD, CONFIG, CONFUSION, CURVES, RESULTS, RunRecord, atomic_write, read_results
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,10 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
             }.get(cfg.get("head_init"), "")
     # How the splits were made and what was dropped or repeated: a reader weighs the scores by it.
     data_notes = f"Data: {'; '.join(record.data_notes)}.\n" if record.data_notes else ""
+    # The run's plots, uploaded beside the card (record.files), shown in it where the Hub renders the card.
+    shown = [f"![{alt}]({name})" for name, alt in ((CURVES, "training loss and validation by step"),
+                                                   (CONFUSION, "confusion matrix")) if name in (record.files or [])]
+    figures = "\n\n".join(shown) + "\n" if shown else ""
     compared = ("## Comparison\n\nThis run is one cell of an `xfer-nlp compare` grid on the same data; the other "
                 f"approaches scored:\n\n{comparison}\n") if comparison else ""
     body = f"""
@@ -152,6 +156,7 @@ Encoder: `{record.model}` ({record.pooling} pooling{normalised}).{head}
 Trained on {record.train_samples} examples in {record.train_seconds:.1f} s on {record.hardware};
 {record.trainable_params:,} of {record.total_params:,} parameters trained; peak memory {record.peak_memory_mb:.0f} MB.
 {data_notes}
+{figures}
 ## How to use
 
 ```python
@@ -190,7 +195,7 @@ def save_outputs(output_dir: Path, model, tokenizer, record: RunRecord) -> None:
     shutil.rmtree(staging)
     adapter = sorted(f"adapter/{p.name}" for p in (output_dir / "adapter").glob("*") if p.is_file()) \
         if record.config.get("save_lora_adapter") else []
-    plot = [CONFUSION] if (output_dir / CONFUSION).is_file() else []
+    plot = [name for name in (CONFUSION, CURVES) if (output_dir / name).is_file()]
     # predictions.jsonl stays local: it holds the evaluation texts, and push uploads no data.
     record = dataclasses.replace(record, files=exported + adapter + plot + [CONFIG, CARD, RESULTS])
     (output_dir / CONFIG).write_text(yaml.safe_dump(record.config, sort_keys=False), encoding="utf-8")

@@ -88,6 +88,11 @@ class Progress:
     history: list = field(default_factory=list)
     evals_since_best: int = 0
     stopped_early: bool = False
+    losses: list = field(default_factory=list)  # {"step", "epoch", "loss", "learning_rate"} every --logging_steps
+    # The loss window not yet logged when the checkpoint was written (its sum, averaged over processes, and its
+    # batches), so that a resumed run logs the same means as an uninterrupted one.
+    window_loss: float = 0.0
+    window_batches: int = 0
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -219,6 +224,7 @@ class Trained:
     best_step: int
     stopped_early: bool
     history: list[dict]  # one record per evaluation
+    losses: list[dict]  # the training loss every --logging_steps steps (Progress.losses)
     schedule: dict  # parameter groups, learning rates, unfreezing stages (describe)
     resumed: dict | None  # {"from_step", "seconds_before"}: what earlier processes trained, when resumed
     test_seconds: float  # scoring the test split with the kept weights (not training)
@@ -250,6 +256,8 @@ class _Run:
     progress: Progress = field(default_factory=Progress)
     resumed: dict | None = None
     thawed: int = -1  # the stage the requires_grad flags are set for; a resumed run starts from none
+    window_loss: torch.Tensor | None = None  # this process's loss summed since the last log, kept on the device
+    window_batches: int = 0
 
     @property
     def best_file(self) -> Path:
@@ -326,7 +334,8 @@ def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=No
     with cpu_speed_levers(accelerator, model), _interruptible(progress, run.checkpoints):
         bar = tqdm(total=run.steps, initial=progress.step, desc=f"Training ({cfg.mode})",
                    disable=not accelerator.is_local_main_process)
-        running, seen = torch.zeros((), device=accelerator.device), 0
+        run.window_loss = torch.tensor(progress.window_loss, device=accelerator.device)
+        run.window_batches = progress.window_batches
         clock = time.perf_counter() - progress.seconds
         if cfg.head_init == "keep" and run.eval_dls and not progress.history:
             # The start is a working classifier: it is scored first, so the kept weights are never worse on
@@ -364,8 +373,8 @@ def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=No
                     run.scheduler.step()
                     run.optimizer.zero_grad()
                 progress.batches_in_epoch += 1
-                running += loss.detach()
-                seen += 1
+                run.window_loss += loss.detach()
+                run.window_batches += 1
                 if not accelerator.sync_gradients:
                     continue
                 progress.step += 1
@@ -373,9 +382,7 @@ def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=No
                 if on_step is not None:
                     on_step(progress.step)
                 if progress.step % cfg.logging_steps == 0 or progress.step == run.steps:
-                    _log_loss(run, bar, (accelerator.reduce(running, "mean") / seen).item())  # the one host sync
-                    running.zero_()
-                    seen = 0
+                    _log_loss(run, bar)
                 evaluated = run.eval_every is not None and (progress.step % run.eval_every == 0
                                                             or progress.step == run.steps)
                 if evaluated:
@@ -424,7 +431,7 @@ def finish(run: _Run, scorer) -> Trained:
         logger.info("Epoch %g rescored in fp32: %s", progress.best_epoch, ", ".join(
             f"{s}_{k} {v:.4f}" for s, m in metrics.items() for k, v in scalars(m).items()))
     return Trained(metrics, outputs, progress.best_epoch, progress.best_step, progress.stopped_early,
-                   progress.history, run.schedule, run.resumed, round(test_seconds, 4))
+                   progress.history, progress.losses, run.schedule, run.resumed, round(test_seconds, 4))
 
 
 def _best_weights(run: _Run) -> dict[str, torch.Tensor]:
@@ -451,8 +458,12 @@ def _thaw(run: _Run, stage: int) -> None:
     run.thawed = stage
 
 
-def _log_loss(run: _Run, bar, mean_loss: float) -> None:
+def _log_loss(run: _Run, bar) -> None:
+    """The mean training loss since the last log (over processes too): the one host sync of the steps between."""
     progress = run.progress
+    mean_loss = (run.accelerator.reduce(run.window_loss, "mean") / run.window_batches).item()
+    run.window_loss.zero_()
+    run.window_batches = 0
     if not math.isfinite(mean_loss):
         raise TrainingDiverged(
             f"The training loss became {mean_loss} at step {progress.step} (epoch {progress.epoch + 1}). "
@@ -460,6 +471,9 @@ def _log_loss(run: _Run, bar, mean_loss: float) -> None:
             f"The last good checkpoint, if any, is in {run.checkpoints.folder}.")
     lr = run.scheduler.get_last_lr()[0]
     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+    epoch = round(progress.epoch + progress.batches_in_epoch / len(run.train_dl), 3)
+    progress.losses.append({"step": progress.step, "epoch": epoch, "loss": mean_loss, "learning_rate": lr})
+    logger.info("Step %d (epoch %g): training loss %.4f, learning rate %.2e.", progress.step, epoch, mean_loss, lr)
     run.accelerator.log({"train/loss": mean_loss, "train/learning_rate": lr, "train/epoch": progress.epoch},
                         step=progress.step)
 
@@ -507,6 +521,10 @@ def _save_checkpoint(run: _Run, clock: float) -> None:
     # A checkpoint is only ever a good one: weights that are no longer finite end the run before any is written.
     progress = run.progress
     progress.seconds = time.perf_counter() - clock  # so a resumed run's time counts the steps before it
+    # The unlogged loss window goes into the checkpoint averaged over processes, and every process goes on from
+    # that average, resumed or not, so both log the same figures (the mean of the processes' sums is linear).
+    run.window_loss = run.accelerator.reduce(run.window_loss, "mean")
+    progress.window_loss, progress.window_batches = run.window_loss.item(), run.window_batches
     if not all(torch.isfinite(p).all() for p in run.model.parameters() if p.is_floating_point()):
         raise TrainingDiverged(
             f"The weights became NaN or infinite by step {progress.step} (epoch {progress.epoch + 1}). Lower "

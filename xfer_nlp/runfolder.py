@@ -21,6 +21,7 @@ CARD = "README.md"  # the model card
 CONFIG = "config_xfer.yaml"  # the resolved settings, loadable with --config
 PREDICTIONS = "predictions.jsonl"  # every evaluated text with its gold and predicted label (stays local)
 CONFUSION = "confusion_matrix.png"
+CURVES = "training_curves.png"  # a run with a training loop: its loss and validation figures by step
 TRAIN_LOG, EVALUATE_LOG, COMPARE_LOG = "train.log", "evaluate.log", "compare.log"
 EVALUATION = "evaluation.json"  # what `xfer-nlp evaluate` leaves
 ONNX_DIR, ONNX_MODEL = "onnx", "model.onnx"  # what `xfer-nlp export --format onnx` adds (onnx/model.onnx)
@@ -103,6 +104,7 @@ def invalidate(out: Path) -> None:
     too: `predict --backend onnx` would otherwise serve the old graph beside the new model."""
     (out / RESULTS).unlink(missing_ok=True)
     (out / EVALUATION).unlink(missing_ok=True)
+    (out / CURVES).unlink(missing_ok=True)  # a probe writes none: an old one would describe another run
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     shutil.rmtree(out / ONNX_DIR, ignore_errors=True)
 
@@ -164,6 +166,7 @@ class RunRecord:
     malloc: str | None = None  # who served malloc (allocator.malloc): 512-token CPU steps differ 1.8x between them
     reading: dict | None = None  # how texts were read (batches.Reading), so predict and evaluate read them alike
     history: list[dict] = field(default_factory=list)  # one record per evaluation during training
+    losses: list[dict] = field(default_factory=list)  # the training loss every --logging_steps steps
     schedule: dict | None = None  # parameter groups, learning rates, unfreezing stages
     probe: dict | None = None  # the fitted head: C, its validation scores, encoding seconds, cache hits
     pairs: dict | None = None  # contrastive: the pair rounds, the pair count and the rule that set them
