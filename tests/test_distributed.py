@@ -92,6 +92,25 @@ def test_sigterm_to_a_two_process_launch_is_one_line_with_the_resume_command(tin
     assert "--resume_from_checkpoint latest" in stderr
 
 
+def test_an_fsdp_config_on_a_machine_without_gpus_is_one_clear_refusal(tiny_model_dir, tiny_data_dir, tmp_path):
+    """Accelerate sets up FSDP only across GPUs: elsewhere the shipped config would run as DDP, with every process
+    but one holding the empty weights of FSDP's low-memory loading."""
+    config = (ROOT / "recipes" / "accelerate_configs" / "fsdp.yaml").read_text()
+    config = config.replace("num_processes: 8", "num_processes: 2").replace("mixed_precision: bf16",
+                                                                            "mixed_precision: 'no'")
+    (tmp_path / "fsdp.yaml").write_text(config)
+    out = tmp_path / "out"
+    result = subprocess.run([str(ACCELERATE), "launch", "--config_file", str(tmp_path / "fsdp.yaml"),
+                             "--main_process_port", free_port(), "recipes/sentiment.py", "--mode", "finetune",
+                             "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(tiny_data_dir),
+                             "--output_dir", str(out)], capture_output=True, text=True, cwd=ROOT, env=launch_env(),
+                            timeout=300)
+    assert result.returncode != 0
+    assert ("Error: This launch asks for FSDP (its Accelerate config), but Accelerate set up MULTI_CPU instead" in
+            result.stderr and "recipes/accelerate_configs/cpu_ddp.yaml" in result.stderr), result.stderr[-3000:]
+    assert "meta tensor" not in result.stderr and not (out / "results.json").exists()
+
+
 def test_the_recipe_launch_gets_every_core_and_a_run_that_idles_cores_says_how_to_use_them(tmp_path, monkeypatch,
                                                                                           tiny_run):
     """`accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise: make sentiment tells it, and a run that is

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 
 from . import allocator, batches, hub, logs, loop, modes, pairs, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
@@ -87,6 +87,20 @@ def _peak_memory_mb(accelerator: Accelerator) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak of the process's whole life
 
 
+def _check_sharding(accelerator: Accelerator) -> None:
+    """A launch config that asks for FSDP or DeepSpeed where Accelerate did not set it up (it does so only across
+    the GPUs of a multi-GPU launch): it would silently run as plain DDP, and FSDP's low-memory loading would leave
+    every process but one with empty weights (transformers reads FSDP's flag from the environment)."""
+    for kind, flag, wanted in (("FSDP", "ACCELERATE_USE_FSDP", DistributedType.FSDP),
+                               ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(flag, "false").lower() == "true" and accelerator.distributed_type != wanted:
+            where = "" if torch.cuda.is_available() else ", and this machine has no GPU that torch can use"
+            raise ConfigError(f"This launch asks for {kind} (its Accelerate config), but Accelerate set up "
+                              f"{accelerator.distributed_type.value} instead: it runs {kind} only across the GPUs of "
+                              f"a multi-GPU launch{where}. On CPUs use --config_file "
+                              "recipes/accelerate_configs/cpu_ddp.yaml (DDP over gloo).")
+
+
 def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunResult:
     """Train (or, for mode probe, fit) one classifier and export it to `output_dir`.
 
@@ -121,6 +135,7 @@ def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunRes
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               log_with=trackers or None, project_dir=str(output_dir))
     loop.check_compile(cfg.torch_compile, accelerator.device)  # before the folder is locked or anything loads
+    _check_sharding(accelerator)
     lock = runfolder.Lock(output_dir) if accelerator.is_main_process else None
     try:
         return _run(cfg, accelerator, output_dir, trackers, on_step)

@@ -501,11 +501,11 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
     if not progress.best or metrics["validation"][watched] > progress.best["validation"][watched]:
         progress.best, progress.best_epoch, progress.best_step = metrics, record["epoch"], progress.step
         progress.evals_since_best = 0
+        weights = accelerator.get_state_dict(run.model)  # every process: whole tensors are a collective under FSDP
         if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
             run.checkpoints.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(run.best_file) as tmp:
-                save_file({k: v.detach().contiguous() for k, v in
-                           accelerator.unwrap_model(run.model).state_dict().items()}, tmp,
+                save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp,
                           metadata={"step": str(progress.step)})
     else:
         progress.evals_since_best += 1
