@@ -59,3 +59,15 @@ def test_bad_step_budgets_are_one_clear_message(flags, words, tiny_model_dir, ti
                             capture_output=True, text=True, cwd=ROOT, env=launch_env(), timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert words in result.stderr, result.stderr[-2000:]
+
+
+def test_the_loss_is_logged_about_20_times_a_run_unless_told(tiny_run):
+    from xfer_nlp.config import RunConfig
+    from xfer_nlp.loop import logging_interval
+
+    assert [logging_interval(RunConfig(), steps) for steps in (1, 12, 28, 651, 5000)] == [1, 1, 2, 33, 50]
+    assert logging_interval(RunConfig(logging_steps=7), 651) == 7
+    # a short small-data run still draws a curve: 16 steps, a log at each
+    run = dict(tiny_run, logging_steps=None)
+    result = xfer_nlp.run(mode="finetune", max_train_samples=32, max_steps=16, **run)
+    assert [r["step"] for r in result.results["losses"]] == list(range(1, 17))

@@ -247,8 +247,9 @@ class RunConfig:
     resume_from_checkpoint: Optional[str] = _f(None, "Continue an interrupted run: 'latest' (the newest intact "
                                                "checkpoint in OUTPUT_DIR/checkpoints) or a checkpoint folder.",
                                                resume_may_differ=True, grid_owned=True)
-    logging_steps: int = _f(50, "Log the training loss every this many optimizer steps.",
-                            resume_may_differ=True, positive="integer")
+    logging_steps: Optional[int] = _f(None, "Log the training loss (train.log, results.json, the curve, trackers) "
+                                      "every this many optimizer steps. Default: about 20 times a run, at least "
+                                      "every 50 steps.", resume_may_differ=True, positive="integer")
     report_to: str = _f("none", "Trackers through Accelerate: none, all, or a comma list of tensorboard, wandb, "
                         "trackio.", resume_may_differ=True)
     push_to_hub: bool = _f(False, "After training, upload the exported model, results and model card to the Hub.",

@@ -98,7 +98,7 @@ def plot_training(path: Path, record: RunRecord) -> bool:
     steps = [r["step"] for r in record.losses]
     loss.plot(steps, [r["loss"] for r in record.losses], marker="o" if len(steps) <= 30 else None, markersize=3)
     loss.set(xlabel="optimizer step", ylabel="training loss",
-             title=f"{record.mode}: mean loss every {record.config.get('logging_steps')} steps")
+             title=f"{record.mode}: training loss, mean since the previous point")
     if shown:
         scores = axes[0][1]
         for key in shown:

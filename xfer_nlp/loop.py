@@ -88,7 +88,7 @@ class Progress:
     history: list = field(default_factory=list)
     evals_since_best: int = 0
     stopped_early: bool = False
-    losses: list = field(default_factory=list)  # {"step", "epoch", "loss", "learning_rate"} every --logging_steps
+    losses: list = field(default_factory=list)  # {"step", "epoch", "loss", "learning_rate"} at each log
     # The loss window not yet logged when the checkpoint was written (its sum, averaged over processes, and its
     # batches), so that a resumed run logs the same means as an uninterrupted one.
     window_loss: float = 0.0
@@ -141,6 +141,12 @@ def _check_same_run(state: dict, cfg, world: dict) -> None:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in differ)
         raise CheckpointError(f"Cannot resume: the run would not be the same ({detail}). Resume with the original "
                               "settings, or start a new run in another --output_dir.")
+
+
+def logging_interval(cfg, steps: int) -> int:
+    """--logging_steps, or by default about 20 logged losses a run, at least one every 50 steps: a curve of a few
+    dozen steps still has its points, and a long run's one host sync per log stays rare."""
+    return cfg.logging_steps or max(1, min(50, math.ceil(steps / 20)))
 
 
 def plan_steps(cfg, steps_per_epoch: int, examples: int) -> tuple[int, int | None, str]:
@@ -224,7 +230,7 @@ class Trained:
     best_step: int
     stopped_early: bool
     history: list[dict]  # one record per evaluation
-    losses: list[dict]  # the training loss every --logging_steps steps (Progress.losses)
+    losses: list[dict]  # the training loss at each log (Progress.losses)
     schedule: dict  # parameter groups, learning rates, unfreezing stages (describe)
     resumed: dict | None  # {"from_step", "seconds_before"}: what earlier processes trained, when resumed
     test_seconds: float  # scoring the test split with the kept weights (not training)
@@ -247,6 +253,7 @@ class _Run:
     world: dict
     steps: int  # optimizer steps on this process
     eval_every: int | None
+    log_every: int  # logging_interval
     steps_per_epoch: int
     schedule: dict
     last_stage: int
@@ -305,8 +312,8 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
                                                              cfg.stlr_ratio))
     readable, last_stage = describe(cfg, accelerator.unwrap_model(model), layout, groups, steps_per_epoch)
     run = _Run(accelerator, cfg, model, layout, train_dl, sampler, eval_dls, optimizer, scheduler, checkpoints, world, steps,
-               eval_every, steps_per_epoch, readable, last_stage, [n for g in groups for n in g.names], params,
-               compiled_step_model(model, cfg.torch_compile))
+               eval_every, logging_interval(cfg, steps), steps_per_epoch, readable, last_stage,
+               [n for g in groups for n in g.names], params, compiled_step_model(model, cfg.torch_compile))
     if saved:
         _restore(optimizer.load_state_dict, saved.optimizer, "optimizer state")
         _restore(scheduler.load_state_dict, saved.scheduler, "scheduler state")
@@ -381,7 +388,7 @@ def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=No
                 bar.update(1)
                 if on_step is not None:
                     on_step(progress.step)
-                if progress.step % cfg.logging_steps == 0 or progress.step == run.steps:
+                if progress.step % run.log_every == 0 or progress.step == run.steps:
                     _log_loss(run, bar)
                 evaluated = run.eval_every is not None and (progress.step % run.eval_every == 0
                                                             or progress.step == run.steps)

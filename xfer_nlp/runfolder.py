@@ -166,7 +166,7 @@ class RunRecord:
     malloc: str | None = None  # who served malloc (allocator.malloc): 512-token CPU steps differ 1.8x between them
     reading: dict | None = None  # how texts were read (batches.Reading), so predict and evaluate read them alike
     history: list[dict] = field(default_factory=list)  # one record per evaluation during training
-    losses: list[dict] = field(default_factory=list)  # the training loss every --logging_steps steps
+    losses: list[dict] = field(default_factory=list)  # the training loss at each log (--logging_steps)
     schedule: dict | None = None  # parameter groups, learning rates, unfreezing stages
     probe: dict | None = None  # the fitted head: C, its validation scores, encoding seconds, cache hits
     pairs: dict | None = None  # contrastive: the pair rounds, the pair count and the rule that set them
