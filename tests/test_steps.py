@@ -39,8 +39,9 @@ def test_max_steps_overrides_epochs_and_eval_steps_evaluates_mid_epoch(tiny_run)
 def test_early_stopping_stops_at_the_right_evaluation_on_a_flat_curve(tiny_run):
     # a learning rate too small to change a prediction: every evaluation after the first is no better
     result = xfer_nlp.run(mode="finetune", learning_rate=1e-12, max_steps=100, eval_steps=5,
-                          early_stopping_patience=3, **tiny_run)
+                          early_stopping_patience=3, **{**tiny_run, "logging_steps": 7})
     history = result.results["history"]
+    assert [r["step"] for r in result.results["losses"]] == [7, 14, 20]  # the loss up to the stop is logged
     assert [h["step"] for h in history] == [5, 10, 15, 20]  # the best at 5, then three evaluations no better
     assert result.results["stopped_early"] is True and result.results["best_step"] == 5
     assert "Stopping early at step 20: 3 evaluations without a better validation accuracy" in (

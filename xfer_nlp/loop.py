@@ -403,6 +403,8 @@ def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=No
             if run.eval_every is None:
                 _evaluate(run, scorer, clock)
                 _save_checkpoint(run, clock)
+        if run.window_batches:  # stopped early between logs: the curve ends where training did
+            _log_loss(run, bar)
         bar.close()
 
 
