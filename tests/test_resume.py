@@ -275,6 +275,19 @@ def test_a_pickle_planted_in_a_checkpoint_never_runs(name, interrupted, tiny_mod
     assert not marker.exists(), f"code planted in {name} ran on resume"
 
 
+@pytest.mark.parametrize("field,value", [("step", "12"), ("window_loss", None), ("stopped_early", 1),
+                                         ("history", {"step": 4}), ("epoch", True)])
+def test_a_progress_record_of_the_wrong_kinds_is_refused_by_name(field, value, interrupted, tiny_model_dir,
+                                                                 tiny_data_dir):
+    target = sorted((interrupted / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    state = json.loads((target / "xfer_state.json").read_text())
+    state["progress"][field] = value
+    (target / "xfer_state.json").write_text(json.dumps(state))
+    _replant_manifest(target)  # past the digest check, as a hand edit or an attacker would be
+    with pytest.raises(CheckpointError, match=rf"progress record is malformed \({field}="):
+        xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted, spec=str(target)))
+
+
 def test_a_legacy_pickle_checkpoint_is_refused_not_unpickled(interrupted, tiny_model_dir, tiny_data_dir, tmp_path):
     """Accelerate's save_state layout (what earlier versions wrote): its RNG pickle is never opened."""
     import pickle

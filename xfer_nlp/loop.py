@@ -74,6 +74,11 @@ def compiled_step_model(model, how: str):
     return step
 
 
+# What each annotation of Progress admits from JSON (a float field may hold a whole number; bool is an int to
+# Python, so it is admitted only where named).
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,), "list": (list,)}
+
+
 @dataclass
 class Progress:
     """Where training stands; checkpointed with the model so a resumed run continues at the same batch."""
@@ -98,10 +103,17 @@ class Progress:
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        known = {f.name for f in dataclasses.fields(self)}
-        if not isinstance(state, dict) or not state.keys() <= known:
+        """Fields of the right kinds only: a record that names another field, or holds a string where a count
+        goes, is refused by name instead of failing somewhere later in the run."""
+        kinds = {f.name: _KINDS[f.type] for f in dataclasses.fields(self)}
+        if not isinstance(state, dict) or not state.keys() <= kinds.keys():
             raise CheckpointError(f"The checkpoint's progress record is malformed (fields {sorted(state)[:8]}); "
                                   "resume from another checkpoint or start over.")
+        wrong = [f"{k}={v!r:.40}" for k, v in state.items()
+                 if not isinstance(v, kinds[k]) or (isinstance(v, bool) and bool not in kinds[k])]
+        if wrong:
+            raise CheckpointError(f"The checkpoint's progress record is malformed ({', '.join(wrong)}); resume from "
+                                  "another checkpoint or start over.")
         for k, v in state.items():
             setattr(self, k, v)
 
