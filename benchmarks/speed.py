@@ -102,7 +102,8 @@ def run_xfer(args, workdir: str, precision: str, compiled: str) -> dict:
     r = xfer_nlp.run(mode=args.task, dataset_name=args.dataset_name, seed=args.seed, output_dir=workdir,
                      learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
                      max_train_samples=args.max_train_samples, mixed_precision=precision,
-                     torch_compile=compiled or "no", overwrite_output_dir=True)
+                     torch_compile=compiled or "no", overwrite_output_dir=True,
+                     logging_steps=50)  # as the Trainer's: each log reads the loss back from the device
     evals = [{"epoch": h["epoch"], "seconds": h["seconds"], "accuracy": h["validation_accuracy"]}
              for h in r.results["history"]]
     return {"seconds": r.train_seconds, "samples": r.results["train_samples"] * args.num_train_epochs,
