@@ -6,7 +6,7 @@ import string
 
 import pytest
 from conftest import make_rows, write_jsonl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import xfer_nlp
@@ -93,6 +93,8 @@ def _serialise(rows, fmt, junk):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(ROW, min_size=0, max_size=12), fmt=st.sampled_from(["jsonl", "csv"]),
        junk=st.sampled_from(["", "{", "not json, at all", '"unclosed', ",,,,", "\x00\x01", "[1, 2]"]))
+@example(rows=[{"text": "0", "label": float("nan")}], fmt="jsonl", junk="")  # drawn once: a crash, now a message
+@example(rows=[{"text": "0", "label": float("inf")}], fmt="jsonl", junk="")
 def test_malformed_rows_give_a_clear_error_or_load(tmp_path_factory, rows, fmt, junk):
     path = tmp_path_factory.mktemp("fuzz") / f"data.{fmt}"
     path.write_text(_serialise(rows, fmt, junk), encoding="utf-8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -272,6 +273,11 @@ def _labels_to_ids(raw: dict[str, list], registry_names,
     kinds = {type(v) for v in train}
     if any(v is None for split in raw.values() for v in split):
         raise DataError("Some rows have no label (null). Remove them or give them a label.")
+    # JSON's NaN and Infinity parse as floats: not a class, and int() of them raises.
+    odd = next((v for split in raw.values() for v in split if isinstance(v, float) and not math.isfinite(v)), None)
+    if odd is not None:
+        raise DataError(f"Some rows have the label {odd}, which is not a class. Remove them or give them a class id "
+                        "(0, 1, ...) or a class name.")
     if kinds <= {int, bool}:
         values = sorted(set(int(v) for v in train))
     elif kinds <= {int, float}:
