@@ -54,12 +54,26 @@ def warn_unpredicted(metrics: dict, label_names, chosen_on: str) -> None:
                        len(missed), len(per_class), chosen_on)
 
 
-def plot_confusion(path: Path, metrics: dict, label_names) -> None:
-    """One heat map per scored split: counts, rows the true label, columns the predicted one."""
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: Path) -> None:
+    """The figure as a PNG at `path`, written whole or not at all, and its memory freed."""
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    _pyplot().close(fig)
+
+
+def plot_confusion(path: Path, metrics: dict, label_names) -> None:
+    """One heat map per scored split: counts, rows the true label, columns the predicted one."""
+    plt = _pyplot()
 
     splits = [s for s, m in metrics.items() if "confusion_matrix" in m]
     k = len(label_names)
@@ -75,22 +89,15 @@ def plot_confusion(path: Path, metrics: dict, label_names) -> None:
                xlabel="predicted", ylabel="true",
                title=f"{split}: accuracy {metrics[split]['accuracy']:.3f}, macro-F1 {metrics[split]['macro_f1']:.3f}")
         plt.setp(ax.get_xticklabels(), rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
-def plot_training(path: Path, record: RunRecord) -> bool:
+def plot_training(path: Path, record: RunRecord) -> None:
     """The training loss by step and, where the run evaluated, the validation figures by step with the kept
-    evaluation marked: how the run went, at a glance. False (nothing written) for a run without a training loop."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    evaluation marked: how the run went, at a glance. Nothing for a run without a training loop (the probe)."""
     if not record.losses:
-        return False
+        return
+    plt = _pyplot()
     watched = f"validation_{record.config.get('metric_for_best_model', 'accuracy')}"
     shown = [k for k in dict.fromkeys(("validation_accuracy", watched)) if record.history and k in record.history[0]]
     fig, axes = plt.subplots(1, 1 + bool(shown), figsize=(5.2 * (1 + bool(shown)), 3.6), squeeze=False)
@@ -110,11 +117,7 @@ def plot_training(path: Path, record: RunRecord) -> bool:
         scores.legend()
     for ax in axes[0]:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return True
+    _save_figure(fig, path)
 
 
 def label_map(model_labels: dict[int, str], data_labels) -> list[int]:
