@@ -479,6 +479,11 @@ def _thaw(run: _Run, stage: int) -> None:
     run.thawed = stage
 
 
+def _epoch_now(run: _Run) -> float:
+    """Epochs trained so far, fractional within an epoch (to 3 places), as logs and history records say it."""
+    return round(run.progress.epoch + run.progress.batches_in_epoch / len(run.train_dl), 3)
+
+
 def _log_loss(run: _Run, bar) -> None:
     """The mean training loss since the last log (over processes too): the one host sync of the steps between."""
     progress = run.progress
@@ -492,7 +497,7 @@ def _log_loss(run: _Run, bar) -> None:
             f"The last good checkpoint, if any, is in {run.checkpoints.folder}.")
     lr = run.scheduler.get_last_lr()[0]
     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-    epoch = round(progress.epoch + progress.batches_in_epoch / len(run.train_dl), 3)
+    epoch = _epoch_now(run)
     progress.losses.append({"step": progress.step, "epoch": epoch, "loss": mean_loss, "learning_rate": lr})
     logger.info("Step %d (epoch %g): training loss %.4f, learning rate %.2e.", progress.step, epoch, mean_loss, lr)
     run.accelerator.log({"train/loss": mean_loss, "train/learning_rate": lr, "train/epoch": progress.epoch},
@@ -508,8 +513,7 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
         if run.eval_dls else {}
     run.model.train()
     progress.seconds = time.perf_counter() - clock
-    epoch = progress.epoch + progress.batches_in_epoch / len(run.train_dl)
-    record = {"epoch": round(epoch, 3), "step": progress.step, "seconds": round(progress.seconds, 2),
+    record = {"epoch": _epoch_now(run), "step": progress.step, "seconds": round(progress.seconds, 2),
               **{f"{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}}
     progress.history.append(record)
     if not run.eval_dls:  # nothing to choose on: the last weights are the kept ones
