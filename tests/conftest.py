@@ -12,7 +12,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import json  # noqa: E402
 import random  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -66,6 +69,43 @@ def write_jsonl(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (torchrun's workers can leave the launcher's process group)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def run_and_kill(cmd, out, after_step, cwd):
+    """Start the run and SIGKILL it and every process under it once checkpoint-<after_step> exists."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=launch_env())
+    target = out / "checkpoints" / f"checkpoint-{after_step}"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    time.sleep(0.5)
+    assert target.exists(), "the run ended before it could be killed"
+    assert not (out / "results.json").exists(), "the run finished before it was killed"
 
 
 @pytest.fixture(scope="session", autouse=True)

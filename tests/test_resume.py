@@ -1,17 +1,14 @@
 """Crash safety: a SIGKILLed run resumes to the same weights; damaged checkpoints are never trusted."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import data_folder, free_port, launch_env, make_rows
+from conftest import data_folder, free_port, launch_env, make_rows, run_and_kill
 from safetensors.torch import load_file
 
 import xfer_nlp
@@ -43,43 +40,6 @@ def run_to_end(cmd):
     return result
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below pid (torchrun's workers can leave the launcher's process group)."""
-    children = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def run_and_kill(cmd, out, after_step):
-    """Start the run and SIGKILL it and every process under it once checkpoint-<after_step> exists."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=launch_env())
-    target = out / "checkpoints" / f"checkpoint-{after_step}"
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    for pid in [proc.pid, *descendants(proc.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-    time.sleep(0.5)
-    assert target.exists(), "the run ended before it could be killed"
-    assert not (out / "results.json").exists(), "the run finished before it was killed"
-
-
 # 100 steps an epoch; with a stage every quarter epoch the kill at step 30 lands inside stage 1 (layer.1 thawed).
 SCHEDULE = ("--gradual_unfreezing", "--unfreeze_interval", "0.25", "--layer_lr_decay", "0.5",
             "--lr_scheduler_type", "stlr")
@@ -94,7 +54,7 @@ CONTRASTIVE = ("--mode", "contrastive", "--pair_iterations", "1")
 def test_sigkill_then_resume_matches_uninterrupted_run(processes, schedule, tiny_model_dir, bigger_data, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_to_end(recipe_cmd(processes, tiny_model_dir, bigger_data, straight, *schedule))
-    run_and_kill(recipe_cmd(processes, tiny_model_dir, bigger_data, killed, *schedule), killed, after_step=30)
+    run_and_kill(recipe_cmd(processes, tiny_model_dir, bigger_data, killed, *schedule), killed, after_step=30, cwd=ROOT)
     refused = subprocess.run(recipe_cmd(processes, tiny_model_dir, bigger_data, killed, *schedule),
                              capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert refused.returncode != 0 and "--resume_from_checkpoint latest" in refused.stderr
