@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, launch_env, make_rows, write_jsonl
+from conftest import free_port, launch_env, make_rows, run_and_kill, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -109,6 +109,100 @@ def test_an_fsdp_config_on_a_machine_without_gpus_is_one_clear_refusal(tiny_mode
     assert ("Error: This launch asks for FSDP (its Accelerate config), but Accelerate set up MULTI_CPU instead" in
             result.stderr and "recipes/accelerate_configs/cpu_ddp.yaml" in result.stderr), result.stderr[-3000:]
     assert "meta tensor" not in result.stderr and not (out / "results.json").exists()
+
+
+def fsdp_config(tmp_path, version: int = 2) -> Path:
+    """The shipped FSDP config for 2 processes (on CPUs the tests run it through tests/fsdp_on_cpu.py)."""
+    config = (ROOT / "recipes" / "accelerate_configs" / "fsdp.yaml").read_text()
+    config = config.replace("num_processes: 8", "num_processes: 2").replace("mixed_precision: bf16",
+                                                                            "mixed_precision: 'no'")
+    if version == 1:  # FSDP 1's loading on rank 0 alone (sync_module_states) is refused by Accelerate on CPUs
+        config = config.replace("fsdp_version: 2", "fsdp_version: 1").replace(
+            "fsdp_cpu_ram_efficient_loading: true", "fsdp_cpu_ram_efficient_loading: false\n  fsdp_sync_module_states: false")
+    path = tmp_path / f"fsdp{version}.yaml"
+    path.write_text(config)
+    return path
+
+
+def fsdp_command(config: Path, mode, out, tiny_model_dir, tiny_data_dir, *extra) -> list[str]:
+    return [str(ACCELERATE), "launch", "--config_file", str(config), "--main_process_port", free_port(),
+            str(ROOT / "tests" / "fsdp_on_cpu.py"), "recipes/sentiment.py", "--mode", mode,
+            "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(tiny_data_dir), "--output_dir", str(out),
+            "--max_seq_length", "32", "--per_device_train_batch_size", "8", "--seed", "0", "--mixed_precision", "no",
+            "--feature_cache_dir", str(out.parent / "features"), *extra]
+
+
+def fsdp_run(*args, timeout=300) -> tuple[dict, subprocess.CompletedProcess]:
+    result = subprocess.run(fsdp_command(*args), capture_output=True, text=True, cwd=ROOT, env=launch_env(),
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((args[2] / "results.json").read_text()), result
+
+
+def pipeline_accuracy(run_dir: Path, data_dir: Path) -> float:
+    from transformers import pipeline
+
+    rows = [json.loads(line) for line in (data_dir / "validation.jsonl").read_text().splitlines()]
+    names = json.loads((run_dir / "results.json").read_text())["label_names"]
+    classifier = pipeline("text-classification", model=str(run_dir), trust_remote_code=True)  # our pooled head
+    predicted = classifier([r["text"] for r in rows], truncation=True, max_length=32)
+    return sum(p["label"] == names[r["label"]] for p, r in zip(predicted, rows)) / len(rows)
+
+
+def test_an_fsdp2_run_killed_and_resumed_exports_the_kept_weights_of_the_same_run_under_ddp(
+        tiny_model_dir, tiny_data_dir, tmp_path):
+    """FSDP2 holds every weight as a shard: the kept evaluation's weights have to be cut back into shards, and the
+    export gathered whole, or the run ends in a refusal ("the kept weights do not fit") or exports the wrong model.
+    Here a 2-process FSDP2 run is killed after a checkpoint, resumed, and ends with the kept weights of an
+    uninterrupted 2-process DDP run of the same steps."""
+    extra = ["--num_train_epochs", "10", "--learning_rate", "3e-3", "--max_grad_norm", "0", "--pooling", "mean",
+             "--save_steps", "20", "--logging_steps", "7"]
+    ddp, _ = launch(2, "finetune", tmp_path / "ddp", tiny_model_dir, tiny_data_dir, tmp_path,
+                    "--per_device_train_batch_size", "8", "--mixed_precision", "no", *extra)  # as fsdp_command
+    assert ddp["best_step"] < ddp["history"][-1]["step"], "the kept weights must be an earlier evaluation's"
+    out = tmp_path / "fsdp"
+    args = (fsdp_config(tmp_path), "finetune", out, tiny_model_dir, tiny_data_dir, *extra)
+    run_and_kill(fsdp_command(*args), out, after_step=40, cwd=ROOT)
+    fsdp, result = fsdp_run(*args, "--resume_from_checkpoint", "latest")
+    assert fsdp["resumed"]["from_step"] >= 40 and fsdp["distributed_type"] == "FSDP", result.stderr[-2000:]
+    assert [h["step"] for h in fsdp["history"]] == [h["step"] for h in ddp["history"]]
+    assert fsdp["best_step"] == ddp["best_step"] and fsdp["metrics"] == ddp["metrics"]
+    assert [r["step"] for r in fsdp["losses"]] == [r["step"] for r in ddp["losses"]]
+    assert [r["loss"] for r in fsdp["losses"]] == pytest.approx([r["loss"] for r in ddp["losses"]], rel=1e-6)
+    from safetensors.torch import load_file
+
+    mine, theirs = load_file(out / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
+    assert mine.keys() == theirs.keys()
+    assert all(torch_allclose(mine[k], theirs[k]) for k in mine)
+    # the export is the plain model class: no FSDP subclass, and none of torch's FSDP sources beside modeling.py
+    assert fsdp["files"] == ddp["files"] and not list(out.glob("_fsdp*"))
+    assert json.loads((out / "config.json").read_text())["architectures"] == [fsdp["architecture"]]
+
+
+def torch_allclose(a, b) -> bool:
+    import torch
+
+    return torch.allclose(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["lora", "contrastive"])
+def test_fsdp2_lora_and_contrastive_export_the_model_they_scored(mode, tiny_model_dir, tiny_data_dir, tmp_path):
+    """LoRA merges its adapters into sharded weights (a collective every process must join: it hung), and
+    contrastive fits its head into them (it went into a gathered copy and the export kept the untrained head,
+    0.5 where the run scored 0.96): both now work on the whole model, so pipeline() scores what the run did."""
+    result, _ = fsdp_run(fsdp_config(tmp_path), mode, tmp_path / "out", tiny_model_dir, tiny_data_dir)
+    assert result["distributed_type"] == "FSDP" and result["num_processes"] == 2
+    assert pipeline_accuracy(tmp_path / "out", tiny_data_dir) == result["metrics"]["validation"]["accuracy"]
+
+
+def test_an_fsdp1_config_is_one_clear_refusal(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(fsdp_command(fsdp_config(tmp_path, version=1), "finetune", out, tiny_model_dir,
+                                         tiny_data_dir), capture_output=True, text=True, cwd=ROOT, env=launch_env(),
+                            timeout=300)
+    assert result.returncode != 0
+    assert "FSDP version 1" in result.stderr and "`fsdp_version: 2`" in result.stderr, result.stderr[-3000:]
+    assert not (out / "results.json").exists()
 
 
 def test_the_recipe_launch_gets_every_core_and_a_run_that_idles_cores_says_how_to_use_them(tmp_path, monkeypatch,

@@ -16,6 +16,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule
 
 from . import allocator, batches, hub, logs, loop, modes, pairs, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
@@ -90,7 +92,8 @@ def _peak_memory_mb(accelerator: Accelerator) -> float:
 def _check_sharding(accelerator: Accelerator) -> None:
     """A launch config that asks for FSDP or DeepSpeed where Accelerate did not set it up (it does so only across
     the GPUs of a multi-GPU launch): it would silently run as plain DDP, and FSDP's low-memory loading would leave
-    every process but one with empty weights (transformers reads FSDP's flag from the environment)."""
+    every process but one with empty weights (transformers reads FSDP's flag from the environment). And FSDP 1,
+    whose wrapped weights the kept-weights restore and the export do not handle."""
     for kind, flag, wanted in (("FSDP", "ACCELERATE_USE_FSDP", DistributedType.FSDP),
                                ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
         if os.environ.get(flag, "false").lower() == "true" and accelerator.distributed_type != wanted:
@@ -99,6 +102,10 @@ def _check_sharding(accelerator: Accelerator) -> None:
                               f"{accelerator.distributed_type.value} instead: it runs {kind} only across the GPUs of "
                               f"a multi-GPU launch{where}. On CPUs use --config_file "
                               "recipes/accelerate_configs/cpu_ddp.yaml (DDP over gloo).")
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ConfigError("This launch's FSDP config asks for FSDP version 1 (Accelerate's default where a config names "
+                          "none). xfer_nlp keeps, restores and exports sharded weights through FSDP2 alone: set "
+                          "`fsdp_version: 2` under fsdp_config, as recipes/accelerate_configs/fsdp.yaml does.")
 
 
 def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunResult:
@@ -247,6 +254,9 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
                      test_seconds=trained.test_seconds)
         metrics, outputs = trained.metrics, trained.outputs
         model = accelerator.unwrap_model(model)
+    if isinstance(model, FSDPModule):  # FSDP2's shards, whole again in every process: contrastive's head is fitted on
+        # features that all of them encode, and each exports (or merges LoRA into) a plain model of the run's class
+        model = modes.unsharded(model, get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)))
     if spec.fitted_head:
         model = model.to(accelerator.device)
         # After a loop (contrastive's pairs) the head is fitted on the tuned encoder in fp32 and with no feature
@@ -277,6 +287,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         config=cfg.to_dict(), pooling=built.pooling, normalize=bool(getattr(exported.config, "normalize", False)),
         architecture=type(exported).__name__, data_source=data.source,
         data_notes=list(data.notes), num_processes=accelerator.num_processes,
+        distributed_type=accelerator.distributed_type.value,
         mixed_precision=accelerator.mixed_precision, torch=torch.__version__, malloc=allocator.malloc(),
         **extra)
     if accelerator.is_main_process:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.fx.experimental._config as fx_config
 from accelerate.utils import DistributedType
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -436,7 +437,7 @@ def finish(run: _Run, scorer) -> Trained:
             logger.info("Keeping epoch %g (step %d), the best on validation %s.", progress.best_epoch,
                         progress.best_step, run.cfg.metric_for_best_model)
         accelerator.wait_for_everyone()
-        _restore(accelerator.unwrap_model(model).load_state_dict, _best_weights(run), "kept weights")
+        _restore(lambda state: _load_whole(accelerator, model, state), _best_weights(run), "kept weights")
     # Rescored without autocast, the final metrics are exactly what the exported fp32 model computes in pipeline()
     # (under mixed precision the per-evaluation history keeps the scores that chose the weights), and the logits
     # behind them are what predictions.jsonl reports.
@@ -583,6 +584,17 @@ def _interruptible(progress: Progress, checkpoints: Checkpoints):
                  + (f"the last checkpoint is {last[-1].name}" if last else "no checkpoint was written yet"))
         raise Interrupted(f"Interrupted {where}. Resume with the same command and --resume_from_checkpoint latest.",
                           where) from None
+
+
+def _load_whole(accelerator, model, state: dict[str, torch.Tensor]) -> None:
+    """Whole tensors (every process holds all of them) into a prepared model. FSDP2 keeps its weights as shards
+    (DTensors), which `load_state_dict` cannot fill from whole tensors: torch's `set_model_state_dict` cuts each
+    process's shard out of them."""
+    module = accelerator.unwrap_model(model)
+    if accelerator.is_fsdp2:
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        module.load_state_dict(state)
 
 
 def _restore(load_state_dict, state, what: str) -> None:

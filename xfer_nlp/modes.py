@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from . import families, schedules
@@ -438,6 +439,27 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total)."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def unsharded(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A model that FSDP2 sharded, built again unsharded and holding `weights` (the gathered whole tensors).
+
+    fully_shard swaps each wrapped module's class for an FSDP subclass, whose weights are shards; saving that
+    would also copy torch's FSDP sources into the export beside modeling.py. A LoRA model is its base model,
+    rebuilt, under the same adapters."""
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model
+
+        base = model.get_base_model()
+        plain = get_peft_model(_plain_class(base)(base.config), model.peft_config["default"])
+    else:
+        plain = _plain_class(model)(model.config)
+    plain.load_state_dict(weights)
+    return plain.train(model.training)
+
+
+def _plain_class(model: torch.nn.Module) -> type:
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
 
 
 def export_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,0 +1,30 @@
+"""Run a script under an FSDP launch on CPU processes (gloo), where Accelerate itself sets FSDP up only across GPUs.
+
+    accelerate launch --config_file FSDP_CONFIG tests/fsdp_on_cpu.py recipes/sentiment.py ARGS...
+
+After Accelerate has built its state (DDP over gloo, MULTI_CPU), the launch's FSDP plugin goes in and the type
+becomes FSDP, as on GPUs: the sharding (fully_shard), its gathers and the state-dict calls are then torch's and
+Accelerate's own, on CPU tensors. For the tests alone: no GPU machine is at hand to run FSDP on.
+"""
+
+import os
+import runpy
+import sys
+
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+accelerator_state = AcceleratorState.__init__
+
+
+def fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+    accelerator_state(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true" and self.distributed_type == DistributedType.MULTI_CPU:
+        self.fsdp_plugin = fsdp_plugin or FullyShardedDataParallelPlugin()  # from the launch's FSDP_* variables
+        # Accelerate reads the type from both states (its FSDP helpers ask PartialState).
+        self.distributed_type = PartialState().distributed_type = DistributedType.FSDP
+
+
+AcceleratorState.__init__ = fsdp_on_cpu
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
