@@ -3,8 +3,9 @@
 #
 #   run(command="bash benchmarks/gpu/check.sh", carry=[".gpu"], timeout_s=570)
 #
-# Issue 23's GPU part and the FSDP config's first run on a GPU (tests run it on CPU processes), in about 8 minutes: each step has its own time limit, so a
-# stuck one leaves the others' results, and every table and the log land in $OUT (.gpu/out when OUT is unset).
+# Issue 23's GPU part and the FSDP config's first run on a GPU (the tests run it on CPU processes), in about 8
+# minutes: each step has its own time limit, so a stuck one leaves the others' results, and every table and the
+# log land in $OUT (.gpu/out when OUT is unset).
 # Steps: what the machine is; fsdp.yaml on this one GPU (does the export equal what the run scored?); 2-process
 # DDP where there are 2 GPUs; predict and ONNX against pipeline(); training against the Trainer with the step in
 # CUDA graphs. Copy the tables into benchmarks/results/ and RESULTS.md with the machine and the date.
