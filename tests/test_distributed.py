@@ -207,6 +207,18 @@ def test_an_fsdp1_config_is_one_clear_refusal(tiny_model_dir, tiny_data_dir, tmp
     assert not (out / "results.json").exists()
 
 
+def test_a_deepspeed_launch_is_one_clear_refusal_before_anything_is_written(tiny_run, monkeypatch, tmp_path):
+    """ZeRO partitions the optimizer state across processes, which the checkpoints (the main process's state for
+    all) would lose on resume: refused, naming the FSDP2 config, before the output folder is touched."""
+    import xfer_nlp
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` sets for a DeepSpeed config
+    with pytest.raises(xfer_nlp.ConfigError, match="asks for DeepSpeed") as refused:
+        xfer_nlp.run(mode="finetune", **tiny_run)
+    assert "recipes/accelerate_configs/fsdp.yaml" in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_recipe_launch_gets_every_core_and_a_run_that_idles_cores_says_how_to_use_them(tmp_path, monkeypatch,
                                                                                           tiny_run):
     """`accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise: make sentiment tells it, and a run that is

@@ -90,22 +90,32 @@ def _peak_memory_mb(accelerator: Accelerator) -> float:
 
 
 def _check_sharding(accelerator: Accelerator) -> None:
-    """A launch config that asks for FSDP or DeepSpeed where Accelerate did not set it up (it does so only across
-    the GPUs of a multi-GPU launch): it would silently run as plain DDP, and FSDP's low-memory loading would leave
-    every process but one with empty weights (transformers reads FSDP's flag from the environment). And FSDP 1,
-    whose wrapped weights the kept-weights restore and the export do not handle."""
-    for kind, flag, wanted in (("FSDP", "ACCELERATE_USE_FSDP", DistributedType.FSDP),
-                               ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
-        if os.environ.get(flag, "false").lower() == "true" and accelerator.distributed_type != wanted:
-            where = "" if torch.cuda.is_available() else ", and this machine has no GPU that torch can use"
-            raise ConfigError(f"This launch asks for {kind} (its Accelerate config), but Accelerate set up "
-                              f"{accelerator.distributed_type.value} instead: it runs {kind} only across the GPUs of "
-                              f"a multi-GPU launch{where}. On CPUs use --config_file "
-                              "recipes/accelerate_configs/cpu_ddp.yaml (DDP over gloo).")
+    """A launch config that asks for FSDP where Accelerate did not set it up (it does so only across the GPUs of a
+    multi-GPU launch): it would silently run as plain DDP, and FSDP's low-memory loading would leave every process
+    but one with empty weights (transformers reads FSDP's flag from the environment). And FSDP 1, whose wrapped
+    weights the kept-weights restore and the export do not handle."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" \
+            and accelerator.distributed_type != DistributedType.FSDP:
+        where = "" if torch.cuda.is_available() else ", and this machine has no GPU that torch can use"
+        raise ConfigError("This launch asks for FSDP (its Accelerate config), but Accelerate set up "
+                          f"{accelerator.distributed_type.value} instead: it runs FSDP only across the GPUs of a "
+                          f"multi-GPU launch{where}. On CPUs use --config_file recipes/accelerate_configs/cpu_ddp.yaml "
+                          "(DDP over gloo).")
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         raise ConfigError("This launch's FSDP config asks for FSDP version 1 (Accelerate's default where a config names "
                           "none). xfer_nlp keeps, restores and exports sharded weights through FSDP2 alone: set "
                           "`fsdp_version: 2` under fsdp_config, as recipes/accelerate_configs/fsdp.yaml does.")
+
+
+def _refuse_deepspeed() -> None:
+    """DeepSpeed's ZeRO stages partition the optimizer state across processes (and, at stage 3, the weights): a
+    checkpoint here keeps the main process's optimizer state for all, and the kept-weights restore and the export
+    read whole weights, so a resumed or stage-3 run would go wrong. No run has checked it (deepspeed needs GPUs)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ConfigError("This launch asks for DeepSpeed (its Accelerate config), which xfer_nlp does not run under: "
+                          "its checkpoints, exact resume and export do not handle ZeRO's partitioned optimizer state "
+                          "and weights. Shard with FSDP2 instead (--config_file recipes/accelerate_configs/fsdp.yaml, "
+                          "ZeRO-3's counterpart, which the tests run), or replicate with ddp.yaml.")
 
 
 def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunResult:
@@ -118,6 +128,7 @@ def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunRes
     optimizer step (profiling, progress callbacks). Works unchanged under `accelerate launch`.
     """
     cfg = _config_from(config, overrides)
+    _refuse_deepspeed()
     output_dir = Path(cfg.output_dir)
     # Accelerate picks gloo DDP only when told cpu=True; a torchrun-style launch (`accelerate launch --multi_gpu`,
     # `torchrun`) on a machine without CUDA would otherwise run each process alone.

@@ -152,7 +152,7 @@ class Checkpoints:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        weights = acc.get_state_dict(model)  # collective under FSDP/DeepSpeed: every process takes part
+        weights = acc.get_state_dict(model)  # a collective under FSDP: every process takes part
         tensors, meta = rng_states()
         save_file(tensors, tmp / _rng_file(acc.process_index), metadata=meta)
         if acc.is_main_process or acc.distributed_type == DistributedType.FSDP:

@@ -208,7 +208,7 @@ def reused_embedding_grad(accelerator, model):
     Here the embedding emits its sparse gradient (the rows of the batch) and a hook adds it into a buffer that
     stays mapped, which fused AdamW then reads as the usual dense gradient: bit-identical values
     (tests/test_loop.py); full bf16 runs are faster for one buffer's worth of peak memory (RESULTS.md).
-    Not under DDP/FSDP/DeepSpeed, whose gradient hooks expect the dense gradient, nor on GPUs, whose caching
+    Not under DDP/FSDP, whose gradient hooks expect the dense gradient, nor on GPUs, whose caching
     allocator already reuses the memory, nor with gradient accumulation, where autograd would add later
     micro-batches' rows one by one: the same sum in another order, so not bit-identical.
     """
@@ -426,8 +426,8 @@ def finish(run: _Run, scorer) -> Trained:
     accelerator, progress, model = run.accelerator, run.progress, run.model
     # Training is over and the last checkpoint holds the optimizer: free its state (AdamW's two fp32 moments of
     # the trainable weights) so that loading the best epoch, the fp32 rescoring and the export reuse that memory
-    # instead of raising the peak. Clearing the state, not accelerator.free_memory(): that one also resets the
-    # accelerator and, under DeepSpeed, destroys the engine that still holds the model.
+    # instead of raising the peak. Clearing the state, not accelerator.free_memory(): that one also drops every
+    # object the accelerator prepared, the model included.
     run.optimizer.state.clear()
     if progress.best_step != progress.history[-1]["step"]:
         if progress.best_step == 0:
