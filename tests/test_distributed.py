@@ -187,9 +187,10 @@ def torch_allclose(a, b) -> bool:
 
 @pytest.mark.parametrize("mode", ["lora", "contrastive"])
 def test_fsdp2_lora_and_contrastive_export_the_model_they_scored(mode, tiny_model_dir, tiny_data_dir, tmp_path):
-    """LoRA merges its adapters into sharded weights (a collective every process must join: it hung), and
-    contrastive fits its head into them (it went into a gathered copy and the export kept the untrained head,
-    0.5 where the run scored 0.96): both now work on the whole model, so pipeline() scores what the run did."""
+    """Both work on the sharded model after training: LoRA merges its adapters into the weights, contrastive fits
+    its head into them. With the weights gathered on the main process alone, the merge on the others hung (a
+    collective) and contrastive's head went into FSDP's gathered copy, not the shards: its export scored 0.5 where
+    the run scored 0.96. Every process now takes the model whole, so pipeline() scores what the run did."""
     result, _ = fsdp_run(fsdp_config(tmp_path), mode, tmp_path / "out", tiny_model_dir, tiny_data_dir)
     assert result["distributed_type"] == "FSDP" and result["num_processes"] == 2
     if mode == "contrastive":  # well above chance, so an untrained head in the export could not pass for it
