@@ -209,8 +209,9 @@ class Checkpoints:
         missing = [n for n in needed if not (path / n).is_file()]
         if missing:
             raise CheckpointError(f"Checkpoint '{path}' lacks {', '.join(missing)}: it was written by another "
-                                  "version of xfer_nlp or by another number of processes. Resume with the run's "
-                                  "original launch, or start over with --overwrite_output_dir.")
+                                  "version of xfer_nlp, another number of processes, or with FSDP where this run has "
+                                  "none or the reverse (FSDP writes one optimizer file a process). Resume with the "
+                                  "run's original launch, or start over with --overwrite_output_dir.")
         try:
             state = json.loads((path / STATE).read_text(encoding="utf-8"))
             assert isinstance(state, dict) and isinstance(state.get("config"), dict)
