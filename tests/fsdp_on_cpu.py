@@ -19,7 +19,9 @@ accelerator_state = AcceleratorState.__init__
 
 def fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
     accelerator_state(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-    if os.environ.get("ACCELERATE_USE_FSDP") == "true" and self.distributed_type == DistributedType.MULTI_CPU:
+    # MULTI_CPU at the first run of a process; FSDP at the next ones (a compare grid's cells), read from PartialState.
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true" and self.distributed_type in (DistributedType.MULTI_CPU,
+                                                                                      DistributedType.FSDP):
         self.fsdp_plugin = fsdp_plugin or FullyShardedDataParallelPlugin()  # from the launch's FSDP_* variables
         # Accelerate reads the type from both states (its FSDP helpers ask PartialState).
         self.distributed_type = PartialState().distributed_type = DistributedType.FSDP
