@@ -210,7 +210,8 @@ def test_an_fsdp1_config_is_one_clear_refusal(tiny_model_dir, tiny_data_dir, tmp
 
 def test_a_deepspeed_launch_is_one_clear_refusal_before_anything_is_written(tiny_run, monkeypatch, tmp_path):
     """ZeRO partitions the optimizer state across processes, which the checkpoints (the main process's state for
-    all) would lose on resume: refused, naming the FSDP2 config, before the output folder is touched."""
+    all) would lose on resume: refused, naming the FSDP2 config, before the output folder is touched; once for a
+    whole compare grid."""
     import xfer_nlp
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` sets for a DeepSpeed config
@@ -218,6 +219,13 @@ def test_a_deepspeed_launch_is_one_clear_refusal_before_anything_is_written(tiny
         xfer_nlp.run(mode="finetune", **tiny_run)
     assert "recipes/accelerate_configs/fsdp.yaml" in str(refused.value)
     assert not (tmp_path / "out").exists()
+    # A grid under such a launch stops at its first cell, with the same message, instead of failing every cell.
+    grid = {**tiny_run, "output_dir": str(tmp_path / "grid")}
+    with pytest.raises(xfer_nlp.ConfigError, match="asks for DeepSpeed"):
+        xfer_nlp.compare(modes="probe,finetune", train_sizes="40,all", seeds="0", **grid)
+    from xfer_nlp.runfolder import FAILED
+
+    assert not list((tmp_path / "grid").rglob(FAILED)) and not (tmp_path / "grid" / "comparison.md").exists()
 
 
 def test_the_recipe_launch_gets_every_core_and_a_run_that_idles_cores_says_how_to_use_them(tmp_path, monkeypatch,

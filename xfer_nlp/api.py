@@ -22,7 +22,7 @@ from torch.distributed.fsdp import FSDPModule
 from . import allocator, batches, hub, logs, loop, modes, pairs, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data
-from .errors import ConfigError
+from .errors import ConfigError, LaunchError
 from .evaluation import plot_confusion, plot_training, warn_unpredicted, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
@@ -97,12 +97,12 @@ def _check_sharding(accelerator: Accelerator) -> None:
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" \
             and accelerator.distributed_type != DistributedType.FSDP:
         where = "" if torch.cuda.is_available() else ", and this machine has no GPU that torch can use"
-        raise ConfigError("This launch asks for FSDP (its Accelerate config), but Accelerate set up "
+        raise LaunchError("This launch asks for FSDP (its Accelerate config), but Accelerate set up "
                           f"{accelerator.distributed_type.value} instead: it runs FSDP only across the GPUs of a "
                           f"multi-GPU launch{where}. On CPUs use --config_file recipes/accelerate_configs/cpu_ddp.yaml "
                           "(DDP over gloo).")
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
-        raise ConfigError("This launch's FSDP config asks for FSDP version 1 (Accelerate's default where a config names "
+        raise LaunchError("This launch's FSDP config asks for FSDP version 1 (Accelerate's default where a config names "
                           "none). xfer_nlp keeps, restores and exports sharded weights through FSDP2 alone: set "
                           "`fsdp_version: 2` under fsdp_config, as recipes/accelerate_configs/fsdp.yaml does.")
 
@@ -112,7 +112,7 @@ def _refuse_deepspeed() -> None:
     checkpoint here keeps the main process's optimizer state for all, and the kept-weights restore and the export
     read whole weights, so a resumed or stage-3 run would go wrong. No run has checked it (deepspeed needs GPUs)."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise ConfigError("This launch asks for DeepSpeed (its Accelerate config), which xfer_nlp does not run under: "
+        raise LaunchError("This launch asks for DeepSpeed (its Accelerate config), which xfer_nlp does not run under: "
                           "its checkpoints, exact resume and export do not handle ZeRO's partitioned optimizer state "
                           "and weights. Shard with FSDP2 instead (--config_file recipes/accelerate_configs/fsdp.yaml, "
                           "ZeRO-3's counterpart, which the tests run), or replicate with ddp.yaml.")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .config import FIELD_NAMES, GRID_OWNED, MODES, RunConfig, nearest, resolve
 from . import logs, runfolder
 from .runfolder import read_results
-from .errors import ConfigError, Interrupted, XferError
+from .errors import ConfigError, Interrupted, LaunchError, XferError
 
 logger = logging.getLogger("xfer_nlp.compare")  # its own handlers: each run() resets those of "xfer_nlp"
 
@@ -277,6 +277,8 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
             raise Interrupted(f"The grid was interrupted in cell {cell.name}{', ' + where if where else ''}. Run the "
                               f"same compare command again: finished cells are kept and this one {then}.",
                               where) from None
+        except LaunchError:  # the launch, not the cell: every cell would fail alike
+            raise
         except (XferError, RuntimeError, ValueError, OSError) as e:
             failed[cell.name] = f"{type(e).__name__}: {e}"
             logger.error("Cell %s failed; the grid goes on. %s", cell.name, failed[cell.name])

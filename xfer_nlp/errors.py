@@ -9,6 +9,11 @@ class ConfigError(XferError):
     """A bad option, option value or config file."""
 
 
+class LaunchError(ConfigError):
+    """The launch itself (its Accelerate config) cannot run: every run of it would fail alike, so a compare grid
+    stops at the first instead of failing each cell."""
+
+
 class DataError(XferError):
     """A dataset that cannot be read or is not a labelled text set."""
 
