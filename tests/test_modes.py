@@ -352,9 +352,25 @@ def test_bf16_autocast_run(tiny_run):
 
 
 def test_tensorboard_tracking(tiny_run):
-    result = xfer_nlp.run(mode="finetune", num_train_epochs=1, report_to="tensorboard", **tiny_run)
-    events = list(result.output_dir.rglob("events.out.tfevents.*"))
-    assert events and events[0].stat().st_size > 0
+    """The tracker gets what results.json keeps: each logged loss, learning rate and (fractional) epoch at its step,
+    and each evaluation's validation scores."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = xfer_nlp.run(mode="finetune", num_train_epochs=2, report_to="tensorboard", **tiny_run)
+    logdir = result.output_dir / "xfer_nlp"  # the project's scalars (the run's settings, as hparams, one level down)
+    assert list(logdir.glob("events.out.tfevents.*"))
+    tracked = EventAccumulator(str(logdir))
+    tracked.Reload()
+
+    def series(tag):
+        return [(e.step, e.value) for e in tracked.Scalars(tag)]
+
+    record = json.loads((result.output_dir / "results.json").read_text())
+    for tag, key in (("train/loss", "loss"), ("train/learning_rate", "learning_rate"), ("train/epoch", "epoch")):
+        assert series(tag) == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in record["losses"]], tag
+    assert any(0 < r["epoch"] % 1 for r in record["losses"])  # logged within epochs, as the epoch says
+    assert series("eval/validation_accuracy") == [(h["step"], pytest.approx(h["validation_accuracy"], rel=1e-6))
+                                                  for h in record["history"]]
 
 
 @pytest.mark.parametrize("accuracies, chosen, warned", [

@@ -501,7 +501,7 @@ def _log_loss(run: _Run, bar) -> None:
     epoch = _epoch_now(run)
     progress.losses.append({"step": progress.step, "epoch": epoch, "loss": mean_loss, "learning_rate": lr})
     logger.info("Step %d (epoch %g): training loss %.4f, learning rate %.2e.", progress.step, epoch, mean_loss, lr)
-    run.accelerator.log({"train/loss": mean_loss, "train/learning_rate": lr, "train/epoch": progress.epoch},
+    run.accelerator.log({"train/loss": mean_loss, "train/learning_rate": lr, "train/epoch": epoch},
                         step=progress.step)
 
 
