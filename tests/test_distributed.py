@@ -95,12 +95,8 @@ def test_sigterm_to_a_two_process_launch_is_one_line_with_the_resume_command(tin
 def test_an_fsdp_config_on_a_machine_without_gpus_is_one_clear_refusal(tiny_model_dir, tiny_data_dir, tmp_path):
     """Accelerate sets up FSDP only across GPUs: elsewhere the shipped config would run as DDP, with every process
     but one holding the empty weights of FSDP's low-memory loading."""
-    config = (ROOT / "recipes" / "accelerate_configs" / "fsdp.yaml").read_text()
-    config = config.replace("num_processes: 8", "num_processes: 2").replace("mixed_precision: bf16",
-                                                                            "mixed_precision: 'no'")
-    (tmp_path / "fsdp.yaml").write_text(config)
     out = tmp_path / "out"
-    result = subprocess.run([str(ACCELERATE), "launch", "--config_file", str(tmp_path / "fsdp.yaml"),
+    result = subprocess.run([str(ACCELERATE), "launch", "--config_file", str(fsdp_config(tmp_path)),
                              "--main_process_port", free_port(), "recipes/sentiment.py", "--mode", "finetune",
                              "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(tiny_data_dir),
                              "--output_dir", str(out)], capture_output=True, text=True, cwd=ROOT, env=launch_env(),

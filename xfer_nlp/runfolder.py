@@ -161,7 +161,7 @@ class RunRecord:
     data_source: str | None = None
     data_notes: list[str] = field(default_factory=list)
     num_processes: int = 1
-    distributed_type: str | None = None  # Accelerate's: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
+    distributed_type: str | None = None  # Accelerate's: NO, MULTI_CPU, MULTI_GPU or FSDP
     mixed_precision: str = "no"
     torch: str | None = None
     malloc: str | None = None  # who served malloc (allocator.malloc): 512-token CPU steps differ 1.8x between them
