@@ -31,8 +31,13 @@ def _error(e: Exception) -> int:
     if logs.is_main_process():  # one voice under accelerate launch
         print(f"error: {e}", file=sys.stderr)
     else:
-        # torchrun stops every worker as soon as one exits: give rank 0 the time to print the message.
-        time.sleep(3)
+        # torchrun stops every worker as soon as one exits: give rank 0 the time to print the message. Being
+        # stopped is then the expected end, not news: without the except, the user's one message came with this
+        # worker's KeyboardInterrupt traceback.
+        try:
+            time.sleep(3)
+        except KeyboardInterrupt:
+            pass
     return 2
 
 
