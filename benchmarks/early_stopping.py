@@ -6,8 +6,8 @@
 This script trains nothing. Early stopping changes nothing before the step where it stops (the learning-rate
 schedule is planned for the whole run either way), so a finished run's history of evaluations says exactly what
 the same run would have kept and when it would have stopped under a patience of P: it stops at the P-th
-evaluation in a row without a better validation figure (`--metric_for_best_model`, strictly greater, as the loop
-compares) and keeps the best evaluation before it. Each plain finetune, lora and scratch cell (no variant
+evaluation in a row without a better validation figure (`--metric_for_best_model`, strictly greater: the loop's own
+`keep_or_stop`) and keeps the best evaluation before it. Each plain finetune, lora and scratch cell (no variant
 overrides) with at least two evaluations counts; the figures are validation's as the evaluations scored them (under
 bf16 autocast where the run trained so), and seconds are the history's, evaluations included.
 """
@@ -19,6 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from xfer_nlp.loop import keep_or_stop
 from xfer_nlp.report import load_cells, size_key
 
 from common import publish
@@ -30,12 +31,11 @@ def stopped(history: list[dict], metric: str, patience: int | None) -> tuple[flo
     """(the kept evaluation's figure, the evaluation the run ends at) under `patience` (None: never stops)."""
     best, since = None, 0
     for record in history:
-        if best is None or record[metric] > best:
-            best, since = record[metric], 0
-        else:
-            since += 1
-            if patience and since >= patience:
-                return best, record
+        keep, since, stop = keep_or_stop(best, record[metric], since, patience)
+        if keep:
+            best = record[metric]
+        if stop:
+            return best, record
     return best, history[-1]
 
 

@@ -524,23 +524,31 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
     accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("epoch", "step")}, step=progress.step)
     logger.info("Epoch %g, step %d (%.0f s): %s", record["epoch"], progress.step, progress.seconds, ", ".join(
         f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k not in ("seconds", "epoch")))
-    if not progress.best or metrics["validation"][watched] > progress.best["validation"][watched]:
+    best = progress.best["validation"][watched] if progress.best else None
+    improved, progress.evals_since_best, stop = keep_or_stop(
+        best, metrics["validation"][watched], progress.evals_since_best, cfg.early_stopping_patience)
+    if improved:
         progress.best, progress.best_epoch, progress.best_step = metrics, record["epoch"], progress.step
-        progress.evals_since_best = 0
         weights = accelerator.get_state_dict(run.model)  # every process: whole tensors are a collective under FSDP
         if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
             run.checkpoints.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(run.best_file) as tmp:
                 save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp,
                           metadata={"step": str(progress.step)})
-    else:
-        progress.evals_since_best += 1
-        patience = cfg.early_stopping_patience
-        if patience and progress.evals_since_best >= patience:
-            progress.stopped_early = True
-            logger.info("Stopping early at step %d: %d evaluations without a better validation %s "
-                        "(best %.4f at step %d).", progress.step, patience, watched,
-                        progress.best["validation"][watched], progress.best_step)
+    elif stop:
+        progress.stopped_early = True
+        logger.info("Stopping early at step %d: %d evaluations without a better validation %s "
+                    "(best %.4f at step %d).", progress.step, cfg.early_stopping_patience, watched, best,
+                    progress.best_step)
+
+
+def keep_or_stop(best: float | None, value: float, since: int, patience: int | None) -> tuple[bool, int, bool]:
+    """The rule each evaluation is judged by: (keep these weights, evaluations since the best, stop now). Only a
+    strictly better figure is kept (a tie keeps the earlier weights); patience None or 0 never stops.
+    benchmarks/early_stopping.py replays finished runs' histories through it."""
+    if best is None or value > best:
+        return True, 0, False
+    return False, since + 1, bool(patience) and since + 1 >= patience
 
 
 def _save_checkpoint(run: _Run, clock: float) -> None:
