@@ -209,7 +209,8 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
         outputs, metrics = {}, {}
         for split in splits:
             loader = accelerator.prepare(batches.eval_loader(tokenized[split], collator, cfg.per_device_eval_batch_size))
-            logits, labels = loop.predict_logits(accelerator, classifier.to(accelerator.device), loader)
+            logits, labels = loop.predict_logits(accelerator, classifier.to(accelerator.device), loader,
+                                                 f"Scoring {split}")
             labels = torch.tensor(to_model)[labels]  # the data's label ids, as the model's class ids
             outputs[split] = (logits, labels)
             metrics[split] = scorer(logits.argmax(-1).numpy(), labels.numpy())

@@ -129,8 +129,8 @@ def predict_logits(accelerator, model, loader, desc: str | None = None) -> tuple
                     device=next(model.parameters()).device if accelerator is None else None)
 
 
-def evaluate(accelerator, model, loader, scorer) -> dict:
-    logits, labels = predict_logits(accelerator, model, loader)
+def evaluate(accelerator, model, loader, scorer, desc: str | None = None) -> dict:
+    logits, labels = predict_logits(accelerator, model, loader, desc)
     return scorer(logits.argmax(-1).numpy(), labels.numpy())
 
 
@@ -445,7 +445,7 @@ def finish(run: _Run, scorer) -> Trained:
     outputs, test_seconds = {}, 0.0
     for name, dl in run.eval_dls.items():
         start = time.perf_counter()
-        outputs[name] = predict_logits(accelerator, plain, dl)
+        outputs[name] = predict_logits(accelerator, plain, dl, f"Scoring {name}")
         if name != "validation":  # the test split, scored here for the first time: reporting, not training
             test_seconds += time.perf_counter() - start
     metrics = {name: scorer(logits.argmax(-1).numpy(), labels.numpy()) for name, (logits, labels) in outputs.items()}
@@ -510,8 +510,8 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
     scored here: only once, with the kept weights, after training (finish), so no test figure is seen before the
     choice is made (and the evaluations cost validation's time alone)."""
     accelerator, progress, cfg = run.accelerator, run.progress, run.cfg
-    metrics = {"validation": evaluate(accelerator, run.model, run.eval_dls["validation"], scorer)} \
-        if run.eval_dls else {}
+    metrics = {"validation": evaluate(accelerator, run.model, run.eval_dls["validation"], scorer,
+                                      "Evaluating (validation)")} if run.eval_dls else {}
     run.model.train()
     progress.seconds = time.perf_counter() - clock
     record = {"epoch": _epoch_now(run), "step": progress.step, "seconds": round(progress.seconds, 2),
