@@ -54,6 +54,14 @@ def test_cells_that_keep_freed_memory_run_after_the_others(tmp_path):
                      ("finetune[keep_freed_memory=true]", "16"), ("finetune[keep_freed_memory=true]", "32")]
 
 
+def test_each_cell_is_named_in_the_trackers_by_its_grid_and_cell(tmp_path):
+    """Every cell of every grid logs to the one 'xfer_nlp' project: the name tells them apart."""
+    grid = tmp_path / "sst2-compare"
+    names = [c.config.run_name for c in plan(RunConfig(run_name="mine"), CompareArgs("probe,lora", "16", "0,1"), grid)]
+    assert names == ["sst2-compare/probe-n16-s0", "sst2-compare/probe-n16-s1", "sst2-compare/lora-n16-s0",
+                     "sst2-compare/lora-n16-s1"]
+
+
 @pytest.mark.parametrize("spec,message", [
     ("probe,finetune[freez_layers=4]", "'freez_layers' is not a run option (did you mean 'freeze_layers'?)"),
     ("finetune[seed=3]", "'seed' is set by the grid itself"),

@@ -1,6 +1,8 @@
 """One run per mode through the public API, asserting which weights moved and what was written."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import xfer_nlp
+from conftest import one_process_env
 from xfer_nlp.config import RunConfig, resolve
 from xfer_nlp.modes import build
 
@@ -371,6 +374,33 @@ def test_tensorboard_tracking(tiny_run):
     assert any(0 < r["epoch"] % 1 for r in record["losses"])  # logged within epochs, as the epoch says
     assert series("eval/validation_accuracy") == [(h["step"], pytest.approx(h["validation_accuracy"], rel=1e-6))
                                                   for h in record["history"]]
+
+
+def test_trackio_tracking(tiny_model_dir, tiny_data_dir, tmp_path):
+    """A real trackio run, kept locally: named after the output folder, with each logged loss and evaluation that
+    results.json keeps. In a subprocess, since trackio reads TRACKIO_DIR once, on import."""
+    out = tmp_path / "tiny-finetune"
+    script = f"""
+import json, xfer_nlp
+from trackio.sqlite_storage import SQLiteStorage
+xfer_nlp.run(mode="finetune", num_train_epochs=2, report_to="trackio", model_name_or_path={str(tiny_model_dir)!r},
+             dataset_name={str(tiny_data_dir)!r}, output_dir={str(out)!r}, max_seq_length=32, seed=0,
+             logging_steps=5, min_train_steps=0, per_device_train_batch_size=16)
+runs = SQLiteStorage.get_runs("xfer_nlp")
+print("TRACKED " + json.dumps({{"runs": runs, "logs": SQLiteStorage.get_logs("xfer_nlp", runs[0])}}, default=str))
+"""
+    env = {**one_process_env(), "TRACKIO_DIR": str(tmp_path / "trackio"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tracked = json.loads(result.stdout.split("TRACKED ", 1)[1].splitlines()[0])  # trackio prints after it
+    assert tracked["runs"] == ["tiny-finetune"]
+    logged = {(log["step"], key): value for log in tracked["logs"] for key, value in log.items()
+              if key.startswith(("train/", "eval/"))}
+    record = json.loads((out / "results.json").read_text())
+    expected = {(r["step"], f"train/{k}"): r[k] for r in record["losses"] for k in ("loss", "learning_rate", "epoch")}
+    expected |= {(h["step"], "eval/validation_accuracy"): h["validation_accuracy"] for h in record["history"]}
+    assert len(record["history"]) == 2 and len(record["losses"]) >= 4
+    assert {k: logged.get(k) for k in expected} == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("accuracies, chosen, warned", [

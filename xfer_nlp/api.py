@@ -219,8 +219,12 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     logger.info("Precision %s%s on %s.", shown, " (chosen by --mixed_precision auto)" if cfg.mixed_precision == "auto"
                 else "", _hardware(accelerator))
     if trackers:
+        # Named, so that a grid's cells (and runs of one project) tell apart in the dashboard; a resumed run is a
+        # new tracker run of the same name, from the checkpoint's step.
+        name = cfg.run_name or output_dir.resolve().name
         accelerator.init_trackers("xfer_nlp", config={k: v for k, v in cfg.to_dict().items()
-                                                      if isinstance(v, (int, float, str, bool))})
+                                                      if isinstance(v, (int, float, str, bool))},
+                                  init_kwargs={"wandb": {"name": name}, "trackio": {"name": name}})
 
     start = time.perf_counter()
     eval_splits = [s for s in tokenized if s != "train"]

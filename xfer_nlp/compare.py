@@ -167,7 +167,8 @@ def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
                     cfg = resolve(dataclasses.replace(
                         base, **variant.overrides, mode=variant.mode, seed=seed,
                         max_train_samples=None if size == "all" else int(size),
-                        output_dir=str(output_dir / "runs" / name), overwrite_output_dir=False,
+                        output_dir=str(output_dir / "runs" / name), run_name=f"{output_dir.resolve().name}/{name}",
+                        overwrite_output_dir=False,
                         resume_from_checkpoint=None, push_to_hub=False,
                         no_feature_cache=base.no_feature_cache or cold))
                 except ConfigError as e:

@@ -251,7 +251,10 @@ class RunConfig:
                                       "every this many optimizer steps. Default: about 20 times a run, at least "
                                       "every 50 steps.", resume_may_differ=True, positive="integer")
     report_to: str = _f("none", "Trackers through Accelerate: none, all, or a comma list of tensorboard, wandb, "
-                        "trackio.", resume_may_differ=True)
+                        "trackio (project 'xfer_nlp'; tensorboard's events go to OUTPUT_DIR/xfer_nlp).",
+                        resume_may_differ=True)
+    run_name: Optional[str] = _f(None, "The run's name in wandb and trackio. Default: the output folder's name; "
+                                 "a compare cell's is GRID_FOLDER/CELL.", resume_may_differ=True, grid_owned=True)
     push_to_hub: bool = _f(False, "After training, upload the exported model, results and model card to the Hub.",
                            resume_may_differ=True, grid_owned=True)
     hub_model_id: Optional[str] = _f(None, "Hub repository for --push_to_hub, as user/name (default: the "
