@@ -356,7 +356,7 @@ def test_bf16_autocast_run(tiny_run):
 
 def test_tensorboard_tracking(tiny_run):
     """The tracker gets what results.json keeps: each logged loss, learning rate and (fractional) epoch at its step,
-    and each evaluation's validation scores."""
+    each evaluation's validation scores, and the reported figures."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result = xfer_nlp.run(mode="finetune", num_train_epochs=2, report_to="tensorboard", **tiny_run)
@@ -374,6 +374,9 @@ def test_tensorboard_tracking(tiny_run):
     assert any(0 < r["epoch"] % 1 for r in record["losses"])  # logged within epochs, as the epoch says
     assert series("eval/validation_accuracy") == [(h["step"], pytest.approx(h["validation_accuracy"], rel=1e-6))
                                                   for h in record["history"]]
+    last = record["history"][-1]["step"]  # the reported figures (kept weights, fp32; test scored once), at the end
+    for split in ("validation", "test"):
+        assert series(f"final/{split}_accuracy") == [(last, pytest.approx(record["metrics"][split]["accuracy"]))]
 
 
 def test_trackio_tracking(tiny_model_dir, tiny_data_dir, tmp_path):
@@ -395,10 +398,11 @@ print("TRACKED " + json.dumps({{"runs": runs, "logs": SQLiteStorage.get_logs("xf
     tracked = json.loads(result.stdout.split("TRACKED ", 1)[1].splitlines()[0])  # trackio prints after it
     assert tracked["runs"] == ["tiny-finetune"]
     logged = {(log["step"], key): value for log in tracked["logs"] for key, value in log.items()
-              if key.startswith(("train/", "eval/"))}
+              if key.startswith(("train/", "eval/", "final/"))}
     record = json.loads((out / "results.json").read_text())
     expected = {(r["step"], f"train/{k}"): r[k] for r in record["losses"] for k in ("loss", "learning_rate", "epoch")}
     expected |= {(h["step"], "eval/validation_accuracy"): h["validation_accuracy"] for h in record["history"]}
+    expected[record["history"][-1]["step"], "final/test_macro_f1"] = record["metrics"]["test"]["macro_f1"]
     assert len(record["history"]) == 2 and len(record["losses"]) >= 4
     assert {k: logged.get(k) for k in expected} == pytest.approx(expected, rel=1e-6)
 

@@ -281,13 +281,16 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
             accelerator, dataclasses.replace(cfg, no_feature_cache=True) if tuned else cfg, model, built.layout,
             make_loader, tokenized, scorer, weights, autocast=not tuned)
         extra["test_seconds"] = extra["probe"]["test_seconds"]
-        accelerator.log({f"eval/{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()}, step=0)
     # A resumed run's time is this process's plus what the checkpoint's steps took in the processes before it (the
     # steps an interrupted process ran after its last checkpoint are redone here, so counted once). Scoring the test
     # split is reporting, not training, and is left out (test_seconds), as a peer's timing leaves out its evaluation.
     train_seconds = (time.perf_counter() - start + (extra.get("resumed") or {}).get("seconds_before", 0)
                      - extra.get("test_seconds", 0.0))
 
+    # The figures results.json reports (the kept weights, in fp32; the test split's only scoring) reach the trackers
+    # too, at the last step a loop logged (wandb drops a step lower than one it has seen).
+    accelerator.log({f"final/{s}_{k}": v for s, m in metrics.items() for k, v in scalars(m).items()},
+                    step=max((r["step"] for r in extra.get("history", []) + extra.get("losses", [])), default=0))
     if accelerator.is_main_process:
         warn_unpredicted(metrics, data.label_names, cfg.metric_for_best_model)
     if cfg.save_lora_adapter and hasattr(model, "peft_config") and accelerator.is_main_process:
