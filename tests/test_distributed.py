@@ -96,11 +96,7 @@ def test_an_fsdp_config_on_a_machine_without_gpus_is_one_clear_refusal(tiny_mode
     """Accelerate sets up FSDP only across GPUs: elsewhere the shipped config would run as DDP, with every process
     but one holding the empty weights of FSDP's low-memory loading."""
     out = tmp_path / "out"
-    result = subprocess.run([str(ACCELERATE), "launch", "--config_file", str(fsdp_config(tmp_path)),
-                             "--main_process_port", free_port(), "recipes/sentiment.py", "--mode", "finetune",
-                             "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(tiny_data_dir),
-                             "--output_dir", str(out)], capture_output=True, text=True, cwd=ROOT, env=launch_env(),
-                            timeout=300)
+    result = fsdp_launch(fsdp_config(tmp_path), "finetune", out, tiny_model_dir, tiny_data_dir, harness=False)
     assert result.returncode != 0
     assert ("error: This launch asks for FSDP (its Accelerate config), but Accelerate set up MULTI_CPU instead" in
             result.stderr and "recipes/accelerate_configs/cpu_ddp.yaml" in result.stderr), result.stderr[-3000:]
@@ -122,17 +118,23 @@ def fsdp_config(tmp_path, version: int = 2) -> Path:
     return path
 
 
-def fsdp_command(config: Path, mode, out, tiny_model_dir, tiny_data_dir, *extra) -> list[str]:
+def fsdp_command(config: Path, mode, out, tiny_model_dir, tiny_data_dir, *extra, harness=True) -> list[str]:
+    """The launch of the recipe under `config`; through tests/fsdp_on_cpu.py unless harness is False (then
+    Accelerate sets up what it does on a machine without GPUs)."""
     return [str(ACCELERATE), "launch", "--config_file", str(config), "--main_process_port", free_port(),
-            str(ROOT / "tests" / "fsdp_on_cpu.py"), "recipes/sentiment.py", "--mode", mode,
+            *([str(ROOT / "tests" / "fsdp_on_cpu.py")] if harness else []), "recipes/sentiment.py", "--mode", mode,
             "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(tiny_data_dir), "--output_dir", str(out),
             "--max_seq_length", "32", "--per_device_train_batch_size", "8", "--seed", "0", "--mixed_precision", "no",
             "--feature_cache_dir", str(out.parent / "features"), *extra]
 
 
-def fsdp_run(*args, timeout=300) -> tuple[dict, subprocess.CompletedProcess]:
-    result = subprocess.run(fsdp_command(*args), capture_output=True, text=True, cwd=ROOT, env=launch_env(),
-                            timeout=timeout)
+def fsdp_launch(*args, harness=True) -> subprocess.CompletedProcess:
+    return subprocess.run(fsdp_command(*args, harness=harness), capture_output=True, text=True, cwd=ROOT,
+                          env=launch_env(), timeout=300)
+
+
+def fsdp_run(*args) -> tuple[dict, subprocess.CompletedProcess]:
+    result = fsdp_launch(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((args[2] / "results.json").read_text()), result
 
@@ -167,20 +169,15 @@ def test_an_fsdp2_run_killed_and_resumed_exports_the_kept_weights_of_the_same_ru
     assert fsdp["best_step"] == ddp["best_step"] and fsdp["metrics"] == ddp["metrics"]
     assert [r["step"] for r in fsdp["losses"]] == [r["step"] for r in ddp["losses"]]
     assert [r["loss"] for r in fsdp["losses"]] == pytest.approx([r["loss"] for r in ddp["losses"]], rel=1e-6)
+    import torch
     from safetensors.torch import load_file
 
     mine, theirs = load_file(out / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
     assert mine.keys() == theirs.keys()
-    assert all(torch_allclose(mine[k], theirs[k]) for k in mine)
+    assert all(torch.allclose(mine[k], theirs[k], rtol=0, atol=1e-6) for k in mine)
     # the export is the plain model class: no FSDP subclass, and none of torch's FSDP sources beside modeling.py
     assert fsdp["files"] == ddp["files"] and not list(out.glob("_fsdp*"))
     assert json.loads((out / "config.json").read_text())["architectures"] == [fsdp["architecture"]]
-
-
-def torch_allclose(a, b) -> bool:
-    import torch
-
-    return torch.allclose(a, b, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["lora", "contrastive"])
@@ -198,9 +195,7 @@ def test_fsdp2_lora_and_contrastive_export_the_model_they_scored(mode, tiny_mode
 
 def test_an_fsdp1_config_is_one_clear_refusal(tiny_model_dir, tiny_data_dir, tmp_path):
     out = tmp_path / "out"
-    result = subprocess.run(fsdp_command(fsdp_config(tmp_path, version=1), "finetune", out, tiny_model_dir,
-                                         tiny_data_dir), capture_output=True, text=True, cwd=ROOT, env=launch_env(),
-                            timeout=300)
+    result = fsdp_launch(fsdp_config(tmp_path, version=1), "finetune", out, tiny_model_dir, tiny_data_dir)
     assert result.returncode != 0
     assert "FSDP version 1" in result.stderr and "`fsdp_version: 2`" in result.stderr, result.stderr[-3000:]
     assert not (out / "results.json").exists()
