@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -81,7 +82,11 @@ def _add_lora_adapters(model, lay, family, cfg):
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                       lora_dropout=cfg.lora_dropout, target_modules=targets, modules_to_save=list(lay.head))
     try:
-        return get_peft_model(model, lora)
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated name (`is_gradient_checkpointing`): a warning no user can act on
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            return get_peft_model(model, lora)
     except ValueError as e:
         raise ConfigError(f"--lora_target_modules {targets}: {e}") from None
 
