@@ -1,5 +1,6 @@
-"""Which malloc a 512-token fine-tune on a CPU should run under: glibc's defaults, glibc with --keep_freed_memory,
-jemalloc and tcmalloc (both preloaded through LD_PRELOAD), each in a fresh process, one after another.
+"""Which malloc a 512-token fine-tune on a CPU should run under, and what --gradient_checkpointing saves there:
+glibc's defaults, glibc with --keep_freed_memory, jemalloc and tcmalloc (both preloaded through LD_PRELOAD), and
+glibc and tcmalloc with activation checkpointing, each in a fresh process, one after another.
 
     python benchmarks/allocators.py --out benchmarks/results/allocators.md
 
@@ -7,15 +8,16 @@ Every setting runs the same short polarity2k fine-tune (head+tail, 512 tokens, b
 evaluation of the 400 validation and test reviews) as a child process. The table gives its wall seconds, the run's
 own train_seconds (results.json), the child's user and kernel CPU seconds and its peak RSS (wait4's rusage of that
 child alone; GB of 10^9 bytes, as RESULTS.md's other memory figures), and whether its weights equal the first
-row's byte for byte (an allocator must not change the arithmetic). An allocator that is not installed is a row
-saying how to install it. Four steps do not show memory growth over a run: RESULTS.md ("Memory allocators") has
-a whole fine-tune's.
+row's byte for byte (neither an allocator nor recomputing activations may change the arithmetic). An allocator
+that is not installed is a row saying how to install it. Four steps do not show memory growth over a run:
+RESULTS.md ("Memory allocators") has a whole fine-tune's.
 """
 
 import argparse
 import ctypes.util
 import hashlib
 import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -24,16 +26,18 @@ from common import cpu_name, publish, run_measured
 
 # name: (the library ctypes looks up, Debian/Ubuntu package)
 PRELOADS = {"jemalloc": ("jemalloc", "libjemalloc2"), "tcmalloc": ("tcmalloc_minimal", "libtcmalloc-minimal4")}
-SETTINGS = ("glibc", "glibc --keep_freed_memory", "jemalloc", "tcmalloc")
+SETTINGS = ("glibc", "glibc --keep_freed_memory", "jemalloc", "tcmalloc", "glibc --gradient_checkpointing",
+            "tcmalloc --gradient_checkpointing")
 
 
 def launch(setting: str) -> tuple[list[str], dict] | str:
-    """(extra run flags, extra environment) for a setting, or why it cannot run here."""
-    if setting.startswith("glibc"):
-        return setting.split()[1:], {}
-    library, package = PRELOADS[setting]
+    """(extra run flags, extra environment) for a setting ("MALLOC [FLAGS]"), or why it cannot run here."""
+    malloc, *flags = setting.split()
+    if malloc == "glibc":
+        return flags, {}
+    library, package = PRELOADS[malloc]
     found = ctypes.util.find_library(library)  # e.g. 'libtcmalloc_minimal.so.4', which LD_PRELOAD finds by name
-    return ([], {"LD_PRELOAD": found}) if found else f"not installed (apt-get install {package})"
+    return (flags, {"LD_PRELOAD": found}) if found else f"not installed (apt-get install {package})"
 
 
 def main(argv=None) -> None:
@@ -45,12 +49,12 @@ def main(argv=None) -> None:
     parser.add_argument("--model_name_or_path", default=None, help="the encoder (default: the embedded one)")
     parser.add_argument("--max_seq_length", type=int, default=512, help="tokens read of each text (head+tail)")
     args = parser.parse_args(argv)
-    command = "python benchmarks/allocators.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"# Memory allocators: fine-tuning on {args.dataset_name} at {args.max_seq_length} tokens, "
-             f"{cpu_name()}", "", f"    {command}", "",
+    command = shlex.join(["python", "benchmarks/allocators.py", *(sys.argv[1:] if argv is None else argv)])
+    lines = [f"# Memory allocators and activation checkpointing: fine-tuning on {args.dataset_name} at "
+             f"{args.max_seq_length} tokens, {cpu_name()}", "", f"    {command}", "",
              f"{args.max_steps} steps of 32 texts, then one evaluation of the validation and test splits; each row a "
              "fresh process, run one after another.", "",
-             "| malloc | wall s | train s | user s | kernel s | peak RSS GB | weights as the first row's |",
+             "| malloc, flags | wall s | train s | user s | kernel s | peak RSS GB | weights as the first row's |",
              "|---|---|---|---|---|---|---|"]
     reference = None
     with tempfile.TemporaryDirectory() as work:

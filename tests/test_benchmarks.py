@@ -170,13 +170,15 @@ def test_scale_benchmark_smoke(tmp_path):
 
 def test_allocators_benchmark_smoke(tmp_path, tiny_model_dir, tiny_data_dir):
     out = tmp_path / "allocators.md"
-    bench("allocators.py", "--settings", "glibc,tcmalloc,glibc --keep_freed_memory", "--max_steps", "2",
+    bench("allocators.py", "--settings", "glibc,tcmalloc,glibc --keep_freed_memory,glibc --gradient_checkpointing",
+          "--max_steps", "2",
           "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(tiny_data_dir), "--max_seq_length", "32",
           "--out", str(out), cwd=tmp_path)
     rows = {row.split("|")[1].strip(): row.split("|")[2:-1] for row in out.read_text().splitlines()[8:]}
-    assert list(rows) == ["glibc", "tcmalloc", "glibc --keep_freed_memory"]
+    assert list(rows) == ["glibc", "tcmalloc", "glibc --keep_freed_memory", "glibc --gradient_checkpointing"]
     ran = [cells for cells in rows.values() if "not installed" not in cells[0]]
-    assert len(ran) >= 2 and all(cells[-1].strip() == "yes" for cells in ran)  # same weights under every malloc
+    # same weights under every malloc, and with each layer's activations recomputed
+    assert len(ran) >= 3 and all(cells[-1].strip() == "yes" for cells in ran)
     assert all(float(cells[4]) > 0 for cells in ran)  # a measured peak RSS
     if "not installed" in rows["tcmalloc"][0]:
         assert "apt-get install libtcmalloc-minimal4" in rows["tcmalloc"][0]

@@ -153,7 +153,8 @@ def test_an_fsdp2_run_killed_and_resumed_exports_the_kept_weights_of_the_same_ru
         tiny_model_dir, tiny_data_dir, tmp_path):
     """FSDP2 holds every weight as a shard: the kept evaluation's weights have to be cut back into shards, and the
     export gathered whole, or the run ends in a refusal ("the kept weights do not fit") or exports the wrong model.
-    Here a 2-process FSDP2 run is killed after a checkpoint, resumed, and ends with the kept weights of an
+    Here a 2-process FSDP2 run is killed after a checkpoint, resumed (with --gradient_checkpointing switched on,
+    which recomputes each layer inside FSDP's shards and changes no weight), and ends with the kept weights of an
     uninterrupted 2-process DDP run of the same steps."""
     extra = ["--num_train_epochs", "10", "--learning_rate", "3e-3", "--max_grad_norm", "0", "--pooling", "mean",
              "--save_steps", "20", "--logging_steps", "7"]
@@ -163,8 +164,9 @@ def test_an_fsdp2_run_killed_and_resumed_exports_the_kept_weights_of_the_same_ru
     out = tmp_path / "fsdp"
     args = (fsdp_config(tmp_path), "finetune", out, tiny_model_dir, tiny_data_dir, *extra)
     run_and_kill(fsdp_command(*args), out, after_step=40, cwd=ROOT)
-    fsdp, result = fsdp_run(*args, "--resume_from_checkpoint", "latest")
+    fsdp, result = fsdp_run(*args, "--resume_from_checkpoint", "latest", "--gradient_checkpointing")
     assert fsdp["resumed"]["from_step"] >= 40 and fsdp["distributed_type"] == "FSDP", result.stderr[-2000:]
+    assert "recomputed in the backward pass" in (out / "train.log").read_text()
     assert [h["step"] for h in fsdp["history"]] == [h["step"] for h in ddp["history"]]
     assert fsdp["best_step"] == ddp["best_step"] and fsdp["metrics"] == ddp["metrics"]
     assert [r["step"] for r in fsdp["losses"]] == [r["step"] for r in ddp["losses"]]

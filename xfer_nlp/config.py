@@ -178,6 +178,13 @@ class RunConfig:
     per_device_eval_batch_size: int = _f(128, "Evaluation / encoding batch size per process.",
                                          resume_may_differ=True, positive="integer")
     gradient_accumulation_steps: int = _f(1, "Batches per optimizer step.", positive="integer")
+    gradient_checkpointing: bool = _f(False, "Keep only each encoder layer's input during the forward pass and "
+                                      "recompute the rest in the backward pass (transformers' activation "
+                                      "checkpointing): the same weights, for much less memory on long texts and "
+                                      "slower steps (on a CPU, a 512-token fine-tune's peak memory fell by about "
+                                      "two thirds for about a fifth more time: benchmarks/RESULTS.md, \"Activation "
+                                      "checkpointing\"). May be switched on or off when resuming.",
+                                      resume_may_differ=True, only_for=("finetune", "scratch", "lora", "contrastive"))
     pooling: Optional[str] = _f(None, "Sentence representation fed to the head: mean (of token states), cls (raw "
                                 "[CLS] state) or pooler (the family's stock head; its export loads with no remote "
                                 "code). Default: pooler for " + _modes_where("pooling", "pooler") + " (measured as "
@@ -374,6 +381,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
     elif cfg.torch_compile != "no" and cfg.mode not in MODE_ONLY["torch_compile"]:
         problems.append(f"--torch_compile does not apply to {cfg.mode}: it compiles the classifier's training step. "
                         f"Use it with {' or '.join(MODE_ONLY['torch_compile'])}.")
+    if cfg.gradient_checkpointing and cfg.mode not in MODE_ONLY["gradient_checkpointing"]:
+        problems.append(f"--gradient_checkpointing does not apply to {cfg.mode}: its encoder only encodes, with no "
+                        "backward pass whose activations it would save. Use it with "
+                        f"{', '.join(MODE_ONLY['gradient_checkpointing'])}.")
     if cfg.class_weights not in ("none", "balanced"):
         try:
             weights = [float(w) for w in cfg.class_weights.split(",")]

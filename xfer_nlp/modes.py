@@ -306,10 +306,27 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
         _init_head(model, lay, cfg.seed)
         if cfg.reinit_layers:
             _reinit_top_layers(model, lay, cfg.reinit_layers, cfg.seed)
+    if cfg.gradient_checkpointing:
+        _checkpoint_activations(model, lay)
     model = spec.prepare(model, lay, family, cfg)
     if cfg.freeze_layers is not None:
         _freeze_bottom(model, lay, cfg.freeze_layers)
     return Built(model, tokenizer, pooling, path, lay)
+
+
+def _checkpoint_activations(model, lay: families.Layout) -> None:
+    """--gradient_checkpointing: transformers' own, on the encoder body (a pooled head's wrapper has none),
+    non-reentrant (torch's advice), which restores the RNG state for the recompute: dropout draws the same masks,
+    so the weights are those of a run without it."""
+    body = model.get_submodule(families.POOLED_BODY if lay.pooled else lay.family.body)
+    if not body.supports_gradient_checkpointing:
+        raise ConfigError(f"--gradient_checkpointing: transformers' {type(body).__name__} ({lay.family.name}) does not "
+                          "support activation checkpointing. Leave the flag out, or lower "
+                          "--per_device_train_batch_size (with --gradient_accumulation_steps to keep the batch) "
+                          "or --max_seq_length to save memory.")
+    body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    logger.info("Memory: each encoder layer's activations are recomputed in the backward pass "
+                "(--gradient_checkpointing).")
 
 
 def _head_to_keep(cfg: RunConfig, start, pooling: str, label_names: tuple[str, ...]) -> list[int]:

@@ -1,0 +1,83 @@
+"""--gradient_checkpointing: every encoder layer really is recomputed, and the weights are those of a run without it
+(dropout draws the same masks in the recompute), so it may also be switched on when resuming."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers.modeling_utils
+from conftest import save_tiny_encoder, tiny_configs
+from safetensors.torch import load_file
+
+import xfer_nlp
+from xfer_nlp.errors import ConfigError
+
+
+@pytest.fixture
+def checkpoint_calls(monkeypatch):
+    """How many times a layer's forward went through torch's checkpoint (transformers binds it when enabling)."""
+    calls = []
+    real = transformers.modeling_utils.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counting)
+    return calls
+
+
+def same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(a), load_file(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), f"{name} differs"
+
+
+@pytest.mark.parametrize("mode,extra", [
+    ("finetune", {"mixed_precision": "bf16"}), ("lora", {}), ("scratch", {}), ("contrastive", {"pair_iterations": 1}),
+    ("finetune", {"pooling": "mean"})], ids=["finetune-bf16", "lora", "scratch", "contrastive", "finetune-mean-pooled"])
+def test_recomputed_layers_train_the_same_weights(mode, extra, tiny_run, tmp_path, checkpoint_calls):
+    run = {"mixed_precision": "no", **tiny_run, "mode": mode, "num_train_epochs": 2, **extra}
+    plain = xfer_nlp.run(**{**run, "output_dir": str(tmp_path / "plain")})
+    assert not checkpoint_calls
+    checked = xfer_nlp.run(**{**run, "output_dir": str(tmp_path / "checkpointed")}, gradient_checkpointing=True)
+    steps = checked.results["history"][-1]["step"]
+    # one forward a step (contrastive's pairs go through as one batch), each through the tiny encoder's 2 layers
+    assert len(checkpoint_calls) == steps * 2
+    log = (tmp_path / "checkpointed" / "train.log").read_text()
+    assert "recomputed in the backward pass (--gradient_checkpointing)" in log
+    same_weights(tmp_path / "plain" / "model.safetensors", tmp_path / "checkpointed" / "model.safetensors")
+    assert checked.metrics == plain.metrics
+    assert "checkpointing" not in (tmp_path / "checkpointed" / "config.json").read_text()  # the export is as ever
+
+
+def test_a_run_resumed_with_it_switched_on_ends_at_the_same_weights(tiny_run, tmp_path, checkpoint_calls):
+    run = dict(tiny_run, mode="finetune", num_train_epochs=2, save_steps=3, save_total_limit=None, mixed_precision="no")
+    out, ref = Path(run["output_dir"]), tmp_path / "uninterrupted"
+    xfer_nlp.run(**run)
+    out.rename(ref)
+    shutil.copytree(ref, out)
+    (out / "results.json").unlink()
+    step = 6
+    for later in (c for c in (out / "checkpoints").glob("checkpoint-*") if int(c.name.split("-")[1]) > step):
+        shutil.rmtree(later)
+    resumed = xfer_nlp.run(**run, resume_from_checkpoint=str(out / "checkpoints" / f"checkpoint-{step}"),
+                           gradient_checkpointing=True)
+    assert resumed.results["resumed"]["from_step"] == step and checkpoint_calls
+    same_weights(ref / "model.safetensors", out / "model.safetensors")
+    assert resumed.metrics == json.loads((ref / "results.json").read_text())["metrics"]
+
+
+def test_where_it_cannot_apply_the_run_stops_before_training(tiny_run, tmp_path):
+    with pytest.raises(ConfigError, match="--gradient_checkpointing does not apply to probe: .* Use it with finetune, "
+                                          "scratch, lora, contrastive"):
+        xfer_nlp.run(**tiny_run, mode="probe", gradient_checkpointing=True)
+    for family in ("albert", "mpnet"):  # transformers has no activation checkpointing for these two
+        folder = save_tiny_encoder(tiny_configs()[family], tmp_path / family)
+        with pytest.raises(ConfigError, match=r"--gradient_checkpointing: transformers' \w+Model \((ALBERT|MPNet)\) "
+                                              "does not support activation checkpointing. Leave the flag out"):
+            xfer_nlp.run(**dict(tiny_run, model_name_or_path=str(folder)), mode="finetune",
+                         gradient_checkpointing=True)
+    assert not (tmp_path / "out" / "results.json").exists()
