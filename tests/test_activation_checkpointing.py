@@ -1,5 +1,6 @@
 """--gradient_checkpointing: every encoder layer really is recomputed, and the weights are those of a run without it
-(dropout draws the same masks in the recompute), so it may also be switched on when resuming."""
+(dropout draws the same masks in the recompute), so it may also be switched on when resuming; and a run that runs
+out of memory says so, names what fits, and goes on from its last checkpoint to the weights it would have had."""
 
 import json
 import shutil
@@ -12,7 +13,8 @@ from conftest import save_tiny_encoder, tiny_configs
 from safetensors.torch import load_file
 
 import xfer_nlp
-from xfer_nlp.errors import ConfigError
+import xfer_nlp.loop
+from xfer_nlp.errors import ConfigError, OutOfMemory
 
 
 @pytest.fixture
@@ -81,3 +83,41 @@ def test_where_it_cannot_apply_the_run_stops_before_training(tiny_run, tmp_path)
             xfer_nlp.run(**dict(tiny_run, model_name_or_path=str(folder)), mode="finetune",
                          gradient_checkpointing=True)
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def exhaust_memory(*_args, **_kwargs):
+    torch.empty(1 << 50, dtype=torch.uint8)  # a petabyte: the CPU allocator's own refusal, as when a batch is too big
+
+
+def test_out_of_memory_in_a_step_names_what_fits_and_checkpointing_goes_on_to_the_same_weights(tiny_run, tmp_path):
+    run = dict(tiny_run, mode="finetune", num_train_epochs=2, save_steps=3, save_total_limit=None, mixed_precision="no")
+    reference = tmp_path / "uninterrupted"
+    xfer_nlp.run(**{**run, "output_dir": str(reference)})
+    with pytest.raises(OutOfMemory) as stopped:  # 10 steps an epoch; checkpoints every 3
+        xfer_nlp.run(**run, on_step=lambda step: step == 7 and exhaust_memory())
+    assert str(stopped.value).startswith(
+        "Out of memory in a training step at step 7 (epoch 0.7); the last checkpoint is checkpoint-6 ([enforce fail")
+    assert "can't allocate memory" in str(stopped.value) and str(stopped.value).endswith(
+        "To fit, use --gradient_checkpointing (each encoder layer recomputed in the backward pass: the same weights, "
+        "for a third of the memory of a 512-token fine-tune on a CPU); or a smaller --per_device_train_batch_size "
+        "(now 16) with --gradient_accumulation_steps making up the batch; or a shorter --max_seq_length (now 32). "
+        "Resume with the same command, --resume_from_checkpoint latest and --gradient_checkpointing.")
+    resumed = xfer_nlp.run(**run, resume_from_checkpoint="latest", gradient_checkpointing=True)
+    assert resumed.results["resumed"]["from_step"] == 6
+    same_weights(reference / "model.safetensors", Path(run["output_dir"]) / "model.safetensors")
+
+
+def test_out_of_memory_evaluating_names_the_evaluation_batch(tiny_run, tmp_path, monkeypatch):
+    run = dict(tiny_run, mode="finetune", num_train_epochs=2, save_steps=4, save_total_limit=None, mixed_precision="no")
+    reference = tmp_path / "uninterrupted"
+    xfer_nlp.run(**{**run, "output_dir": str(reference)})
+    with monkeypatch.context() as patched:
+        patched.setattr(xfer_nlp.loop, "evaluate", exhaust_memory)
+        with pytest.raises(OutOfMemory) as stopped:  # the first evaluation: the end of epoch 1, step 10
+            xfer_nlp.run(**run)
+    assert str(stopped.value).startswith("Out of memory evaluating validation at step 10 (epoch 1); the last "
+                                         "checkpoint is checkpoint-8 ([enforce fail")
+    assert str(stopped.value).endswith("Lower --per_device_eval_batch_size (now 32). Resume with the same command, "
+                                       "--resume_from_checkpoint latest and --per_device_eval_batch_size 8.")
+    xfer_nlp.run(**{**run, "per_device_eval_batch_size": 8}, resume_from_checkpoint="latest")
+    same_weights(reference / "model.safetensors", Path(run["output_dir"]) / "model.safetensors")

@@ -35,5 +35,10 @@ class TrainingDiverged(XferError):
     """The loss became NaN or infinite."""
 
 
+class OutOfMemory(XferError):
+    """A training step or an evaluation needed more memory than the device had; the message names the settings
+    that lower it and the checkpoint to go on from."""
+
+
 class PushError(XferError):
     """Uploading to the Hub failed; the local outputs are intact."""

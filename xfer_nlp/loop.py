@@ -24,7 +24,7 @@ from .dropout import cpu_dropout
 from .families import model_inputs
 from .config import MODE_ONLY, RESUME_MAY_DIFFER
 from .modes import MAX_EPOCHS
-from .errors import ConfigError, Interrupted, TrainingDiverged
+from .errors import ConfigError, Interrupted, OutOfMemory, TrainingDiverged
 from .metrics import scalars
 from .runfolder import CHECKPOINTS, atomic_write
 from . import schedules
@@ -351,7 +351,7 @@ def fit(run: _Run, scorer, class_weights: torch.Tensor | None = None, loss_fn=No
     accelerator, cfg, model, progress = run.accelerator, run.cfg, run.model, run.progress
     forward = run.step_model
     weights = None if class_weights is None else class_weights.to(accelerator.device)
-    with cpu_speed_levers(accelerator, model), _interruptible(progress, run.checkpoints):
+    with cpu_speed_levers(accelerator, model), _explained_stops(run):
         bar = tqdm(total=run.steps, initial=progress.step, desc=f"Training ({cfg.mode})",
                    disable=not accelerator.is_local_main_process)
         run.window_loss = torch.tensor(progress.window_loss, device=accelerator.device)
@@ -510,8 +510,16 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
     scored here: only once, with the kept weights, after training (finish), so no test figure is seen before the
     choice is made (and the evaluations cost validation's time alone)."""
     accelerator, progress, cfg = run.accelerator, run.progress, run.cfg
-    metrics = {"validation": evaluate(accelerator, run.model, run.eval_dls["validation"], scorer,
-                                      "Evaluating (validation)")} if run.eval_dls else {}
+    try:
+        metrics = {"validation": evaluate(accelerator, run.model, run.eval_dls["validation"], scorer,
+                                          "Evaluating (validation)")} if run.eval_dls else {}
+    except RuntimeError as e:
+        if not out_of_memory(e):
+            raise
+        smaller = max(1, cfg.per_device_eval_batch_size // 4)
+        raise OutOfMemory(f"Out of memory evaluating validation {_where(run)} ({str(e).splitlines()[0][:200]}). "
+                          f"Lower --per_device_eval_batch_size (now {cfg.per_device_eval_batch_size}). "
+                          + _go_on(run, f"--per_device_eval_batch_size {smaller}")) from None
     run.model.train()
     progress.seconds = time.perf_counter() - clock
     record = {"epoch": _epoch_now(run), "step": progress.step, "seconds": round(progress.seconds, 2),
@@ -580,18 +588,48 @@ def cpu_speed_levers(accelerator, model):
         yield
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """torch's out-of-memory errors: a GPU's (torch.OutOfMemoryError) and the CPU allocator's refusal, a plain
+    RuntimeError. (On Linux the kernel's OOM killer may end the process instead, which nothing can catch.)"""
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
+def _where(run: _Run) -> str:
+    last = run.checkpoints.complete()
+    return (f"at step {run.progress.step} (epoch {_epoch_now(run):g}); "
+            + (f"the last checkpoint is {last[-1].name}" if last else "no checkpoint was written yet"))
+
+
+def _go_on(run: _Run, flags: str) -> str:
+    """How to continue with settings a resume may change: from the last checkpoint, or from the start."""
+    if run.checkpoints.complete():
+        return f"Resume with the same command, --resume_from_checkpoint latest and {flags}."
+    return f"Run the same command again with {flags}."
+
+
 @contextmanager
-def _interruptible(progress: Progress, checkpoints: Checkpoints):
-    """Ctrl-C (or SIGTERM, which the CLI turns into one) becomes one line that says where the run stopped and how
-    to continue it."""
+def _explained_stops(run: _Run):
+    """Ctrl-C (or SIGTERM, which the CLI turns into one) and a training step that runs out of memory each become
+    one message that says where the run stopped and how to go on."""
     try:
         yield
     except KeyboardInterrupt:
-        last = checkpoints.complete()
-        where = (f"at step {progress.step} (epoch {progress.epoch + 1}); "
-                 + (f"the last checkpoint is {last[-1].name}" if last else "no checkpoint was written yet"))
+        where = _where(run)
         raise Interrupted(f"Interrupted {where}. Resume with the same command and --resume_from_checkpoint latest.",
                           where) from None
+    except RuntimeError as e:
+        if not out_of_memory(e):
+            raise
+        cfg = run.cfg
+        levers = ([] if cfg.gradient_checkpointing else [
+            "--gradient_checkpointing (each encoder layer recomputed in the backward pass: the same weights, for a "
+            "third of the memory of a 512-token fine-tune on a CPU)"]) + [
+            f"a smaller --per_device_train_batch_size (now {cfg.per_device_train_batch_size}) with "
+            "--gradient_accumulation_steps making up the batch",
+            f"a shorter --max_seq_length (now {cfg.max_seq_length})"]
+        how = "" if cfg.gradient_checkpointing else " " + _go_on(run, "--gradient_checkpointing")
+        raise OutOfMemory(f"Out of memory in a training step {_where(run)} ({str(e).splitlines()[0][:200]}). To fit, "
+                          f"use {'; or '.join(levers)}.{how}") from None
 
 
 def _load_whole(accelerator, model, state: dict[str, torch.Tensor]) -> None:
