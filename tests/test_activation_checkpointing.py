@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import xfer_nlp
 import xfer_nlp.loop
+import xfer_nlp.probe
 from xfer_nlp.errors import ConfigError, OutOfMemory
 
 
@@ -121,3 +122,21 @@ def test_out_of_memory_evaluating_names_the_evaluation_batch(tiny_run, tmp_path,
                                        "--resume_from_checkpoint latest and --per_device_eval_batch_size 8.")
     xfer_nlp.run(**{**run, "per_device_eval_batch_size": 8}, resume_from_checkpoint="latest")
     same_weights(reference / "model.safetensors", Path(run["output_dir"]) / "model.safetensors")
+
+
+def test_out_of_memory_encoding_for_the_probe_names_the_batch_and_keeps_the_cached_shards(tiny_run, monkeypatch):
+    run = dict(tiny_run, mode="probe", feature_cache_shard_size=64)  # train: 3 shards of at most 64 texts
+    real, calls = xfer_nlp.probe.encode, []
+
+    def second_shard_fails(*args, **kwargs):
+        calls.append(1)
+        return exhaust_memory() if len(calls) == 2 else real(*args, **kwargs)
+    with monkeypatch.context() as patched:
+        patched.setattr(xfer_nlp.probe, "encode", second_shard_fails)
+        with pytest.raises(OutOfMemory) as stopped:
+            xfer_nlp.run(**run)
+    assert str(stopped.value).startswith("Out of memory encoding train (shard 2 of 3) in batches of 32 texts ([enforce")
+    assert str(stopped.value).endswith("Lower --per_device_eval_batch_size (e.g. 8) and run again; the 1 shard(s) "
+                                       "before it are in the feature cache and are read, not encoded.")
+    again = xfer_nlp.run(**{**run, "per_device_eval_batch_size": 8})
+    assert again.results["probe"]["feature_cache_shards"]["train"] == "1 of 3"

@@ -170,6 +170,12 @@ def by_doc(values: torch.Tensor, labels: torch.Tensor, doc: torch.Tensor) -> tup
     return sums / counts.unsqueeze(1).to(values.dtype), per_text
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """torch's out-of-memory errors: a GPU's (torch.OutOfMemoryError) and the CPU allocator's refusal, a plain
+    RuntimeError. (On Linux the kernel's OOM killer may end the process instead, which nothing can catch.)"""
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
 def per_text(accelerator, loader, fn, desc: str | None = None, device=None,
              first_text: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(fn(batch) for every row, labels), gathered from all processes and put back in data order with one row per

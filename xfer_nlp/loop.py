@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoints, CheckpointError, set_rng_states
-from .batches import per_text
+from .batches import out_of_memory, per_text
 from .dropout import cpu_dropout
 from .families import model_inputs
 from .config import MODE_ONLY, RESUME_MAY_DIFFER
@@ -586,12 +586,6 @@ def cpu_speed_levers(accelerator, model):
         return
     with cpu_dropout(accelerator.unwrap_model(model)), reused_embedding_grad(accelerator, model):
         yield
-
-
-def out_of_memory(e: BaseException) -> bool:
-    """torch's out-of-memory errors: a GPU's (torch.OutOfMemoryError) and the CPU allocator's refusal, a plain
-    RuntimeError. (On Linux the kernel's OOM killer may end the process instead, which nothing can catch.)"""
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
 def _where(run: _Run) -> str:
