@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import free_port, launch_env
+from conftest import data_folder, free_port, launch_env, make_rows, write_jsonl
 
 import xfer_nlp
 from xfer_nlp.compare import CompareArgs, parse_variants, plan
@@ -243,8 +243,6 @@ def test_sigterm_stops_the_whole_grid_and_the_rerun_resumes_its_cell(tiny_model_
 
 @pytest.fixture
 def bigger_data(tmp_path):
-    from conftest import make_rows, write_jsonl
-
     write_jsonl(tmp_path / "data" / "train.jsonl", make_rows(800, 21))
     write_jsonl(tmp_path / "data" / "validation.jsonl", make_rows(64, 22))
     return tmp_path / "data"
@@ -253,7 +251,7 @@ def bigger_data(tmp_path):
 def test_compare_command_line_help_and_mistakes():
     helped = subprocess.run([str(XFER), "compare", "--help"], capture_output=True, text=True, timeout=300)
     assert helped.returncode == 0
-    for flag in ("--modes", "--train_sizes", "--seeds", "--keep", "--gradual_unfreezing", "--freeze_layers"):
+    for flag in ("--modes", "--train_sizes", "--seeds", "--folds", "--keep", "--gradual_unfreezing", "--freeze_layers"):
         assert flag in helped.stdout
     wrong = subprocess.run([str(XFER), "compare", "--mode", "probe"], capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2 and "compare takes --modes" in wrong.stderr
@@ -277,3 +275,26 @@ def test_grid_under_two_process_ddp(tiny_model_dir, tiny_data_dir, tmp_path):
     for folder in (out / "runs").iterdir():
         assert json.loads((folder / "results.json").read_text())["num_processes"] == 2
     assert result.stdout.count("cells run") == 1  # one voice
+
+
+def test_cross_validated_grid_runs_each_fold_as_the_test_split(tiny_model_dir, tmp_path_factory, tmp_path):
+    rows = [{"text": f"{r['text']} number {i}", "label": r["label"]} for i, r in enumerate(make_rows(150, 9))]
+    data = data_folder(tmp_path_factory, "no-test-split", train=rows)  # one file: no validation, no test
+    out = tmp_path / "cv"
+    result = subprocess.run([str(XFER), "compare", "--modes", "probe", "--train_sizes", "all", "--seeds", "0",
+                             "--folds", "3", "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(data),
+                             "--max_seq_length", "32", "--output_dir", str(out)],
+                            capture_output=True, text=True, timeout=600, env=launch_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    tested = []
+    for fold in range(3):
+        run = json.loads((out / "runs" / f"probe-nall-s0-f{fold}" / "results.json").read_text())
+        assert (run["config"]["cv_folds"], run["config"]["cv_fold"]) == (3, fold)
+        tested.append(sum(c["support"] for c in run["metrics"]["test"]["per_class"].values()))
+    assert tested == [50, 50, 50]  # every row tested once over the folds
+    md = (out / "comparison.md").read_text()
+    assert "| probe | all | 3 |" in md and "runs (seeds x folds)" in md and "cross-validation folds" in md
+    with pytest.raises(ConfigError, match="--folds must be at least 2"):
+        plan(RunConfig(), CompareArgs("probe", "16", "0", folds=1), tmp_path)
+    with pytest.raises(ConfigError, match="Pass --folds .* or --cv_folds with --cv_fold .*, not both"):
+        plan(RunConfig(cv_folds=5), CompareArgs("probe", "16", "0", folds=5), tmp_path)

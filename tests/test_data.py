@@ -241,3 +241,48 @@ def test_unknown_dataset_name_suggests_nearest():
 def test_max_train_samples_larger_than_data(tiny_data_dir):
     with pytest.raises(DataError, match="larger than the 160 training examples"):
         load(tiny_data_dir, max_train_samples=10_000)
+
+
+def test_cross_validation_folds_are_stratified_balanced_and_one_partition():
+    from xfer_nlp.data import cv_folds
+
+    labels = np.array([0] * 53 + [1] * 31 + [2] * 7)
+    folds = cv_folds(labels, 5)
+    assert np.array_equal(folds, cv_folds(labels, 5))  # fixed: the same for every seed and mode
+    sizes = np.bincount(folds, minlength=5)
+    assert sizes.sum() == len(labels) and sizes.max() - sizes.min() <= 1
+    for c, n in zip(*np.unique(labels, return_counts=True)):  # each fold holds its share of every class
+        per_fold = np.bincount(folds[labels == c], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1 and per_fold.sum() == n
+
+
+def test_each_fold_is_the_test_split_once_and_never_trained_on(tmp_path):
+    rows = [{"text": f"{r['text']} number {i}", "label": r["label"]} for i, r in enumerate(make_rows(200, 4))]
+    path = write_jsonl(tmp_path / "all.jsonl", rows)
+    tested = []
+    for fold in range(4):
+        data = load(path, cv_folds=4, cv_fold=fold, seed=fold)  # the seed moves the validation hold-out only
+        split = {s: set(data.splits[s]["text"]) for s in ("train", "validation", "test")}
+        assert not split["test"] & (split["train"] | split["validation"])
+        assert sum(map(len, split.values())) == 200 and len(split["test"]) == 50
+        assert any(n.startswith(f"cross-validation: fold {fold} of folds 0-3") for n in data.notes)
+        tested += data.splits["test"]["text"]
+    assert sorted(tested) == sorted(r["text"] for r in rows)
+    assert set(load(path, cv_folds=4, cv_fold=2, seed=7).splits["test"]["text"]) == \
+        set(load(path, cv_folds=4, cv_fold=2, seed=0).splits["test"]["text"])
+
+
+def test_cross_validation_refusals(tmp_path, tiny_data_dir):
+    from xfer_nlp.errors import ConfigError
+
+    with pytest.raises(DataError, match="has a test split of its own; cross-validation \\(--cv_folds\\) makes one"):
+        load(tiny_data_dir, cv_folds=5)
+    rows = make_rows(40, 0) + [{"text": "a rare one", "label": 2}, {"text": "another rare one", "label": 2}]
+    with pytest.raises(DataError, match="Class\\(es\\) '2' \\(2\\) have fewer examples than --cv_folds 3"):
+        load(write_jsonl(tmp_path / "rare.jsonl", rows), cv_folds=3)
+    with pytest.raises(ConfigError, match="--cv_fold must be between 0 and 4 \\(--cv_folds 5\\), got 5"):
+        load(tiny_data_dir, cv_folds=5, cv_fold=5)
+    with pytest.raises(ConfigError, match="--cv_folds must be at least 2"):
+        load(tiny_data_dir, cv_folds=1)
+    with pytest.raises(ConfigError, match="--cv_fold needs --cv_folds"):
+        load(tiny_data_dir, cv_fold=1)

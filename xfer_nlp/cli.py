@@ -108,7 +108,7 @@ def compare_command(argv: list[str]) -> int:
             raise XferError("compare takes --modes (a comma list, e.g. probe,finetune), not --mode.")
         cfg, grid = parse_args(argv, extra_types=(CompareArgs,))
         result = compare(cfg, modes=grid.modes, train_sizes=grid.train_sizes, seeds=grid.seeds,
-                         output_dir=cfg.output_dir, keep=grid.keep)
+                         output_dir=cfg.output_dir, keep=grid.keep, folds=grid.folds)
     except Interrupted as e:
         _error(e)
         return 130

@@ -35,6 +35,10 @@ class CompareArgs:
         "Comma list of training-set sizes; 'all' is the whole training split. Subsets are stratified (two of each "
         "class where the size allows), seeded and nested (the 100 are inside the 500), and the same for every mode.")})
     seeds: str = field(default="0,1,2", metadata={"help": "Comma list of seeds; each cell is run once per seed."})
+    folds: typing.Optional[int] = field(default=None, metadata={"help": (
+        "Cross-validate (data without a test split: mr, subj, one labelled file): cut the labelled rows into this "
+        "many stratified folds and run every cell once per fold, that fold the test split (--cv_folds); the tables "
+        "average over seeds and folds. 10 is the published protocol for mr and subj.")})
     keep: str = field(default="model", metadata={"help": (
         "What a finished cell keeps on disk. 'model' (default): the exported model, card, results and logs; its "
         "checkpoints, which only an unfinished run needs, are deleted (270 of a loop cell's 357 MB with the "
@@ -63,10 +67,16 @@ class Cell:
     size: str  # a number, or "all"
     seed: int
     config: RunConfig
+    fold: int | None = None  # with --folds: the test fold
 
     @property
     def name(self) -> str:
-        return f"{self.variant.slug}-n{self.size}-s{self.seed}"
+        return cell_name(self.variant, self.size, self.seed, self.fold)
+
+
+def cell_name(variant: Variant, size: str, seed: int, fold: int | None) -> str:
+    """The cell's folder: finetune-n100-s0, or with --folds finetune-n100-s0-f3."""
+    return f"{variant.slug}-n{size}-s{seed}" + ("" if fold is None else f"-f{fold}")
 
 
 def _split_top_level(spec: str) -> list[str]:
@@ -155,14 +165,19 @@ def parse_seeds(spec: str) -> list[int]:
 def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
     """Every cell's resolved config; any invalid combination is reported before the first cell runs."""
     cells, problems = [], []
+    if args.folds is not None and (args.folds < 2 or base.cv_folds):
+        raise ConfigError(f"--folds must be at least 2, got {args.folds}." if args.folds < 2 else
+                          "Pass --folds (every fold, a cell each) or --cv_folds with --cv_fold (one fold for every "
+                          "cell), not both.")
+    folds = list(range(args.folds)) if args.folds else [None]
     for variant in parse_variants(args.modes):
         # A grid measures training time: a probe re-fitted on cached features reads ~1 s where a first run encodes
         # every text, so each fitted-head cell encodes cold unless --feature_cache_dir asks to reuse features.
         cold = MODES[variant.mode].fitted_head and base.feature_cache_dir is None \
             and "feature_cache_dir" not in variant.overrides
         for size in parse_sizes(args.train_sizes):
-            for seed in parse_seeds(args.seeds):
-                name = f"{variant.slug}-n{size}-s{seed}"
+            for seed, fold in ((seed, fold) for seed in parse_seeds(args.seeds) for fold in folds):
+                name = cell_name(variant, size, seed, fold)
                 try:
                     cfg = resolve(dataclasses.replace(
                         base, **variant.overrides, mode=variant.mode, seed=seed,
@@ -170,11 +185,12 @@ def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
                         output_dir=str(output_dir / "runs" / name), run_name=f"{output_dir.resolve().name}/{name}",
                         overwrite_output_dir=False,
                         resume_from_checkpoint=None, push_to_hub=False,
-                        no_feature_cache=base.no_feature_cache or cold))
+                        no_feature_cache=base.no_feature_cache or cold,
+                        **({} if fold is None else {"cv_folds": args.folds, "cv_fold": fold})))
                 except ConfigError as e:
                     problems.append(f"{variant.label}: {e}")
                     break
-                cells.append(Cell(variant, size, seed, cfg))
+                cells.append(Cell(variant, size, seed, cfg, fold))
     if problems:
         raise ConfigError("The grid has invalid cells:\n" + "\n".join(dict.fromkeys(problems)))
     # --keep_freed_memory tunes glibc for the rest of the process (allocator.py): a cell without it that ran after
@@ -209,7 +225,7 @@ def _prepare_cell(cell: Cell, main: bool) -> RunConfig | None:
         shutil.rmtree(out)  # started but left nothing to resume from
     out.mkdir(parents=True)
     (out / runfolder.CELL).write_text(json.dumps({"label": cell.variant.label, "mode": cell.variant.mode,
-                                               "size": cell.size, "seed": cell.seed,
+                                               "size": cell.size, "seed": cell.seed, "fold": cell.fold,
                                                "overrides": cell.variant.overrides}) + "\n")
     return cell.config
 
@@ -233,8 +249,8 @@ class Comparison:
 
 def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, train_sizes: str =
             CompareArgs.train_sizes, seeds: str = CompareArgs.seeds, output_dir: str | Path | None = None,
-            keep: str = CompareArgs.keep, **overrides) -> Comparison:
-    """Run every cell of modes x train_sizes x seeds into output_dir/runs/, then write the report.
+            keep: str = CompareArgs.keep, folds: int | None = None, **overrides) -> Comparison:
+    """Run every cell of modes x train_sizes x seeds (x folds) into output_dir/runs/, then write the report.
 
     >>> xfer_nlp.compare(modes="probe,finetune", train_sizes="100,all", seeds="0,1", dataset_name="sst2")
 
@@ -250,16 +266,18 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
         raise ConfigError(f"--keep must be one of {', '.join(KEEP)}, got '{keep}'.")
     base = dataclasses.replace(config or RunConfig(), **overrides)
     output_dir = Path(output_dir or base.output_dir or Path("runs") / f"{Path(str(base.dataset_name)).stem}-compare")
-    cells = plan(base, CompareArgs(modes, train_sizes, seeds), output_dir)
+    cells = plan(base, CompareArgs(modes, train_sizes, seeds, folds=folds), output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     main = logs.is_main_process()
     logs.setup(logger.name, output_dir / runfolder.COMPARE_LOG, main)
-    logger.info("Grid of %d cells: %s x sizes %s x seeds %s, in %s.", len(cells), modes, train_sizes, seeds, output_dir)
+    logger.info("Grid of %d cells: %s x sizes %s x seeds %s%s, in %s.", len(cells), modes, train_sizes, seeds,
+                f" x {folds} folds" if folds else "", output_dir)
     start, ran, skipped, failed = time.perf_counter(), 0, 0, {}
     bar = tqdm(cells, desc="Grid", unit="cell", position=0, disable=not main)
     grid_file = output_dir / "grid.json"
     for i, cell in enumerate(bar, 1):
-        bar.set_description(f"Grid: cell {i}/{len(cells)} {cell.variant.label} n={cell.size} seed={cell.seed}")
+        bar.set_description(f"Grid: cell {i}/{len(cells)} {cell.variant.label} n={cell.size} seed={cell.seed}"
+                            + ("" if cell.fold is None else f" fold={cell.fold}"))
         cfg = _prepare_cell(cell, main)
         if cfg is None:
             skipped += 1

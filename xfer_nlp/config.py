@@ -108,6 +108,13 @@ class RunConfig:
                                           grid_owned=True, positive="integer")
     validation_split_ratio: float = _f(0.1, "Fraction of train held out (seeded, stratified) when the data has no "
                                        "validation split.")
+    cv_folds: Optional[int] = _f(None, "Cross-validation, for data without a test split (mr, subj, one labelled "
+                                 "file): cut its labelled rows into this many stratified folds (one fixed partition "
+                                 "for every mode, size and seed) and score fold --cv_fold as the test split, "
+                                 "training and validating on the others. mr's and subj's published figures are "
+                                 "10-fold means (SentEval's protocol); compare --folds runs every fold.",
+                                 positive="integer", grid_owned=True)
+    cv_fold: int = _f(0, "With --cv_folds N: which fold, 0 to N-1, is the test split.", grid_owned=True)
     max_seq_length: int = _f(128, "Tokens the model reads per text (or per window with --long_text chunk), special "
                              "tokens included; at most the encoder's position limit. A count of longer texts is logged.",
                              positive="integer")
@@ -397,6 +404,13 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--weight_decay must be >= 0, got {cfg.weight_decay}.")
     if not 0 <= (cfg.warmup_ratio or 0) < 1:
         problems.append(f"--warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}.")
+    if cfg.cv_folds == 1:  # 0 and below: the positive-integer check
+        problems.append("--cv_folds must be at least 2 (one fold to test on, the others to train on), got 1.")
+    elif cfg.cv_folds and not 0 <= cfg.cv_fold < cfg.cv_folds:
+        problems.append(f"--cv_fold must be between 0 and {cfg.cv_folds - 1} (--cv_folds {cfg.cv_folds}), got "
+                        f"{cfg.cv_fold}.")
+    elif not cfg.cv_folds and cfg.cv_fold:
+        problems.append("--cv_fold needs --cv_folds (how many folds the data is cut into).")
     if not 0 < cfg.validation_split_ratio < 1:
         problems.append(f"--validation_split_ratio must be in (0, 1), got {cfg.validation_split_ratio}.")
     if not 0 <= cfg.lora_dropout < 1:

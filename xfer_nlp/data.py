@@ -351,6 +351,49 @@ def stratified_subset(labels: list[int] | np.ndarray, n: int, seed: int, at_leas
     return np.sort(chosen)
 
 
+# One partition for every seed, mode and size: a fold's test texts are the same for all of them, so their scores
+# compare on the same rows (SentEval fixes its folds' seed likewise).
+CV_SEED = 0
+
+
+def cv_folds(labels: list[int] | np.ndarray, folds: int) -> np.ndarray:
+    """Each row's fold, 0..folds-1, stratified as scikit-learn's StratifiedKFold: after a fixed shuffle each class
+    is dealt out over the folds in turn, continuing where the previous class stopped, so every fold holds its
+    share of each class and the folds' sizes differ by at most one."""
+    labels = np.asarray(labels)
+    order = np.random.default_rng(CV_SEED).permutation(len(labels))
+    fold, dealt = np.empty(len(labels), dtype=int), 0
+    for c in np.unique(labels):
+        members = order[labels[order] == c]
+        fold[members] = (dealt + np.arange(len(members))) % folds
+        dealt += len(members)
+    return fold
+
+
+def _test_fold(cfg: RunConfig, texts: dict, labels: dict, names: tuple[str, ...], source: str) -> str:
+    """--cv_folds: fold --cv_fold of train becomes the test split (in place); returns the data note."""
+    if "test" in texts:
+        raise DataError(f"'{source}' has a test split of its own; cross-validation (--cv_folds) makes one from the "
+                        "labelled rows of data without one (mr, subj, a single file). Leave --cv_folds out, or pass "
+                        "its training file alone with --train_file.")
+    if len(texts["train"]) < cfg.cv_folds:
+        raise DataError(f"Train has {len(texts['train'])} rows, fewer than --cv_folds {cfg.cv_folds}: every fold "
+                        "needs texts to test on. Lower --cv_folds.")
+    fold = cv_folds(labels["train"], cfg.cv_folds)
+    small = [f"{names[c]!r} ({n})" for c, n in enumerate(np.bincount(labels["train"], minlength=len(names)))
+             if n < cfg.cv_folds]
+    if small:
+        raise DataError(f"Class(es) {', '.join(small)} have fewer examples than --cv_folds {cfg.cv_folds}, so some "
+                        "fold would train without them. Lower --cv_folds, or add examples of those classes.")
+    tested = fold == cfg.cv_fold
+    for key, rows in (("test", tested), ("train", ~tested)):
+        texts[key] = [t for t, keep in zip(texts["train"], rows) if keep]
+        labels[key] = [y for y, keep in zip(labels["train"], rows) if keep]
+    return (f"cross-validation: fold {cfg.cv_fold} of folds 0-{cfg.cv_folds - 1} (stratified, the same partition "
+            f"for every run) is the test split, {len(texts['test'])} texts; training and validation come from the "
+            "others")
+
+
 def _describe_feature(feature) -> str:
     dtype = getattr(feature, "dtype", None)
     if dtype is not None:
@@ -387,6 +430,8 @@ def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
         labels[split] = [y[i] for i in keep]
     labels, names, label_notes = _labels_to_ids(labels, registry_names, one_class_ok=not hold_out)
     notes += label_notes
+    if cfg.cv_folds:
+        notes.append(_test_fold(cfg, texts, labels, names, source))
 
     if "validation" not in texts and not hold_out:
         texts["validation"], labels["validation"] = texts.pop("train"), labels.pop("train")

@@ -206,7 +206,10 @@ def write_report(output_dir: str | Path, labels: Sequence[str] | None = None, fi
     summary = summarise(cells, labels)
     if summary.empty:
         raise XferError(f"No cell in '{output_dir}' has finished yet; nothing to report.")
-    columns = {"label": "variant", "size": "n", "seeds": "seeds", "validation_accuracy": "val accuracy",
+    # Cross-validated cells (compare --folds): each seed runs once per fold, and the means are over both.
+    folded = "fold" in cells and cells["fold"].notna().any()
+    columns = {"label": "variant", "size": "n", "seeds": "runs (seeds x folds)" if folded else "seeds",
+               "validation_accuracy": "val accuracy",
                "validation_macro_f1": "val macro-F1"}
     if "test_accuracy" in summary:
         columns.update(test_accuracy="test accuracy", test_macro_f1="test macro-F1")
@@ -226,7 +229,8 @@ def write_report(output_dir: str | Path, labels: Sequence[str] | None = None, fi
              f"{done.train_seconds.sum() / 60:.1f} min" + (f", the cells' runs {grid['wall_seconds'] / 60:.1f} min "
                                                          f"wall-clock (a killed attempt's time is not counted)"
                                                          if grid else "") + ".",
-             "Mean ± sd over seeds; n is the number of training examples ('all' = the whole training split).", "",
+             f"Mean ± sd over seeds{' and cross-validation folds (test: each fold in turn)' if folded else ''}; n is "
+             "the number of training examples ('all' = the whole training split).", "",
              table, "", "## The textbook table, measured", "", textbook_table(summary, cells, labels), "",
              *[f"![{f}]({f})" for f in files]]
     if not other.empty:
