@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
-from .errors import ConfigError
+from .errors import ConfigError, OutOfMemory
 
 logger = logging.getLogger(__name__)
 
@@ -170,10 +172,17 @@ def by_doc(values: torch.Tensor, labels: torch.Tensor, doc: torch.Tensor) -> tup
     return sums / counts.unsqueeze(1).to(values.dtype), per_text
 
 
-def out_of_memory(e: BaseException) -> bool:
-    """torch's out-of-memory errors: a GPU's (torch.OutOfMemoryError) and the CPU allocator's refusal, a plain
-    RuntimeError. (On Linux the kernel's OOM killer may end the process instead, which nothing can catch.)"""
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+@contextmanager
+def out_of_memory_explained(advice: Callable[[str], str]):
+    """torch's out-of-memory errors (a GPU's torch.OutOfMemoryError, the CPU allocator's refusal, a plain
+    RuntimeError) inside the block become one OutOfMemory whose message is advice(torch's first line); any other
+    error passes. (On Linux the kernel's OOM killer may end the process instead, which nothing can catch.)"""
+    try:
+        yield
+    except RuntimeError as e:
+        if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
+            raise
+        raise OutOfMemory(advice(str(e).splitlines()[0][:200])) from None
 
 
 def per_text(accelerator, loader, fn, desc: str | None = None, device=None,

@@ -19,12 +19,12 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoints, CheckpointError, set_rng_states
-from .batches import out_of_memory, per_text
+from .batches import out_of_memory_explained, per_text
 from .dropout import cpu_dropout
 from .families import model_inputs
 from .config import MODE_ONLY, RESUME_MAY_DIFFER
 from .modes import MAX_EPOCHS
-from .errors import ConfigError, Interrupted, OutOfMemory, TrainingDiverged
+from .errors import ConfigError, Interrupted, TrainingDiverged
 from .metrics import scalars
 from .runfolder import CHECKPOINTS, atomic_write
 from . import schedules
@@ -510,16 +510,12 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
     scored here: only once, with the kept weights, after training (finish), so no test figure is seen before the
     choice is made (and the evaluations cost validation's time alone)."""
     accelerator, progress, cfg = run.accelerator, run.progress, run.cfg
-    try:
+    with out_of_memory_explained(lambda why: (
+            f"Out of memory evaluating validation {_where(run)} ({why}). Lower --per_device_eval_batch_size (now "
+            f"{cfg.per_device_eval_batch_size}). "
+            + _go_on(run, f"--per_device_eval_batch_size {max(1, cfg.per_device_eval_batch_size // 4)}"))):
         metrics = {"validation": evaluate(accelerator, run.model, run.eval_dls["validation"], scorer,
                                           "Evaluating (validation)")} if run.eval_dls else {}
-    except RuntimeError as e:
-        if not out_of_memory(e):
-            raise
-        smaller = max(1, cfg.per_device_eval_batch_size // 4)
-        raise OutOfMemory(f"Out of memory evaluating validation {_where(run)} ({str(e).splitlines()[0][:200]}). "
-                          f"Lower --per_device_eval_batch_size (now {cfg.per_device_eval_batch_size}). "
-                          + _go_on(run, f"--per_device_eval_batch_size {smaller}")) from None
     run.model.train()
     progress.seconds = time.perf_counter() - clock
     record = {"epoch": _epoch_now(run), "step": progress.step, "seconds": round(progress.seconds, 2),
@@ -606,24 +602,24 @@ def _explained_stops(run: _Run):
     """Ctrl-C (or SIGTERM, which the CLI turns into one) and a training step that runs out of memory each become
     one message that says where the run stopped and how to go on."""
     try:
-        yield
+        with out_of_memory_explained(lambda why: _memory_advice(run, why)):
+            yield
     except KeyboardInterrupt:
         where = _where(run)
         raise Interrupted(f"Interrupted {where}. Resume with the same command and --resume_from_checkpoint latest.",
                           where) from None
-    except RuntimeError as e:
-        if not out_of_memory(e):
-            raise
-        cfg = run.cfg
-        levers = ([] if cfg.gradient_checkpointing else [
-            "--gradient_checkpointing (each encoder layer recomputed in the backward pass: the same weights, for a "
-            "third of the memory of a 512-token fine-tune on a CPU)"]) + [
-            f"a smaller --per_device_train_batch_size (now {cfg.per_device_train_batch_size}) with "
-            "--gradient_accumulation_steps making up the batch",
-            f"a shorter --max_seq_length (now {cfg.max_seq_length})"]
-        how = "" if cfg.gradient_checkpointing else " " + _go_on(run, "--gradient_checkpointing")
-        raise OutOfMemory(f"Out of memory in a training step {_where(run)} ({str(e).splitlines()[0][:200]}). To fit, "
-                          f"use {'; or '.join(levers)}.{how}") from None
+
+
+def _memory_advice(run: _Run, why: str) -> str:
+    cfg = run.cfg
+    levers = ([] if cfg.gradient_checkpointing else [
+        "--gradient_checkpointing (each encoder layer recomputed in the backward pass: the same weights, for a "
+        "third of the memory of a 512-token fine-tune on a CPU)"]) + [
+        f"a smaller --per_device_train_batch_size (now {cfg.per_device_train_batch_size}) with "
+        "--gradient_accumulation_steps making up the batch",
+        f"a shorter --max_seq_length (now {cfg.max_seq_length})"]
+    how = "" if cfg.gradient_checkpointing else " " + _go_on(run, "--gradient_checkpointing")
+    return f"Out of memory in a training step {_where(run)} ({why}). To fit, use {'; or '.join(levers)}.{how}"
 
 
 def _load_whole(accelerator, model, state: dict[str, torch.Tensor]) -> None:

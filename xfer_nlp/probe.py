@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from .batches import out_of_memory, per_text
-from .errors import OutOfMemory
+from .batches import out_of_memory_explained, per_text
 from .families import Layout, out_layer, sentence_features
 from .runfolder import atomic_write
 
@@ -119,16 +118,13 @@ def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple | 
             logger.warning("Feature cache %s does not match this data (%s); encoding again.", path, problem)
         part = dataset.select(range(row_lo, row_hi)) if len(plan) > 1 else dataset
         label = desc if len(plan) == 1 else f"{desc} (shard {k + 1} of {len(plan)})"
-        try:
+        cached = f"; the {k} shard(s) before it are in the feature cache and are read, not encoded" if folder and k \
+            else ""
+        with out_of_memory_explained(lambda why: (
+                f"Out of memory {label.lower()} in batches of {cfg.per_device_eval_batch_size} texts ({why}). Lower "
+                f"--per_device_eval_batch_size (e.g. {max(1, cfg.per_device_eval_batch_size // 4)}) and run "
+                f"again{cached}.")):
             feats, labels = encode(accelerator, model, layout, make_loader(part), label, autocast, first_text=lo)
-        except RuntimeError as e:
-            if not out_of_memory(e):
-                raise
-            cached = f"; the {k} shard(s) before it are in the feature cache and are read, not encoded" if \
-                folder and k else ""
-            raise OutOfMemory(f"Out of memory {label.lower()} in batches of {cfg.per_device_eval_batch_size} texts "
-                              f"({str(e).splitlines()[0][:200]}). Lower --per_device_eval_batch_size (e.g. "
-                              f"{max(1, cfg.per_device_eval_batch_size // 4)}) and run again{cached}.") from None
         assert torch.equal(labels, expected[lo:hi]), "gathered labels must come back in data order"
         features[lo:hi] = feats
         if path and accelerator.is_main_process:
