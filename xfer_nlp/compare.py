@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import re
@@ -165,9 +166,10 @@ def parse_seeds(spec: str) -> list[int]:
 def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
     """Every cell's resolved config; any invalid combination is reported before the first cell runs."""
     cells, problems = [], []
-    if args.folds is not None and (args.folds < 2 or base.cv_folds):
-        raise ConfigError(f"--folds must be at least 2, got {args.folds}." if args.folds < 2 else
-                          "Pass --folds (every fold, a cell each) or --cv_folds with --cv_fold (one fold for every "
+    if args.folds is not None and args.folds < 2:
+        raise ConfigError(f"--folds must be at least 2, got {args.folds}.")
+    if args.folds and base.cv_folds:
+        raise ConfigError("Pass --folds (every fold, a cell each) or --cv_folds with --cv_fold (one fold for every "
                           "cell), not both.")
     folds = list(range(args.folds)) if args.folds else [None]
     for variant in parse_variants(args.modes):
@@ -176,7 +178,7 @@ def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
         cold = MODES[variant.mode].fitted_head and base.feature_cache_dir is None \
             and "feature_cache_dir" not in variant.overrides
         for size in parse_sizes(args.train_sizes):
-            for seed, fold in ((seed, fold) for seed in parse_seeds(args.seeds) for fold in folds):
+            for seed, fold in itertools.product(parse_seeds(args.seeds), folds):
                 name = cell_name(variant, size, seed, fold)
                 try:
                     cfg = resolve(dataclasses.replace(
