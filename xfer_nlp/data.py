@@ -480,7 +480,8 @@ def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
 def _also_in_train(texts: dict[str, list[str]]) -> list[str]:
     """Evaluation texts that training also sees (case and spacing aside) score what was memorised as if it were
     generalisation. Some sets hold such repeats by nature (trec's short questions: 11 of its 500 test questions), so
-    this is said, not refused. Only the evaluation splits are held in a set; train is scanned once."""
+    this is said, once, as a note that the run logs and records, not refused. Only the evaluation splits are held in a
+    set; train is scanned once."""
     def key(text: str) -> str:
         return " ".join(text.casefold().split())
 
@@ -493,10 +494,9 @@ def _also_in_train(texts: dict[str, list[str]]) -> list[str]:
     for split, split_keys in keys.items():
         n = sum(k in seen for k in split_keys)
         if n:
-            notes.append(f"{n} of {len(texts[split])} {split} texts also occur in train (ignoring case and spacing)")
-            logger.warning("%d of %d %s texts also occur in train (ignoring case and spacing): the %s figures "
-                           "partly measure memorisation. Remove them from one side for a clean estimate.",
-                           n, len(texts[split]), split, split)
+            notes.append(f"{n} of {len(texts[split])} {split} texts also occur in train (ignoring case and spacing), "
+                         f"so the {split} figures partly measure memorisation; remove them from one side for a "
+                         "clean estimate")
     return notes
 
 
