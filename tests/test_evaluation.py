@@ -11,7 +11,7 @@ import pytest
 from conftest import launch_env, make_rows, write_jsonl
 
 import xfer_nlp
-from xfer_nlp.errors import DataError
+from xfer_nlp.errors import ConfigError, DataError
 
 # A local evaluate module, as a user would write one: the mean of per-class recall.
 BALANCED = '''
@@ -149,7 +149,7 @@ def test_one_file_is_scored_on_the_runs_hold_out_or_on_every_row(tiny_run, tmp_p
     run = xfer_nlp.run(mode="probe", **{**tiny_run, "dataset_name": str(mine)})
     held = xfer_nlp.evaluate(run.output_dir, dataset_name=str(mine), output_dir=str(tmp_path / "held"))
     assert held.results["split_sizes"] == {"validation": 8} and held.metrics["validation"] == run.metrics["validation"]
-    assert held.results["data_notes"] == ["no validation split: held out a seeded stratified 10% of train"]
+    assert held.results["data_notes"][0] == "no validation split: held out a seeded stratified 10% of train"
     every = xfer_nlp.evaluate(run.output_dir, dataset_name=str(mine), all_rows=True, output_dir=str(tmp_path / "all"))
     assert every.results["split_sizes"] == {"validation": 80}
     assert [r["text"] for r in read_rows(tmp_path / "all" / "predictions.jsonl")] == [r["text"] for r in rows]
@@ -165,6 +165,50 @@ def test_one_file_is_scored_on_the_runs_hold_out_or_on_every_row(tiny_run, tmp_p
     assert positive.metrics["validation"]["per_class"]["1"]["support"] == 40
     assert positive.metrics["validation"]["accuracy"] == np.mean([p == "1" for p, r in zip(labels, rows)
                                                                   if r["label"] == 1])
+
+
+def test_a_run_scored_on_its_own_data_is_cut_as_the_run_cut_it(tiny_run, tmp_path):
+    """A compare cell's seed (3 here) or cross-validation fold, not evaluate's defaults: scored on the run's own
+    one-file data, its export is scored on exactly the rows the run held out, never on rows it trained on; a flag
+    that cuts the data otherwise is obeyed with a warning."""
+    mine = write_jsonl(tmp_path / "mine.jsonl", make_rows(80, 12))
+
+    def texts(folder, split):
+        return sorted(r["text"] for r in read_rows(folder / "predictions.jsonl") if r["split"] == split)
+
+    def trained_on(run):  # the training rows: every row of the file that the run did not score
+        return {r["text"] for r in make_rows(80, 12)} - {r["text"] for r in read_rows(run / "predictions.jsonl")}
+
+    run = xfer_nlp.run(mode="probe", **{**tiny_run, "dataset_name": str(mine), "seed": 3})
+    held = xfer_nlp.evaluate(run.output_dir, dataset_name=str(mine), output_dir=str(tmp_path / "held"))
+    assert texts(held.output_dir, "validation") == texts(run.output_dir, "validation")
+    assert held.metrics["validation"] == run.metrics["validation"]
+    assert "the run's own data, cut as the run cut it (--seed 3, --validation_split_ratio 0.1)" in \
+        held.results["data_notes"][-1]
+    other = xfer_nlp.evaluate(run.output_dir, dataset_name=str(mine), seed=42, output_dir=str(tmp_path / "other"))
+    assert set(texts(other.output_dir, "validation")) & trained_on(run.output_dir)  # what the warning is about
+    log = (other.output_dir / "evaluate.log").read_text()
+    assert "cut otherwise than the run cut it (--seed 42 where the run had 3)" in log
+
+    cv = xfer_nlp.run(mode="probe", **{**tiny_run, "dataset_name": str(mine), "cv_folds": 4, "cv_fold": 1,
+                                       "output_dir": str(tmp_path / "cv")})
+    fold = xfer_nlp.evaluate(cv.output_dir, dataset_name=str(mine), output_dir=str(tmp_path / "fold"))
+    assert set(fold.results["split_sizes"]) == {"validation", "test"}
+    for split in ("validation", "test"):
+        assert texts(fold.output_dir, split) == texts(cv.output_dir, split)
+        assert fold.metrics[split]["accuracy"] == cv.metrics[split]["accuracy"]
+    assert "--cv_folds 4, --cv_fold 1" in fold.results["data_notes"][-1]
+    with pytest.raises(ConfigError, match="--all_rows scores every row and --cv_folds one fold"):
+        xfer_nlp.evaluate(cv.output_dir, dataset_name=str(mine), cv_folds=4, all_rows=True,
+                          output_dir=str(tmp_path / "both"))
+    every = xfer_nlp.evaluate(cv.output_dir, dataset_name=str(mine), all_rows=True, output_dir=str(tmp_path / "all"))
+    assert every.results["split_sizes"] == {"validation": 80}
+    assert "These are the rows the run trained on" in (every.output_dir / "evaluate.log").read_text()
+    record = json.loads((cv.output_dir / "results.json").read_text())
+    record["config"]["seed"] = "__import__('os')"  # nothing read from a model folder is trusted unchecked
+    (cv.output_dir / "results.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"results.json' is damaged: its seed is not a number"):
+        xfer_nlp.evaluate(cv.output_dir, dataset_name=str(mine), output_dir=str(tmp_path / "damaged"))
 
 
 @pytest.mark.parametrize("case,words", [

@@ -489,8 +489,6 @@ def load_model(model: str):
 def load_setup(model: str):
     """(tokenizer, classifier's config, Reading) for a model, reading nothing from its weights file: what the
     ONNX backend needs beside its graph, and what load_model builds on."""
-    import json
-
     from transformers import AutoConfig, AutoTokenizer
 
     check_model_folder(model)
@@ -500,14 +498,7 @@ def load_setup(model: str):
         config = AutoConfig.from_pretrained(model, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         raise _unloadable(model, e) from None
-    record = None
-    if (path / runfolder.RESULTS).is_file():
-        try:
-            record = json.loads((path / runfolder.RESULTS).read_text(encoding="utf-8")).get("reading")
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            raise ConfigError(f"'{path / 'results.json'}' is damaged; re-run the export, or delete it to read texts "
-                              "as pipeline() does.") from None
-    reading = batches.saved_reading(record)
+    reading = batches.saved_reading(runfolder.recorded(path, "reading"))
     if reading is None:  # as pipeline() reads: the tokenizer's limit, within what the positions cover
         limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 512
         positions = getattr(config, "max_position_embeddings", None)

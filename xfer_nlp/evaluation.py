@@ -9,12 +9,16 @@ import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
-from .runfolder import CONFUSION, EVALUATE_LOG, PREDICTIONS, RESULTS, RunRecord, atomic_write
+from .runfolder import CONFUSION, EVALUATE_LOG, PREDICTIONS, RESULTS, RunRecord, atomic_write, recorded
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 logger = logging.getLogger("xfer_nlp")
 
@@ -22,8 +26,12 @@ logger = logging.getLogger("xfer_nlp")
 EVALUATE_FIELDS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file", "data_dir",
                    "text_column", "label_column", "validation_split_ratio", "seed", "max_seq_length", "truncation",
                    "head_tokens", "long_text", "chunk_stride", "per_device_eval_batch_size", "metrics", "output_dir",
-                   "overwrite_output_dir")
-
+                   "overwrite_output_dir", "cv_folds", "cv_fold")
+# How a run cut its data into the rows it trained on and the rows it held out. A run's export scored on that same
+# data is cut the same way unless a flag says otherwise: a hold-out drawn with another seed (a compare cell's seed 0
+# against evaluate's default 42), or without the run's cross-validation folds, holds rows the model trained on.
+SPLIT_FIELDS = {"seed": int, "validation_split_ratio": (int, float), "cv_folds": (int, type(None)), "cv_fold": int}
+DATA_FIELDS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
 
 
 def write_predictions(path: Path, texts: dict, outputs: dict, label_names) -> None:
@@ -152,6 +160,71 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
+def _same_value(given, ran) -> bool:
+    """A data flag's two values, given now and recorded by the run, name the same data: equal, or two paths to one
+    file or folder."""
+    if given == ran:
+        return True
+    if not (isinstance(given, str) and isinstance(ran, str)):
+        return False
+    a, b = Path(given).expanduser(), Path(ran).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def _split_of_the_run(model: str, cfg: RunConfig) -> dict:
+    """The run's SPLIT_FIELDS where `cfg` names the data that the run in folder `model` trained on (its results.json);
+    {} for other data, and for a model that is not a run's export."""
+    run = recorded(Path(model).expanduser(), "config")
+    if not isinstance(run, dict) or not all(_same_value(getattr(cfg, k), run.get(k)) for k in DATA_FIELDS):
+        return {}
+    split = {k: run[k] for k in SPLIT_FIELDS if k in run}
+    bad = [k for k, v in split.items() if isinstance(v, bool) or not isinstance(v, SPLIT_FIELDS[k])]
+    if bad:
+        raise ConfigError(f"'{Path(model) / RESULTS}' is damaged: its {', '.join(bad)} is not a number, so the rows the "
+                          "run held out are unknown. Re-run the export.")
+    return split
+
+
+def _cut_as_the_run(model: str, config, overrides: dict, all_rows: bool) -> tuple[RunConfig, dict, dict]:
+    """The evaluation's config, taking the run's cut of its own data (_split_of_the_run) where no flag names one;
+    that cut; and the flags given that cut the run's data otherwise."""
+    from .api import _config_from
+    from .config import RunConfig
+
+    cfg = _config_from(config, {**overrides, "mode": "probe"})  # probe: no training settings to require
+    if all_rows and cfg.cv_folds:
+        raise ConfigError("--all_rows scores every row and --cv_folds one fold of them: pass one of the two.")
+    given = set(overrides) | ({f.name for f in dataclasses.fields(RunConfig)
+                               if getattr(config, f.name) != getattr(RunConfig(), f.name)} if config else set())
+    run_split = _split_of_the_run(model, cfg)
+    if all_rows:  # every row: no fold is cut out
+        run_split = {k: v for k, v in run_split.items() if k not in ("cv_folds", "cv_fold")}
+    as_the_run = {k: v for k, v in run_split.items() if k not in given}
+    if as_the_run:
+        cfg = _config_from(config, {**as_the_run, **overrides, "mode": "probe"})
+    return cfg, run_split, {k: v for k, v in run_split.items() if k in given and getattr(cfg, k) != v}
+
+
+def _say_how_cut(notes: list[str], cfg: RunConfig, run_split: dict, otherwise: dict) -> list[str]:
+    """The data notes, and what scoring a run on its own data means: a note where the rows are the ones it held out,
+    a warning where they may include rows it trained on."""
+    cut = any(n.startswith(("no validation split: held out", "cross-validation")) for n in notes)
+    if cut and otherwise:
+        logger.warning("This is the data the run trained on, cut otherwise than the run cut it (%s where the run "
+                       "had %s): some scored rows may be rows the model trained on, which inflates its figures. "
+                       "Leave those flags out to score the rows the run held out.",
+                       ", ".join(f"--{k} {getattr(cfg, k)}" for k in otherwise), ", ".join(map(str, otherwise.values())))
+    elif run_split and any(n.startswith("no validation split: scoring all") for n in notes):
+        logger.warning("These are the rows the run trained on: scoring every one of them (--all_rows) measures how "
+                       "well it fits them, not how it generalises. Leave --all_rows out to score the rows the run "
+                       "held out.")
+    elif cut and run_split:
+        flags = [f"--{k} {v}" for k, v in run_split.items() if run_split.get("cv_folds") or not k.startswith("cv_")]
+        notes.append(f"the run's own data, cut as the run cut it ({', '.join(flags)}), so no scored row is one it "
+                     "trained on")
+    return notes
+
+
 def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overrides) -> EvaluationResult:
     """Score an exported model (a run folder, any text-classification folder or Hub id) on a dataset's evaluation
     splits (validation, and test where there is one), writing results.json, predictions.jsonl and
@@ -163,6 +236,9 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
     metrics, seed and validation_split_ratio for a data set without a validation split, overwrite_output_dir).
     Data without a validation split of its own (one file) is scored on the seeded hold-out that a run on it
     validates on, so a model and its run are scored on the same rows; `all_rows=True` scores every row instead.
+    A run's export scored on the run's own data is cut as the run cut it (its seed, hold-out ratio and
+    cross-validation fold, from its results.json) unless those are given; given otherwise, a warning says that
+    scored rows may be training rows.
     Texts are read as the run read them (its results.json), unless a reading flag is given. The model's labels
     are matched to the data's by name. No code from the model folder runs (trust_remote_code off). The default
     output_dir is runs/<model>-on-<dataset>.
@@ -172,13 +248,13 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
 
     from . import batches, hub, loop, runfolder
     from . import logs
-    from .api import _config_from, check_model_folder, load_model
+    from .api import check_model_folder, load_model
     from .data import load_text_data
     from .metrics import Scorer
 
     model = str(model)
     check_model_folder(model)
-    cfg = _config_from(config, {**overrides, "mode": "probe"})  # probe: no training settings to require
+    cfg, run_split, otherwise = _cut_as_the_run(model, config, overrides, all_rows)
     if not (overrides.get("output_dir") or (config and config.output_dir)):  # not a run's runs/<data>-<mode>
         data = Path(str(cfg.train_file or cfg.dataset_name)).stem
         cfg = dataclasses.replace(cfg, output_dir=str(Path("runs") / f"{Path(model.rstrip('/')).name}-on-{data}"))
@@ -191,7 +267,8 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
         logs.setup("xfer_nlp", output_dir / EVALUATE_LOG, accelerator.is_main_process)
         data = load_text_data(cfg, hold_out=not all_rows)
-        for note in data.notes:
+        notes = _say_how_cut(list(data.notes), cfg, run_split, otherwise)
+        for note in notes:
             logger.info("Data: %s%s.", note, " (to score every row instead, --all_rows)"
                         if note.startswith("no validation split: held out") else "")
         tokenizer, classifier, reading = load_model(model)
@@ -218,7 +295,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
                         metrics[split]["macro_f1"], len(labels))
         results = {"evaluated": model, "dataset": cfg.train_file or cfg.dataset_name, "data_source": data.source,
                    "label_names": names, "split_sizes": {s: len(data.splits[s]) for s in splits},
-                   "data_notes": list(data.notes), "metrics": metrics,
+                   "data_notes": notes, "metrics": metrics,
                    "reading": dataclasses.asdict(reading),
                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         write_predictions(output_dir / PREDICTIONS, {s: data.splits[s]["text"] for s in splits}, outputs, names)

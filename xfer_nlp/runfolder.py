@@ -201,6 +201,19 @@ class RunRecord:
         return cls(**data)
 
 
+def recorded(model_dir: Path, key: str):
+    """One field of a model folder's results.json (an xfer_nlp run's export), or None where it has none: how the run
+    read its texts, how it split its data. Parsed as JSON only; a damaged file is an error that names it."""
+    path = model_dir / RESULTS
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        raise ConfigError(f"'{path}' is damaged; re-run the export, or delete it to use the folder as any model "
+                          "folder (texts then read as pipeline() reads them).") from None
+
+
 def read_results(out: Path) -> RunRecord:
     """A finished run's results.json; a damaged one is an error that names the file."""
     path = out / RESULTS
