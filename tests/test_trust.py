@@ -393,16 +393,23 @@ def test_one_place_decides_what_state_a_folder_is_in(tmp_path):
 
 def test_results_json_is_read_against_its_schema(tiny_run):
     """results.json is a RunRecord: report, compare, push and the card read it through read_results, which names
-    what is missing or unknown instead of failing later on a KeyError."""
+    what is missing, unknown or of the wrong kind instead of failing later on a KeyError or a sum over text."""
     result = xfer_nlp.run(mode="probe", **tiny_run)
     record = runfolder.read_results(result.output_dir)
     assert record == result.record and record.to_dict() == json.loads((result.output_dir / "results.json").read_text())
     data = record.to_dict()
     for broken, named in (({k: v for k, v in data.items() if k != "metrics"}, "missing metrics"),
-                          ({**data, "accuracy": 0.99}, "unknown accuracy")):
+                          ({**data, "accuracy": 0.99}, "unknown accuracy"),
+                          ({**data, "train_seconds": "fast", "stopped_early": 1}, "not of its kind: train_seconds, "
+                                                                                  "stopped_early"),
+                          ({**data, "metrics": {"validation": {**data["metrics"]["validation"], "accuracy": "0.9"}}},
+                           r"not of its kind: metrics\.validation\.accuracy"),
+                          ({**data, "metrics": {"validation": [0.9]}}, "not of its kind: metrics")):
         (result.output_dir / "results.json").write_text(json.dumps(broken))
         with pytest.raises(xfer_nlp.XferError, match=named):
             runfolder.read_results(result.output_dir)
+    # numbers as JSON writes them: 2.0 comes back as 2, and None where the schema allows it
+    assert runfolder.RunRecord.from_dict({**data, "train_seconds": 2, "best_step": None}).train_seconds == 2
 
 
 @pytest.mark.parametrize("pooling", ["pooler", "mean"])

@@ -7,6 +7,8 @@ import fcntl
 import json
 import os
 import shutil
+import types
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +200,24 @@ class RunRecord:
             raise ValueError("it is not a results record of this version: "
                              + "; ".join(x for x in (f"missing {', '.join(missing)}" if missing else "",
                                                      f"unknown {', '.join(unknown)}" if unknown else "") if x))
+        hints = typing.get_type_hints(cls)
+        wrong = [k for k, v in data.items() if not _of_kind(v, hints[k])]
+        wrong += [f"metrics.{split}.{name}" for split, m in data["metrics"].items() if isinstance(m, dict)
+                  for name in ("accuracy", "macro_f1") if name in m and not _of_kind(m[name], float)]
+        if wrong or not all(isinstance(m, dict) for m in data["metrics"].values()):
+            raise ValueError(f"a field is not of its kind: {', '.join(wrong) or 'metrics'}")
         return cls(**data)
+
+
+def _of_kind(value, hint) -> bool:
+    """`value`, read from JSON, is of the annotated kind: the outer type only (a number, text, list, mapping, or
+    None where allowed), enough that no reader of the record meets text where it computes with a number."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_of_kind(value, h) for h in typing.get_args(hint))
+    kind = typing.get_origin(hint) or hint
+    if kind in (int, float):  # JSON writes 2.0 as 2; a bool is no number here
+        return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    return value is None if kind is type(None) else isinstance(value, kind)
 
 
 def recorded(model_dir: Path, key: str):
