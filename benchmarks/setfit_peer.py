@@ -15,7 +15,6 @@ overrides and so in the table's label.
 """
 
 import argparse
-import json
 import resource
 import time
 from datetime import datetime, timezone
@@ -29,7 +28,7 @@ from xfer_nlp.metrics import classification_metrics
 from xfer_nlp.modes import resolve_model_path
 from xfer_nlp.precision import cpu_hardware
 from xfer_nlp.report import write_report
-from xfer_nlp.runfolder import RunRecord
+from xfer_nlp.runfolder import RunRecord, write_json
 
 LABEL = "setfit (peer)"
 
@@ -90,10 +89,10 @@ def main(argv=None) -> None:
                 print(f"{out.name}: done, skipped")
                 continue
             out.mkdir(parents=True, exist_ok=True)
-            (out / "cell.json").write_text(json.dumps({"label": LABEL, "mode": "setfit", "size": size, "seed": seed,
-                                                       "overrides": overrides}) + "\n")
+            write_json(out / "cell.json", {"label": LABEL, "mode": "setfit", "size": size, "seed": seed,
+                                           "overrides": overrides})
             record = run_cell(args.dataset_name, size, seed, out, args.max_steps, args.data_dir)
-            (out / "results.json").write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+            write_json(out / "results.json", record.to_dict())  # whole or not at all: it marks a finished cell
             print(f"{out.name}: validation accuracy {record.metrics['validation']['accuracy']:.4f} in "
                   f"{record.train_seconds:.1f} s")
     print(write_report(args.output_dir))

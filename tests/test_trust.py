@@ -293,6 +293,17 @@ def test_report_counts_a_truncated_results_json_as_failed(tiny_run, tmp_path):
     assert str(damaged) in result.stderr and "counts as failed" in result.stderr
     rows = (grid / "comparison.csv").read_text()
     assert "probe-n40-s0,failed" in rows and "probe-nall-s0,done" in rows
+    assert "min wall-clock" in (grid / "comparison.md").read_text()
+    # the bookkeeping beside it: a cell.json that is not compare's, a grid.json cut short
+    (grid / "runs" / "probe-n40-s0" / "cell.json").write_text('{"label": "probe", "seed": "0"}')
+    (grid / "grid.json").write_text('{"wall_sec')
+    result = subprocess.run([sys.executable, "-m", "xfer_nlp.cli", "report", str(grid)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "probe-n40-s0 is left out of the report: its cell.json is damaged" in result.stderr
+    assert "grid.json' is damaged" in result.stderr and "min wall-clock" not in (grid / "comparison.md").read_text()
+    rows = (grid / "comparison.csv").read_text()
+    assert "probe-n40-s0" not in rows and "probe-nall-s0,done" in rows
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

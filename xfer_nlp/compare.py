@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import re
 import shutil
@@ -226,9 +225,8 @@ def _prepare_cell(cell: Cell, main: bool) -> RunConfig | None:
     if out.exists():
         shutil.rmtree(out)  # started but left nothing to resume from
     out.mkdir(parents=True)
-    (out / runfolder.CELL).write_text(json.dumps({"label": cell.variant.label, "mode": cell.variant.mode,
-                                               "size": cell.size, "seed": cell.seed, "fold": cell.fold,
-                                               "overrides": cell.variant.overrides}) + "\n")
+    runfolder.write_json(out / runfolder.CELL, {"label": cell.variant.label, "mode": cell.variant.mode, "size": cell.size,
+                                          "seed": cell.seed, "fold": cell.fold, "overrides": cell.variant.overrides})
     return cell.config
 
 
@@ -261,7 +259,7 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
     keep ('model', 'results' or 'all') says what a finished cell keeps on disk (CompareArgs.keep).
     """
     from . import hub
-    from .report import write_report
+    from .report import wall_seconds, write_report
     from .api import run
 
     if keep not in KEEP:
@@ -276,7 +274,6 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
                 f" x {folds} folds" if folds else "", output_dir)
     start, ran, skipped, failed = time.perf_counter(), 0, 0, {}
     bar = tqdm(cells, desc="Grid", unit="cell", position=0, disable=not main)
-    grid_file = output_dir / "grid.json"
     for i, cell in enumerate(bar, 1):
         bar.set_description(f"Grid: cell {i}/{len(cells)} {cell.variant.label} n={cell.size} seed={cell.seed}"
                             + ("" if cell.fold is None else f" fold={cell.fold}"))
@@ -306,8 +303,8 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
             if main:
                 (Path(cfg.output_dir) / runfolder.FAILED).write_text(traceback.format_exc(), encoding="utf-8")
         if main:  # wall-clock of the whole grid, summed over the invocations that built it
-            spent = json.loads(grid_file.read_text())["wall_seconds"] if grid_file.is_file() else 0.0
-            grid_file.write_text(json.dumps({"wall_seconds": spent + time.perf_counter() - cell_start}) + "\n")
+            spent = wall_seconds(output_dir) or 0.0
+            runfolder.write_json(output_dir / "grid.json", {"wall_seconds": spent + time.perf_counter() - cell_start})
     bar.close()
     # The report covers the whole folder, this call's variants first: a grid built by several calls (probe and
     # finetune first, lora in a later session, the setfit peer's cells from benchmarks/) reads as one.

@@ -246,8 +246,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
     from accelerate import Accelerator
     from datasets import DatasetDict
 
-    from . import batches, hub, loop, runfolder
-    from . import logs
+    from . import batches, logs, loop, runfolder
     from .api import check_model_folder, load_model
     from .data import load_text_data
     from .metrics import Scorer
@@ -300,7 +299,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         write_predictions(output_dir / PREDICTIONS, {s: data.splits[s]["text"] for s in splits}, outputs, names)
         plot_confusion(output_dir / CONFUSION, metrics, names)
-        hub.write_json(output_dir / runfolder.EVALUATION, results)  # last: its presence marks a finished evaluation
+        runfolder.write_json(output_dir / runfolder.EVALUATION, results)  # last: its presence marks a finished evaluation
         return EvaluationResult(output_dir, model, results["dataset"], metrics, results)
     finally:
         lock.release()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -14,17 +13,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modes import EMBEDDED_MODEL, MODES
 from .errors import PushError, XferError
-from .runfolder import CARD, CONFIG, CONFUSION, CURVES, RESULTS, RunRecord, atomic_write, read_results
+from .runfolder import CARD, CONFIG, CONFUSION, CURVES, RESULTS, RunRecord, read_results, write_json
 
 logger = logging.getLogger(__name__)
 
 # Where the embedded encoder comes from on the Hub, so the card links its base model.
 HUB_IDS = {EMBEDDED_MODEL: "sentence-transformers/all-MiniLM-L6-v2"}
-
-
-def write_json(path: Path, data) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def base_model_id(model: str) -> str | None:

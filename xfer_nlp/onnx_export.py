@@ -140,8 +140,7 @@ def _check(path: Path, tokenizer, classifier, max_length: int, names: list[str])
 
 def _record(folder: Path, output: Path, opset: int, diff: float) -> None:
     """A finished run's results.json gains the export (and lists its file for push) when it lies in the run folder."""
-    from .hub import write_json
-    from .runfolder import RunRecord, read_results
+    from .runfolder import RunRecord, read_results, write_json
 
     if not (folder / RESULTS).is_file():
         return

@@ -22,12 +22,52 @@ PEERS = {"setfit": "the setfit library (peer, benchmarks/setfit_peer.py) with it
 METRICS = ("validation_accuracy", "validation_macro_f1", "test_accuracy", "test_macro_f1")
 
 
+# What compare (and the setfit peer) write into cell.json before a cell's run; grids before --folds have no "fold".
+CELL_KINDS = {"label": str, "mode": str, "size": str, "seed": int, "overrides": dict}
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _cell(cell_file: Path) -> dict | None:
+    """A cell's cell.json, or None where it is not what compare writes."""
+    cell = _read_json(cell_file)
+    if not isinstance(cell, dict) or isinstance(cell.get("seed"), bool) or \
+            not all(isinstance(cell.get(k), kind) for k, kind in CELL_KINDS.items()) or \
+            not isinstance(cell.get("fold"), (int, type(None))):
+        return None
+    return cell
+
+
+def wall_seconds(output_dir: Path) -> float | None:
+    """grid.json: the wall-clock seconds of the grid's cell runs, summed over the compare calls that built it; None
+    where there is none, or it is damaged (then said: the sum starts again)."""
+    path = Path(output_dir) / "grid.json"
+    if not path.is_file():
+        return None
+    grid = _read_json(path)
+    seconds = grid.get("wall_seconds") if isinstance(grid, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        logger.warning("'%s' is damaged; the grid's wall-clock seconds are counted again from this call on.", path)
+        return None
+    return float(seconds)
+
+
 def load_cells(output_dir: Path) -> pd.DataFrame:
     """One row per cell folder under output_dir/runs (status: done, failed, or unfinished)."""
     rows = []
     for cell_file in sorted((Path(output_dir) / "runs").glob(f"*/{runfolder.CELL}")):
         folder = cell_file.parent
-        row = {**json.loads(cell_file.read_text()), "folder": folder.name, "status": "unfinished"}
+        cell = _cell(cell_file)
+        if cell is None:
+            logger.warning("Cell folder %s is left out of the report: its %s is damaged. Delete that folder and run "
+                           "compare again to run the cell afresh.", folder, runfolder.CELL)
+            continue
+        row = {**cell, "folder": folder.name, "status": "unfinished"}
         try:
             r = read_results(folder) if runfolder.state(folder) == "finished" else None
         except XferError as e:
@@ -220,15 +260,15 @@ def write_report(output_dir: str | Path, labels: Sequence[str] | None = None, fi
     table = _markdown(shown, columns)
     files = plot(summary, cells, labels, output_dir)
     done, other = cells[cells.status == "done"], cells[cells.status != "done"]
-    grid = json.loads((output_dir / "grid.json").read_text()) if (output_dir / "grid.json").is_file() else {}
+    wall = wall_seconds(output_dir)
     # Cells of one grid can run on different machines (sessions apart): each is named, with its count.
     machines = done.hardware.value_counts(sort=False)
     hardware = machines.index[0] if len(machines) == 1 else "; ".join(f"{n} on {name}" for name, n in machines.items())
     lines = [f"# Comparison: {', '.join(labels)}", "",
              f"{len(done)} runs finished ({hardware}); training time summed over runs "
-             f"{done.train_seconds.sum() / 60:.1f} min" + (f", the cells' runs {grid['wall_seconds'] / 60:.1f} min "
+             f"{done.train_seconds.sum() / 60:.1f} min" + (f", the cells' runs {wall / 60:.1f} min "
                                                          f"wall-clock (a killed attempt's time is not counted)"
-                                                         if grid else "") + ".",
+                                                         if wall is not None else "") + ".",
              f"Mean ± sd over seeds{' and cross-validation folds (test: each fold in turn)' if folded else ''}; n is "
              "the number of training examples ('all' = the whole training split).", "",
              table, "", "## The textbook table, measured", "", textbook_table(summary, cells, labels), "",

@@ -220,6 +220,12 @@ def _of_kind(value, hint) -> bool:
     return value is None if kind is type(None) else isinstance(value, kind)
 
 
+def write_json(path: Path, data) -> None:
+    """results.json, evaluation.json, cell.json, grid.json: whole or not at all (atomic_write)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def recorded(model_dir: Path, key: str):
     """One field of a model folder's results.json (an xfer_nlp run's export), or None where it has none: how the run
     read its texts, how it split its data. Parsed as JSON only; a damaged file is an error that names it."""
