@@ -52,7 +52,9 @@ def verify(path: Path) -> str | None:
         return "it has no manifest (it was never completed)"
     try:
         files = json.loads(manifest.read_text())["files"]
-        assert isinstance(files, dict)
+        assert isinstance(files, dict) and all(
+            isinstance(m, dict) and type(m.get("size")) is int and isinstance(m.get("sha256"), str)
+            for m in files.values())
     except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
         return "its manifest is unreadable"
     for name, meta in files.items():
