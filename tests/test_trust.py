@@ -6,6 +6,7 @@ test_families.py.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,6 +262,15 @@ def test_a_symlink_loop_in_the_data_folder_is_named(tiny_model_dir, tmp_path):
     data.mkdir()
     os.symlink("train.jsonl", data / "train.jsonl")
     refused(cli(*tiny_cli_run(tiny_model_dir, data, tmp_path / "o")), "symbolic link that leads nowhere")
+
+
+def test_a_damaged_pooling_config_in_the_model_folder_is_named(tiny_run, tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "1_Pooling" / "config.json").write_text('["mean"]')
+    with pytest.raises(xfer_nlp.ConfigError, match=r"1_Pooling/config.json' .* is damaged.*pass --pooling"):
+        xfer_nlp.run(mode="probe", **{**tiny_run, "model_name_or_path": str(model)})
+    assert xfer_nlp.run(mode="probe", pooling="mean", **{**tiny_run, "model_name_or_path": str(model)}).metrics
 
 
 def test_predict_on_a_folder_that_is_not_a_model(tmp_path):

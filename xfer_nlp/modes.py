@@ -214,7 +214,13 @@ def default_pooling(model_path: str) -> str:
     family's stock head."""
     pooling_cfg = Path(model_path) / "1_Pooling" / "config.json"
     if pooling_cfg.is_file():
-        cfg = json.loads(pooling_cfg.read_text())
+        try:
+            cfg = json.loads(pooling_cfg.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            cfg = None
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"'{pooling_cfg}' (sentence-transformers' pooling settings) is damaged: it is not a "
+                              "JSON object. Restore it from the model's source, or pass --pooling to choose one.")
         if cfg.get("pooling_mode_mean_tokens"):
             return "mean"
         if cfg.get("pooling_mode_cls_token"):
