@@ -11,6 +11,7 @@ import pytest
 from conftest import launch_env, make_rows, write_jsonl
 
 import xfer_nlp
+from xfer_nlp.config import RunConfig
 from xfer_nlp.errors import ConfigError, DataError
 
 # A local evaluate module, as a user would write one: the mean of per-class recall.
@@ -189,6 +190,10 @@ def test_a_run_scored_on_its_own_data_is_cut_as_the_run_cut_it(tiny_run, tmp_pat
     assert set(texts(other.output_dir, "validation")) & trained_on(run.output_dir)  # what the warning is about
     log = (other.output_dir / "evaluate.log").read_text()
     assert "cut otherwise than the run cut it (--seed 42 where the run had 3)" in log
+    # from Python, a RunConfig's own settings count as given too
+    mine_cfg = RunConfig(dataset_name=str(mine), seed=5, output_dir=str(tmp_path / "cfg"))
+    assert xfer_nlp.evaluate(run.output_dir, config=mine_cfg).results["split_sizes"] == {"validation": 8}
+    assert "(--seed 5 where the run had 3)" in (tmp_path / "cfg" / "evaluate.log").read_text()
 
     cv = xfer_nlp.run(mode="probe", **{**tiny_run, "dataset_name": str(mine), "cv_folds": 4, "cv_fold": 1,
                                        "output_dir": str(tmp_path / "cv")})

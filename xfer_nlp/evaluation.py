@@ -194,8 +194,9 @@ def _cut_as_the_run(model: str, config, overrides: dict, all_rows: bool) -> tupl
     cfg = _config_from(config, {**overrides, "mode": "probe"})  # probe: no training settings to require
     if all_rows and cfg.cv_folds:
         raise ConfigError("--all_rows scores every row and --cv_folds one fold of them: pass one of the two.")
+    default = RunConfig()
     given = set(overrides) | ({f.name for f in dataclasses.fields(RunConfig)
-                               if getattr(config, f.name) != getattr(RunConfig(), f.name)} if config else set())
+                               if getattr(config, f.name) != getattr(default, f.name)} if config else set())
     run_split = _split_of_the_run(model, cfg)
     if all_rows:  # every row: no fold is cut out
         run_split = {k: v for k, v in run_split.items() if k not in ("cv_folds", "cv_fold")}
