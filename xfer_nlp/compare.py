@@ -225,8 +225,9 @@ def _prepare_cell(cell: Cell, main: bool) -> RunConfig | None:
     if out.exists():
         shutil.rmtree(out)  # started but left nothing to resume from
     out.mkdir(parents=True)
-    runfolder.write_json(out / runfolder.CELL, {"label": cell.variant.label, "mode": cell.variant.mode, "size": cell.size,
-                                          "seed": cell.seed, "fold": cell.fold, "overrides": cell.variant.overrides})
+    runfolder.write_json(out / runfolder.CELL, {"label": cell.variant.label, "mode": cell.variant.mode,
+                                                "size": cell.size, "seed": cell.seed, "fold": cell.fold,
+                                                "overrides": cell.variant.overrides})
     return cell.config
 
 

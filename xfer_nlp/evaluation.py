@@ -300,7 +300,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         write_predictions(output_dir / PREDICTIONS, {s: data.splits[s]["text"] for s in splits}, outputs, names)
         plot_confusion(output_dir / CONFUSION, metrics, names)
-        runfolder.write_json(output_dir / runfolder.EVALUATION, results)  # last: its presence marks a finished evaluation
+        runfolder.write_json(output_dir / runfolder.EVALUATION, results)  # last: it marks a finished evaluation
         return EvaluationResult(output_dir, model, results["dataset"], metrics, results)
     finally:
         lock.release()
