@@ -305,7 +305,7 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
                 (Path(cfg.output_dir) / runfolder.FAILED).write_text(traceback.format_exc(), encoding="utf-8")
         if main:  # wall-clock of the whole grid, summed over the invocations that built it
             spent = wall_seconds(output_dir) or 0.0
-            runfolder.write_json(output_dir / "grid.json", {"wall_seconds": spent + time.perf_counter() - cell_start})
+            runfolder.write_json(output_dir / runfolder.GRID, {"wall_seconds": spent + time.perf_counter() - cell_start})
     bar.close()
     # The report covers the whole folder, this call's variants first: a grid built by several calls (probe and
     # finetune first, lora in a later session, the setfit peer's cells from benchmarks/) reads as one.

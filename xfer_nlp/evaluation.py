@@ -9,13 +9,13 @@ import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_type_hints
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
-from .runfolder import CONFUSION, EVALUATE_LOG, PREDICTIONS, RESULTS, RunRecord, atomic_write, recorded
+from .runfolder import CONFUSION, EVALUATE_LOG, PREDICTIONS, RESULTS, RunRecord, atomic_write, of_kind, recorded
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -30,7 +30,7 @@ EVALUATE_FIELDS = ("dataset_name", "dataset_config_name", "train_file", "validat
 # How a run cut its data into the rows it trained on and the rows it held out. A run's export scored on that same
 # data is cut the same way unless a flag says otherwise: a hold-out drawn with another seed (a compare cell's seed 0
 # against evaluate's default 42), or without the run's cross-validation folds, holds rows the model trained on.
-SPLIT_FIELDS = {"seed": int, "validation_split_ratio": (int, float), "cv_folds": (int, type(None)), "cv_fold": int}
+SPLIT_FIELDS = ("seed", "validation_split_ratio", "cv_folds", "cv_fold")
 DATA_FIELDS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
 
 
@@ -177,8 +177,11 @@ def _split_of_the_run(model: str, cfg: RunConfig) -> dict:
     run = recorded(Path(model).expanduser(), "config")
     if not isinstance(run, dict) or not all(_same_value(getattr(cfg, k), run.get(k)) for k in DATA_FIELDS):
         return {}
+    from .config import RunConfig
+
     split = {k: run[k] for k in SPLIT_FIELDS if k in run}
-    bad = [k for k, v in split.items() if isinstance(v, bool) or not isinstance(v, SPLIT_FIELDS[k])]
+    kinds = get_type_hints(RunConfig)
+    bad = [k for k, v in split.items() if not of_kind(v, kinds[k])]
     if bad:
         raise ConfigError(f"'{Path(model) / RESULTS}' is damaged: its {', '.join(bad)} is not a number, so the rows the "
                           "run held out are unknown. Re-run the export.")

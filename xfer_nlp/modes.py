@@ -9,7 +9,6 @@ against the defaults by tests/test_config.py) and its tests.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from . import families, schedules
+from . import families, runfolder, schedules
 from .errors import ConfigError
 from .evaluation import label_map
 from .modeling import XferPooledConfig, XferPooledForSequenceClassification, no_pooler
@@ -214,10 +213,7 @@ def default_pooling(model_path: str) -> str:
     family's stock head."""
     pooling_cfg = Path(model_path) / "1_Pooling" / "config.json"
     if pooling_cfg.is_file():
-        try:
-            cfg = json.loads(pooling_cfg.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            cfg = None
+        cfg = runfolder.read_json(pooling_cfg)
         if not isinstance(cfg, dict):
             raise ConfigError(f"'{pooling_cfg}' (sentence-transformers' pooling settings) is damaged: it is not a "
                               "JSON object. Restore it from the model's source, or pass --pooling to choose one.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -23,22 +22,13 @@ METRICS = ("validation_accuracy", "validation_macro_f1", "test_accuracy", "test_
 
 
 # What compare (and the setfit peer) write into cell.json before a cell's run; grids before --folds have no "fold".
-CELL_KINDS = {"label": str, "mode": str, "size": str, "seed": int, "overrides": dict}
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return None
+CELL_KINDS = {"label": str, "mode": str, "size": str, "seed": int, "overrides": dict, "fold": int | None}
 
 
 def _cell(cell_file: Path) -> dict | None:
     """A cell's cell.json, or None where it is not what compare writes."""
-    cell = _read_json(cell_file)
-    if not isinstance(cell, dict) or isinstance(cell.get("seed"), bool) or \
-            not all(isinstance(cell.get(k), kind) for k, kind in CELL_KINDS.items()) or \
-            not isinstance(cell.get("fold"), (int, type(None))):
+    cell = runfolder.read_json(cell_file)
+    if not isinstance(cell, dict) or not all(runfolder.of_kind(cell.get(k), kind) for k, kind in CELL_KINDS.items()):
         return None
     return cell
 
@@ -46,12 +36,12 @@ def _cell(cell_file: Path) -> dict | None:
 def wall_seconds(output_dir: Path) -> float | None:
     """grid.json: the wall-clock seconds of the grid's cell runs, summed over the compare calls that built it; None
     where there is none, or it is damaged (then said: the sum starts again)."""
-    path = Path(output_dir) / "grid.json"
+    path = Path(output_dir) / runfolder.GRID
     if not path.is_file():
         return None
-    grid = _read_json(path)
+    grid = runfolder.read_json(path)
     seconds = grid.get("wall_seconds") if isinstance(grid, dict) else None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+    if not runfolder.of_kind(seconds, float):
         logger.warning("'%s' is damaged; the grid's wall-clock seconds are counted again from this call on.", path)
         return None
     return float(seconds)

@@ -29,6 +29,7 @@ EVALUATION = "evaluation.json"  # what `xfer-nlp evaluate` leaves
 ONNX_DIR, ONNX_MODEL = "onnx", "model.onnx"  # what `xfer-nlp export --format onnx` adds (onnx/model.onnx)
 CHECKPOINTS = "checkpoints"
 CELL = "cell.json"  # what a compare grid writes into a cell before its run
+GRID = "grid.json"  # a compare folder's wall-clock seconds, summed over the calls that built it
 FAILED = "failed.txt"  # ... and after a run that raised, with the traceback
 # What a folder may hold and still count as empty: what a run that died before its first checkpoint leaves, and
 # what a compare grid writes into a cell before and after its run.
@@ -201,19 +202,19 @@ class RunRecord:
                              + "; ".join(x for x in (f"missing {', '.join(missing)}" if missing else "",
                                                      f"unknown {', '.join(unknown)}" if unknown else "") if x))
         hints = typing.get_type_hints(cls)
-        wrong = [k for k, v in data.items() if not _of_kind(v, hints[k])]
+        wrong = [k for k, v in data.items() if not of_kind(v, hints[k])]
         wrong += [f"metrics.{split}.{name}" for split, m in data["metrics"].items() if isinstance(m, dict)
-                  for name in ("accuracy", "macro_f1") if name in m and not _of_kind(m[name], float)]
+                  for name in ("accuracy", "macro_f1") if name in m and not of_kind(m[name], float)]
         if wrong or not all(isinstance(m, dict) for m in data["metrics"].values()):
             raise ValueError(f"a field is not of its kind: {', '.join(wrong) or 'metrics'}")
         return cls(**data)
 
 
-def _of_kind(value, hint) -> bool:
+def of_kind(value, hint) -> bool:
     """`value`, read from JSON, is of the annotated kind: the outer type only (a number, text, list, mapping, or
     None where allowed), enough that no reader of the record meets text where it computes with a number."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(_of_kind(value, h) for h in typing.get_args(hint))
+        return any(of_kind(value, h) for h in typing.get_args(hint))
     kind = typing.get_origin(hint) or hint
     if kind in (int, float):  # JSON writes 2.0 as 2; a bool is no number here
         return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
@@ -226,17 +227,25 @@ def write_json(path: Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def read_json(path: Path):
+    """A JSON file parsed as data only; None where it is not valid JSON (the caller names what it expected)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def recorded(model_dir: Path, key: str):
     """One field of a model folder's results.json (an xfer_nlp run's export), or None where it has none: how the run
     read its texts, how it split its data. Parsed as JSON only; a damaged file is an error that names it."""
     path = model_dir / RESULTS
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get(key)
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    data = read_json(path)
+    if not isinstance(data, dict):
         raise ConfigError(f"'{path}' is damaged; re-run the export, or delete it to use the folder as any model "
-                          "folder (texts then read as pipeline() reads them).") from None
+                          "folder (texts then read as pipeline() reads them).")
+    return data.get(key)
 
 
 def read_results(out: Path) -> RunRecord:
