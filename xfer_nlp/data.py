@@ -271,8 +271,11 @@ def _labels_to_ids(raw: dict[str, list], registry_names,
     notes = []
     train = raw["train"]
     kinds = {type(v) for v in train}
-    if any(v is None for split in raw.values() for v in split):
-        raise DataError("Some rows have no label (null). Remove them or give them a label.")
+    missing = {split: sum(v is None for v in values) for split, values in raw.items()}
+    if any(missing.values()):
+        where = ", ".join(f"{n} of {len(raw[split])} in {split}" for split, n in missing.items() if n)
+        raise DataError(f"Some rows have no label (null, or an empty cell): {where}. Remove them or give them a "
+                        "label.")
     # JSON's NaN and Infinity parse as floats: not a class, and int() of them raises.
     odd = next((v for split in raw.values() for v in split if isinstance(v, float) and not math.isfinite(v)), None)
     if odd is not None:
