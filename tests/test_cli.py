@@ -94,15 +94,44 @@ def test_predict_names_a_model_folder_given_where_its_texts_go(tmp_path, capsys)
     from xfer_nlp import cli
 
     (tmp_path / "my run").mkdir()
+    (tmp_path / "texts.txt").write_text("a dull film\n")
+    review = "a long review that goes on and on about the film " * 20  # longer than a file name may be
     for texts, fix in (([str(tmp_path / "my run"), "a dull film"], "--model '{}/my run' 'a dull film'"),
                        ([str(tmp_path / "my run")], "--model '{}/my run' ..."),
-                       (["a dull film"], None)):
+                       ([str(tmp_path / "my run"), str(tmp_path / "texts.txt")], "--model '{0}/my run' --input {0}/texts.txt"),
+                       (["a dull film"], None),
+                       ([review], None)):
         with pytest.raises(SystemExit) as stopped:
             cli.main(["predict", *texts])
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert stopped.value.code == 2 and "--model is missing" in err
         assert (fix is not None and err.endswith("xfer-nlp predict " + fix.format(tmp_path))) or \
             (fix is None and "is a folder" not in err and "--input FILE" in err)
+
+
+def test_a_file_given_as_a_text_is_labelled_with_a_note_naming_input(tiny_model_dir, tmp_path, capsys):
+    from xfer_nlp import cli
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a dull film\n")
+    assert cli.main(["predict", "--model", str(tiny_model_dir), str(texts)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.rstrip().endswith(f"\t{texts}")  # labelled as given
+    assert f"note: '{texts}' is a file, labelled here as a text; to label the texts in it: --input {texts}" \
+        in printed.err
+
+
+def test_the_machines_refusals_are_one_line_with_the_path(tmp_path, capsys):
+    """A name too long for the file system (a review pasted where a dataset name belongs) and a folder that cannot
+    be written are the machine's answers, not bugs: one line naming the path, no traceback."""
+    from xfer_nlp import cli
+
+    review = "a long review that goes on and on about the film " * 20
+    assert cli.main(["run", "--dataset_name", review]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: File name too long: 'runs/a long review") and "Traceback" not in err
+    assert err.endswith("The machine refused it: shorten it (is it a text where a path or name belongs?).")
+    assert len(err) < 300
 
 
 def test_a_command_stopped_by_ctrl_c_prints_one_line_not_a_traceback(monkeypatch, capsys):

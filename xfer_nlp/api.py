@@ -508,7 +508,7 @@ def load_setup(model: str):
 
 def _unloadable(model: str, e: Exception) -> ConfigError:
     offline = " This machine is offline (HF_HUB_OFFLINE), so only models already in the cache can load." \
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") and not Path(model).expanduser().exists() \
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") and not os.path.exists(Path(model).expanduser()) \
         else ""
     return ConfigError(f"Could not load the model '{model}' ({type(e).__name__}: {str(e).splitlines()[0][:300]})."
                        f"{offline}")
@@ -517,8 +517,9 @@ def _unloadable(model: str, e: Exception) -> ConfigError:
 def check_model_folder(model: str) -> None:
     """A model argument that cannot be a model is one message before anything loads."""
     path = Path(model).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file():
+    # os.path, not Path: a text given as the model by mistake may be too long to be a path, and Path.stat() raises
+    if os.path.isdir(path) and not (path / "config.json").is_file():
         raise ConfigError(f"--model '{model}' is a folder but not a model (it has no config.json). Pass the "
                           "output_dir of a finished `xfer-nlp run`, or a text-classification model folder or Hub id.")
-    if not path.exists() and model.count("/") != 1:
+    if not os.path.exists(path) and model.count("/") != 1:
         raise ConfigError(f"--model '{model}' is neither a folder nor a Hub id (user/name).")

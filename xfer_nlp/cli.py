@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import os
 import shlex
 import signal
@@ -39,6 +40,23 @@ def _error(e: Exception) -> int:
         except KeyboardInterrupt:
             pass
     return 2
+
+
+# The machine's refusals, which no change to xfer_nlp fixes: said in one line, with the path and the way round,
+# instead of a traceback. Any other OSError keeps its traceback: it may be a bug.
+REFUSALS = {errno.ENOSPC: "free space, or write to another disk", errno.EDQUOT: "free space within your quota",
+            errno.EFBIG: "write to a file system that allows larger files",
+            errno.ENAMETOOLONG: "shorten it (is it a text where a path or name belongs?)",
+            errno.EACCES: "choose a path you may write to, or fix its permissions",
+            errno.EROFS: "choose a path on a writable file system"}
+
+
+def _refused(e: OSError) -> XferError | None:
+    if e.errno not in REFUSALS:
+        return None
+    name = str(e.filename or "")
+    shown = f": '{name[:100]}{'...' if len(name) > 100 else ''}'" if name else ""
+    return XferError(f"{e.strerror}{shown}. The machine refused it: {REFUSALS[e.errno]}.")
 
 
 def stop_on_sigterm() -> None:
@@ -93,6 +111,10 @@ def run_command(argv: list[str], default_config_dir: str | Path | None = None) -
         return 130
     except XferError as e:
         return _error(e)
+    except OSError as e:
+        if (refused := _refused(e)) is None:
+            raise
+        return _error(refused)
     if logs.is_main_process():
         print(result)
     return 0
@@ -169,12 +191,19 @@ def predict_command(argv: list[str]) -> int:
         "torch: the exported model; onnx: MODEL/onnx/model.onnx through onnxruntime (make it with "
         "`xfer-nlp export MODEL --format onnx`; fp32)."))
     args = parser.parse_args(argv)
+    # A text is no path, and may be too long to be one: os.path answers False where Path.is_file() raises.
+    files = [t for t in args.texts if os.path.isfile(t)]
     if not args.model:  # the other commands take MODEL first; here a folder given so would be labelled as a text
-        if args.texts and Path(args.texts[0]).is_dir():
-            fixed = shlex.join(["xfer-nlp", "predict", "--model", *args.texts]) + (" ..." if len(args.texts) < 2 else "")
+        if args.texts and os.path.isdir(args.texts[0]):
+            rest = args.texts[1:]
+            inputs = ["--input", rest[0]] if len(rest) == 1 and rest[0] in files else rest or ["..."]
             parser.error(f"--model is missing, and '{args.texts[0]}' is a folder: predict's positional arguments are "
-                         f"the texts, so give the model as --model: {fixed}")
+                         f"the texts, so give the model as --model: "
+                         f"{shlex.join(['xfer-nlp', 'predict', '--model', args.texts[0], *inputs])}")
         parser.error("--model is missing: xfer-nlp predict --model RUN_DIR TEXT ... (or --input FILE).")
+    for name in files:  # labelled as asked, but a file name is seldom the text meant
+        print(f"note: '{name}' is a file, labelled here as a text; to label the texts in it: --input {shlex.quote(name)}",
+              file=sys.stderr)
     try:
         texts = itertools.chain(args.texts, iter_texts(args.input, args.text_column) if args.input else [])
         first = next(texts, predict_command)  # the function itself as the end marker: a text may be None
@@ -309,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the commands without their own word on it (report, evaluate, export, push)
         _error(Interrupted(f"xfer-nlp {argv[0]} was interrupted. Run the command again."))
         return 130
+    except OSError as e:
+        if (refused := _refused(e)) is None:
+            raise
+        return _error(refused)
 
 
 if __name__ == "__main__":
