@@ -309,11 +309,14 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         mixed_precision=accelerator.mixed_precision, torch=torch.__version__, malloc=allocator.malloc(),
         **extra)
     if accelerator.is_main_process:
-        write_predictions(output_dir / runfolder.PREDICTIONS, {s: data.splits[s]["text"] for s in outputs}, outputs,
-                          data.label_names)
-        plot_confusion(output_dir / runfolder.CONFUSION, metrics, data.label_names)
-        plot_training(output_dir / runfolder.CURVES, record)
-        hub.save_outputs(output_dir, exported, built.tokenizer, record)
+        size = sum(t.numel() * t.element_size() for t in exported.state_dict().values()) / 2**20
+        with runfolder.disk_full_explained(output_dir, f"the exported model ({size:,.0f} MB) and the run's results",
+                                           _make_room(cfg)):
+            write_predictions(output_dir / runfolder.PREDICTIONS, {s: data.splits[s]["text"] for s in outputs},
+                              outputs, data.label_names)
+            plot_confusion(output_dir / runfolder.CONFUSION, metrics, data.label_names)
+            plot_training(output_dir / runfolder.CURVES, record)
+            hub.save_outputs(output_dir, exported, built.tokenizer, record)
         logger.info("Saved the model, results.json and model card to %s.", output_dir)
     accelerator.wait_for_everyone()
     # Not end_training(): it also destroys the process group, which the next run() of a compare grid needs.
@@ -323,6 +326,14 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         url = hub.push(output_dir, cfg.hub_model_id, cfg.hub_private_repo, cfg.hub_token)
         logger.info("Pushed to %s.", url)
     return RunResult(output_dir, runfolder.read_results(output_dir) if accelerator.is_main_process else record)
+
+
+def _make_room(cfg: RunConfig) -> str:
+    """How to go on when the disk cannot hold a finished run's outputs: the checkpoints hold the training."""
+    if runfolder.state(Path(cfg.output_dir)) == "interrupted":
+        return ("Free space, then resume with the same command and --resume_from_checkpoint latest: the last "
+                "checkpoint holds the trained weights, so only the scoring and the export run again.")
+    return "Free space, then run the same command again with --overwrite_output_dir."
 
 
 PREDICT_PRECISIONS = ("fp32", "bf16", "auto")

@@ -154,6 +154,22 @@ class Checkpoints:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
+        try:
+            self._write(tmp, model, optimizer, scheduler, state, step)
+        except BaseException:  # a full disk, Ctrl-C: the half-written folder goes, so its space is free again
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)  # the checkpoint exists, whole, or not at all
+            self._rotate()
+        acc.wait_for_everyone()
+        return final
+
+    def _write(self, tmp: Path, model, optimizer, scheduler, state: dict, step: int) -> None:
+        acc = self.accelerator
         weights = acc.get_state_dict(model)  # a collective under FSDP: every process takes part
         tensors, meta = rng_states()
         save_file(tensors, tmp / _rng_file(acc.process_index), metadata=meta)
@@ -171,12 +187,6 @@ class Checkpoints:
                      for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
             _fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)  # the checkpoint exists, whole, or not at all
-            self._rotate()
-        acc.wait_for_everyone()
-        return final
 
     def _rotate(self) -> None:
         if not self.total_limit:

@@ -169,7 +169,7 @@ def predict_command(argv: list[str]) -> int:
 
     import torch
 
-    from . import allocator
+    from . import allocator, runfolder
     from .api import BATCH_TOKENS, PREDICT_BACKENDS, PREDICT_PRECISIONS, predict_stream
     from .data import iter_texts, write_jsonl
 
@@ -224,7 +224,10 @@ def predict_command(argv: list[str]) -> int:
                               args.backend, total=None if args.input else len(args.texts),
                               batch_tokens=args.batch_tokens)
         if args.output:
-            n = write_jsonl(args.output, rows)
+            with runfolder.disk_full_explained(Path(args.output).parent, f"the predictions to {args.output}",
+                                               "Nothing was written: the file appears only when complete. Free "
+                                               "space, or pass --output on another disk."):
+                n = write_jsonl(args.output, rows)
             print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
         else:
             for row in rows:

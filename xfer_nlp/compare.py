@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .config import FIELD_NAMES, GRID_OWNED, MODES, RunConfig, nearest, resolve
 from . import logs, runfolder
 from .runfolder import read_results
-from .errors import ConfigError, Interrupted, LaunchError, XferError
+from .errors import ConfigError, DiskFull, Interrupted, LaunchError, XferError
 
 logger = logging.getLogger("xfer_nlp.compare")  # its own handlers: each run() resets those of "xfer_nlp"
 
@@ -298,6 +298,12 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
                               where) from None
         except LaunchError:  # the launch, not the cell: every cell would fail alike
             raise
+        except DiskFull as e:  # so would every later cell
+            then = ("resumes from its last checkpoint" if runfolder.state(Path(cfg.output_dir)) == "interrupted"
+                    else "starts over")
+            raise DiskFull(f"The grid stopped in cell {cell.name}: {e.why}. Free space (or keep fewer checkpoints: "
+                           "--save_total_limit 1), then run the same compare command again: finished cells are kept "
+                           f"and this one {then}.", e.why) from None
         except (XferError, RuntimeError, ValueError, OSError) as e:
             failed[cell.name] = f"{type(e).__name__}: {e}"
             logger.error("Cell %s failed; the grid goes on. %s", cell.name, failed[cell.name])

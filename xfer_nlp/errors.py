@@ -42,3 +42,12 @@ class OutOfMemory(XferError):
 
 class PushError(XferError):
     """Uploading to the Hub failed; the local outputs are intact."""
+
+
+class DiskFull(XferError):
+    """A write the disk could not hold (no space, a quota, a file-size limit); what it half-wrote is removed and what
+    was written before it is intact. `why`: the problem alone, for a caller (compare) that words the way on."""
+
+    def __init__(self, message: str, why: str = ""):
+        super().__init__(message)
+        self.why = why

@@ -181,12 +181,14 @@ def save_outputs(output_dir: Path, model, tokenizer, record: RunRecord) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = output_dir / ".export.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)  # a pooled head's modeling.py and auto_map come with it (register_for_auto_class)
-    tokenizer.save_pretrained(staging)
-    exported = sorted(p.name for p in staging.iterdir() if p.is_file())
-    for name in exported:
-        os.replace(staging / name, output_dir / name)
-    shutil.rmtree(staging)
+    try:
+        model.save_pretrained(staging)  # a pooled head's modeling.py and auto_map come with it (register_for_auto_class)
+        tokenizer.save_pretrained(staging)
+        exported = sorted(p.name for p in staging.iterdir() if p.is_file())
+        for name in exported:
+            os.replace(staging / name, output_dir / name)
+    finally:  # also after a failed write (a full disk): its half-written files would hold the space
+        shutil.rmtree(staging, ignore_errors=True)
     adapter = sorted(f"adapter/{p.name}" for p in (output_dir / "adapter").glob("*") if p.is_file()) \
         if record.config.get("save_lora_adapter") else []
     plot = [name for name in (CONFUSION, CURVES) if (output_dir / name).is_file()]

@@ -26,7 +26,7 @@ from .config import MODE_ONLY, RESUME_MAY_DIFFER
 from .modes import MAX_EPOCHS
 from .errors import ConfigError, Interrupted, TrainingDiverged
 from .metrics import scalars
-from .runfolder import CHECKPOINTS, atomic_write
+from .runfolder import CHECKPOINTS, atomic_write, disk_full_explained
 from . import schedules
 
 logger = logging.getLogger(__name__)
@@ -536,7 +536,8 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
         weights = accelerator.get_state_dict(run.model)  # every process: whole tensors are a collective under FSDP
         if accelerator.is_main_process:  # on disk, not in memory: a second copy of the weights would cost RSS
             run.checkpoints.folder.mkdir(parents=True, exist_ok=True)
-            with atomic_write(run.best_file) as tmp:
+            with disk_full_explained(run.checkpoints.folder, "the best weights so far", _make_room(run)), \
+                    atomic_write(run.best_file) as tmp:
                 save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp,
                           metadata={"step": str(progress.step)})
     elif stop:
@@ -568,8 +569,17 @@ def _save_checkpoint(run: _Run, clock: float) -> None:
             f"The weights became NaN or infinite by step {progress.step} (epoch {progress.epoch + 1}). Lower "
             f"--learning_rate (now {run.cfg.learning_rate}), or use fp32 or bf16 instead of fp16. The last good "
             f"checkpoint, if any, is in {run.checkpoints.folder}.")
-    run.checkpoints.save(progress.step, run.model, run.optimizer, run.scheduler,
-                         {"config": run.cfg.to_dict(), "world": run.world, "progress": progress.state_dict()})
+    with disk_full_explained(run.checkpoints.folder, f"checkpoint-{progress.step}", _make_room(run)):
+        run.checkpoints.save(progress.step, run.model, run.optimizer, run.scheduler,
+                             {"config": run.cfg.to_dict(), "world": run.world, "progress": progress.state_dict()})
+
+
+def _make_room(run: _Run) -> str:
+    """How to go on after a write the disk could not hold."""
+    last = run.checkpoints.complete()
+    go_on = (f"resume with the same command and --resume_from_checkpoint latest ({last[-1].name} and the checkpoints "
+             "before it are intact)") if last else "run the same command again"
+    return f"Free space (or keep fewer checkpoints: --save_total_limit 1), then {go_on}."
 
 
 @contextmanager

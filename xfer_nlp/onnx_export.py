@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .runfolder import ONNX_DIR, ONNX_MODEL, RESULTS
+from .runfolder import ONNX_DIR, ONNX_MODEL, RESULTS, disk_full_explained
 
 logger = logging.getLogger(__name__)
 
@@ -103,16 +103,19 @@ def export_onnx(model: str | Path, output: str | Path | None = None, opset: int 
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(classifier, (), kwargs={k: sample[k] for k in names}, input_names=names,
-                                        output_names=["logits"], opset_version=opset, dynamo=True,
-                                        dynamic_shapes={k: {0: batch, 1: sequence} for k in names}, verbose=False)
-        program.save(str(staging), external_data=False)
-        diff = _check(staging, tokenizer, classifier, reading.max_length, names)
-        os.replace(staging, output)
-    finally:
-        staging.unlink(missing_ok=True)
+    # outside the try: the half-written file is gone before the message counts the room left
+    with disk_full_explained(output.parent, f"the ONNX model to {output}",
+                             "Nothing was written. Free space, or pass --output on another disk."):
+        try:
+            with torch.no_grad():
+                program = torch.onnx.export(classifier, (), kwargs={k: sample[k] for k in names}, input_names=names,
+                                            output_names=["logits"], opset_version=opset, dynamo=True,
+                                            dynamic_shapes={k: {0: batch, 1: sequence} for k in names}, verbose=False)
+            program.save(str(staging), external_data=False)
+            diff = _check(staging, tokenizer, classifier, reading.max_length, names)
+            os.replace(staging, output)
+        finally:
+            staging.unlink(missing_ok=True)
     logger.info("Exported %s to %s (opset %d); onnxruntime's logits are within %.1e (relative) of torch's.", model, output,
                 opset, diff)
     _record(Path(model).expanduser(), output, opset, diff)

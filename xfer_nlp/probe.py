@@ -20,7 +20,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from .batches import out_of_memory_explained, per_text
 from .families import Layout, out_layer, sentence_features
-from .runfolder import atomic_write
+from .runfolder import atomic_write, disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def shards(dataset, shard_texts: int) -> list[tuple[int, int, int, int]]:
 
 
 def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple | None, make_loader, dataset,
-                    desc: str, autocast: bool = True):
+                    desc: str, autocast: bool = True, write: bool = True):
     """encode(), shard by shard, reusing every shard whose cache file exists and checks out.
 
     A split is encoded in shards of --feature_cache_shard_size texts, each written (atomically, by the main
@@ -94,9 +94,9 @@ def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple | 
     safetensors, 4 bytes per feature (1,536 per text for a 384-wide encoder) plus its label. A file is checked before
     it is used: its row count and first text, the hash of the split it was made from, its labels (in data order)
     and the feature width the head reads; one that fails a check is re-encoded with a warning. `key_parts` None
-    (--no_feature_cache): encoded, the cache neither read nor written.
+    (--no_feature_cache): encoded, the cache neither read nor written; `write` False: read, not written.
 
-    Returns (features, labels, shards read from the cache, shards in all).
+    Returns (features, labels, shards read from the cache, shards in all, why a shard could not be written or None).
     """
     folder = None if key_parts is None else (
         Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features")
@@ -105,7 +105,7 @@ def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple | 
     width = out_layer(model, layout).in_features
     features = torch.empty(len(expected), width)
     plan = shards(dataset, cfg.feature_cache_shard_size)
-    hits = 0
+    hits, refused = 0, None
     for k, (lo, hi, row_lo, row_hi) in enumerate(plan):
         path = folder and folder / f"texts-{lo}-{hi}.safetensors"
         meta = folder and {"rows": str(hi - lo), "first": str(lo), "data": key_parts[-1], "width": str(width)}
@@ -127,13 +127,19 @@ def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple | 
             feats, labels = encode(accelerator, model, layout, make_loader(part), label, autocast, first_text=lo)
         assert torch.equal(labels, expected[lo:hi]), "gathered labels must come back in data order"
         features[lo:hi] = feats
-        if path and accelerator.is_main_process:
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path) as tmp:  # a killed run never leaves a half-written shard
-                save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata=meta)
+        if path and write and refused is None and accelerator.is_main_process:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with atomic_write(path) as tmp:  # a killed run never leaves a half-written shard
+                    save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata=meta)
+            except Exception as e:  # a full disk, a folder that cannot be written
+                refused = disk_full(e, folder) or (e.strerror if isinstance(e, OSError) else None)
+                if refused is None:
+                    raise
+                refused = f"could not write to {folder} ({refused})"
     if 0 < hits < len(plan):
         logger.info("%s: %d of %d shards from the feature cache, the rest encoded.", desc, hits, len(plan))
-    return features, expected, hits, len(plan)
+    return features, expected, hits, len(plan), refused
 
 
 def _check_cache(path: Path, meta: dict, labels: torch.Tensor) -> str | None:
@@ -225,12 +231,16 @@ def run_probe(accelerator, cfg, model, layout: Layout, make_loader, datasets: di
         weights_fingerprint(model, layout), getattr(model.config, "pooling", "pooler"),
         getattr(model.config, "normalize", False), getattr(model.config, "encoder", model.config).num_hidden_layers,
         cfg.max_seq_length, "shards of texts, one row per text")  # the cache layout: files of older layouts differ
-    features, hits, shard_hits, seconds = {}, {}, {}, {}
+    features, hits, shard_hits, seconds, write = {}, {}, {}, {}, True
     for split, dataset in datasets.items():
         start = time.perf_counter()
         key = None if base_key is None else base_key + (data_fingerprint(dataset),)
-        *features[split], done, total = cached_features(accelerator, cfg, model, layout, key, make_loader, dataset,
-                                                         f"Encoding {split}", autocast)
+        *features[split], done, total, refused = cached_features(accelerator, cfg, model, layout, key, make_loader,
+                                                                  dataset, f"Encoding {split}", autocast, write)
+        if refused and write:  # the cache only spares a later run the encoding: this one goes on without it
+            write = False
+            logger.warning("Feature cache: %s; this run goes on and caches nothing more. Free space, or pass "
+                           "--feature_cache_dir on another disk, or --no_feature_cache.", refused)
         hits[split], shard_hits[split] = done == total, f"{done} of {total}"
         seconds[split] = time.perf_counter() - start
     # The head needs train and validation; the test split is only reported, so its encoding is timed apart.

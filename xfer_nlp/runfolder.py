@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import types
 import typing
@@ -13,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CheckpointError, ConfigError, XferError
+from .errors import CheckpointError, ConfigError, DiskFull, XferError
 
 LOCK = ".xfer_nlp.lock"
 # The layout of an output folder: every name the package writes there is one of these (the model's own files come
@@ -48,6 +50,52 @@ def atomic_write(path: Path):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# A write the disk cannot hold, as each writer reports it: an OSError's errno, safetensors' "(os error 28)" in its
+# message. torch.save says only that its stream writer failed (a RuntimeError), so a failed write that leaves the
+# disk with less than NEARLY_FULL bytes free counts as one too.
+FULL = {errno.ENOSPC: "no space is left on the disk", errno.EDQUOT: "the disk quota is used up",
+        errno.EFBIG: "a file would be larger than the file system or the process limit allows"}
+NEARLY_FULL = 1 << 20
+
+
+def _free_bytes(folder: Path) -> int | None:
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return shutil.disk_usage(path).free
+    return None
+
+
+def disk_full(e: BaseException, folder: Path) -> str | None:
+    """What stopped a write into `folder`, if it was the disk's room (see FULL); None for any other error."""
+    code = getattr(e, "errno", None)
+    if code is None and (found := re.search(r"\(os error (\d+)\)", str(e))):
+        code = int(found[1])
+    if code in FULL:
+        return FULL[code]
+    try:
+        nearly_full = code is None and (_free_bytes(folder) or 0) < NEARLY_FULL
+    except OSError:
+        return None
+    return FULL[errno.ENOSPC] if nearly_full else None
+
+
+@contextmanager
+def disk_full_explained(folder: Path, what: str, then: str):
+    """Within the block, a write that the disk cannot hold ends in one DiskFull message: what could not be written,
+    where, the room left, and `then` (how to go on). The writer inside removes what it half-wrote (atomic_write does);
+    any other error passes through unchanged."""
+    try:
+        yield
+    except Exception as e:
+        why = disk_full(e, folder)
+        if why is None:
+            raise
+        free = _free_bytes(folder)
+        left = f"; {free / 2**20:,.0f} MB free now" if free is not None else ""
+        why = f"{why} ('{folder}'{left})"
+        raise DiskFull(f"Could not write {what}: {why}. {then}", why) from None
 
 
 def state(out: Path) -> str:
