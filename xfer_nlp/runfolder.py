@@ -61,10 +61,10 @@ NEARLY_FULL = 1 << 20
 
 
 def _free_bytes(folder: Path) -> int | None:
-    for path in (folder, *folder.parents):
-        if path.exists():
-            return shutil.disk_usage(path).free
-    return None
+    try:
+        return shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+    except OSError:
+        return None
 
 
 def disk_full(e: BaseException, folder: Path) -> str | None:
@@ -74,11 +74,8 @@ def disk_full(e: BaseException, folder: Path) -> str | None:
         code = int(found[1])
     if code in FULL:
         return FULL[code]
-    try:
-        nearly_full = code is None and (_free_bytes(folder) or 0) < NEARLY_FULL
-    except OSError:
-        return None
-    return FULL[errno.ENOSPC] if nearly_full else None
+    free = _free_bytes(folder) if code is None else None
+    return FULL[errno.ENOSPC] if free is not None and free < NEARLY_FULL else None
 
 
 @contextmanager
