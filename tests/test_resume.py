@@ -138,12 +138,17 @@ def test_latest_skips_a_truncated_checkpoint(interrupted, tiny_model_dir, tiny_d
     checkpoints = sorted((interrupted / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     newest = checkpoints[-1] / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[:1000])
-    # a temporary folder left by a kill mid-save is never a candidate
-    (interrupted / "checkpoints" / ".tmp-checkpoint-99").mkdir()
-    with caplog.at_level("WARNING", logger="xfer_nlp"):
+    # what a kill mid-save leaves is never a candidate, and goes: it only holds space
+    left = [interrupted / "checkpoints" / ".tmp-checkpoint-99", interrupted / "checkpoints" / ".best.safetensors.tmp7"]
+    left[0].mkdir()
+    (left[0] / "optimizer.pt").write_bytes(b"half")
+    left[1].write_bytes(b"half")
+    with caplog.at_level("INFO", logger="xfer_nlp"):
         result = xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted))
     assert f"Skipping damaged checkpoint {checkpoints[-1]}" in caplog.text and "truncated" in caplog.text
     assert result.results["history"][-1]["epoch"] == 2
+    for path in left:
+        assert not path.exists() and f"Removed {path}, left half-written by an earlier process" in caplog.text
 
 
 def test_explicit_damaged_checkpoint_is_an_error(interrupted, tiny_model_dir, tiny_data_dir):

@@ -145,6 +145,20 @@ class Checkpoints:
         return sorted((p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
                        and p.name[len(PREFIX):].isdigit()), key=step_of)
 
+    def discard_unfinished(self) -> None:
+        """Remove what a process killed mid-write left here (a .tmp-checkpoint-N folder, a half-written best-weights
+        file): never read, it only holds space, as much as a checkpoint. Called by the main process of the run that
+        holds the folder's lock, so no other writer can be under way."""
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.iterdir():
+            if path.name.startswith(".") and ".tmp" in path.name:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                logger.info("Removed %s, left half-written by an earlier process that was stopped.", path)
+
     def save(self, step: int, model, optimizer, scheduler, state: dict) -> Path:
         """Write checkpoint-<step> atomically; every process must call it."""
         acc = self.accelerator

@@ -307,6 +307,8 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
                                     "weight_decay": g.weight_decay} for g in groups], lr=cfg.learning_rate,
                                   fused=True)
     checkpoints = Checkpoints(Path(cfg.output_dir) / CHECKPOINTS, accelerator, cfg.save_total_limit)
+    if accelerator.is_main_process:
+        checkpoints.discard_unfinished()
     world = world_of(accelerator, cfg)
     saved = checkpoints.load(checkpoints.resolve(cfg.resume_from_checkpoint)) if cfg.resume_from_checkpoint else None
     if saved:
