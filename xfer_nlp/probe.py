@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -99,7 +100,8 @@ def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple | 
     Returns (features, labels, shards read from the cache, shards in all, why a shard could not be written or None).
     """
     folder = None if key_parts is None else (
-        Path(cfg.feature_cache_dir or Path.home() / ".cache" / "xfer_nlp" / "features")
+        Path(cfg.feature_cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xfer_nlp"
+             / "features")
         / hashlib.blake2b(repr(key_parts).encode(), digest_size=20).hexdigest())
     expected = text_labels(dataset)
     width = out_layer(model, layout).in_features
