@@ -88,6 +88,47 @@ def test_predict_command(tiny_model_dir, tiny_data_dir, tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+def test_predict_in_a_pipe(tiny_model_dir, tmp_path):
+    """Unix plumbing: texts from standard input (--input -), JSONL rows to standard output (--output -), a printed
+    row one line whatever its text holds, and a reader that stops early (`| head`) ends the command quietly."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = tmp_path / "classifier"  # the tiny encoder with a head, saved once, so that every load scores alike
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(model)
+    lines = tmp_path / "texts.txt"
+    lines.write_text("".join(f"film number {i} was {'good' if i % 3 else 'dull'}\n" for i in range(8_000)))
+    predict = [sys.executable, "-m", "xfer_nlp.cli", "predict", "--model", str(model)]
+    from_file = sh(*predict[1:], "--input", lines, "--output", tmp_path / "rows.jsonl")
+    assert from_file.returncode == 0, from_file.stderr
+    with open(lines, "rb") as stdin:
+        piped = subprocess.run([*predict, "--input", "-", "--output", "-"], stdin=stdin, capture_output=True,
+                               text=True, cwd=ROOT)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == (tmp_path / "rows.jsonl").read_text()  # the same rows, in input order
+
+    printed = sh(*predict[1:], "a\tfilm", "two\nlines")
+    assert printed.returncode == 0, printed.stderr
+    assert [row.split("\t", 2)[2] for row in printed.stdout.splitlines()] == ["a\\tfilm", "two\\nlines"]
+
+    with open(lines, "rb") as stdin:
+        reader = subprocess.Popen([*predict, "--input", "-"], stdin=stdin, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, cwd=ROOT)
+        assert reader.stdout.readline().startswith(b"LABEL_")  # the tiny model's labels
+        reader.stdout.close()  # as `head -1` does, long before the 8,000th row (64 KB fill a pipe)
+        err = reader.stderr.read().decode()
+        assert reader.wait(timeout=300) == 141 and "Traceback" not in err and "Broken pipe" not in err, err
+
+    latin1 = subprocess.run([*predict, "--input", "-"], input="un film caf\xe9\n".encode("latin-1"),
+                            capture_output=True, cwd=ROOT)
+    assert latin1.returncode == 2
+    assert latin1.stderr.decode().strip().splitlines()[-1] == (
+        "error: Standard input is not UTF-8: byte 0xe9 on line 1 cannot be decoded. Re-encode it as UTF-8 (e.g. "
+        "`iconv -f latin1 -t utf-8`).")
+    nothing = subprocess.run(predict, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=ROOT)
+    assert nothing.returncode == 2 and nothing.stderr.strip().endswith("(to read standard input: --input -).")
+
+
 def test_predict_names_a_model_folder_given_where_its_texts_go(tmp_path, capsys):
     """The other commands take MODEL first; predict's positionals are texts, so a folder there is named, with the
     command as it should read, instead of argparse's bare "required: --model" (or labelling the path as a text)."""

@@ -228,6 +228,15 @@ def test_texts_to_label_stream_from_a_file_a_block_at_a_time(tmp_path):
         list(texts)
 
 
+def test_a_text_file_to_label_is_read_as_utf8_lines_and_a_stray_byte_is_named_with_its_line(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes("a film\r\n\n  \nun caf\u00e9 \u00e9l\u00e9gant\n".encode() + b"un caf\xe9\n")
+    texts = iter_texts(path)
+    assert [next(texts), next(texts)] == ["a film", "un caf\u00e9 \u00e9l\u00e9gant"]  # blank lines skipped
+    with pytest.raises(DataError, match=r"in.txt' is not UTF-8: byte 0xe9 on line 5 cannot be decoded"):
+        next(texts)
+
+
 def test_folder_without_train_file(tmp_path):
     write_jsonl(tmp_path / "dev.jsonl", make_rows(4, 0))
     with pytest.raises(DataError, match="no train file"):

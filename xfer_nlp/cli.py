@@ -164,8 +164,13 @@ def report_command(argv: list[str]) -> int:
     return 0
 
 
+# A printed row is one line of three tab-separated fields: a text's own tabs and line breaks are shown escaped.
+TSV_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
 def predict_command(argv: list[str]) -> int:
     import itertools
+    import json
 
     import torch
 
@@ -176,9 +181,13 @@ def predict_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="xfer-nlp predict", description="Label texts with an exported model.")
     parser.add_argument("texts", nargs="*", help="Texts to label (or use --input).")
     parser.add_argument("--model", help=MODEL_HELP + " Required: the positional arguments are the texts.")
-    parser.add_argument("--input", help="File of texts: .txt (one a line), .jsonl, .json, .csv, .tsv or .parquet.")
+    parser.add_argument("--input", help="File of texts: .txt (one a line), .jsonl, .json, .csv, .tsv or .parquet; "
+                                        "- reads standard input, one text a line (`cut -f2 data.tsv | xfer-nlp "
+                                        "predict --model RUN_DIR --input -`).")
     parser.add_argument("--text_column", default="text", help="Column of --input that holds the text.")
-    parser.add_argument("--output", help="Write JSONL rows (text, label, score, scores) here instead of printing.")
+    parser.add_argument("--output", help="Write JSONL rows (text, label, score, scores) here instead of printing "
+                                         "label, score and text a line, tab-separated; - writes the JSONL rows to "
+                                         "standard output (for jq and the like).")
     parser.add_argument("--batch_tokens", type=int, default=BATCH_TOKENS, help=(
         "Padded tokens per forward pass: texts are sorted by length and each batch holds as many as fit, up to "
         "--batch_size (the default: 64 sentences, 32 texts of 128 tokens, 8 of 512), so long texts cannot make a "
@@ -204,12 +213,16 @@ def predict_command(argv: list[str]) -> int:
     for name in files:  # labelled as asked, but a file name is seldom the text meant
         print(f"note: '{name}' is a file, labelled here as a text; to label the texts in it: --input {shlex.quote(name)}",
               file=sys.stderr)
+    to_stdout = args.output == "-"
     try:
+        if args.input == "-" and sys.stdin.isatty():
+            print("Reading texts from the terminal, one a line; end with Ctrl-D.", file=sys.stderr)
         texts = itertools.chain(args.texts, iter_texts(args.input, args.text_column) if args.input else [])
         first = next(texts, predict_command)  # the function itself as the end marker: a text may be None
         if first is predict_command:
-            raise XferError("No texts to label: pass them as arguments or with --input FILE.")
-        if args.output:  # before any model is loaded or text labelled
+            piped = "" if args.input or sys.stdin.isatty() else " (to read standard input: --input -)"
+            raise XferError(f"No texts to label: pass them as arguments or with --input FILE{piped}.")
+        if args.output and not to_stdout:  # before any model is loaded or text labelled
             try:
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -223,17 +236,21 @@ def predict_command(argv: list[str]) -> int:
         rows = predict_stream(args.model, itertools.chain([first], texts), args.batch_size, args.precision,
                               args.backend, total=None if args.input else len(args.texts),
                               batch_tokens=args.batch_tokens)
-        if args.output:
+        if to_stdout:
+            for row in rows:
+                print(json.dumps(row, ensure_ascii=False))
+        elif args.output:
             with runfolder.disk_full_explained(Path(args.output).parent, f"the predictions to {args.output}",
                                                "Nothing was written: the file appears only when complete. Free "
                                                "space, or pass --output on another disk."):
                 n = write_jsonl(args.output, rows)
             print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
         else:
-            for row in rows:
-                print(f"{row['label']}\t{row['score']:.4f}\t{row['text']}")
+            for row in rows:  # one row a line whatever the text holds (--output keeps it exactly)
+                print(f"{row['label']}\t{row['score']:.4f}\t{row['text'].translate(TSV_ESCAPES)}")
     except KeyboardInterrupt:
-        written = f"; nothing was written to {args.output} (it appears only when complete)" if args.output else ""
+        written = f"; nothing was written to {args.output} (it appears only when complete)" \
+            if args.output and not to_stdout else ""
         _error(Interrupted(f"Interrupted{written}. Run the command again."))
         return 130
     except XferError as e:
@@ -337,7 +354,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stop_on_sigterm()
     try:
-        return commands[argv[0]](argv[1:])
+        code = commands[argv[0]](argv[1:])
+        sys.stdout.flush()  # here, not at exit, so that a reader gone by now is handled below
+        return code
+    except BrokenPipeError:  # `xfer-nlp predict ... | head`: the reader has what it wanted; end as Unix tools do
+        # Python flushes stdout once more at exit: point it at /dev/null so that flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:  # the commands without their own word on it (report, evaluate, export, push)
         _error(Interrupted(f"xfer-nlp {argv[0]} was interrupted. Run the command again."))
         return 130

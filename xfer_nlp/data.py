@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -505,16 +506,19 @@ def _also_in_train(texts: dict[str, list[str]]) -> list[str]:
 
 def iter_texts(path: str | Path, text_column: str = "text"):
     """Texts to predict on, one at a time (a file of millions never sits in a list): .txt (one a line, blank lines
-    skipped), or any data format with a text column (read by datasets' streaming reader, a block of rows at a time).
-    A missing value comes through as None, which predict refuses naming its position. A file that is not what its
-    name says, or lacks the column, is refused before the first text; a malformed row further down, when reached."""
+    skipped), "-" for standard input read the same way, or any data format with a text column (read by datasets'
+    streaming reader, a block of rows at a time). A missing value comes through as None, which predict refuses
+    naming its position. A file that is not what its name says, or lacks the column, is refused before the first
+    text; a malformed row further down, when reached."""
+    if str(path) == "-":  # the Unix convention; a file named "-" is still reachable as ./-
+        return _text_lines(sys.stdin.buffer, "Standard input")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Input file '{path}' does not exist.")
     if path.suffix.lower() == ".txt":
         def lines():
-            with open(path, encoding="utf-8") as f:
-                yield from (line.rstrip("\r\n") for line in f if line.strip())
+            with open(path, "rb") as f:
+                yield from _text_lines(f, f"'{path}'")
         return lines()
     # Streamed: datasets reads the file a block at a time (a million texts never sit in memory, as a Dataset would).
     blocks = iter(_load_file(path, streaming=True).iter(batch_size=8192))
@@ -537,6 +541,19 @@ def iter_texts(path: str | Path, text_column: str = "text"):
             yield from (t if t is None or isinstance(t, str) else str(t) for t in block[text_column])
             block = next_block()
     return column(block)
+
+
+def _text_lines(binary, name: str):
+    """A text stream's lines as texts, blank lines skipped, decoded as UTF-8 whatever the locale says: line by line,
+    so that a byte that is not UTF-8 is named with its line instead of ending in a UnicodeDecodeError traceback."""
+    for number, raw in enumerate(binary, 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{name} is not UTF-8: byte {raw[e.start]:#x} on line {number} cannot be decoded. "
+                            "Re-encode it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+        if line.strip():
+            yield line
 
 
 def write_jsonl(path: str | Path, rows) -> int:
