@@ -450,3 +450,26 @@ def test_loading_never_fetches_hub_kernels(pooling, tiny_run, monkeypatch):
     result = xfer_nlp.run(mode="finetune", pooling=pooling, num_train_epochs=1, **tiny_run)
     xfer_nlp.predict(result.output_dir, ["a good film"])
     assert len(asked) >= 2 and not any(asked)
+
+
+def test_every_file_a_run_writes_has_the_mode_open_gives_it(tiny_run, tmp_path):
+    """safetensors 0.8 writes owner-only files (0600): a model saved by one user, or by root in a Docker image,
+    was unreadable to another. Under a group's umask (002) every file written (export, LoRA adapter, checkpoint,
+    kept best weights, feature cache) is 0664, as open() makes config.json."""
+    import xfer_nlp
+
+    mask = os.umask(0o002)
+    try:
+        xfer_nlp.run(**dict(tiny_run, mode="lora", num_train_epochs=2, save_steps=5, save_lora_adapter=True,
+                            output_dir=str(tmp_path / "lora")))
+        xfer_nlp.run(**dict(tiny_run, mode="probe", output_dir=str(tmp_path / "probe")))
+    finally:
+        os.umask(mask)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    weights = {p.relative_to(tmp_path).parts[0] + "/" + p.name for p in files if p.suffix == ".safetensors"}
+    assert {"lora/model.safetensors", "lora/adapter_model.safetensors", "features/" + next(
+        p.name for p in files if p.parent.name != "lora" and p.name.startswith("texts-"))} <= weights
+    assert any(p.name.startswith("rng-rank") for p in files) and any(p.name == "best.safetensors" for p in files), \
+        sorted(weights)
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o664"}, \
+        sorted((oct(p.stat().st_mode & 0o777), str(p.relative_to(tmp_path))) for p in files)

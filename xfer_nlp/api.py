@@ -295,6 +295,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         warn_unpredicted(metrics, data.label_names, cfg.metric_for_best_model)
     if cfg.save_lora_adapter and hasattr(model, "peft_config") and accelerator.is_main_process:
         model.save_pretrained(output_dir / "adapter")  # before merging: merge_and_unload consumes the adapters
+        runfolder.as_open_makes(*(output_dir / "adapter").glob("*.safetensors"))
     exported = modes.export_model(model).to("cpu")
     record = RunRecord(
         mode=cfg.mode, model=cfg.model_name_or_path, dataset=cfg.train_file or cfg.dataset_name,

@@ -13,7 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .modes import EMBEDDED_MODEL, MODES
 from .errors import PushError, XferError
-from .runfolder import CARD, CONFIG, CONFUSION, CURVES, RESULTS, RunRecord, read_results, write_json
+from .runfolder import CARD, CONFIG, CONFUSION, CURVES, RESULTS, RunRecord, as_open_makes, read_results, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ def save_outputs(output_dir: Path, model, tokenizer, record: RunRecord) -> None:
     try:
         model.save_pretrained(staging)  # a pooled head's modeling.py and auto_map come with it (register_for_auto_class)
         tokenizer.save_pretrained(staging)
+        as_open_makes(*staging.glob("*.safetensors"))
         exported = sorted(p.name for p in staging.iterdir() if p.is_file())
         for name in exported:
             os.replace(staging / name, output_dir / name)

@@ -26,7 +26,7 @@ from .config import MODE_ONLY, RESUME_MAY_DIFFER
 from .modes import MAX_EPOCHS
 from .errors import ConfigError, Interrupted, TrainingDiverged
 from .metrics import scalars
-from .runfolder import CHECKPOINTS, atomic_write, disk_full_explained
+from .runfolder import CHECKPOINTS, as_open_makes, atomic_write, disk_full_explained
 from . import schedules
 
 logger = logging.getLogger(__name__)
@@ -542,6 +542,7 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
                     atomic_write(run.best_file) as tmp:
                 save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp,
                           metadata={"step": str(progress.step)})
+                as_open_makes(tmp)
     elif stop:
         progress.stopped_early = True
         logger.info("Stopping early at step %d: %d evaluations without a better validation %s "

@@ -38,6 +38,17 @@ FAILED = "failed.txt"  # ... and after a run that raised, with the traceback
 BOOKKEEPING = {TRAIN_LOG, EVALUATE_LOG, CHECKPOINTS, CELL, FAILED}
 
 
+def as_open_makes(*paths: Path) -> None:
+    """Give files the mode open() gives a new file: 0o666 less the umask (0644 usually, 0664 on a group's shared
+    folder). safetensors 0.8 writes through a temporary file that is always owner-only, 0600 (safetensors issue
+    #782), so without this a model that one user saved (or root, building a Docker image) could not be loaded by
+    another, though every other file of its folder could."""
+    mask = os.umask(0o077)  # reading the umask means setting it: restored at once
+    os.umask(mask)
+    for path in paths:
+        os.chmod(path, 0o666 & ~mask)
+
+
 @contextmanager
 def atomic_write(path: Path):
     """Yields a temporary path beside `path` to write; once the block succeeds, one rename puts it at `path`, so a
@@ -163,7 +174,8 @@ class Lock:
     def __init__(self, out: Path):
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / LOCK
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # 0o666 less the umask, as open() makes any file: on a group's folder a teammate may resume the run
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
