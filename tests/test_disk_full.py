@@ -163,3 +163,26 @@ def test_an_onnx_export_the_disk_cannot_hold_is_one_message_and_no_file(tiny_run
         xfer_nlp.export_onnx(model, output)
     assert str(stopped.value).startswith(f"Could not write the ONNX model to {output}: no space is left on the disk")
     assert disk.files() == ["filler"]
+
+
+def test_a_datasets_cache_that_cannot_be_written_is_named_with_the_variable_that_moves_it(tiny_run, disk,
+                                                                                           monkeypatch, capsys):
+    """datasets writes its cache even for a local file read into memory. A read-only home (a container's, a
+    cluster node's) ended in "Could not read 'train.jsonl' as json ... Check that every row is well-formed": the
+    data blamed for the machine. Now the cache is named, with HF_HOME."""
+    import datasets
+
+    from xfer_nlp import cli
+
+    model = xfer_nlp.run(**dict(tiny_run, mode="probe")).output_dir
+    subprocess.run(["mount", "-o", "remount,ro", str(disk.path)], check=True, capture_output=True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(disk.path / "huggingface" / "datasets"))
+    fix = "Point HF_HOME (or HF_DATASETS_CACHE) at a folder you may write with room to spare"
+    with pytest.raises(xfer_nlp.DataError) as refused:
+        xfer_nlp.run(**dict(tiny_run, mode="probe", output_dir=str(disk.path.parent / "again")))
+    assert str(refused.value).startswith(f"datasets could not write its cache in {disk.path}/huggingface/datasets "
+                                         "(Read-only file system: ") and fix in str(refused.value)
+    texts = disk.path.parent / "texts.jsonl"
+    texts.write_text('{"text": "a dull film"}\n')
+    assert cli.main(["predict", "--model", str(model), "--input", str(texts)]) == 2
+    assert fix in capsys.readouterr().err

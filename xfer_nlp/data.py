@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import errno
 import json
 import logging
 import math
@@ -124,7 +125,26 @@ def _load_file(path: Path, **load_kwargs):
     try:
         return load_dataset(builder, data_files=str(path), split="train", **kwargs, **load_kwargs)
     except Exception as e:  # datasets raises many types for malformed input; all mean "this file is broken"
-        raise _unreadable(path, builder, e) from None
+        raise _cache_refused(e) or _unreadable(path, builder, e) from None
+
+
+# A cache that the machine will not let datasets write: a read-only or full home, a quota, another user's folder.
+CACHE_REFUSALS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def _cache_refused(e: BaseException) -> DataError | None:
+    """datasets writes its cache (HF_DATASETS_CACHE: ~/.cache/huggingface/datasets unless HF_HOME says otherwise)
+    even for a local file read into memory. A cache it may not write is named as that, with the variable that moves
+    it, not as a malformed file or an unknown dataset."""
+    while e is not None and not (isinstance(e, OSError) and e.errno in CACHE_REFUSALS):
+        e = e.__cause__ or e.__context__
+    if e is None:
+        return None
+    from datasets import config
+
+    return DataError(f"datasets could not write its cache in {config.HF_DATASETS_CACHE} ({e.strerror}: "
+                     f"'{e.filename}'). Point HF_HOME (or HF_DATASETS_CACHE) at a folder you may write with room "
+                     "to spare, e.g. HF_HOME=$TMPDIR/huggingface, and run the command again.")
 
 
 def _unreadable(path: Path, builder: str, e: Exception) -> DataError:
@@ -199,7 +219,7 @@ def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | Non
         try:
             hub = load_dataset(entry.hub_id)
         except Exception as e:
-            raise DataError(f"Dataset '{name}' has no local copy (looked in {root or 'no data root'}) and could not "
+            raise _cache_refused(e) or DataError(f"Dataset '{name}' has no local copy (looked in {root or 'no data root'}) and could not "
                             f"be loaded from the Hub as '{entry.hub_id}': {str(e)[:200]}. Set --data_dir or "
                             "$XFER_NLP_DATA_DIR to the folder that holds it.") from None
         splits = {s: hub[s] for s in entry.hub_splits if s in hub}
@@ -248,7 +268,7 @@ def _load_hub(source: str, config_name: str | None,
             os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false")
         why = (" This machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the datasets "
                "cache: load it once online, or download its files and pass the folder.") if offline else ""
-        raise DataError(f"Could not load dataset '{source}'"
+        raise _cache_refused(e) or DataError(f"Could not load dataset '{source}'"
                         f"{f' (config {config_name!r})' if config_name else ''}: {type(e).__name__}: "
                         f"{str(e).splitlines()[0][:300] if str(e) else ''}.{why}") from None
     splits = {}
@@ -527,7 +547,7 @@ def iter_texts(path: str | Path, text_column: str = "text"):
         try:
             return next(blocks, None)
         except Exception as e:  # a malformed row further down the file: the same message as one at the top
-            raise _unreadable(path, FORMATS[path.suffix.lower()], e) from None
+            raise _cache_refused(e) or _unreadable(path, FORMATS[path.suffix.lower()], e) from None
 
     block = next_block()
     if block is None:
