@@ -26,12 +26,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# transformers 4 beside the venv's 5, for the tests only: every export is loaded with it too, as on a machine that
+# has not moved to 5 (tests/test_families.py puts it first on PYTHONPATH in the loading process).
+TRANSFORMERS4 := $(VENV)/transformers4
+$(TRANSFORMERS4)/.installed: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps --target $(TRANSFORMERS4) transformers==4.57.6 tokenizers==0.22.2 \
+		huggingface-hub==0.36.2
+	touch $@
+
 install: $(VENV)/.installed
 
 sentiment: $(VENV)/.installed
 	$(VENV)/bin/accelerate launch $(LAUNCH) recipes/sentiment.py --mode $(MODE) $(ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(TRANSFORMERS4)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 .PHONY: install sentiment test

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -172,6 +173,19 @@ predictions for decisions about people.
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
+def _portable_tokenizer_config(path: Path, tokenizer) -> None:
+    """The export's tokenizer as transformers 4 reads it too, not only the transformers 5 that wrote it (measured
+    with 4.57: benchmarks/RESULTS.md, "Exports in transformers 4"). 5 names a tokenizer that is only tokenizer.json
+    `TokenizersBackend` (ModernBERT's), a class 4 does not have: `PreTrainedTokenizerFast` is the name both read.
+    And 5 does not save `model_input_names`, so 4 fed token_type_ids to a DistilBERT or MPNet whose tokenizer makes
+    them (a BERT tokenizer beside the model) and its forward() refused them: the inputs the model takes are written."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = list(tokenizer.model_input_names)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def save_outputs(output_dir: Path, model, tokenizer, record: RunRecord) -> None:
     """Everything a run leaves behind, loadable by `pipeline("text-classification", model=output_dir)`.
 
@@ -184,6 +198,7 @@ def save_outputs(output_dir: Path, model, tokenizer, record: RunRecord) -> None:
     try:
         model.save_pretrained(staging)  # a pooled head's modeling.py and auto_map come with it (register_for_auto_class)
         tokenizer.save_pretrained(staging)
+        _portable_tokenizer_config(staging / "tokenizer_config.json", tokenizer)
         as_open_makes(*staging.glob("*.safetensors"))
         exported = sorted(p.name for p in staging.iterdir() if p.is_file())
         for name in exported:
