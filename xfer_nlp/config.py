@@ -149,8 +149,9 @@ class RunConfig:
                                     "and that early stopping watches, the larger the better: accuracy, macro_f1 "
                                     "(for imbalanced data), or a figure a --metrics module returns.")
     metrics: str = _f("", "Extra evaluate modules scored on every evaluation, comma-separated: Hub names (e.g. "
-                      "matthews_correlation; online or cached) or paths of module files. accuracy, macro_f1, "
-                      "per-class figures and the confusion matrix are always computed, offline.")
+                      "matthews_correlation; online or cached) or paths of module files. A module is Python code "
+                      "that runs in this process, as trust_remote_code would: name only ones you trust. accuracy, "
+                      "macro_f1, per-class figures and the confusion matrix are always computed, offline.")
     class_weights: str = _f("none", "Cross-entropy class weights (for probe, the logistic head's): none, balanced "
                             "(n / (classes x count), as scikit-learn), or one comma-separated weight per class.")
     max_grad_norm: float = _f(1.0, "Clip the gradient's global norm to this (as transformers' Trainer); 0 = off.")
