@@ -205,3 +205,12 @@ def test_early_stopping_report_reads_a_committed_grid(tmp_path, monkeypatch):
     assert worse == sorted(worse, reverse=True) and spent == sorted(spent)
     assert worse[-1] == 0 and spent[-1] == 100  # no cell has more than 10 evaluations: none stops early
     assert "| finetune | 16 | 3 | 10 |" in report  # a row per mode and size, with its seeds and evaluations
+
+
+def test_transformers4_benchmark_smoke(tmp_path):
+    out = tmp_path / "transformers4.md"
+    bench("transformers4.py", "--modes", "probe", "--max_train_samples", "64", "--output_dir", str(tmp_path / "runs"),
+          "--out", str(out), cwd=tmp_path)
+    table = out.read_text()
+    assert table.startswith("transformers 5.") and " against 4.57.6," in table
+    assert "| probe | XferPooledForSequenceClassification | 872 |" in table  # every label the same under both
