@@ -42,8 +42,11 @@ STATE = "xfer_state.json"
 
 
 def _digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:  # hashlib.file_digest does this from Python 3.11 on; the package runs on 3.10
+        while block := f.read(1 << 20):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def verify(path: Path) -> str | None:
