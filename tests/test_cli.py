@@ -177,6 +177,15 @@ def test_the_machines_refusals_are_one_line_with_the_path(tmp_path, monkeypatch,
     assert len(err) < 300
 
 
+def test_a_text_given_as_the_model_is_named_not_echoed_whole(capsys):
+    from xfer_nlp import cli
+
+    review = "a long review that goes on and on about the film " * 20
+    assert cli.main(["predict", "--model", review, "a dull film"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --model '{review[:100]}...' is neither a folder nor a Hub id (user/name)."
+
+
 def test_a_command_stopped_by_ctrl_c_prints_one_line_not_a_traceback(monkeypatch, capsys):
     from xfer_nlp import cli
 

@@ -534,4 +534,5 @@ def check_model_folder(model: str) -> None:
         raise ConfigError(f"--model '{model}' is a folder but not a model (it has no config.json). Pass the "
                           "output_dir of a finished `xfer-nlp run`, or a text-classification model folder or Hub id.")
     if not os.path.exists(path) and model.count("/") != 1:
-        raise ConfigError(f"--model '{model}' is neither a folder nor a Hub id (user/name).")
+        shown = model if len(model) <= 100 else model[:100] + "..."  # a text pasted here is not shown whole
+        raise ConfigError(f"--model '{shown}' is neither a folder nor a Hub id (user/name).")
