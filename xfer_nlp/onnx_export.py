@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +109,7 @@ def export_onnx(model: str | Path, output: str | Path | None = None, opset: int 
     with disk_full_explained(output.parent, f"the ONNX model to {output}",
                              "Nothing was written. Free space, or pass --output on another disk."):
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _exporter_quiet():
                 program = torch.onnx.export(classifier, (), kwargs={k: sample[k] for k in names}, input_names=names,
                                             output_names=["logits"], opset_version=opset, dynamo=True,
                                             dynamic_shapes={k: {0: batch, 1: sequence} for k in names}, verbose=False)
@@ -120,6 +122,23 @@ def export_onnx(model: str | Path, output: str | Path | None = None, opset: int 
                 opset, diff)
     _record(Path(model).expanduser(), output, opset, diff)
     return output
+
+
+@contextmanager
+def _exporter_quiet():
+    """Without torch's exporter's notes that say nothing about this model (ten lines a user would take for trouble):
+    torchvision ops it skips because torchvision is not installed, its own deprecation of LeafSpec, and that every
+    input shares the batch and sequence axes, which is meant. The export is checked against torch just after."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"# The axis name: \w+ will not be used", UserWarning)
+            warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)
 
 
 def _check(path: Path, tokenizer, classifier, max_length: int, names: list[str]) -> float:
