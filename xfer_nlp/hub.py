@@ -45,8 +45,9 @@ def usage_snippet(record: RunRecord, model_id: str) -> str:
     remote = needs_remote_code(record)
     flag = ", trust_remote_code=True" if remote else ""
     why = ("# The mean/cls-pooling head is defined in this repository's modeling.py; transformers runs it only\n"
-           "# with trust_remote_code=True. Nothing else is needed (xfer_nlp need not be installed).\n") if remote else ""
-    return (f"{why}from transformers import pipeline\n\n"
+           "# with trust_remote_code=True.\n") if remote else ""
+    return (f"{why}# Needs only transformers (4.57 or 5.x); xfer_nlp need not be installed.\n"
+            "from transformers import pipeline\n\n"
             f'classifier = pipeline("text-classification", model="{model_id}"{flag})\n'
             'print(classifier("a gripping, beautifully made film"))')
 
