@@ -100,3 +100,16 @@ def test_retry_push_after_failure_succeeds(finished_run):
 def test_push_of_unfinished_folder_is_refused(tmp_path):
     with pytest.raises(xfer_nlp.XferError, match="no finished run"):
         xfer_nlp.push(tmp_path)
+
+
+def test_the_cards_usage_snippet_runs_as_written_on_a_text_longer_than_the_model_reads(finished_run):
+    """The card's code is what a Hub visitor copies: it must run with transformers alone, on a long review too
+    (without truncation a text past the position embeddings ended pipeline() in a RuntimeError)."""
+    card = (finished_run / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    long_text = "a gripping and beautifully made film " * 60  # 300 words; the tiny model has 128 positions
+    code = code.replace('"a gripping, beautifully made film"', repr(long_text))
+    ran = subprocess.run([sys.executable, "-c", 'import sys; sys.modules["xfer_nlp"] = None\n' + code],
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "'label':" in ran.stdout and "truncation=True, max_length=32" in code

@@ -42,8 +42,13 @@ def needs_remote_code(record: RunRecord) -> bool:
 
 
 def usage_snippet(record: RunRecord, model_id: str) -> str:
+    from .batches import Reading, saved_reading
+
     remote = needs_remote_code(record)
-    flag = ", trust_remote_code=True" if remote else ""
+    # truncation as the run read texts (their head; see the card's reading note otherwise): without it a text
+    # longer than the position embeddings ends pipeline() in a RuntimeError (tensor sizes that do not match)
+    n = (saved_reading(record.reading) or Reading(record.config.get("max_seq_length", 128))).max_length
+    flag = f", truncation=True, max_length={n}" + (", trust_remote_code=True" if remote else "")
     why = ("# The mean/cls-pooling head is defined in this repository's modeling.py; transformers runs it only\n"
            "# with trust_remote_code=True.\n") if remote else ""
     return (f"{why}# Needs only transformers (4.57 or 5.x); xfer_nlp need not be installed.\n"
