@@ -29,7 +29,8 @@ $(VENV)/.installed: pyproject.toml
 # transformers 4 beside the venv's 5, for the tests only: every export is loaded with it too, as on a machine that
 # has not moved to 5 (tests/test_families.py puts it first on PYTHONPATH in the loading process).
 TRANSFORMERS4 := $(VENV)/transformers4
-$(TRANSFORMERS4)/.installed: $(VENV)/.installed
+$(TRANSFORMERS4)/.installed: | $(VENV)/.installed
+	rm -rf $(TRANSFORMERS4)
 	$(PY) -m pip install -q --no-deps --target $(TRANSFORMERS4) transformers==4.57.6 tokenizers==0.22.2 \
 		huggingface-hub==0.36.2
 	touch $@
