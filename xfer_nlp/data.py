@@ -219,9 +219,10 @@ def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | Non
         try:
             hub = load_dataset(entry.hub_id)
         except Exception as e:
-            raise _cache_refused(e) or DataError(f"Dataset '{name}' has no local copy (looked in {root or 'no data root'}) and could not "
-                            f"be loaded from the Hub as '{entry.hub_id}': {str(e)[:200]}. Set --data_dir or "
-                            "$XFER_NLP_DATA_DIR to the folder that holds it.") from None
+            raise _cache_refused(e) or DataError(
+                f"Dataset '{name}' has no local copy (looked in {root or 'no data root'}) and could not be loaded "
+                f"from the Hub as '{entry.hub_id}': {str(e)[:200]}. Set --data_dir or $XFER_NLP_DATA_DIR to the "
+                "folder that holds it.") from None
         splits = {s: hub[s] for s in entry.hub_splits if s in hub}
         names = tuple(hub["train"].features[entry.hub_label].names) if hasattr(
             hub["train"].features[entry.hub_label], "names") else entry.label_names
@@ -268,9 +269,9 @@ def _load_hub(source: str, config_name: str | None,
             os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false")
         why = (" This machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the datasets "
                "cache: load it once online, or download its files and pass the folder.") if offline else ""
-        raise _cache_refused(e) or DataError(f"Could not load dataset '{source}'"
-                        f"{f' (config {config_name!r})' if config_name else ''}: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:300] if str(e) else ''}.{why}") from None
+        raise _cache_refused(e) or DataError(
+            f"Could not load dataset '{source}'{f' (config {config_name!r})' if config_name else ''}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}.{why}") from None
     splits = {}
     for split, aliases in SPLIT_NAMES.items():
         found = next((a for a in aliases if a in loaded), None)
