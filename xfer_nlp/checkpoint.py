@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from accelerate.utils import DistributedType
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
 from .errors import CheckpointError
-from .runfolder import as_open_makes
+from .runfolder import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -190,13 +190,11 @@ class Checkpoints:
         acc = self.accelerator
         weights = acc.get_state_dict(model)  # a collective under FSDP: every process takes part
         tensors, meta = rng_states()
-        save_file(tensors, tmp / _rng_file(acc.process_index), metadata=meta)
-        as_open_makes(tmp / _rng_file(acc.process_index))
+        save_safetensors(tensors, tmp / _rng_file(acc.process_index), metadata=meta)
         if acc.is_main_process or acc.distributed_type == DistributedType.FSDP:
             torch.save(optimizer.state_dict(), tmp / _optimizer_file(acc))
         if acc.is_main_process:
-            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / MODEL)
-            as_open_makes(tmp / MODEL)
+            save_safetensors({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / MODEL)
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             if acc.scaler is not None:
                 torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")

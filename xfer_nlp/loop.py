@@ -15,7 +15,6 @@ import torch.fx.experimental._config as fx_config
 from accelerate.utils import DistributedType
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoints, CheckpointError, set_rng_states
@@ -26,7 +25,7 @@ from .config import MODE_ONLY, RESUME_MAY_DIFFER
 from .modes import MAX_EPOCHS
 from .errors import ConfigError, Interrupted, TrainingDiverged
 from .metrics import scalars
-from .runfolder import CHECKPOINTS, as_open_makes, atomic_write, disk_full_explained
+from .runfolder import CHECKPOINTS, atomic_write, disk_full_explained, save_safetensors
 from . import schedules
 
 logger = logging.getLogger(__name__)
@@ -540,9 +539,8 @@ def _evaluate(run: _Run, scorer, clock: float) -> None:
             run.checkpoints.folder.mkdir(parents=True, exist_ok=True)
             with disk_full_explained(run.checkpoints.folder, "the best weights so far", _make_room(run)), \
                     atomic_write(run.best_file) as tmp:
-                save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp,
-                          metadata={"step": str(progress.step)})
-                as_open_makes(tmp)
+                save_safetensors({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp,
+                                 metadata={"step": str(progress.step)})
     elif stop:
         progress.stopped_early = True
         logger.info("Stopping early at step %d: %d evaluations without a better validation %s "

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
 from .batches import out_of_memory_explained, per_text
 from .families import Layout, out_layer, sentence_features
-from .runfolder import as_open_makes, atomic_write, disk_full
+from .runfolder import atomic_write, disk_full, save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +133,7 @@ def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple | 
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 with atomic_write(path) as tmp:  # a killed run never leaves a half-written shard
-                    save_file({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, metadata=meta)
-                    as_open_makes(tmp)
+                    save_safetensors({"features": feats.contiguous(), "labels": labels.contiguous()}, tmp, meta)
             except Exception as e:  # a full disk, a folder that cannot be written
                 refused = disk_full(e, folder) or (e.strerror if isinstance(e, OSError) else None)
                 if refused is None:

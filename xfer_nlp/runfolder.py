@@ -49,6 +49,15 @@ def as_open_makes(*paths: Path) -> None:
         os.chmod(path, 0o666 & ~mask)
 
 
+def save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """safetensors.torch.save_file, the file then given the mode open() gives (as_open_makes): every safetensors
+    file xfer_nlp writes itself goes through here."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, path, metadata=metadata)
+    as_open_makes(path)
+
+
 @contextmanager
 def atomic_write(path: Path):
     """Yields a temporary path beside `path` to write; once the block succeeds, one rename puts it at `path`, so a
