@@ -41,14 +41,18 @@ def needs_remote_code(record: RunRecord) -> bool:
     return record.architecture == "XferPooledForSequenceClassification"
 
 
-def usage_snippet(record: RunRecord, model_id: str) -> str:
+def _reading(record: RunRecord):
+    """How the run read texts (results.json's `reading`; a run from before it was recorded read their head)."""
     from .batches import Reading, saved_reading
 
+    return saved_reading(record.reading) or Reading(record.config.get("max_seq_length", 128))
+
+
+def usage_snippet(record: RunRecord, model_id: str) -> str:
     remote = needs_remote_code(record)
     # truncation as the run read texts (their head; see the card's reading note otherwise): without it a text
     # longer than the position embeddings ends pipeline() in a RuntimeError (tensor sizes that do not match)
-    n = (saved_reading(record.reading) or Reading(record.config.get("max_seq_length", 128))).max_length
-    flag = f", truncation=True, max_length={n}" + (", trust_remote_code=True" if remote else "")
+    flag = f", truncation=True, max_length={_reading(record).max_length}" + (", trust_remote_code=True" if remote else "")
     why = ("# The mean/cls-pooling head is defined in this repository's modeling.py; transformers runs it only\n"
            "# with trust_remote_code=True.\n") if remote else ""
     return (f"{why}# Needs only transformers (4.57 or 5.x); xfer_nlp need not be installed.\n"
@@ -59,9 +63,7 @@ def usage_snippet(record: RunRecord, model_id: str) -> str:
 
 def _reading_note(record: RunRecord) -> str:
     """How the model read a text longer than it can take, and what a plain pipeline() does instead."""
-    from .batches import Reading, saved_reading
-
-    reading = saved_reading(record.reading) or Reading(record.config.get("max_seq_length", 128))
+    reading = _reading(record)
     n = reading.max_length
     if reading.truncation == "head" and not reading.chunk_stride:
         return (f"It reads {reading.describe()} of a text; `pipeline(..., truncation=True, max_length={n})` reads "
