@@ -18,11 +18,14 @@ accelerator_state = AcceleratorState.__init__
 
 
 def fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+    # Accelerate calls AcceleratorState() again and again once it is set up: each call must keep the plugin (and
+    # what a run has told it, such as the layer classes to wrap), as Accelerate itself does, not read a fresh one.
+    kept = AcceleratorState._shared_state.get("fsdp_plugin")  # the one state every instance shares
     accelerator_state(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
     # MULTI_CPU at the first run of a process; FSDP at the next ones (a compare grid's cells), read from PartialState.
     if os.environ.get("ACCELERATE_USE_FSDP") == "true" and self.distributed_type in (DistributedType.MULTI_CPU,
                                                                                       DistributedType.FSDP):
-        self.fsdp_plugin = fsdp_plugin or FullyShardedDataParallelPlugin()  # from the launch's FSDP_* variables
+        self.fsdp_plugin = fsdp_plugin or kept or FullyShardedDataParallelPlugin()  # from the launch's FSDP_* variables
         # Accelerate reads the type from both states (its FSDP helpers ask PartialState).
         self.distributed_type = PartialState().distributed_type = DistributedType.FSDP
 
