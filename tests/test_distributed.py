@@ -6,6 +6,7 @@ torchrun-style launcher (`--multi_gpu`), for which xfer_nlp selects gloo on a ma
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, launch_env, make_rows, run_and_kill, write_jsonl
+from conftest import free_port, launch_env, make_rows, run_and_kill, save_tiny_encoder, tiny_configs, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -139,6 +140,11 @@ def fsdp_run(*args) -> tuple[dict, subprocess.CompletedProcess]:
     return json.loads((args[2] / "results.json").read_text()), result
 
 
+def fsdp_units(log: str) -> str:
+    """What a run's log says FSDP made units of ("1 x Embedding, 2 x BertLayer": Accelerate's own units come too)."""
+    return re.search(r"FSDP units, each gathered whole only while it computes: (.*), the rest of the model\.", log)[1]
+
+
 def pipeline_accuracy(run_dir: Path, data_dir: Path) -> float:
     from transformers import pipeline
 
@@ -166,7 +172,10 @@ def test_an_fsdp2_run_killed_and_resumed_exports_the_kept_weights_of_the_same_ru
     run_and_kill(fsdp_command(*args), out, after_step=40, cwd=ROOT)
     fsdp, result = fsdp_run(*args, "--resume_from_checkpoint", "latest", "--gradient_checkpointing")
     assert fsdp["resumed"]["from_step"] >= 40 and fsdp["distributed_type"] == "FSDP", result.stderr[-2000:]
-    assert "recomputed in the backward pass" in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert "recomputed in the backward pass" in log
+    # The shipped config names no layer class: each encoder block of the pooled head's body is a unit of its own.
+    assert "2 x BertLayer" in fsdp_units(log) and "BertEmbeddings" not in fsdp_units(log)
     assert [h["step"] for h in fsdp["history"]] == [h["step"] for h in ddp["history"]]
     assert fsdp["best_step"] == ddp["best_step"] and fsdp["metrics"] == ddp["metrics"]
     assert [r["step"] for r in fsdp["losses"]] == [r["step"] for r in ddp["losses"]]
@@ -193,6 +202,31 @@ def test_fsdp2_lora_and_contrastive_export_the_model_they_scored(mode, tiny_mode
     if mode == "contrastive":  # well above chance, so an untrained head in the export could not pass for it
         assert result["metrics"]["validation"]["accuracy"] >= 0.8
     assert pipeline_accuracy(tmp_path / "out", tiny_data_dir) == result["metrics"]["validation"]["accuracy"]
+
+
+def test_fsdp_shards_each_encoder_block_of_any_family_and_refuses_a_config_naming_another_family_s(
+        tiny_data_dir, tmp_path):
+    """The shipped config named BertLayer, so every other family ended in Accelerate's `ValueError: Could not find
+    the transformer layer class BertLayer in the model`; left without the name, Accelerate's fallback stops in
+    fully_shard on RoBERTa and BERT alike (api._shard_by_block). It now names none and xfer_nlp wraps the model's
+    own blocks; a config that names a class the model lacks gets the one to name."""
+    roberta = save_tiny_encoder(tiny_configs()["roberta"], tmp_path / "roberta")
+    config = fsdp_config(tmp_path)
+    result, launched = fsdp_run(config, "finetune", tmp_path / "out", roberta, tiny_data_dir, "--num_train_epochs", "1")
+    assert result["distributed_type"] == "FSDP" and result["architecture"] == "RobertaForSequenceClassification"
+    units = fsdp_units((tmp_path / "out" / "train.log").read_text())
+    assert "2 x RobertaLayer" in units and "RobertaEmbeddings" not in units, launched.stderr[-2000:]
+
+    named = tmp_path / "named.yaml"
+    named.write_text(config.read_text().replace("fsdp_config:\n", "fsdp_config:\n  fsdp_transformer_layer_cls_to_wrap: BertLayer\n"))
+    refused = fsdp_launch(named, "finetune", tmp_path / "refused", roberta, tiny_data_dir)
+    # no worker's traceback (the launcher's own ChildFailedError follows any worker that exits non-zero)
+    assert refused.returncode != 0 and "[rank" not in refused.stderr, refused.stderr[-3000:]
+    assert ("error: This launch's FSDP config wraps BertLayer (fsdp_transformer_layer_cls_to_wrap), which this "
+            "RobertaForSequenceClassification does not have: its encoder blocks are RobertaLayer. Set "
+            "`fsdp_transformer_layer_cls_to_wrap: RobertaLayer`" in refused.stderr), refused.stderr[-3000:]
+    assert refused.stderr.count("This launch's FSDP config wraps") == 1
+    assert not (tmp_path / "refused" / "results.json").exists()
 
 
 def test_an_fsdp1_config_is_one_clear_refusal(tiny_model_dir, tiny_data_dir, tmp_path):

@@ -129,6 +129,25 @@ def test_schedule_reads_each_family_layers_and_head(encoders):
         assert frozen == {n for n in names if lay.depth(n) >= lay.layers}, family  # embeddings + the bottom layer
 
 
+def test_each_family_s_encoder_blocks_are_found_for_fsdp_to_shard_one_by_one(encoders):
+    """What an FSDP launch wraps (api._shard_by_block): one class per family, one module per encoder layer, and
+    between them every weight of every layer; under LoRA's wrapper too."""
+    from xfer_nlp.config import RunConfig, resolve
+    from xfer_nlp.families import block_classes
+    from xfer_nlp.modes import build
+
+    for family, path in encoders.items():
+        for mode in ("finetune", "lora"):
+            built = build(resolve(RunConfig(mode=mode, model_name_or_path=str(path))), ("a", "b"))
+            model, lay = built.model, built.layout
+            (block,) = block_classes(model, lay)
+            blocks = [(n, m) for n, m in model.named_modules() if type(m).__name__ == block]
+            assert len(blocks) == lay.layers, (family, mode)  # ALBERT's: its layer groups, each run several times
+            inside = {f"{n}.{p}" for n, m in blocks for p, _ in m.named_parameters()}
+            layered = {n for n, _ in model.named_parameters() if lay.layer_index(n) is not None}
+            assert layered and layered <= inside, (family, mode, sorted(layered - inside)[:3])
+
+
 def test_unknown_architecture_is_one_clear_message(tmp_path):
     from transformers import GPT2Config, GPT2Model
 

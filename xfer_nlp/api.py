@@ -18,8 +18,9 @@ from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
-from . import allocator, batches, hub, logs, loop, modes, pairs, probe, runfolder
+from . import allocator, batches, families, hub, logs, loop, modes, pairs, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data
 from .errors import ConfigError, LaunchError
@@ -105,6 +106,33 @@ def _check_sharding(accelerator: Accelerator) -> None:
         raise LaunchError("This launch's FSDP config asks for FSDP version 1 (Accelerate's default where a config names "
                           "none). xfer_nlp keeps, restores and exports sharded weights through FSDP2 alone: set "
                           "`fsdp_version: 2` under fsdp_config, as recipes/accelerate_configs/fsdp.yaml does.")
+
+
+def _shard_by_block(accelerator: Accelerator, model: torch.nn.Module, lay: families.Layout) -> None:
+    """FSDP's transformer-based wrap makes each module of the classes it names a unit of its own, gathered only
+    while that block computes. The shipped config names none, so that one config serves every family: the model's
+    encoder blocks are named here. Accelerate's own fallback, the model's `_no_split_modules`, fails both ways:
+    for BERT, RoBERTa, XLM-R and ModernBERT it names their embeddings module too, and Accelerate 1.16, which also
+    shards the word embeddings alone, then stops in fully_shard (`TypeError: Invariant encountered`); for the
+    other families it names nothing, and one unit for the whole model gathers every weight at once. A config that
+    names a class the model lacks is refused with the class to name, where Accelerate raised a bare ValueError."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return
+    plugin = accelerator.state.fsdp_plugin
+    if getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy) is not transformer_auto_wrap_policy:
+        return  # no wrap, or by size: the config's own choice
+    blocks = families.block_classes(model, lay)
+    if plugin.transformer_cls_names_to_wrap is None:
+        plugin.transformer_cls_names_to_wrap = blocks
+        return
+    present = {type(m).__name__ for m in model.modules()}
+    if missing := [n for n in plugin.transformer_cls_names_to_wrap if n not in present]:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under LoRA's wrapper
+        raise LaunchError(f"This launch's FSDP config wraps {', '.join(missing)} (fsdp_transformer_layer_cls_to_wrap), "
+                          f"which this {type(base).__name__} does not have: its encoder blocks are "
+                          f"{', '.join(blocks)}. Set `fsdp_transformer_layer_cls_to_wrap: {','.join(blocks)}`, or "
+                          "leave the line out and xfer_nlp wraps the encoder blocks of any family "
+                          "(recipes/accelerate_configs/fsdp.yaml).")
 
 
 def _refuse_deepspeed() -> None:
@@ -194,6 +222,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     for note in data.notes:
         logger.info("Data: %s.", note)
     built = modes.build(cfg, data.label_names)
+    _shard_by_block(accelerator, built.model, built.layout)
     reading, extra["reading"] = batches.choose_reading(cfg, data.splits["train"]["text"], built.tokenizer)
     logger.info("Reading texts: %s (the training texts' 90th-percentile length is %d tokens%s).", reading.describe(),
                 extra["reading"]["train_p90_tokens"], "; --truncation auto" if cfg.truncation == "auto" else "")

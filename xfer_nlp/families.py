@@ -161,6 +161,17 @@ def layout(model: torch.nn.Module, family: Family) -> Layout:
     return Layout(family, pooled, max(found) + 1)
 
 
+def block_classes(model: torch.nn.Module, lay: Layout) -> list[str]:
+    """The class names of the model's encoder blocks (BertLayer, RobertaLayer, TransformerBlock, ...)."""
+    names = set()
+    for name, module in model.named_modules():
+        dotted = "." + plain_name(name) + "."
+        m = re.search(lay.family.layer_pattern, dotted)
+        if m and m.end() == len(dotted):  # the block itself, not a module inside it
+            names.add(type(module).__name__)
+    return sorted(names)
+
+
 def out_layer(model: torch.nn.Module, lay: Layout) -> torch.nn.Linear:
     """The head's final Linear (inside peft's wrapper, the copy that trains and is saved)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from accelerate.utils import DistributedType
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.fsdp import FSDPModule
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
@@ -316,6 +318,11 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
     # Every parameter that will ever train still requires grad here, so DDP registers it; stages freeze after.
     sampler = train_dl.batch_sampler
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    if isinstance(model, FSDPModule):  # what the wrap policy made units of
+        units = Counter(type(m).__name__.removeprefix("FSDP") for m in model.modules()
+                        if isinstance(m, FSDPModule) and m is not model)
+        logger.info("FSDP units, each gathered whole only while it computes: %s.",
+                    ", ".join([f"{c} x {n}" for n, c in units.items()] + ["the rest of the model"]))
     eval_dls = {name: accelerator.prepare(dl) for name, dl in eval_dls.items()}
     # Counted on the sharded loader; the prepared scheduler steps once per process per optimizer step.
     steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
