@@ -58,6 +58,36 @@ def test_two_processes_match_one(mode, extra, tolerance, tiny_model_dir, tiny_da
         assert [r["step"] for r in two["history"]] == [r["step"] for r in one["history"]]
 
 
+# A notebook cell: the run in a function that Accelerate's notebook_launcher starts in each process (Kaggle's two
+# GPUs, or here two CPU processes over gloo).
+NOTEBOOK = r"""
+import json, sys
+from accelerate import notebook_launcher
+import xfer_nlp
+
+def train():
+    xfer_nlp.run(**json.loads(sys.argv[1]))
+
+notebook_launcher(train, num_processes=2)
+"""
+
+
+def test_a_notebook_launches_two_processes_that_train_as_the_command_line_launch_does(tiny_model_dir, tiny_data_dir,
+                                                                                       tmp_path):
+    flags = {"num_train_epochs": 2, "per_device_train_batch_size": 8, "mixed_precision": "no"}
+    cli, _ = launch(2, "finetune", tmp_path / "cli", tiny_model_dir, tiny_data_dir, tmp_path,
+                    *[f"--{k}={v}" for k, v in flags.items()])
+    kwargs = dict(mode="finetune", model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir),
+                  output_dir=str(tmp_path / "notebook"), max_seq_length=32, seed=0, **flags)
+    cell = subprocess.run([sys.executable, "-c", NOTEBOOK, json.dumps(kwargs)], capture_output=True, text=True,
+                          cwd=tmp_path, env=launch_env(), timeout=600)
+    assert cell.returncode == 0, cell.stderr[-3000:]
+    notebook = json.loads((tmp_path / "notebook" / "results.json").read_text())
+    assert notebook["num_processes"] == 2 and notebook["distributed_type"] == "MULTI_CPU"
+    assert notebook["metrics"] == cli["metrics"] and notebook["losses"] == cli["losses"]
+    assert (tmp_path / "notebook" / "train.log").read_text().count("Saved the model") == 1  # one voice
+
+
 def test_cpu_flag_with_several_processes_warns(tiny_model_dir, tiny_data_dir, tmp_path):
     cmd = [str(ACCELERATE), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
            "no", "--dynamo_backend", "no", "recipes/sentiment.py", "--mode", "probe", "--model_name_or_path",
