@@ -129,6 +129,20 @@ def test_schedule_reads_each_family_layers_and_head(encoders):
         assert frozen == {n for n in names if lay.depth(n) >= lay.layers}, family  # embeddings + the bottom layer
 
 
+def test_lp_ft_starts_from_the_probe_s_fitted_head_in_every_family_s_head(encoders, tiny_data_dir, tmp_path):
+    """--head_init probe (LP-FT, the README's advice at 500 examples) writes the fitted head into whatever Linear
+    each family's head ends in (RoBERTa's out_proj after its dense + tanh, DistilBERT's classifier after
+    pre_classifier, ...): steps at a negligible learning rate score exactly what that head scored."""
+    for family, path in encoders.items():
+        for pooling in (None, "mean"):
+            result = xfer_nlp.run(mode="finetune", head_init="probe", pooling=pooling, model_name_or_path=str(path),
+                                  dataset_name=str(tiny_data_dir), output_dir=str(tmp_path / f"{family}-{pooling}"),
+                                  max_seq_length=32, seed=0, max_steps=2, learning_rate=1e-12, weight_decay=0.0,
+                                  mixed_precision="no", no_feature_cache=True)
+            start = result.results["head_init"]["validation"]
+            assert start > 0.5 and result.metrics["validation"]["accuracy"] == start, (family, pooling)
+
+
 def test_each_family_s_encoder_blocks_are_found_for_fsdp_to_shard_one_by_one(encoders):
     """What an FSDP launch wraps (api._shard_by_block): one class per family, one module per encoder layer, and
     between them every weight of every layer; under LoRA's wrapper too."""
