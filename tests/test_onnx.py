@@ -79,3 +79,18 @@ def test_the_cli_exports_and_predicts_with_onnx_and_names_each_mistake(tiny_run,
     (out / "onnx" / "model.onnx").write_bytes(b"not a protobuf")
     broken = call("predict", "--model", str(out), "--backend", "onnx", "good film")
     assert broken.returncode == 2 and "not a loadable ONNX model" in broken.stderr
+
+
+@pytest.mark.parametrize("family", ["distilbert", "albert", "electra", "deberta-v2", "mpnet", "modernbert",
+                                    "xlm-roberta"])  # BERT and RoBERTa above
+def test_every_family_s_stock_classifier_exports_to_onnx_with_torch_s_labels(family, tiny_run, tmp_path):
+    """Each family's own attention (DeBERTa's relative positions, ModernBERT's local windows, ALBERT's shared
+    layers) goes through torch's exporter into a graph that onnxruntime runs to torch's labels."""
+    model = save_tiny_encoder(tiny_configs()[family], tmp_path / family)
+    out = xfer_nlp.run(mode="finetune", max_steps=20, learning_rate=1e-3,
+                       **dict(tiny_run, model_name_or_path=str(model))).output_dir
+    export_onnx(out)
+    torch_rows, onnx_rows = xfer_nlp.predict(out, TEXTS), xfer_nlp.predict(out, TEXTS, backend="onnx")
+    assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(onnx_rows, torch_rows)) < 1e-4
+    assert len({round(r["score"], 6) for r in torch_rows}) > 10  # the scores vary by text: the comparison can fail
