@@ -287,6 +287,28 @@ def test_a_deepspeed_launch_is_one_clear_refusal_before_anything_is_written(tiny
     assert not list((tmp_path / "grid").rglob(FAILED)) and not (tmp_path / "grid" / "comparison.md").exists()
 
 
+def test_more_processes_than_gpus_is_one_clear_refusal_before_anything_is_written(tiny_run, monkeypatch, tmp_path):
+    """ddp.yaml says 8 processes: on a machine with 2 GPUs Accelerate puts four on each, which NCCL refuses.
+    (No GPU here: torch is told it has 2; the check runs before anything touches one.)"""
+    import torch
+
+    import xfer_nlp
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # what torchrun sets in each process of an 8-process launch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(xfer_nlp.ConfigError, match=r"starts 8 processes on this machine, which has 2 GPU\(s\)") as e:
+        xfer_nlp.run(mode="finetune", **tiny_run)
+    assert "--num_processes 2" in str(e.value) and not (tmp_path / "out").exists()
+    from xfer_nlp.api import _check_one_gpu_each
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # CPU processes on a GPU machine need no GPU each
+    _check_one_gpu_each()
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "false")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    _check_one_gpu_each()
+
+
 def test_the_recipe_launch_gets_every_core_and_a_run_that_idles_cores_says_how_to_use_them(tmp_path, monkeypatch,
                                                                                           tiny_run):
     """`accelerate launch` sets OMP_NUM_THREADS=1 unless told otherwise: make sentiment tells it, and a run that is

@@ -135,6 +135,19 @@ def _shard_by_block(accelerator: Accelerator, model: torch.nn.Module, lay: famil
                           "(recipes/accelerate_configs/fsdp.yaml).")
 
 
+def _check_one_gpu_each() -> None:
+    """A launch of more processes on this machine than it has GPUs (ddp.yaml's `num_processes: 8` on a 2-GPU
+    machine): Accelerate deals the processes out over the GPUs round the table, and NCCL refuses two ranks on one
+    GPU (`Duplicate GPU detected`) at the first collective, in every process."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if processes < 2 or os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true" \
+            or not torch.cuda.is_available() or processes <= (gpus := torch.cuda.device_count()):
+        return
+    raise LaunchError(f"This launch starts {processes} processes on this machine, which has {gpus} GPU(s) that torch "
+                      f"can use: one process per GPU. Set num_processes: {gpus} in the Accelerate config (the "
+                      f"shipped ddp.yaml and fsdp.yaml say 8), or pass `accelerate launch --num_processes {gpus}`.")
+
+
 def _refuse_deepspeed() -> None:
     """DeepSpeed's ZeRO stages partition the optimizer state across processes (and, at stage 3, the weights): a
     checkpoint here keeps the main process's optimizer state for all, and the kept-weights restore and the export
@@ -157,6 +170,7 @@ def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunRes
     """
     cfg = _config_from(config, overrides)
     _refuse_deepspeed()
+    _check_one_gpu_each()
     output_dir = Path(cfg.output_dir)
     # Accelerate picks gloo DDP only when told cpu=True; a torchrun-style launch (`accelerate launch --multi_gpu`,
     # `torchrun`) on a machine without CUDA would otherwise run each process alone.

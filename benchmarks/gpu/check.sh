@@ -56,6 +56,9 @@ accuracy = sum(g == names[str(y)] for g, y in zip(got, labels)) / len(labels)
 print(f"FSDP export: pipeline() accuracy {accuracy:.4f}, the run scored {scored:.4f}:",
       "the same" if abs(accuracy - scored) <= 1.5 / len(labels) else "DIFFERENT: the export is not the kept model")
 PY
+# More processes than GPUs (the shipped configs say 8): one message from xfer_nlp, not a CUDA error per process.
+step 90 accelerate launch --config_file recipes/accelerate_configs/ddp.yaml --num_processes $((GPUS + 1)) \
+  recipes/sentiment.py --mode finetune --max_steps 1 --output_dir "$WORK/too-many"
 if [ "$GPUS" -ge 2 ]; then
   step 150 accelerate launch --config_file recipes/accelerate_configs/ddp.yaml --num_processes 2 recipes/sentiment.py \
     --mode finetune --max_train_samples 2000 --num_train_epochs 1 --output_dir "$WORK/ddp" --overwrite_output_dir
