@@ -221,16 +221,23 @@ def test_an_fsdp2_run_killed_and_resumed_exports_the_kept_weights_of_the_same_ru
     assert json.loads((out / "config.json").read_text())["architectures"] == [fsdp["architecture"]]
 
 
-@pytest.mark.parametrize("mode", ["lora", "contrastive"])
-def test_fsdp2_lora_and_contrastive_export_the_model_they_scored(mode, tiny_model_dir, tiny_data_dir, tmp_path):
-    """Both work on the sharded model after training: LoRA merges its adapters into the weights, contrastive fits
-    its head into them. With the weights gathered on the main process alone, the merge on the others hung (a
-    collective) and contrastive's head went into FSDP's gathered copy, not the shards: its export scored 0.5 where
-    the run scored 0.96. Every process now takes the model whole, so pipeline() scores what the run did."""
-    result, _ = fsdp_run(fsdp_config(tmp_path), mode, tmp_path / "out", tiny_model_dir, tiny_data_dir)
+@pytest.mark.parametrize("mode,extra", [("lora", []), ("contrastive", []), ("probe", []),
+                                        ("finetune", ["--head_init", "probe", "--max_steps", "4"])])
+def test_fsdp2_lora_contrastive_and_the_probe_export_the_model_they_scored(mode, extra, tiny_model_dir, tiny_data_dir,
+                                                                          tmp_path):
+    """LoRA and contrastive work on the sharded model after training: LoRA merges its adapters into the weights,
+    contrastive fits its head into them. With the weights gathered on the main process alone, the merge on the
+    others hung (a collective) and contrastive's head went into FSDP's gathered copy, not the shards: its export
+    scored 0.5 where the run scored 0.96. Every process now takes the model whole, so pipeline() scores what the
+    run did. The probe (alone, or LP-FT's before fine-tuning) encodes with the model unsharded, where the shipped
+    config's low-memory loading had left the second process empty weights: it stopped in "Cannot copy out of meta
+    tensor"."""
+    result, _ = fsdp_run(fsdp_config(tmp_path), mode, tmp_path / "out", tiny_model_dir, tiny_data_dir, *extra)
     assert result["distributed_type"] == "FSDP" and result["num_processes"] == 2
-    if mode == "contrastive":  # well above chance, so an untrained head in the export could not pass for it
+    if mode in ("contrastive", "probe"):  # well above chance, so an untrained head in the export could not pass for it
         assert result["metrics"]["validation"]["accuracy"] >= 0.8
+    if extra:  # LP-FT: every process fitted the same head on gathered features before training
+        assert result["head_init"]["validation"] >= 0.8
     assert pipeline_accuracy(tmp_path / "out", tiny_data_dir) == result["metrics"]["validation"]["accuracy"]
 
 

@@ -8,6 +8,7 @@ import os
 import resource
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, patch_environment, set_seed
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
@@ -235,7 +236,13 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         logger.info("Class weights: %s.", ", ".join(f"{n} {w:.3f}" for n, w in zip(data.label_names, weights.tolist())))
     for note in data.notes:
         logger.info("Data: %s.", note)
-    built = modes.build(cfg, data.label_names)
+    # FSDP's low-memory loading gives every process but the first empty weights, which prepare() fills with the
+    # first one's. The probe (and LP-FT's, before training) encodes with the model unprepared: there every process
+    # reads the weights itself, as under DDP, where the empty ones stopped the run ("Cannot copy out of meta tensor").
+    unprepared = not MODES[cfg.mode].loop or cfg.head_init == "probe"
+    with patch_environment(fsdp_cpu_ram_efficient_loading="false") \
+            if unprepared and accelerator.distributed_type == DistributedType.FSDP else nullcontext():
+        built = modes.build(cfg, data.label_names)
     _shard_by_block(accelerator, built.model, built.layout)
     reading, extra["reading"] = batches.choose_reading(cfg, data.splits["train"]["text"], built.tokenizer)
     logger.info("Reading texts: %s (the training texts' 90th-percentile length is %d tokens%s).", reading.describe(),
