@@ -75,19 +75,24 @@ def _tune_the_sentence_encoder(model, lay, family, cfg):
 
 
 def _add_lora_adapters(model, lay, family, cfg):
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType
 
     targets = cfg.lora_targets or family.lora_targets
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                       lora_dropout=cfg.lora_dropout, target_modules=targets, modules_to_save=list(lay.head))
     try:
-        with warnings.catch_warnings():
-            # peft reads transformers' deprecated name (`is_gradient_checkpointing`): a warning no user can act on
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                                    category=FutureWarning)
-            return get_peft_model(model, lora)
+        return _peft_model(model, lora)
     except ValueError as e:
         raise ConfigError(f"--lora_target_modules {targets}: {e}") from None
+
+
+def _peft_model(model, lora):
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated name (`is_gradient_checkpointing`): a warning no user can act on
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def _keep_probed_layers(base, cfg: RunConfig) -> None:
@@ -472,10 +477,8 @@ def unsharded(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch
     would also copy torch's FSDP sources into the export beside modeling.py. A LoRA model is its base model,
     rebuilt, under the same adapters."""
     if hasattr(model, "peft_config"):
-        from peft import get_peft_model
-
         base = model.get_base_model()
-        plain = get_peft_model(_plain_class(base)(base.config), model.peft_config["default"])
+        plain = _peft_model(_plain_class(base)(base.config), model.peft_config["default"])
     else:
         plain = _plain_class(model)(model.config)
     plain.load_state_dict(weights)
