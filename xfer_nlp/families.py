@@ -173,7 +173,9 @@ def block_classes(model: torch.nn.Module, lay: Layout) -> list[str]:
 
 
 def out_layer(model: torch.nn.Module, lay: Layout) -> torch.nn.Linear:
-    """The head's final Linear (inside peft's wrapper, the copy that trains and is saved)."""
+    """The head's final Linear (inside DDP's and peft's wrappers; peft's copy that trains and is saved)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):  # contrastive's loss, in a DDP launch
+        model = model.module
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     module = base.get_submodule(lay.out)
     if hasattr(module, "modules_to_save"):
