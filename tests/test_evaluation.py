@@ -218,6 +218,9 @@ def test_a_run_scored_on_its_own_data_is_cut_as_the_run_cut_it(tiny_run, tmp_pat
 
 @pytest.mark.parametrize("case,words", [
     ("offline_name", "--metrics: could not load the evaluate module 'no_such_metric_xyz'"),
+    # evaluate read `import datasets, evaluate` as a package named 'datasets,' and the message said the machine was
+    # offline, though a file was given
+    ("one_import_line", "one package a line: write `import a, b` as two lines"),
     ("watched", "--metric_for_best_model 'f1' is not among the computed metrics (accuracy, macro_f1, "
                 "balanced_accuracy)"),
     ("no_metrics_watched", "--metric_for_best_model 'f1' is not a computed metric"),
@@ -234,6 +237,11 @@ def test_bad_evaluation_settings_are_one_message(case, words, tiny_model_dir, ti
            "--max_seq_length", "32", "--feature_cache_dir", str(tmp_path / "f")]
     if case == "offline_name":
         argv = run + ["--metrics", "no_such_metric_xyz"]
+    elif case == "one_import_line":
+        joined = tmp_path / "joined_imports.py"
+        joined.write_text(BALANCED.replace("import datasets\nimport evaluate\n", "import datasets, evaluate\n"))
+        assert joined.read_text() != BALANCED
+        argv = run + ["--metrics", str(joined)]
     elif case == "watched":
         argv = run + ["--metrics", str(module), "--metric_for_best_model", "f1"]
     elif case == "no_metrics_watched":
@@ -253,6 +261,8 @@ def test_bad_evaluation_settings_are_one_message(case, words, tiny_model_dir, ti
     result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert words in result.stderr, result.stderr[-2000:]
+    if case == "one_import_line":
+        assert "This machine is offline" not in result.stderr  # a file was given: no name to look up
     if case in ("offline_name", "watched"):
         assert "This machine is offline" in result.stderr or case == "watched"
         assert not (tmp_path / "o" / "results.json").exists()

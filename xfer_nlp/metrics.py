@@ -47,7 +47,11 @@ def _load_extra(name: str):
         offline = any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE"))
         where = ("This machine is offline (HF_HUB_OFFLINE / HF_EVALUATE_OFFLINE), so a name loads only if evaluate "
                  "has it cached; pass the path of a metric module file (a .py with an evaluate.Metric) instead. "
-                 if offline else "")
+                 if offline and not Path(name).expanduser().is_file() else "")
+        if isinstance(e, ImportError) and "install the following dependencies" in str(e):
+            # evaluate lists a module's packages from its import lines: `import datasets, evaluate` asks for 'datasets,'
+            where += ("evaluate reads the packages a module needs from its import lines, one package a line: "
+                      "write `import a, b` as two lines, and install any package it names that is missing. ")
         raise ConfigError(f"--metrics: could not load the evaluate module '{name}' ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200] if str(e) else ''}). {where}A name is an evaluate module "
                           "on the Hub (e.g. matthews_correlation); a path is a local module file. accuracy, "
