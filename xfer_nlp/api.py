@@ -239,7 +239,8 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     # FSDP's low-memory loading gives every process but the first empty weights, which prepare() fills with the
     # first one's. The probe (and LP-FT's, before training) encodes with the model unprepared: there every process
     # reads the weights itself, as under DDP, where the empty ones stopped the run ("Cannot copy out of meta tensor").
-    unprepared = not MODES[cfg.mode].loop or cfg.head_init == "probe"
+    spec = MODES[cfg.mode]
+    unprepared = not spec.loop or cfg.head_init == "probe"
     with patch_environment(fsdp_cpu_ram_efficient_loading="false") \
             if unprepared and accelerator.distributed_type == DistributedType.FSDP else nullcontext():
         built = modes.build(cfg, data.label_names)
@@ -278,7 +279,6 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
 
     start = time.perf_counter()
     eval_splits = [s for s in tokenized if s != "train"]
-    spec = MODES[cfg.mode]
     model = built.model
 
     def make_loader(dataset):
