@@ -233,7 +233,7 @@ def test_predict_takes_one_string_as_one_text_and_names_a_none(tiny_run):
     assert len(rows) == 1 and rows[0]["text"] == "a good film"
     with pytest.raises(xfer_nlp.XferError, match=r"Text 1 of 3 \(counting from 0\) is None"):
         xfer_nlp.predict(out, ["good", None, "bad"])
-    with pytest.raises(xfer_nlp.XferError, match=r"texts must be a string or a list of strings, not int \(123\)"):
+    with pytest.raises(xfer_nlp.XferError, match=r"a list of strings \(or of text pairs\), not int \(123\)"):
         xfer_nlp.predict(out, 123)
 
 

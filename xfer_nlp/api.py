@@ -23,7 +23,7 @@ from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
 from . import allocator, batches, families, hub, logs, loop, modes, pairs, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
-from .data import load_text_data
+from .data import load_text_data, text_pairs
 from .errors import ConfigError, LaunchError
 from .evaluation import plot_confusion, plot_training, warn_unpredicted, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
@@ -245,10 +245,11 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
             if unprepared and accelerator.distributed_type == DistributedType.FSDP else nullcontext():
         built = modes.build(cfg, data.label_names)
     _shard_by_block(accelerator, built.model, built.layout)
-    reading, extra["reading"] = batches.choose_reading(cfg, data.splits["train"]["text"], built.tokenizer)
+    reading, extra["reading"] = batches.choose_reading(cfg, data.splits["train"]["text"], built.tokenizer,
+                                                       text_pairs(data.splits["train"]))
     logger.info("Reading texts: %s (the training texts' 90th-percentile length is %d tokens%s).", reading.describe(),
                 extra["reading"]["train_p90_tokens"], "; --truncation auto" if cfg.truncation == "auto" else "")
-    if extra["reading"]["train_p90_tokens"] > cfg.max_seq_length < 512 and not reading.chunk_stride:
+    if extra["reading"]["train_p90_tokens"] > cfg.max_seq_length < 512 and not (reading.chunk_stride or reading.pairs):
         logger.warning("The training texts are long and the model reads %d tokens of each. On whole reviews "
                        "(polarity2k) the probe scored 0.71 at 128 tokens, 0.795 with --max_seq_length 512 (head+tail) "
                        "and 0.80 with --long_text chunk (benchmarks/RESULTS.md, \"Long reviews\"); each costs 4-5x "
@@ -363,8 +364,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         size = sum(t.numel() * t.element_size() for t in exported.state_dict().values()) / 2**20
         with runfolder.disk_full_explained(output_dir, f"the exported model ({size:,.0f} MB) and the run's results",
                                            _make_room(cfg)):
-            write_predictions(output_dir / runfolder.PREDICTIONS, {s: data.splits[s]["text"] for s in outputs},
-                              outputs, data.label_names)
+            write_predictions(output_dir / runfolder.PREDICTIONS, data.splits, outputs, data.label_names)
             plot_confusion(output_dir / runfolder.CONFUSION, metrics, data.label_names)
             plot_training(output_dir / runfolder.CURVES, record)
             hub.save_outputs(output_dir, exported, built.tokenizer, record)
@@ -423,8 +423,12 @@ class Predictor:
 
     A run's export is read as the run read its texts (results.json's "reading": truncation or windows,
     max_seq_length); any other model as pipeline() reads it (the first tokens, up to the model's limit). Texts are
-    batched longest first and put back in input order. The model loads with trust_remote_code off: an xfer_nlp
-    export's pooled head is this package's own class, and no code from a model folder or the Hub ever runs.
+    batched longest first and put back in input order.
+
+    Text pairs (a model trained with --text_pair_column) are given as (text, text_pair) tuples or, as pipeline()
+    takes them, {"text": ..., "text_pair": ...} dicts; their rows carry text_pair too. A run trained on pairs is
+    refused single texts, and one trained on single texts pairs. The model loads with trust_remote_code off: an
+    xfer_nlp export's pooled head is this package's own class, and no code from a model folder or the Hub ever runs.
 
     backend "onnx" computes the logits with onnxruntime from MODEL/onnx/model.onnx (`xfer-nlp export MODEL --format
     onnx`), fp32 only; tokenising, reading, batching and the returned rows are the same as torch's.
@@ -455,21 +459,51 @@ class Predictor:
             if precision == "auto":
                 precision = "bf16" if bf16_is_native(self.device) else "fp32"
         self.precision = precision
+        # A run's export says whether it reads pairs; another model reads whichever it is given.
+        self.pairs = self.reading.pairs if runfolder.recorded(Path(model).expanduser(), "reading") else None
         self.collator = batches.make_collator(self.tokenizer, None, self.device)
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
 
-    def __call__(self, texts: str | list[str]) -> list[dict]:
-        """[{"text", "label", "score", "scores": {label: p}}] for one text or a list of them, in input order."""
+    def __call__(self, texts: str | dict | list) -> list[dict]:
+        """[{"text", "label", "score", "scores": {label: p}}] for one text (or pair) or a list of them, in input
+        order."""
         try:
-            texts = [texts] if isinstance(texts, str) else list(texts)
+            texts = [texts] if isinstance(texts, (str, dict)) else list(texts)
         except TypeError:
-            raise ConfigError(f"texts must be a string or a list of strings, not {type(texts).__name__} "
-                              f"({texts!r:.60}).") from None
-        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-        if bad is not None:
-            raise ConfigError(f"Text {bad} of {len(texts)} (counting from 0) is {texts[bad]!r}, not a string. Pass "
-                              "strings only (drop or fill the missing ones).")
+            raise ConfigError(f"texts must be a string or a list of strings (or of text pairs), not "
+                              f"{type(texts).__name__} ({texts!r:.60}).") from None
+        self._split(texts, 0, of=len(texts))  # every item checked before any is labelled
         return list(self.stream(texts, total=len(texts)))
+
+    def _split(self, chunk: list, position: int, of: int | None = None) -> tuple[list[str], list[str] | None]:
+        """A chunk of inputs (from `position` in the input, of `of` when known) as (texts, pairs): pairs None for
+        single texts. Refuses what is neither, a mix, and a run's export given the other kind."""
+        def pair(item):
+            if isinstance(item, dict) and set(item) == {"text", "text_pair"}:
+                item = (item["text"], item["text_pair"])
+            ok = isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, str) for t in item)
+            return tuple(item) if ok else None
+
+        given = [item if isinstance(item, str) else pair(item) for item in chunk]
+        bad = next((i for i, g in enumerate(given) if g is None), None)
+        if bad is not None:
+            where = f"of {of} (counting from 0)" if of else f"(counting from 0: row {position + bad + 1} of a file)"
+            raise ConfigError(f"Text {position + bad} {where} is {chunk[bad]!r:.100}, not a string or a pair of "
+                              "strings: a missing value, or a row without the text column. Pass strings, or (text, "
+                              "text_pair) pairs, only (drop or fill the missing ones).")
+        paired = [isinstance(g, tuple) for g in given]
+        if any(paired) and not all(paired):
+            i = paired.index(not paired[0])
+            raise ConfigError(f"Text {position + i} is {'a pair' if paired[i] else 'a single text'} among "
+                              f"{'single texts' if paired[i] else 'pairs'}: label one kind at a time.")
+        if self.pairs is not None and self.pairs != paired[0]:
+            raise ConfigError("This model was trained on text pairs (--text_pair_column): give each text with its "
+                              "pair, as (text, text_pair) or {'text': ..., 'text_pair': ...} (the command line: "
+                              "--input FILE --text_pair_column NAME)." if self.pairs else
+                              "This model was trained on single texts, not pairs: give texts.")
+        if not paired[0]:
+            return given, None
+        return [a for a, _ in given], [b for _, b in given]
 
     def stream(self, texts, total: int | None = None, chunk_texts: int = CHUNK_TEXTS):
         """The rows of any iterable of texts, in input order, as each chunk of `chunk_texts` is labelled: a file of
@@ -486,30 +520,28 @@ class Predictor:
             few = total is not None and total <= 64  # no bar for a few texts
             with tqdm(total=total, unit="texts", desc="Predicting", disable=few, leave=False) as bar:
                 while chunk := list(itertools.islice(stream, chunk_texts)):
-                    bad = next((i for i, t in enumerate(chunk) if not isinstance(t, str)), None)
-                    if bad is not None:
-                        raise ConfigError(f"Text {position + bad} (counting from 0: row {position + bad + 1} of a "
-                                          f"file) is {chunk[bad]!r}, not a string: a missing value, or a row without "
-                                          "the text column. Pass strings only (drop or fill the missing ones).")
-                    for text, p in zip(chunk, torch.softmax(self._logits(chunk), -1).tolist()):
+                    texts, pairs = self._split(chunk, position)
+                    for i, p in enumerate(torch.softmax(self._logits(texts, pairs), -1).tolist()):
                         best = max(range(len(p)), key=p.__getitem__)
-                        yield {"text": text, "label": self.labels[best], "score": p[best],
-                               "scores": dict(zip(self.labels, p))}
+                        yield {"text": texts[i], **({"text_pair": pairs[i]} if pairs else {}),
+                               "label": self.labels[best], "score": p[best], "scores": dict(zip(self.labels, p))}
                     position += len(chunk)
                     bar.update(len(chunk))
         finally:
             if bars_on:
                 enable_progress_bar()
 
-    def _logits(self, chunk: list[str]) -> torch.Tensor:
+    def _logits(self, chunk: list[str], pairs: list[str] | None) -> torch.Tensor:
         from datasets import Dataset, DatasetDict
 
+        reading = dataclasses.replace(self.reading, pairs=pairs is not None)  # another model reads either kind
         if len(chunk) <= ROWS_IN_LISTS:
-            tokenized = batches.tokenize_rows(chunk, self.tokenizer, self.reading)
+            tokenized = batches.tokenize_rows(chunk, self.tokenizer, reading, pairs=pairs)
         else:
-            data = DatasetDict(predict=Dataset.from_dict({"text": chunk, "label": [0] * len(chunk)}))
+            columns = {"text": chunk, **({"text_pair": pairs} if pairs else {}), "label": [0] * len(chunk)}
+            data = DatasetDict(predict=Dataset.from_dict(columns))
             # A chunk lives in memory and is tokenised once, so its fingerprint is only a unique name.
-            tokenized = batches.tokenize(data, self.tokenizer, self.reading, fingerprint=uuid.uuid4().hex)["predict"]
+            tokenized = batches.tokenize(data, self.tokenizer, reading, fingerprint=uuid.uuid4().hex)["predict"]
         loader = batches.budget_loader(tokenized, self.collator, self.batch_tokens, self.batch_size)
         if self.backend == "onnx":
             return batches.per_text(None, loader, self.onnx_model)[0]

@@ -28,14 +28,22 @@ class Reading:
     (tail), its first `head_tokens` and its last max_length - head_tokens - specials (head+tail, Sun et al. 2019),
     or, with `chunk_stride`, is read as overlapping windows of max_length that start every `chunk_stride` content
     tokens, whose logits (and, for the probe, features) are averaged into the text's.
+
+    With `pairs` each example is two texts (--text_pair_column), read as the tokenizer pairs them, one input; a
+    longer pair is cut by the tokenizer's own truncation (truncation "head": tokens go from the end of the longer
+    text, as pipeline() cuts a pair).
     """
 
     max_length: int
     truncation: str = "head"  # head | tail | head+tail
     head_tokens: int = 0
     chunk_stride: int | None = None
+    pairs: bool = False
 
     def describe(self) -> str:
+        if self.pairs:
+            return f"each text and its pair as one input of at most {self.max_length} tokens, a longer pair cut " \
+                   "from the end of its longer text"
         if self.chunk_stride:
             return f"windows of {self.max_length} tokens every {self.chunk_stride} tokens, averaged"
         if self.truncation == "head+tail":
@@ -48,11 +56,14 @@ def saved_reading(record) -> Reading | None:
     if record is None:
         return None
     try:
-        reading = Reading(**{k: record[k] for k in ("max_length", "truncation", "head_tokens", "chunk_stride")})
+        reading = Reading(**{k: record[k] for k in ("max_length", "truncation", "head_tokens", "chunk_stride")},
+                          pairs=record.get("pairs", False))  # runs before pairs existed read one text
         ok = (isinstance(reading.max_length, int) and reading.max_length > 2 and reading.truncation in
               ("head", "tail", "head+tail") and isinstance(reading.head_tokens, int)
               and 0 <= reading.head_tokens < reading.max_length - 2 and (reading.chunk_stride is None or (
-                  isinstance(reading.chunk_stride, int) and 0 < reading.chunk_stride < reading.max_length)))
+                  isinstance(reading.chunk_stride, int) and 0 < reading.chunk_stride < reading.max_length))
+              and isinstance(reading.pairs, bool) and not (reading.pairs and (
+                  reading.truncation != "head" or reading.chunk_stride)))
     except (TypeError, KeyError):
         ok = False
     if not ok:
@@ -86,18 +97,23 @@ def pieces(length: int, specials: tuple[int, int], reading: Reading) -> list[lis
     return [first + kept + last]
 
 
-def _encode(texts: list[str], labels: list, docs: list[int], tokenizer, reading: Reading) -> dict[str, list]:
-    """The columns of tokenised rows for a batch of texts: the tokenizer's own plus labels, doc and long."""
+def _encode(texts: list[str], labels: list, docs: list[int], tokenizer, reading: Reading,
+            pairs: list[str] | None = None) -> dict[str, list]:
+    """The columns of tokenised rows for a batch of texts (with `pairs`, of text pairs): the tokenizer's own plus
+    labels, doc and long."""
+    if (pairs is not None) != reading.pairs:
+        raise ValueError(f"a reading {'of' if reading.pairs else 'without'} pairs given {'' if pairs else 'no '}pairs")
     if reading.truncation == "head" and not reading.chunk_stride:
         # The tokenizer's own truncation: the same ids pipeline() reads. A Rust tokenizer keeps what it cut off
         # (`overflowing`), so one pass tells which texts were long; otherwise only texts that fill max_length can
         # have been cut, and just those are tokenised again to tell.
-        enc = tokenizer(texts, truncation=True, max_length=reading.max_length)
+        enc = tokenizer(texts, pairs, truncation=True, max_length=reading.max_length)
         if enc.encodings is not None:
             long = [bool(e.overflowing) for e in enc.encodings]
         else:
             full = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) == reading.max_length]
-            again = tokenizer([texts[i] for i in full], verbose=False)["input_ids"] if full else []
+            again = tokenizer([texts[i] for i in full], [pairs[i] for i in full] if pairs else None,
+                              verbose=False)["input_ids"] if full else []
             cut = {i for i, ids in zip(full, again) if len(ids) > reading.max_length}
             long = [i in cut for i in range(len(texts))]
         out = {k: list(v) for k, v in enc.items()}
@@ -137,10 +153,10 @@ def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int, num_proc: i
     reading = Reading(reading) if isinstance(reading, int) else reading
 
     def encode(batch, indices):
-        return _encode(batch["text"], batch["label"], indices, tokenizer, reading)
+        return _encode(batch["text"], batch["label"], indices, tokenizer, reading, batch.get("text_pair"))
 
     # Split by split, as DatasetDict.map does, so that a split can be given its fingerprint.
-    out = DatasetDict({name: ds.map(encode, batched=True, with_indices=True, remove_columns=["text", "label"],
+    out = DatasetDict({name: ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names,
                                     desc="Tokenising", num_proc=num_proc,
                                     new_fingerprint=f"{fingerprint}-{name}" if fingerprint else None)
                        for name, ds in splits.items()})
@@ -150,10 +166,11 @@ def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int, num_proc: i
     return out.remove_columns("long")
 
 
-def tokenize_rows(texts: list[str], tokenizer, reading: Reading, name: str = "predict") -> list[dict]:
-    """tokenize() for a few texts without datasets: the same rows, as a list of dicts. For predict's small calls,
-    where building and mapping an Arrow table took longer than the model (6 of 11 ms for one sentence)."""
-    out = _encode(texts, [0] * len(texts), list(range(len(texts))), tokenizer, reading)
+def tokenize_rows(texts: list[str], tokenizer, reading: Reading, name: str = "predict",
+                  pairs: list[str] | None = None) -> list[dict]:
+    """tokenize() for a few texts (or pairs) without datasets: the same rows, as a list of dicts. For predict's small
+    calls, where building and mapping an Arrow table took longer than the model (6 of 11 ms for one sentence)."""
+    out = _encode(texts, [0] * len(texts), list(range(len(texts))), tokenizer, reading, pairs)
     _warn_long(out["doc"], out.pop("long"), len(texts), name, reading)
     return [dict(zip(out, row)) for row in zip(*out.values())]
 
@@ -207,18 +224,24 @@ def per_text(accelerator, loader, fn, desc: str | None = None, device=None,
     return by_doc(torch.cat(values), torch.cat(labels), docs)
 
 
-def choose_reading(cfg, train_texts: list[str], tokenizer) -> tuple[Reading, dict]:
+def choose_reading(cfg, train_texts: list[str], tokenizer,
+                   train_pairs: list[str] | None = None) -> tuple[Reading, dict]:
     """The run's Reading from its flags, resolving --truncation auto on the training texts' lengths.
 
     "Long" means the 90th percentile of the training texts' token counts (specials included; at most 2,000 texts,
     a seeded sample) exceeds --max_seq_length: then head+tail, which Sun et al. (2019) found best on IMDb
     reviews; otherwise head, which for such data cuts at most a tenth of the texts and reads what pipeline() reads.
+    Text pairs (`train_pairs`) are always cut as the tokenizer cuts a pair (config.py refuses the other readings).
     """
     rng = np.random.default_rng(0)
-    sample = [train_texts[i] for i in sorted(rng.permutation(len(train_texts))[:2000])]
-    p90 = int(np.percentile([len(ids) for ids in tokenizer(sample, verbose=False)["input_ids"]], 90))
+    sample = sorted(rng.permutation(len(train_texts))[:2000])
+    pairs = [train_pairs[i] for i in sample] if train_pairs is not None else None
+    ids = tokenizer([train_texts[i] for i in sample], pairs, verbose=False)["input_ids"]
+    p90 = int(np.percentile([len(x) for x in ids], 90))
     truncation = cfg.truncation
-    if truncation == "auto":
+    if train_pairs is not None:
+        truncation = "head"
+    elif truncation == "auto":
         truncation = "head+tail" if p90 > cfg.max_seq_length else "head"
     head = cfg.head_tokens if cfg.head_tokens is not None else cfg.max_seq_length // 4
     stride = None
@@ -229,7 +252,8 @@ def choose_reading(cfg, train_texts: list[str], tokenizer) -> tuple[Reading, dic
             raise ConfigError(f"--chunk_stride {stride} is more than a window's {budget} text tokens "
                               f"(--max_seq_length {cfg.max_seq_length} less this tokenizer's special tokens), so text "
                               f"between windows would be skipped. Use at most {budget}.")
-    reading = Reading(cfg.max_seq_length, truncation, head if truncation == "head+tail" else 0, stride)
+    reading = Reading(cfg.max_seq_length, truncation, head if truncation == "head+tail" else 0, stride,
+                      pairs=train_pairs is not None)
     return reading, {**dataclasses.asdict(reading), "train_p90_tokens": p90}
 
 

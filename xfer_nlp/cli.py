@@ -185,9 +185,12 @@ def predict_command(argv: list[str]) -> int:
                                         "- reads standard input, one text a line (`cut -f2 data.tsv | xfer-nlp "
                                         "predict --model RUN_DIR --input -`).")
     parser.add_argument("--text_column", default="text", help="Column of --input that holds the text.")
-    parser.add_argument("--output", help="Write JSONL rows (text, label, score, scores) here instead of printing "
-                                         "label, score and text a line, tab-separated; - writes the JSONL rows to "
-                                         "standard output (for jq and the like).")
+    parser.add_argument("--text_pair_column", help="For a model trained on text pairs: the column of --input that "
+                                                   "holds each text's pair (--input must then be a data file).")
+    parser.add_argument("--output", help="Write JSONL rows (text, text_pair for pairs, label, score, scores) here "
+                                         "instead of printing label, score and text (and pair) a line, "
+                                         "tab-separated; - writes the JSONL rows to standard output (for jq and the "
+                                         "like).")
     parser.add_argument("--batch_tokens", type=int, default=BATCH_TOKENS, help=(
         "Padded tokens per forward pass: texts are sorted by length and each batch holds as many as fit, up to "
         "--batch_size (the default: 64 sentences, 32 texts of 128 tokens, 8 of 512), so long texts cannot make a "
@@ -217,7 +220,10 @@ def predict_command(argv: list[str]) -> int:
     try:
         if args.input == "-" and sys.stdin.isatty():
             print("Reading texts from the terminal, one a line; end with Ctrl-D.", file=sys.stderr)
-        texts = itertools.chain(args.texts, iter_texts(args.input, args.text_column) if args.input else [])
+        if args.text_pair_column and not args.input:
+            raise XferError("--text_pair_column reads pairs from --input FILE, which is missing.")
+        texts = itertools.chain(args.texts, iter_texts(args.input, args.text_column, args.text_pair_column)
+                                if args.input else [])
         first = next(texts, predict_command)  # the function itself as the end marker: a text may be None
         if first is predict_command:
             piped = "" if args.input or sys.stdin.isatty() else " (to read standard input: --input -)"
@@ -247,7 +253,8 @@ def predict_command(argv: list[str]) -> int:
             print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
         else:
             for row in rows:  # one row a line whatever the text holds (--output keeps it exactly)
-                print(f"{row['label']}\t{row['score']:.4f}\t{row['text'].translate(TSV_ESCAPES)}")
+                texts = [row["text"], *([row["text_pair"]] if "text_pair" in row else [])]
+                print(f"{row['label']}\t{row['score']:.4f}\t" + "\t".join(t.translate(TSV_ESCAPES) for t in texts))
     except KeyboardInterrupt:
         written = f"; nothing was written to {args.output} (it appears only when complete)" \
             if args.output and not to_stdout else ""

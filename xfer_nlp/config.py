@@ -95,6 +95,11 @@ class RunConfig:
                                  "../shared/data next to the working directory or the project).",
                                  resume_may_differ=True)
     text_column: str = _f("text", "Column that holds the text.")
+    text_pair_column: Optional[str] = _f(None, "For sentence-pair tasks (entailment, paraphrase: glue's mrpc reads "
+                                         "sentence1 and sentence2): the column of each example's second text. The "
+                                         "model reads the two as one input, as the tokenizer pairs them ([CLS] text "
+                                         "[SEP] pair [SEP]), and a pair over --max_seq_length loses tokens from the "
+                                         "end of its longer text, as pipeline() cuts a pair.")
     label_column: str = _f("label", "Column that holds the label (integer ids or strings; strings are mapped to ids "
                            "in sorted order).")
     output_dir: Optional[str] = _f(None, "Where results.json, the exported model, logs and checkpoints go "
@@ -382,6 +387,14 @@ def resolve(cfg: RunConfig) -> RunConfig:
                         "would skip text between windows.")
     if cfg.chunk_stride is not None and cfg.long_text != "chunk":
         problems.append("--chunk_stride applies to --long_text chunk only.")
+    if cfg.text_pair_column is not None:
+        if cfg.text_pair_column == cfg.text_column:
+            problems.append(f"--text_pair_column '{cfg.text_pair_column}' is the --text_column too; name the column "
+                            "of each example's second text.")
+        if cfg.truncation not in ("auto", "head") or cfg.long_text != "truncate":
+            problems.append("--truncation tail/head+tail and --long_text chunk cut one text; a pair "
+                            "(--text_pair_column) is cut from the end of its longer text, as pipeline() cuts it. Leave "
+                            "them out with pairs.")
     for name, allowed in (("truncation", TRUNCATIONS), ("long_text", LONG_TEXT), ("head_init", HEAD_INITS)):
         if getattr(cfg, name) not in allowed:
             problems.append(f"--{name} '{getattr(cfg, name)}'{nearest(getattr(cfg, name), allowed)} is not one of "

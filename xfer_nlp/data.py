@@ -59,7 +59,7 @@ SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev",
 class TextData:
     """The cleaned splits and what the labels mean."""
 
-    splits: DatasetDict  # columns: text (str), label (int)
+    splits: DatasetDict  # columns: text (str), label (int), and text_pair (str) for pairs
     label_names: tuple[str, ...]
     source: str  # where it came from, for results and the model card
     notes: tuple[str, ...] = ()  # unusual things done to the data (dropped rows, generated splits)
@@ -433,25 +433,34 @@ def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
     raw, registry_names, source, text_col, label_col = _load_raw(cfg)
     notes = []
     texts, labels = {}, {}
+    pair_col = cfg.text_pair_column
     for split, ds in raw.items():
-        missing = [c for c in (text_col, label_col) if c not in ds.column_names]
+        named = {"text": text_col, "text_pair": pair_col, "label": label_col}
+        missing = [f"--{flag}_column '{c}'" for flag, c in named.items() if c is not None and c not in ds.column_names]
         if missing:
-            which = " and ".join(f"--{'text' if c == text_col else 'label'}_column '{c}'" for c in missing)
-            raise DataError(f"The {split} split of '{source}' has no column for {which}. Its columns are: "
-                            f"{', '.join(ds.column_names)}. Pass --text_column / --label_column to pick them.")
-        feature = ds.features[text_col]
-        if getattr(feature, "dtype", None) not in ("string", "large_string"):
-            raise DataError(f"The text column '{text_col}' of the {split} split of '{source}' holds "
-                            f"{_describe_feature(feature)}, not strings. Point --text_column at a column of plain "
-                            "text, or flatten the data first.")
-        t, y = ds[text_col][:], ds[label_col][:]  # whole columns: datasets 5 returns a lazy Column, per-row reads of which cost ~70 µs each
-        keep = [i for i, x in enumerate(t) if x is not None and str(x).strip()]
+            raise DataError(f"The {split} split of '{source}' has no column for {' and '.join(missing)}. Its columns "
+                            f"are: {', '.join(ds.column_names)}. Pass --text_column / --label_column to pick them"
+                            f"{' (and --text_pair_column for the second text of a pair)' if pair_col else ''}.")
+        for flag, col in (("text", text_col), ("text_pair", pair_col)):
+            feature = ds.features[col] if col is not None else None
+            if feature is not None and getattr(feature, "dtype", None) not in ("string", "large_string"):
+                raise DataError(f"The {flag.replace('_', ' ')} column '{col}' of the {split} split of '{source}' "
+                                f"holds {_describe_feature(feature)}, not strings. Point --{flag}_column at a column "
+                                "of plain text, or flatten the data first.")
+        # whole columns: datasets 5 returns a lazy Column, per-row reads of which cost ~70 µs each
+        t, y = ds[text_col][:], ds[label_col][:]
+        if pair_col is not None:  # a pair is one example: (text, text_pair) travels as one item until the end
+            t = [(a, b) if a is not None and b is not None else None for a, b in zip(t, ds[pair_col][:])]
+        keep = [i for i, x in enumerate(t) if x is not None and all(str(part).strip() for part in _parts(x))]
         if not keep:
-            raise DataError(f"Every text in the {split} split of '{source}' is empty or whitespace.")
+            raise DataError(f"Every text in the {split} split of '{source}' is empty or whitespace"
+                            f"{' (or its pair is)' if pair_col else ''}.")
         if len(keep) < len(t):
-            notes.append(f"dropped {len(t) - len(keep)} empty text(s) from {split}")
-            logger.warning("Dropped %d empty or whitespace-only text(s) from %s.", len(t) - len(keep), split)
-        texts[split] = [str(t[i]) for i in keep]
+            what = "example(s) with an empty text or pair" if pair_col else "empty text(s)"
+            notes.append(f"dropped {len(t) - len(keep)} {what} from {split}")
+            logger.warning("Dropped %d %s from %s.", len(t) - len(keep),
+                           what.replace("empty", "empty or whitespace-only"), split)
+        texts[split] = [tuple(map(str, t[i])) if pair_col else str(t[i]) for i in keep]
         labels[split] = [y[i] for i in keep]
     labels, names, label_notes = _labels_to_ids(labels, registry_names, one_class_ok=not hold_out)
     notes += label_notes
@@ -497,18 +506,34 @@ def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
         labels["train"] = [labels["train"][i] for i in keep]
 
     notes += _also_in_train(texts)
-    splits = DatasetDict({s: Dataset.from_dict({"text": texts[s], "label": labels[s]})
+    splits = DatasetDict({s: Dataset.from_dict(_columns(texts[s], labels[s]))
                           for s in ("train", "validation", "test") if s in texts})
     return TextData(splits, names, source, tuple(notes))
 
 
-def _also_in_train(texts: dict[str, list[str]]) -> list[str]:
+def text_pairs(split: Dataset) -> list[str] | None:
+    """A split's second texts, where its examples are pairs (--text_pair_column); else None."""
+    return split["text_pair"][:] if "text_pair" in split.column_names else None
+
+
+def _parts(text: str | tuple[str, str]) -> tuple[str, ...]:
+    return text if isinstance(text, tuple) else (text,)
+
+
+def _columns(texts: list, labels: list) -> dict[str, list]:
+    """A split's columns: text and label, and text_pair where each example is a (text, text_pair) pair."""
+    if texts and isinstance(texts[0], tuple):
+        return {"text": [a for a, _ in texts], "text_pair": [b for _, b in texts], "label": labels}
+    return {"text": texts, "label": labels}
+
+
+def _also_in_train(texts: dict[str, list]) -> list[str]:
     """Evaluation texts that training also sees (case and spacing aside) score what was memorised as if it were
     generalisation. Some sets hold such repeats by nature (trec's short questions: 11 of its 500 test questions), so
     this is said, once, as a note that the run logs and records, not refused. Only the evaluation splits are held in a
     set; train is scanned once."""
-    def key(text: str) -> str:
-        return " ".join(text.casefold().split())
+    def key(text: str | tuple[str, str]) -> str:
+        return "\t".join(" ".join(part.casefold().split()) for part in _parts(text))
 
     keys = {s: [key(t) for t in texts[s]] for s in ("validation", "test") if s in texts}
     if "train" not in texts or not keys:
@@ -525,18 +550,22 @@ def _also_in_train(texts: dict[str, list[str]]) -> list[str]:
     return notes
 
 
-def iter_texts(path: str | Path, text_column: str = "text"):
+def iter_texts(path: str | Path, text_column: str = "text", pair_column: str | None = None):
     """Texts to predict on, one at a time (a file of millions never sits in a list): .txt (one a line, blank lines
     skipped), "-" for standard input read the same way, or any data format with a text column (read by datasets'
-    streaming reader, a block of rows at a time). A missing value comes through as None, which predict refuses
-    naming its position. A file that is not what its name says, or lacks the column, is refused before the first
-    text; a malformed row further down, when reached."""
+    streaming reader, a block of rows at a time); with `pair_column`, (text, text_pair) pairs from such a file. A
+    missing value comes through as None, which predict refuses naming its position. A file that is not what its
+    name says, or lacks a column, is refused before the first text; a malformed row further down, when reached."""
+    lines = str(path) == "-" or Path(path).suffix.lower() == ".txt"
+    if pair_column is not None and lines:
+        raise DataError(f"--text_pair_column reads pairs from a data file with both columns (.jsonl, .json, .csv, "
+                        f".tsv, .parquet); '{path}' holds one text a line.")
     if str(path) == "-":  # the Unix convention; a file named "-" is still reachable as ./-
         return _text_lines(sys.stdin.buffer, "Standard input")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Input file '{path}' does not exist.")
-    if path.suffix.lower() == ".txt":
+    if lines:
         def lines():
             with open(path, "rb") as f:
                 yield from _text_lines(f, f"'{path}'")
@@ -553,13 +582,19 @@ def iter_texts(path: str | Path, text_column: str = "text"):
     block = next_block()
     if block is None:
         raise DataError(f"'{path}' has no rows. Put the texts to label in it.")
-    if text_column not in block:
-        raise DataError(f"'{path}' has no column '{text_column}'; its columns are {', '.join(block)}. "
-                        "Pass --text_column.")
+    for flag, name in (("text_column", text_column), ("text_pair_column", pair_column)):
+        if name is not None and name not in block:
+            raise DataError(f"'{path}' has no column '{name}'; its columns are {', '.join(block)}. Pass --{flag}.")
+
+    def text(t):
+        return t if t is None or isinstance(t, str) else str(t)
 
     def column(block):
         while block is not None:
-            yield from (t if t is None or isinstance(t, str) else str(t) for t in block[text_column])
+            if pair_column is None:
+                yield from map(text, block[text_column])
+            else:
+                yield from ((text(a), text(b)) for a, b in zip(block[text_column], block[pair_column]))
             block = next_block()
     return column(block)
 

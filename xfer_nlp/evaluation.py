@@ -24,9 +24,9 @@ logger = logging.getLogger("xfer_nlp")
 
 # The RunConfig fields that apply to scoring a finished model (`xfer-nlp evaluate --help` lists these alone).
 EVALUATE_FIELDS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file", "data_dir",
-                   "text_column", "label_column", "validation_split_ratio", "seed", "max_seq_length", "truncation",
-                   "head_tokens", "long_text", "chunk_stride", "per_device_eval_batch_size", "metrics", "output_dir",
-                   "overwrite_output_dir", "cv_folds", "cv_fold")
+                   "text_column", "text_pair_column", "label_column", "validation_split_ratio", "seed",
+                   "max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride",
+                   "per_device_eval_batch_size", "metrics", "output_dir", "overwrite_output_dir", "cv_folds", "cv_fold")
 # How a run cut its data into the rows it trained on and the rows it held out. A run's export scored on that same
 # data is cut the same way unless a flag says otherwise: a hold-out drawn with another seed (a compare cell's seed 0
 # against evaluate's default 42), or without the run's cross-validation folds, holds rows the model trained on.
@@ -34,16 +34,20 @@ SPLIT_FIELDS = ("seed", "validation_split_ratio", "cv_folds", "cv_fold")
 DATA_FIELDS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
 
 
-def write_predictions(path: Path, texts: dict, outputs: dict, label_names) -> None:
-    """One JSON line per evaluated text, splits in order and rows in data order: split, index, text, label (gold),
-    predicted, score (of the predicted label), scores (every label's probability). `outputs` holds each split's
-    (logits, labels) in data order."""
+def write_predictions(path: Path, splits, outputs: dict, label_names) -> None:
+    """One JSON line per evaluated text, splits in order and rows in data order: split, index, text (and text_pair
+    for pairs), label (gold), predicted, score (of the predicted label), scores (every label's probability).
+    `splits` holds the data's splits (text columns), `outputs` each scored split's (logits, labels) in data order."""
+    from .data import text_pairs
+
     with atomic_write(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for split, (logits, labels) in outputs.items():
             probs = torch.softmax(logits.float(), -1).numpy()
+            texts, pairs = splits[split]["text"][:], text_pairs(splits[split])
             for index, (p, gold) in enumerate(zip(probs, labels.tolist())):
                 guess = int(p.argmax())
-                f.write(json.dumps({"split": split, "index": index, "text": texts[split][index],
+                pair = {"text_pair": pairs[index]} if pairs is not None else {}
+                f.write(json.dumps({"split": split, "index": index, "text": texts[index], **pair,
                                     "label": label_names[gold], "predicted": label_names[guess],
                                     "score": float(p[guess]),
                                     "scores": {n: float(v) for n, v in zip(label_names, p)}}, ensure_ascii=False) + "\n")
@@ -209,6 +213,14 @@ def _cut_as_the_run(model: str, config, overrides: dict, all_rows: bool) -> tupl
     return cfg, run_split, {k: v for k, v in run_split.items() if k in given and getattr(cfg, k) != v}
 
 
+def _pairs_mismatch(model: str, pairs: bool) -> str:
+    if pairs:
+        return (f"'{model}' was trained on text pairs (its run's --text_pair_column); name the column of each "
+                "example's second text with --text_pair_column.")
+    return (f"'{model}' was trained on single texts, not pairs: leave --text_pair_column out, or score a model "
+            "trained on pairs.")
+
+
 def _say_how_cut(notes: list[str], cfg: RunConfig, run_split: dict, otherwise: dict) -> list[str]:
     """The data notes, and what scoring a run on its own data means: a note where the rows are the ones it held out,
     a warning where they may include rows it trained on."""
@@ -252,7 +264,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
 
     from . import batches, logs, loop, runfolder
     from .api import check_model_folder, load_model
-    from .data import load_text_data
+    from .data import load_text_data, text_pairs
     from .metrics import Scorer
 
     model = str(model)
@@ -278,7 +290,10 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
         # The run's own reading of texts, unless this evaluation names another.
         if any(k in overrides for k in ("max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride")) \
                 or not (Path(model) / RESULTS).is_file():
-            reading, _ = batches.choose_reading(cfg, data.splits["validation"]["text"], tokenizer)
+            reading, _ = batches.choose_reading(cfg, data.splits["validation"]["text"], tokenizer,
+                                                text_pairs(data.splits["validation"]))
+        elif reading.pairs != (cfg.text_pair_column is not None):
+            raise ConfigError(_pairs_mismatch(model, reading.pairs))
         logger.info("Reading texts: %s.", reading.describe())
         to_model = label_map(classifier.config.id2label, data.label_names)
         names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
@@ -301,7 +316,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
                    "data_notes": notes, "metrics": metrics,
                    "reading": dataclasses.asdict(reading),
                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        write_predictions(output_dir / PREDICTIONS, {s: data.splits[s]["text"] for s in splits}, outputs, names)
+        write_predictions(output_dir / PREDICTIONS, data.splits, outputs, names)
         plot_confusion(output_dir / CONFUSION, metrics, names)
         runfolder.write_json(output_dir / runfolder.EVALUATION, results)  # last: it marks a finished evaluation
         return EvaluationResult(output_dir, model, results["dataset"], metrics, results)

@@ -52,19 +52,25 @@ def usage_snippet(record: RunRecord, model_id: str) -> str:
     remote = needs_remote_code(record)
     # truncation as the run read texts (their head; see the card's reading note otherwise): without it a text
     # longer than the position embeddings ends pipeline() in a RuntimeError (tensor sizes that do not match)
-    flag = f", truncation=True, max_length={_reading(record).max_length}" + (", trust_remote_code=True" if remote else "")
+    reading = _reading(record)
+    flag = f", truncation=True, max_length={reading.max_length}" + (", trust_remote_code=True" if remote else "")
     why = ("# The mean/cls-pooling head is defined in this repository's modeling.py; transformers runs it only\n"
            "# with trust_remote_code=True.\n") if remote else ""
+    example = ('{"text": "A man is playing a guitar.", "text_pair": "Someone is making music."}' if reading.pairs
+               else '"a gripping, beautifully made film"')  # pipeline() takes a pair as this dict
     return (f"{why}# Needs only transformers (4.57 or 5.x); xfer_nlp need not be installed.\n"
             "from transformers import pipeline\n\n"
             f'classifier = pipeline("text-classification", model="{model_id}"{flag})\n'
-            'print(classifier("a gripping, beautifully made film"))')
+            f'print(classifier({example}))')
 
 
 def _reading_note(record: RunRecord) -> str:
     """How the model read a text longer than it can take, and what a plain pipeline() does instead."""
     reading = _reading(record)
     n = reading.max_length
+    if reading.pairs:
+        return (f"It reads {reading.describe()}; `pipeline(..., truncation=True, max_length={n})`, given "
+                '`{"text": ..., "text_pair": ...}`, reads the same.')
     if reading.truncation == "head" and not reading.chunk_stride:
         return (f"It reads {reading.describe()} of a text; `pipeline(..., truncation=True, max_length={n})` reads "
                 "the same.")

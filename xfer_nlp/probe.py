@@ -42,14 +42,17 @@ def weights_fingerprint(model: torch.nn.Module, layout: Layout) -> str:
 
 
 def data_fingerprint(ds) -> str:
-    """Hash of a tokenised split's token ids, labels and documents, read from its Arrow columns in blocks (no
-    Python list of a million rows): the same rows hash alike however the table is chunked."""
+    """Hash of a tokenised split's token ids (and token types: a text pair and one text holding a literal [SEP] have
+    the same ids), labels and documents, read from its Arrow columns in blocks (no Python list of a million rows):
+    the same rows hash alike however the table is chunked."""
     import pyarrow.compute as pc
 
     h = hashlib.blake2b(digest_size=16)
     for block in ds.with_format("arrow").iter(batch_size=65536):
         ids = block.column("input_ids")
-        for array in (pc.list_value_length(ids), pc.list_flatten(ids), block.column("labels"), block.column("doc")):
+        types = [pc.list_flatten(block.column("token_type_ids"))] if "token_type_ids" in block.column_names else []
+        for array in (pc.list_value_length(ids), pc.list_flatten(ids), *types, block.column("labels"),
+                      block.column("doc")):
             h.update(array.to_numpy().astype(np.int64).tobytes())
     return h.hexdigest()
 
