@@ -214,3 +214,15 @@ def test_transformers4_benchmark_smoke(tmp_path):
     table = out.read_text()
     assert table.startswith("transformers 5.") and " against 4.57.6," in table
     assert "| probe | XferPooledForSequenceClassification | 872 |" in table  # every label the same under both
+
+
+def test_text_pairs_benchmark_smoke(tmp_path):
+    out, report = tmp_path / "pairs", tmp_path / "pairs.md"
+    bench("text_pairs.py", "--tiny", "--modes", "probe", "--train_sizes", "all", "--output_dir", str(out), "--out",
+          str(report), cwd=tmp_path)
+    train = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
+    assert len(train) == 100 and set(train[0]) == {"sentence1", "sentence2", "label"}
+    assert 30 <= sum(r["label"] == "same" for r in train) <= 70  # about half agree: chance is about 0.5
+    cell = json.loads(next((out / "runs").glob("*/results.json")).read_text())
+    assert cell["reading"]["pairs"] is True and cell["config"]["text_pair_column"] == "sentence2"
+    assert "| probe | all | 1 |" in report.read_text()
