@@ -221,8 +221,12 @@ def test_text_pairs_benchmark_smoke(tmp_path):
     bench("text_pairs.py", "--tiny", "--modes", "probe", "--train_sizes", "all", "--output_dir", str(out), "--out",
           str(report), cwd=tmp_path)
     train = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
-    assert len(train) == 100 and set(train[0]) == {"sentence1", "sentence2", "label"}
-    assert 30 <= sum(r["label"] == "same" for r in train) <= 70  # about half agree: chance is about 0.5
+    assert len(train) == 400 and set(train[0]) == {"sentence1", "sentence2", "label"}
+    # entail: each sentence once with each statement, true for one: neither text alone tells the label
+    by_sentence = {}
+    for r in train:
+        by_sentence.setdefault(r["sentence1"], {})[r["sentence2"]] = r["label"]
+    assert all(sorted(v.values()) == ["no", "yes"] for v in by_sentence.values())
     cell = json.loads(next((out / "runs").glob("*/results.json")).read_text())
     assert cell["reading"]["pairs"] is True and cell["config"]["text_pair_column"] == "sentence2"
     assert "| probe | all | 1 |" in report.read_text()
