@@ -94,6 +94,8 @@ def test_the_probe_reads_both_texts_and_its_export_labels_pairs_as_the_run_did(p
                          feature_cache_dir=str(tmp_path / "features"))
     assert alone.metrics["validation"]["accuracy"] <= 0.7  # the first text alone: chance
     assert run.results["reading"]["pairs"] is True
+    assert "Reading texts: each text and its pair as one input of at most 32 tokens, a longer pair cut from the end " \
+           "of its longer text (the training pairs' 90th-percentile length is" in (run.output_dir / "train.log").read_text()
     rows = predictions(run)
     assert rows[0]["text"] == pair_rows(48, 2)[0]["premise"] and rows[0]["text_pair"] == pair_rows(48, 2)[0]["hypothesis"]
 

@@ -247,8 +247,9 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
     _shard_by_block(accelerator, built.model, built.layout)
     reading, extra["reading"] = batches.choose_reading(cfg, data.splits["train"]["text"], built.tokenizer,
                                                        text_pairs(data.splits["train"]))
-    logger.info("Reading texts: %s (the training texts' 90th-percentile length is %d tokens%s).", reading.describe(),
-                extra["reading"]["train_p90_tokens"], "; --truncation auto" if cfg.truncation == "auto" else "")
+    logger.info("Reading texts: %s (the training %s' 90th-percentile length is %d tokens%s).", reading.describe(),
+                "pairs" if reading.pairs else "texts", extra["reading"]["train_p90_tokens"],
+                "; --truncation auto" if cfg.truncation == "auto" and not reading.pairs else "")
     if extra["reading"]["train_p90_tokens"] > cfg.max_seq_length < 512 and not (reading.chunk_stride or reading.pairs):
         logger.warning("The training texts are long and the model reads %d tokens of each. On whole reviews "
                        "(polarity2k) the probe scored 0.71 at 128 tokens, 0.795 with --max_seq_length 512 (head+tail) "
