@@ -214,6 +214,10 @@ def test_a_run_scored_on_its_own_data_is_cut_as_the_run_cut_it(tiny_run, tmp_pat
     (cv.output_dir / "results.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"results.json' is damaged: its seed is not a number"):
         xfer_nlp.evaluate(cv.output_dir, dataset_name=str(mine), output_dir=str(tmp_path / "damaged"))
+    record["config"].update(seed=cv.results["config"]["seed"], text_column=["text"])
+    (cv.output_dir / "results.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"its text_column is not a column name, so the columns the run read"):
+        xfer_nlp.evaluate(cv.output_dir, dataset_name=str(mine), output_dir=str(tmp_path / "damaged2"))
 
 
 @pytest.mark.parametrize("case,words", [

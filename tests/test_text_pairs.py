@@ -124,7 +124,7 @@ def test_the_probe_reads_both_texts_and_its_export_labels_pairs_as_the_run_did(p
         xfer_nlp.predict(alone.output_dir, [("the film", "good")])
 
 
-def test_predict_and_evaluate_read_the_pair_column_of_a_file(probe_on_pairs, pair_data, tmp_path):
+def test_predict_and_evaluate_read_the_pair_column_of_a_file(probe_on_pairs, pair_data, tmp_path, tmp_path_factory):
     run, rows = probe_on_pairs, predictions(probe_on_pairs)
     cli = [sys.executable, "-m", "xfer_nlp.cli"]
     given = [*cli, "predict", "--model", str(run.output_dir), "--input", str(pair_data / "validation.jsonl"),
@@ -141,9 +141,13 @@ def test_predict_and_evaluate_read_the_pair_column_of_a_file(probe_on_pairs, pai
 
     scored = xfer_nlp.evaluate(run.output_dir, dataset_name=str(pair_data), output_dir=str(tmp_path / "ev"), **PAIR)
     assert scored.metrics["validation"]["accuracy"] == run.metrics["validation"]["accuracy"]
-    with pytest.raises(ConfigError, match="trained on text pairs"):
-        xfer_nlp.evaluate(run.output_dir, dataset_name=str(pair_data), text_column="premise",
-                          output_dir=str(tmp_path / "ev2"))
+    # On the run's own data its columns are the defaults; on other data nothing says which column is the pair.
+    as_the_run = xfer_nlp.evaluate(run.output_dir, dataset_name=str(pair_data), output_dir=str(tmp_path / "ev2"))
+    assert as_the_run.metrics == scored.metrics
+    other = data_folder(tmp_path_factory, "other", train=pair_rows(40, 3), validation=pair_rows(48, 4))
+    with pytest.raises(ConfigError, match="trained on text pairs \\(its run's --text_pair_column hypothesis\\); name"):
+        xfer_nlp.evaluate(run.output_dir, dataset_name=str(other), text_column="premise",
+                          output_dir=str(tmp_path / "ev3"))
 
 
 @pytest.mark.parametrize("mode", ["finetune", "contrastive"])

@@ -269,7 +269,7 @@ def evaluate_command(argv: list[str]) -> int:
     import dataclasses
 
     from .config import RunConfig
-    from .evaluation import EVALUATE_FIELDS, evaluate
+    from .evaluation import COLUMN_FIELDS, EVALUATE_FIELDS, SPLIT_FIELDS, evaluate
 
     parser = argparse.ArgumentParser(prog="xfer-nlp evaluate", allow_abbrev=False, description=(
         "Score an exported model on a dataset's validation (and test) split: writes evaluation.json (accuracy, "
@@ -284,9 +284,12 @@ def evaluate_command(argv: list[str]) -> int:
             help_text = "Where evaluation.json, predictions.jsonl and the plot go (default: runs/<model>-on-<dataset>)."
         elif f.name in ("max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride"):
             help_text += " Default: as the run read its texts (its results.json)."
-        elif f.name in ("seed", "validation_split_ratio", "cv_folds", "cv_fold"):
+        elif f.name in SPLIT_FIELDS:
             help_text += (" Default: on the data a run trained on, as that run cut it (its results.json), so no "
                           f"scored row is one it trained on; else {'none' if f.default is None else f.default}.")
+        elif f.name in COLUMN_FIELDS:
+            help_text += (" Default: on the data a run trained on, the run's (its results.json); else "
+                          f"{'none' if f.default is None else f.default}.")
         elif f.default not in (None, ""):
             help_text += f" Default: {f.default}."
         if isinstance(f.default, bool):

@@ -31,6 +31,8 @@ EVALUATE_FIELDS = ("dataset_name", "dataset_config_name", "train_file", "validat
 # data is cut the same way unless a flag says otherwise: a hold-out drawn with another seed (a compare cell's seed 0
 # against evaluate's default 42), or without the run's cross-validation folds, holds rows the model trained on.
 SPLIT_FIELDS = ("seed", "validation_split_ratio", "cv_folds", "cv_fold")
+# Which columns a run read as its text, second text and label: on that same data its export reads them so too.
+COLUMN_FIELDS = ("text_column", "text_pair_column", "label_column")
 DATA_FIELDS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
 
 
@@ -175,26 +177,29 @@ def _same_value(given, ran) -> bool:
     return a.exists() and b.exists() and a.resolve() == b.resolve()
 
 
-def _split_of_the_run(model: str, cfg: RunConfig) -> dict:
-    """The run's SPLIT_FIELDS where `cfg` names the data that the run in folder `model` trained on (its results.json);
-    {} for other data, and for a model that is not a run's export."""
+def _split_of_the_run(model: str, cfg: RunConfig) -> tuple[dict, dict]:
+    """The run's SPLIT_FIELDS and COLUMN_FIELDS where `cfg` names the data that the run in folder `model` trained on
+    (its results.json); ({}, {}) for other data, and for a model that is not a run's export."""
     run = recorded(Path(model).expanduser(), "config")
     if not isinstance(run, dict) or not all(_same_value(getattr(cfg, k), run.get(k)) for k in DATA_FIELDS):
-        return {}
+        return {}, {}
     from .config import RunConfig
 
     split = {k: run[k] for k in SPLIT_FIELDS if k in run}
+    columns = {k: run[k] for k in COLUMN_FIELDS if k in run}
     kinds = get_type_hints(RunConfig)
-    bad = [k for k, v in split.items() if not of_kind(v, kinds[k])]
-    if bad:
-        raise ConfigError(f"'{Path(model) / RESULTS}' is damaged: its {', '.join(bad)} is not a number, so the rows the "
-                          "run held out are unknown. Re-run the export.")
-    return split
+    for fields, kind, unknown in ((split, "a number", "rows the run held out"),
+                                  (columns, "a column name", "columns the run read")):
+        bad = [k for k, v in fields.items() if not of_kind(v, kinds[k])]
+        if bad:
+            raise ConfigError(f"'{Path(model) / RESULTS}' is damaged: its {', '.join(bad)} is not {kind}, so the "
+                              f"{unknown} are unknown. Re-run the export.")
+    return split, columns
 
 
 def _cut_as_the_run(model: str, config, overrides: dict, all_rows: bool) -> tuple[RunConfig, dict, dict]:
-    """The evaluation's config, taking the run's cut of its own data (_split_of_the_run) where no flag names one;
-    that cut; and the flags given that cut the run's data otherwise."""
+    """The evaluation's config, taking the run's cut of its own data and the columns it read there
+    (_split_of_the_run) where no flag names them; that cut; and the flags given that cut the run's data otherwise."""
     from .api import _config_from
     from .config import RunConfig
 
@@ -204,10 +209,10 @@ def _cut_as_the_run(model: str, config, overrides: dict, all_rows: bool) -> tupl
     default = RunConfig()
     given = set(overrides) | ({f.name for f in dataclasses.fields(RunConfig)
                                if getattr(config, f.name) != getattr(default, f.name)} if config else set())
-    run_split = _split_of_the_run(model, cfg)
+    run_split, columns = _split_of_the_run(model, cfg)
     if all_rows:  # every row: no fold is cut out
         run_split = {k: v for k, v in run_split.items() if k not in ("cv_folds", "cv_fold")}
-    as_the_run = {k: v for k, v in run_split.items() if k not in given}
+    as_the_run = {k: v for k, v in {**run_split, **columns}.items() if k not in given}
     if as_the_run:
         cfg = _config_from(config, {**as_the_run, **overrides, "mode": "probe"})
     return cfg, run_split, {k: v for k, v in run_split.items() if k in given and getattr(cfg, k) != v}
@@ -215,8 +220,11 @@ def _cut_as_the_run(model: str, config, overrides: dict, all_rows: bool) -> tupl
 
 def _pairs_mismatch(model: str, pairs: bool) -> str:
     if pairs:
-        return (f"'{model}' was trained on text pairs (its run's --text_pair_column); name the column of each "
-                "example's second text with --text_pair_column.")
+        ran = recorded(Path(model).expanduser(), "config")
+        column = ran.get("text_pair_column") if isinstance(ran, dict) else None
+        return (f"'{model}' was trained on text pairs" + (f" (its run's --text_pair_column {column})"
+                                                         if isinstance(column, str) else "") +
+                "; name the column of each example's second text in this data with --text_pair_column.")
     return (f"'{model}' was trained on single texts, not pairs: leave --text_pair_column out, or score a model "
             "trained on pairs.")
 
@@ -254,7 +262,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
     validates on, so a model and its run are scored on the same rows; `all_rows=True` scores every row instead.
     A run's export scored on the run's own data is cut as the run cut it (its seed, hold-out ratio and
     cross-validation fold, from its results.json) unless those are given; given otherwise, a warning says that
-    scored rows may be training rows.
+    scored rows may be training rows. On that data the run's text, pair and label columns are the defaults too.
     Texts are read as the run read them (its results.json), unless a reading flag is given. The model's labels
     are matched to the data's by name. No code from the model folder runs (trust_remote_code off). The default
     output_dir is runs/<model>-on-<dataset>.
