@@ -41,6 +41,13 @@ def test_the_console_script_lists_its_commands_on_stdout_when_asked_and_on_stder
         wrong = subprocess.run([xfer, *misuse], capture_output=True, text=True, timeout=120)
         assert wrong.returncode == 2 and wrong.stderr.startswith("usage: xfer-nlp {run,") and not wrong.stdout
     assert "error: unknown command 'compar'; did you mean 'compare'?" in wrong.stderr
+    # The console script's import of the package loads no torch, transformers or datasets: `--help` answers at
+    # once, and the public names still resolve (on first use).
+    loaded = sh("-c", "import sys, xfer_nlp.cli; heavy = {'torch', 'transformers', 'datasets'} & set(sys.modules); "
+                "print(sorted(heavy)); from xfer_nlp import compare, run, ConfigError; import xfer_nlp.grid; "
+                "print(xfer_nlp.compare is compare is xfer_nlp.grid.compare, callable(run), 'xfer_nlp' in str(ConfigError)); "
+                "print(sorted(xfer_nlp.__all__) == sorted(xfer_nlp._HOMES), all(getattr(xfer_nlp, n) for n in xfer_nlp.__all__))")
+    assert loaded.returncode == 0 and loaded.stdout.split("\n")[:3] == ["[]", "True True True", "True True"], loaded.stderr
 
 
 def test_user_error_is_one_clear_message_without_traceback(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from conftest import data_folder, free_port, launch_env, make_rows, write_jsonl
 
 import xfer_nlp
-from xfer_nlp.compare import CompareArgs, parse_variants, plan
+from xfer_nlp.grid import CompareArgs, parse_variants, plan
 from xfer_nlp.config import RunConfig
 from xfer_nlp.errors import ConfigError
 

@@ -122,7 +122,7 @@ def run_command(argv: list[str], default_config_dir: str | Path | None = None) -
 
 def compare_command(argv: list[str]) -> int:
     """`xfer-nlp compare`: the grid flags plus every run flag, which applies to every cell."""
-    from .compare import CompareArgs, compare
+    from .grid import CompareArgs, compare
     from .config import parse_args
 
     try:
@@ -145,7 +145,7 @@ def compare_command(argv: list[str]) -> int:
 
 
 def report_command(argv: list[str]) -> int:
-    from .compare import parse_variants
+    from .grid import parse_variants
     from .report import write_report
 
     parser = argparse.ArgumentParser(prog="xfer-nlp report", description="Rewrite comparison.md, comparison.csv and "
