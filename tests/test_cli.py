@@ -48,6 +48,10 @@ def test_the_console_script_lists_its_commands_on_stdout_when_asked_and_on_stder
                 "print(xfer_nlp.compare is compare is xfer_nlp.grid.compare, callable(run), 'xfer_nlp' in str(ConfigError)); "
                 "print(sorted(xfer_nlp.__all__) == sorted(xfer_nlp._HOMES), all(getattr(xfer_nlp, n) for n in xfer_nlp.__all__))")
     assert loaded.returncode == 0 and loaded.stdout.split("\n")[:3] == ["[]", "True True True", "True True"], loaded.stderr
+    for command in ("report", "export", "push"):  # their flags need none of it either
+        helped = sh("-c", f"import sys, contextlib, io\nfrom xfer_nlp import cli\nwith contextlib.redirect_stdout(io.StringIO()):"
+                          f"\n    try: cli.main(['{command}', '--help'])\n    except SystemExit: pass\nprint('torch' in sys.modules)")
+        assert helped.returncode == 0 and helped.stdout == "False\n", (command, helped.stdout, helped.stderr)
 
 
 def test_user_error_is_one_clear_message_without_traceback(tmp_path):

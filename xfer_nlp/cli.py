@@ -145,9 +145,6 @@ def compare_command(argv: list[str]) -> int:
 
 
 def report_command(argv: list[str]) -> int:
-    from .grid import parse_variants
-    from .report import write_report
-
     parser = argparse.ArgumentParser(prog="xfer-nlp report", description="Rewrite comparison.md, comparison.csv and "
                                      "the plots of a compare output folder from its finished runs; never trains.")
     parser.add_argument("output_dir", help="Folder written by xfer-nlp compare.")
@@ -156,6 +153,9 @@ def report_command(argv: list[str]) -> int:
                                         "in the folder, in folder-name order. Use it after several compare runs "
                                         "into one folder.")
     args = parser.parse_args(argv)
+    from .grid import parse_variants  # after parsing, as in export and push: --help needs no torch
+    from .report import write_report
+
     try:
         labels = [v.label for v in parse_variants(args.modes)] if args.modes else None
         print(write_report(args.output_dir, labels))
@@ -312,8 +312,6 @@ def evaluate_command(argv: list[str]) -> int:
 
 
 def export_command(argv: list[str]) -> int:
-    from .onnx_export import export_onnx
-
     parser = argparse.ArgumentParser(prog="xfer-nlp export", description=(
         "Write an exported model as ONNX with torch's exporter. The graph takes the tokenizer's inputs (dynamic batch "
         "and length) and returns logits; it is kept only if onnxruntime reproduces the torch model's logits (to 1e-4 of the largest). "
@@ -324,6 +322,8 @@ def export_command(argv: list[str]) -> int:
     parser.add_argument("--output", help="The .onnx file to write (default: MODEL/onnx/model.onnx).")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18).")
     args = parser.parse_args(argv)
+    from .onnx_export import export_onnx
+
     try:
         print(export_onnx(_model_of(parser, args), args.output, args.opset))
     except XferError as e:
@@ -332,14 +332,14 @@ def export_command(argv: list[str]) -> int:
 
 
 def push_command(argv: list[str]) -> int:
-    from .hub import push
-
     parser = argparse.ArgumentParser(prog="xfer-nlp push", description="Upload a finished run folder to the Hub.")
     parser.add_argument("output_dir", help="Folder written by xfer-nlp run.")
     parser.add_argument("--hub_model_id", help="user/name of the repository (default: your account / folder name).")
     parser.add_argument("--hub_private_repo", action="store_true", help="Create the repository as private.")
     parser.add_argument("--hub_token", help="Token (default: $HF_TOKEN or the cached `hf auth login`).")
     args = parser.parse_args(argv)
+    from .hub import push
+
     try:
         print(push(args.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token))
     except XferError as e:
