@@ -14,8 +14,7 @@ _HOMES = {"run": "api", "predict": "api", "predict_stream": "api", "Predictor": 
           "evaluate": "evaluation", "EvaluationResult": "evaluation", "push": "hub", "RunConfig": "config",
           "MODES": "config", "XferError": "errors", "ConfigError": "errors", "DataError": "errors"}
 
-__all__ = ["run", "compare", "write_report", "predict", "predict_stream", "Predictor", "export_onnx", "evaluate", "push",
-           "EvaluationResult", "Comparison", "RunConfig", "RunResult", "MODES", "XferError", "ConfigError", "DataError"]
+__all__ = list(_HOMES)
 __version__ = "0.1.0"
 
 
@@ -31,12 +30,13 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_HOMES})
 
 
-if TYPE_CHECKING:  # what type checkers and editors read: the same names, imported eagerly
-    from .api import Predictor, RunResult, predict, predict_stream, run
-    from .config import MODES, RunConfig
-    from .errors import ConfigError, DataError, XferError
-    from .evaluation import EvaluationResult, evaluate
-    from .grid import Comparison, compare
-    from .hub import push
-    from .onnx_export import export_onnx
-    from .report import write_report
+if TYPE_CHECKING:  # what type checkers and editors read: the same names, imported eagerly ("as": re-exported)
+    from .api import Predictor as Predictor, RunResult as RunResult, predict as predict
+    from .api import predict_stream as predict_stream, run as run
+    from .config import MODES as MODES, RunConfig as RunConfig
+    from .errors import ConfigError as ConfigError, DataError as DataError, XferError as XferError
+    from .evaluation import EvaluationResult as EvaluationResult, evaluate as evaluate
+    from .grid import Comparison as Comparison, compare as compare
+    from .hub import push as push
+    from .onnx_export import export_onnx as export_onnx
+    from .report import write_report as write_report
