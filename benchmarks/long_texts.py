@@ -22,6 +22,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import xfer_nlp
@@ -103,9 +104,14 @@ def grid(args) -> str:
         rows.append({"mode": meta["mode"], "setting": setting, "seed": meta["seed"],
                      "validation": results["metrics"]["validation"]["accuracy"],
                      "test": results["metrics"]["test"]["accuracy"], "train_s": results["train_seconds"],
-                     "predict_s": predict_seconds(cell.parent, test), "reading": results["reading"]})
-    lines = [f"# Reading long reviews: polarity2k, {cpu_name()}", "",
+                     "predict_s": predict_seconds(cell.parent, test), "reading": results["reading"],
+                     "hardware": results.get("hardware", "not recorded")})
+    # The cells' own machines, not this one: --report_only tabulates cells that ran in earlier sessions.
+    machines = Counter(r["hardware"] for r in rows)
+    lines = ["# Reading long reviews: polarity2k", "",
              f"    {args.command}", "",
+             "Cells ran on: " + ("; ".join(f"{hw} ({n} cells)" for hw, n in machines.most_common()) or "none yet")
+             + ".", "",
              f"Accuracy (mean ± sd over the seeds run); predict: {len(test)} test reviews through xfer_nlp.predict "
              "with the run's reading, model loading included.", "",
              "| mode | reading | seeds | validation | test | train s | predict s |", "|---|---|---|---|---|---|---|"]
@@ -126,11 +132,11 @@ def grid(args) -> str:
 
 def plot(rows: list[dict], modes: list[str], settings: list[str], path: Path) -> None:
     """Test accuracy (mean ± sd over seeds) against mean training seconds, one point per mode and reading."""
-    import matplotlib
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from xfer_nlp.evaluation import pyplot, save_figure
 
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for i, mode in enumerate(modes):
         points = [(s, [r for r in rows if r["mode"] == mode and r["setting"] == s]) for s in settings]
@@ -147,11 +153,13 @@ def plot(rows: list[dict], modes: list[str], settings: list[str], path: Path) ->
            ylabel="test accuracy (mean ± sd; seeds in brackets)",
            title="polarity2k: how a long review is read, accuracy against training time")
     ax.margins(x=0.25, y=0.1)  # room for the labels beside the outermost points
+    # The seconds span one or two decades: matplotlib's default labels every minor tick there, and they overlap.
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _mean_sd(xs: list[float]) -> str:

@@ -171,6 +171,20 @@ def test_report_reruns_without_training(tiny_model_dir, tiny_data_dir, tmp_path)
     assert empty.returncode == 2 and "Run xfer-nlp compare first" in empty.stderr
 
 
+def test_every_variant_of_a_large_grid_is_drawn_apart_and_the_peer_dashed():
+    from xfer_nlp.report import _dodge, _styles
+
+    labels = [f"finetune[seed_variant={i}]" for i in range(14)] + ["setfit (peer)"]
+    style = _styles(labels, peers={"setfit (peer)"})
+    # tab10 alone repeats a colour from the eleventh variant on: colour and marker together stay apart
+    assert len({(s["color"], s["marker"]) for s in style.values()}) == len(labels)
+    assert style["setfit (peer)"]["linestyle"] == "--" and {s["linestyle"] for s in list(style.values())[:-1]} == {"-"}
+    # points at one x spread evenly around it, as wide as asked, in the variants' order
+    spread = [_dodge(i, 5, decades=0.4) for i in range(5)]
+    assert spread == sorted(spread) and spread[2] == pytest.approx(1) and spread[-1] / spread[0] == pytest.approx(10 ** 0.4)
+    assert _dodge(0, 1) == 1.0
+
+
 def test_report_chooses_and_orders_variants(tiny_model_dir, tiny_data_dir, tmp_path):
     out = tmp_path / "grid"
     args = grid_args(tiny_model_dir, tiny_data_dir, tmp_path)

@@ -68,26 +68,28 @@ def warn_unpredicted(metrics: dict, label_names, chosen_on: str) -> None:
                        len(missed), len(per_class), chosen_on)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (never a window)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only, never a window
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def _save_figure(fig, path: Path) -> None:
-    """The figure as a PNG at `path`, written whole or not at all, and its memory freed."""
+def save_figure(fig, path: Path) -> None:
+    """The figure as a PNG at `path`, written whole or not at all, and its memory freed. The image is cut to what
+    is drawn, a legend placed beside the axes included."""
     fig.tight_layout()
     with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    _pyplot().close(fig)
+        fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
+    pyplot().close(fig)
 
 
 def plot_confusion(path: Path, metrics: dict, label_names) -> None:
     """One heat map per scored split: counts, rows the true label, columns the predicted one."""
-    plt = _pyplot()
+    plt = pyplot()
 
     splits = [s for s, m in metrics.items() if "confusion_matrix" in m]
     k = len(label_names)
@@ -103,7 +105,7 @@ def plot_confusion(path: Path, metrics: dict, label_names) -> None:
                xlabel="predicted", ylabel="true",
                title=f"{split}: accuracy {metrics[split]['accuracy']:.3f}, macro-F1 {metrics[split]['macro_f1']:.3f}")
         plt.setp(ax.get_xticklabels(), rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_training(path: Path, record: RunRecord) -> None:
@@ -111,7 +113,7 @@ def plot_training(path: Path, record: RunRecord) -> None:
     evaluation marked: how the run went, at a glance. Nothing for a run without a training loop (the probe)."""
     if not record.losses:
         return
-    plt = _pyplot()
+    plt = pyplot()
     watched = f"validation_{record.config.get('metric_for_best_model', 'accuracy')}"
     shown = [k for k in dict.fromkeys(("validation_accuracy", watched)) if record.history and k in record.history[0]]
     fig, axes = plt.subplots(1, 1 + bool(shown), figsize=(5.2 * (1 + bool(shown)), 3.6), squeeze=False)
@@ -131,7 +133,7 @@ def plot_training(path: Path, record: RunRecord) -> None:
         scores.legend()
     for ax in axes[0]:
         ax.grid(alpha=0.3)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def label_map(model_labels: dict[int, str], data_labels) -> list[int]:

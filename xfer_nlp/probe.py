@@ -265,6 +265,7 @@ def run_probe(accelerator, cfg, model, layout: Layout, make_loader, datasets: di
                "feature_cache_shards": shard_hits,
                "fit_seconds": round(fit_seconds, 2),
                "test_seconds": round(sum(t for split, t in seconds.items() if split not in ("train", "validation")), 4)}
-    logger.info("Probe head: C=%s chosen on validation (%s); features %s.", head["C"], details["validation_by_C"],
-                "from cache" if all(hits.values()) else f"encoded in {encode_seconds:.1f}s")
+    by_c = ", ".join(f"{c:g} → {score:.4f}" for c, score in head["validation_by_C"].items())
+    logger.info("Probe head: C=%g chosen on validation %s (by C: %s); features %s.", head["C"],
+                cfg.metric_for_best_model, by_c, "from cache" if all(hits.values()) else f"encoded in {encode_seconds:.1f}s")
     return metrics, outputs, details

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import XferError
+from .evaluation import pyplot, save_figure
 from .modes import MODES
 from . import runfolder
 from .runfolder import read_results
@@ -158,63 +159,93 @@ def textbook_table(summary: pd.DataFrame, cells: pd.DataFrame, labels: list[str]
     return "\n".join(lines)
 
 
-def plot(summary: pd.DataFrame, cells: pd.DataFrame, labels: list[str], output_dir: Path) -> list[str]:
+# Each variant's marker, beside its colour: tab10 has ten colours, and a grid may hold more variants.
+MARKERS = "osD^vP*Xhp<>"
+
+
+def _styles(labels: list[str], peers: set[str]) -> dict[str, dict]:
+    """A colour and a marker per variant; a peer's line is dashed, so the modes and the peer read apart."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    colours = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
+    return {label: {"color": colours(i % colours.N), "marker": MARKERS[i % len(MARKERS)],
+                    "linestyle": "--" if label in peers else "-"} for i, label in enumerate(labels)}
 
+
+def _dodge(i: int, n: int, decades: float = 0.08) -> float:
+    """A factor that spreads n variants' points around one x on a log axis, `decades` wide in all, so that points
+    at the same x (one training-set size, one parameter count) and their error bars do not hide each other."""
+    return 10 ** (decades * (i / (n - 1) - 0.5)) if n > 1 else 1.0
+
+
+def _legend(fig, axes, labels: list[str]) -> None:
+    """Every variant drawn in any of `axes`, once, beside the plot rather than over its points."""
+    handles = {}
+    for ax in axes:
+        handles.update({label: h for h, label in zip(*ax.get_legend_handles_labels())})
+    fig.legend([handles[k] for k in labels if k in handles], [k for k in labels if k in handles], fontsize=8,
+               loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
+
+
+def plot(summary: pd.DataFrame, cells: pd.DataFrame, labels: list[str], output_dir: Path) -> list[str]:
+    plt = pyplot()
     done = cells[cells.status == "done"]
-    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    style = _styles(labels, set(cells.label[cells["mode"].isin(PEERS)]))
     files = []
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label in labels:
+    for i, label in enumerate(labels):
         s = summary[summary.label == label]
         if not s.empty:
-            ax.errorbar(s.train_samples, s.validation_accuracy_mean, yerr=s.validation_accuracy_sd, marker="o",
-                        capsize=3, label=label, color=colors[label])
+            ax.errorbar(s.train_samples * _dodge(i, len(labels)), s.validation_accuracy_mean,
+                        yerr=s.validation_accuracy_sd, capsize=2, elinewidth=1, markersize=5, label=label,
+                        **style[label])
     ax.set(xscale="log", xlabel="training examples (log scale)", ylabel="validation accuracy (mean ± sd over seeds)",
            title="Learning curve: accuracy against training-set size")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(fig, [ax], labels)
     files.append(_save(fig, output_dir / "learning_curve.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label in labels:
         c = done[done.label == label]
         if not c.empty:
-            ax.scatter(c.train_seconds, c.validation_accuracy, label=label, color=colors[label], alpha=0.8,
-                       s=[12 + 10 * math.log10(n) for n in c.train_samples])
+            ax.scatter(c.train_seconds, c.validation_accuracy, label=label, color=style[label]["color"],
+                       marker=style[label]["marker"], alpha=0.8, s=[12 + 10 * math.log10(n) for n in c.train_samples])
     ax.set(xscale="log", xlabel="training seconds (log scale)", ylabel="validation accuracy",
            title="Accuracy against training time (one point per run; larger = more data)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(fig, [ax], labels)
     files.append(_save(fig, output_dir / "accuracy_vs_time.png"))
 
+    # One panel per training-set size, at most four to a row, so that each stays readable at a page's width.
     sizes = sorted(summary["size"].unique(), key=size_key)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(3.6 * len(sizes), 4), sharey=True, squeeze=False)
-    for ax, size in zip(axes[0], sizes):
-        for label in labels:
+    cols = min(4, len(sizes))
+    rows = math.ceil(len(sizes) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), sharey=True, squeeze=False)
+    for ax, size in zip(axes.flat, sizes):
+        for i, label in enumerate(labels):
             s = summary[(summary.label == label) & (summary["size"] == size)]
             if not s.empty:
-                ax.errorbar(s.trainable_params, s.validation_accuracy_mean, yerr=s.validation_accuracy_sd, marker="o",
-                            capsize=3, linestyle="none", label=label, color=colors[label])
-        ax.set(xscale="log", xlabel="trainable parameters (log scale)", title=f"n = {size}")
+                ax.errorbar(s.trainable_params * _dodge(i, len(labels), decades=0.4), s.validation_accuracy_mean,
+                            yerr=s.validation_accuracy_sd, capsize=2, elinewidth=1, markersize=5, label=label,
+                            **{**style[label], "linestyle": "none"})
+        ax.set(xscale="log", title=f"n = {size}")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("validation accuracy")
-    axes[0][-1].legend(fontsize=7)
-    fig.suptitle("Accuracy against trainable parameters")
+    for ax in axes.flat[len(sizes):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("trainable parameters (log scale)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation accuracy")
+    _legend(fig, axes.flat, labels)
+    fig.suptitle("Accuracy against trainable parameters (variants that train as many drawn side by side)")
     files.append(_save(fig, output_dir / "trainable_params.png"))
     return files
 
 
 def _save(fig, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    save_figure(fig, path)
     return path.name
 
 
