@@ -19,6 +19,10 @@ def test_the_small_data_rule_raises_the_epochs_and_logs_the_step_count(tiny_run)
     assert "160 examples: training 6 epochs = 60 steps" in log
     assert [h["step"] for h in result.results["history"]] == [10, 20, 30, 40, 50, 60]
     assert result.results["config"]["min_train_steps"] == 60
+    # results.json and the card say the epochs that ran, not only the 3 the config still holds
+    schedule = result.results["schedule"]
+    assert schedule["optimizer_steps"] == 60 and schedule["plan"].startswith("160 examples: training 6 epochs")
+    assert f"- optimizer_steps: 60 ({schedule['plan']})" in (result.output_dir / "README.md").read_text()
 
 
 def test_explicit_epochs_are_the_epochs_that_run(tiny_run):

@@ -118,6 +118,8 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
     rows = "\n".join(f"| {split} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for split, m in record.metrics.items())
     per_class = _per_class_table(record)
     hyper = {k: cfg[k] for k in spec.card_settings if cfg.get(k) is not None}
+    if (record.schedule or {}).get("plan"):  # the small-data rule may have raised the epochs above
+        hyper["optimizer_steps"] = f"{record.schedule['optimizer_steps']} ({record.schedule['plan']})"
     if record.pairs:
         hyper["pair_iterations"] = f"{record.pairs['rounds']} ({record.pairs['pairs']:,} pairs; {record.pairs['rule']})"
     if spec.fitted_head:

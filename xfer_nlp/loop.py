@@ -332,6 +332,7 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
                                                              steps * accelerator.num_processes, cfg.warmup_ratio,
                                                              cfg.stlr_ratio))
     readable, last_stage = describe(cfg, accelerator.unwrap_model(model), layout, groups, steps_per_epoch)
+    readable.update(optimizer_steps=steps, plan=plan)  # the epochs and steps that ran, as the log says them
     run = _Run(accelerator, cfg, model, layout, train_dl, sampler, eval_dls, optimizer, scheduler, checkpoints, world, steps,
                eval_every, logging_interval(cfg, steps), steps_per_epoch, readable, last_stage,
                [n for g in groups for n in g.names], params, compiled_step_model(model, cfg.torch_compile))

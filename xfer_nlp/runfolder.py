@@ -237,7 +237,7 @@ class RunRecord:
     reading: dict | None = None  # how texts were read (batches.Reading), so predict and evaluate read them alike
     history: list[dict] = field(default_factory=list)  # one record per evaluation during training
     losses: list[dict] = field(default_factory=list)  # the training loss at each log (--logging_steps)
-    schedule: dict | None = None  # parameter groups, learning rates, unfreezing stages
+    schedule: dict | None = None  # parameter groups, learning rates, unfreezing stages, the steps run and why
     probe: dict | None = None  # the fitted head: C, its validation scores, encoding seconds, cache hits
     pairs: dict | None = None  # contrastive: the pair rounds, the pair count and the rule that set them
     head_init: dict | None = None  # --head_init probe: the fitted starting head (C, validation accuracy, seconds)
