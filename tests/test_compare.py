@@ -88,6 +88,7 @@ def test_grid_runs_reports_and_skips_finished_cells(tiny_model_dir, tiny_data_di
                   output_dir=out, **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
     result = xfer_nlp.compare(**kwargs)
     assert result.ran == 12 and not result.failed
+    assert result._repr_markdown_() == str(result) and "| variant | n |" in str(result)  # a notebook shows the table
     cells = pd.read_csv(out / "comparison.csv")
     assert len(cells) == 12 and set(cells.status) == {"done"}
     assert set(cells.train_samples) == {40, 160}

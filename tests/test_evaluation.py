@@ -122,6 +122,11 @@ def test_evaluate_scores_an_export_on_a_dataset_exactly_as_the_run_did(tiny_run,
         assert e["scores"] == pytest.approx(t["scores"], abs=1e-6) and e["score"] == pytest.approx(t["score"], abs=1e-6)
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["metrics"] == scored.metrics
+    # a notebook shows each result as its table, not as the folder it was written to
+    for result in (run, scored):
+        table = result._repr_markdown_()
+        assert all(f"| {split} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" in table
+                   for split, m in result.metrics.items()) and str(result.output_dir) in table
 
     # Other data with the labels spelt as names, in another order: matched by name, through the command line.
     other = tmp_path / "other"

@@ -25,7 +25,7 @@ from . import allocator, batches, families, hub, logs, loop, modes, pairs, probe
 from .config import FIELD_NAMES, RunConfig, nearest, resolve
 from .data import load_text_data, text_pairs
 from .errors import ConfigError, LaunchError
-from .evaluation import plot_confusion, plot_training, warn_unpredicted, write_predictions
+from .evaluation import metrics_markdown, plot_confusion, plot_training, warn_unpredicted, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
 from .precision import bf16_is_native, cpu_hardware, idle_cores_hint, resolve_precision
@@ -36,8 +36,8 @@ logger = logging.getLogger("xfer_nlp")
 
 @dataclass
 class RunResult:
-    """What a run produced; `print(result)` shows the metrics table. `record` is its results.json (RunRecord),
-    `results` the same as a dict."""
+    """What a run produced; `print(result)` shows the metrics table, as does a notebook. `record` is its
+    results.json (RunRecord), `results` the same as a dict."""
 
     output_dir: Path
     record: RunRecord = field(repr=False)
@@ -52,9 +52,14 @@ class RunResult:
     def __str__(self) -> str:
         lines = [f"{self.mode} -> {self.output_dir}", f"{'split':<12}{'accuracy':>10}{'macro_f1':>10}"]
         lines += [f"{split:<12}{m['accuracy']:>10.4f}{m['macro_f1']:>10.4f}" for split, m in self.metrics.items()]
-        lines.append(f"trained {self.trainable_params:,} of {self.total_params:,} parameters in "
-                     f"{self.train_seconds:.1f} s")
+        lines.append(self._trained())
         return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:  # Jupyter renders this where the plain repr would show the folder alone
+        return f"**{self.mode}** → `{self.output_dir}`\n\n{metrics_markdown(self.metrics)}\n\n{self._trained()}"
+
+    def _trained(self) -> str:
+        return f"trained {self.trainable_params:,} of {self.total_params:,} parameters in {self.train_seconds:.1f} s"
 
 
 def _config_from(config: RunConfig | None, overrides: dict) -> RunConfig:

@@ -152,9 +152,16 @@ def label_map(model_labels: dict[int, str], data_labels) -> list[int]:
     return [by_name[str(n).strip().lower()] for n in data_labels]
 
 
+def metrics_markdown(metrics: dict) -> str:
+    """Accuracy and macro-F1 per scored split as a Markdown table: what a notebook shows for a result."""
+    return "\n".join(["| split | accuracy | macro-F1 |", "|---|---|---|"] +
+                     [f"| {split} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for split, m in metrics.items()])
+
+
 @dataclasses.dataclass
 class EvaluationResult:
-    """What `evaluate` wrote; `print(result)` shows the metrics table. `results` is its results.json as a dict."""
+    """What `evaluate` wrote; `print(result)` shows the metrics table, as does a notebook. `results` is its
+    results.json as a dict."""
 
     output_dir: Path
     model: str
@@ -166,6 +173,9 @@ class EvaluationResult:
         lines = [f"{self.model} on {self.dataset} -> {self.output_dir}", f"{'split':<12}{'accuracy':>10}{'macro_f1':>10}"]
         lines += [f"{split:<12}{m['accuracy']:>10.4f}{m['macro_f1']:>10.4f}" for split, m in self.metrics.items()]
         return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:  # Jupyter renders this where the plain repr would show the folder alone
+        return f"`{self.model}` on **{self.dataset}** → `{self.output_dir}`\n\n{metrics_markdown(self.metrics)}"
 
 
 def _same_value(given, ran) -> bool:

@@ -233,7 +233,7 @@ def _prepare_cell(cell: Cell, main: bool) -> RunConfig | None:
 
 @dataclass
 class Comparison:
-    """A finished (or partly failed) grid; `print(comparison)` shows the summary table."""
+    """A finished (or partly failed) grid; `print(comparison)` shows the summary table, as does a notebook."""
 
     output_dir: Path
     ran: int
@@ -246,6 +246,8 @@ class Comparison:
         failed = f", {len(self.failed)} failed: {', '.join(self.failed)}" if self.failed else ""
         return (f"{self.summary}\n\n{self.ran} cells run, {self.skipped} already done{failed}; {self.seconds:.0f} s. "
                 f"Report: {self.output_dir / 'comparison.md'}")
+
+    _repr_markdown_ = __str__  # the summary is a Markdown table: Jupyter renders it where the repr shows counts
 
 
 def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, train_sizes: str =
