@@ -75,6 +75,20 @@ def test_bad_variants_fail_naming_the_key(spec, message):
     assert message in str(e.value)
 
 
+def test_a_setting_the_grid_makes_per_cell_is_refused_naming_the_grid_flag(tmp_path):
+    # each would be replaced in every cell without a word: the grid's own seeds, sizes, names and pushes
+    with pytest.raises(ConfigError) as e:
+        xfer_nlp.compare(modes="probe", train_sizes="40", seeds="0", output_dir=tmp_path / "grid", seed=5,
+                         max_train_samples=50, push_to_hub=True, overwrite_output_dir=True)
+    message = str(e.value)
+    for fix in ("--seed: each cell's seed comes from --seeds (e.g. --seeds 5)",
+                "--max_train_samples: each cell's training-set size comes from --train_sizes (e.g. --train_sizes 50)",
+                "--push_to_hub: push a finished cell with `xfer-nlp push OUTPUT_DIR/runs/CELL",
+                "--overwrite_output_dir: compare keeps finished cells; to start over, delete the folder"):
+        assert fix in message, message
+    assert "--mode:" not in message and not (tmp_path / "grid").exists()
+
+
 def test_invalid_cell_fails_before_any_cell_runs(tiny_model_dir, tiny_data_dir, tmp_path):
     with pytest.raises(ConfigError, match="--gradual_unfreezing does not apply to mode scratch"):
         xfer_nlp.compare(modes="probe,scratch[gradual_unfreezing=true]", train_sizes="40", seeds="0",

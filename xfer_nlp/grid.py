@@ -23,6 +23,21 @@ from .errors import ConfigError, DiskFull, Interrupted, LaunchError, XferError
 logger = logging.getLogger("xfer_nlp.compare")  # its own handlers: each run() resets those of "xfer_nlp"
 
 
+# What the grid sets in every cell itself, and what to do instead: a value given to compare would be replaced in
+# every cell without a word. (output_dir is the grid's folder; --cv_folds/--cv_fold without --folds apply to all.)
+SET_BY_THE_GRID = {
+    "mode": "the cells' modes come from --modes (a comma list, e.g. probe,finetune)",
+    "seed": "each cell's seed comes from --seeds (e.g. --seeds {value})",
+    "max_train_samples": "each cell's training-set size comes from --train_sizes (e.g. --train_sizes {value})",
+    "run_name": "each cell is named GRID_FOLDER/CELL in the trackers",
+    "resume_from_checkpoint": "run the same compare command again: finished cells are kept and an interrupted one "
+                              "resumes from its last checkpoint",
+    "overwrite_output_dir": "compare keeps finished cells; to start over, delete the folder or give another "
+                            "--output_dir",
+    "push_to_hub": "push a finished cell with `xfer-nlp push OUTPUT_DIR/runs/CELL --hub_model_id NAME`",
+}
+
+
 @dataclass
 class CompareArgs:
     """The grid; every other option is a run option and applies to every cell."""
@@ -268,6 +283,10 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
     if keep not in KEEP:
         raise ConfigError(f"--keep must be one of {', '.join(KEEP)}, got '{keep}'.")
     base = dataclasses.replace(config or RunConfig(), **overrides)
+    given = [k for k in SET_BY_THE_GRID if getattr(base, k) != getattr(RunConfig(), k)]
+    if given:
+        raise ConfigError("compare sets these in every cell itself, so the value given would be ignored: " + "; ".join(
+            f"--{k}: {SET_BY_THE_GRID[k].format(value=getattr(base, k))}" for k in given) + ".")
     output_dir = Path(output_dir or base.output_dir or Path("runs") / f"{Path(str(base.dataset_name)).stem}-compare")
     cells = plan(base, CompareArgs(modes, train_sizes, seeds, folds=folds), output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
