@@ -31,6 +31,10 @@ def test_help_explains_every_flag():
     for f in dataclasses.fields(RunConfig):
         assert f"--{f.name}" in result.stdout
     assert "--config" in result.stdout
+    assert result.stdout.startswith("usage: sentiment.py ")
+    run_help = subprocess.run([Path(sys.executable).parent / "xfer-nlp", "run", "--help"], capture_output=True,
+                              text=True, timeout=120)
+    assert run_help.returncode == 0 and run_help.stdout.startswith("usage: xfer-nlp run ")  # the command, named
 
 
 def test_the_console_script_lists_its_commands_on_stdout_when_asked_and_on_stderr_when_misused():

@@ -282,6 +282,10 @@ def test_compare_command_line_help_and_mistakes():
     assert helped.returncode == 0
     for flag in ("--modes", "--train_sizes", "--seeds", "--folds", "--keep", "--gradual_unfreezing", "--freeze_layers"):
         assert flag in helped.stdout
+    # its own name and purpose, the grid's flags before the run options, and none of the flags it refuses
+    assert helped.stdout.startswith("usage: xfer-nlp compare") and "report which approach wins" in helped.stdout
+    assert helped.stdout.index("--train_sizes") < helped.stdout.index("--model_name_or_path")
+    assert not any(f"{flag} " in helped.stdout for flag in ("--seed", "--mode", "--max_train_samples", "--push_to_hub"))
     wrong = subprocess.run([str(XFER), "compare", "--mode", "probe"], capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2 and "compare takes --modes" in wrong.stderr
     typo = subprocess.run([str(XFER), "compare", "--train_size", "100"], capture_output=True, text=True, timeout=300)

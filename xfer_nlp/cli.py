@@ -95,14 +95,14 @@ def _model_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     return model or flag
 
 
-def run_command(argv: list[str], default_config_dir: str | Path | None = None) -> int:
+def run_command(argv: list[str], default_config_dir: str | Path | None = None, prog: str | None = None) -> int:
     """`xfer-nlp run` and the recipes: parse, run, print the results table."""
     from .api import run
     from .config import parse_args
 
     stop_on_sigterm()
     try:
-        result = run(parse_args(argv, default_config_dir))
+        result = run(parse_args(argv, default_config_dir, prog=prog))
     except Interrupted as e:
         _error(e)
         return 130  # what a shell reports for a process stopped by SIGINT
@@ -122,13 +122,17 @@ def run_command(argv: list[str], default_config_dir: str | Path | None = None) -
 
 def compare_command(argv: list[str]) -> int:
     """`xfer-nlp compare`: the grid flags plus every run flag, which applies to every cell."""
-    from .grid import CompareArgs, compare
+    from .grid import SET_BY_THE_GRID, CompareArgs, compare
     from .config import parse_args
 
     try:
         if any(a == "--mode" or a.startswith("--mode=") for a in argv):
             raise XferError("compare takes --modes (a comma list, e.g. probe,finetune), not --mode.")
-        cfg, grid = parse_args(argv, extra_types=(CompareArgs,))
+        cfg, grid = parse_args(argv, extra_types=(CompareArgs,), prog="xfer-nlp compare", description=(
+            "Run every variant x training-set size x seed (x fold) as one run into OUTPUT_DIR/runs/, then report "
+            "which approach wins: comparison.md, comparison.csv and three plots. The grid's flags come first; "
+            "every other flag is a run option and applies to every cell. Run the same command again to resume."),
+            hidden=(*SET_BY_THE_GRID, "hub_model_id", "hub_private_repo", "hub_token"))  # no cell is pushed
         result = compare(cfg, modes=grid.modes, train_sizes=grid.train_sizes, seeds=grid.seeds,
                          output_dir=cfg.output_dir, keep=grid.keep, folds=grid.folds)
     except Interrupted as e:
@@ -349,7 +353,7 @@ def push_command(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"run": run_command, "compare": compare_command, "report": report_command,
+    commands = {"run": lambda rest: run_command(rest, prog="xfer-nlp run"), "compare": compare_command, "report": report_command,
                 "predict": predict_command, "evaluate": evaluate_command, "export": export_command,
                 "push": push_command}
     if argv and argv[0] in ("-h", "--help"):  # asked for: stdout, so that `xfer-nlp --help | less` shows it

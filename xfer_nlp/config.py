@@ -5,6 +5,7 @@ Each mode's defaults, descriptions and rules live in its registry entry (modes.M
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import difflib
@@ -103,7 +104,8 @@ class RunConfig:
     label_column: str = _f("label", "Column that holds the label (integer ids or strings; strings are mapped to ids "
                            "in sorted order).")
     output_dir: Optional[str] = _f(None, "Where results.json, the exported model, logs and checkpoints go "
-                                   "(default: runs/<dataset>-<mode>).", grid_owned=True)
+                                   "(default: runs/<dataset>-<mode>). For compare: the grid's folder (default: "
+                                   "runs/<dataset>-compare), each cell a run in OUTPUT_DIR/runs/.", grid_owned=True)
     overwrite_output_dir: bool = _f(False, "Allow writing into an output_dir that already holds a run or other files; "
                                     "the earlier run's results.json and checkpoints are removed first, other files "
                                     "are left unless the run writes one of the same name.",
@@ -511,17 +513,23 @@ def load_yaml(path: str | Path, known: tuple[str, ...] = FIELD_NAMES) -> dict[st
 
 
 def parse_args(argv: list[str] | None = None, default_config_dir: str | Path | None = None,
-               extra_types: tuple = ()) -> Any:
+               extra_types: tuple = (), prog: str | None = None, description: str | None = None,
+               hidden: tuple[str, ...] = ()) -> Any:
     """Defaults < YAML (--config, else <default_config_dir>/<mode>.yaml) < command line.
 
-    Returns the RunConfig, or (RunConfig, *extras) when extra dataclass types (e.g. compare's grid) are given.
+    Returns the RunConfig, or (RunConfig, *extras) when extra dataclass types (e.g. compare's grid) are given;
+    --help lists the extras' flags first and leaves out the fields in `hidden` (still parsed, for the caller to
+    refuse). `prog` names the command in usage lines (default: the script's name).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    types = (RunConfig, *extra_types)
+    types = (*extra_types, RunConfig)
     known = FIELD_NAMES + tuple(f.name for t in extra_types for f in dataclasses.fields(t))
     # No prefix matching: a misspelt flag must fail, not silently land on a longer one.
-    parser = ArgumentParser(types, description=f"Train a text classifier in one of {len(MODES)} transfer modes.",
-                     allow_abbrev=False)
+    parser = ArgumentParser(types, prog=prog, allow_abbrev=False, description=description or (
+        f"Train a text classifier in one of {len(MODES)} transfer modes."))
+    for action in parser._actions:  # argparse's list of the parser's arguments; no public way to hide one later
+        if action.dest in hidden:
+            action.help = argparse.SUPPRESS
     parser.add_argument("--config", default=None,
                         help="YAML file of option: value pairs; command-line flags override it. Default: the "
                              "recipe's config for the chosen --mode, when the recipe has one.")
@@ -537,4 +545,4 @@ def parse_args(argv: list[str] | None = None, default_config_dir: str | Path | N
         flags = [a for a in extra if a.startswith("--")]
         hints = "; ".join(f"'{a}'{nearest(a[2:].split('=')[0], known)}" for a in flags) or " ".join(extra)
         raise ConfigError(f"Unknown command-line argument(s): {hints}. Run with --help for the full list of options.")
-    return parsed[0] if not extra_types else tuple(parsed)
+    return parsed[-1] if not extra_types else (parsed[-1], *parsed[:-1])
