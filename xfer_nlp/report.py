@@ -245,7 +245,7 @@ def plot(summary: pd.DataFrame, cells: pd.DataFrame, labels: list[str], output_d
     for ax in axes[:, 0]:
         ax.set_ylabel("validation accuracy")
     _legend(fig, axes.flat, labels)
-    fig.suptitle("Accuracy against trainable parameters (variants that train as many drawn side by side)")
+    fig.suptitle("Accuracy against trainable parameters\n(variants that train as many drawn side by side)", fontsize=11)
     files.append(_save(fig, output_dir / "trainable_params.png"))
     return files
 
