@@ -353,9 +353,9 @@ def push_command(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"run": lambda rest: run_command(rest, prog="xfer-nlp run"), "compare": compare_command, "report": report_command,
-                "predict": predict_command, "evaluate": evaluate_command, "export": export_command,
-                "push": push_command}
+    commands = {"run": lambda rest: run_command(rest, prog="xfer-nlp run"), "compare": compare_command,
+                "report": report_command, "predict": predict_command, "evaluate": evaluate_command,
+                "export": export_command, "push": push_command}
     if argv and argv[0] in ("-h", "--help"):  # asked for: stdout, so that `xfer-nlp --help | less` shows it
         print(USAGE)
         return 0
