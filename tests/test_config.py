@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xfer_nlp.config import RunConfig, parse_args, resolve
+from xfer_nlp.config import RunConfig, parse_args, resolve, unused_settings
 from xfer_nlp.modes import MODES
 from xfer_nlp.errors import ConfigError
 
@@ -57,6 +57,15 @@ def test_every_mode_has_a_recipe_config_that_agrees_with_its_defaults():
 
 def test_explicit_value_beats_mode_default():
     assert resolve(RunConfig(mode="scratch", learning_rate=1e-5)).learning_rate == 1e-5
+
+
+def test_the_settings_a_mode_never_reads_are_named():
+    assert unused_settings(resolve(RunConfig(mode="probe", learning_rate=1e-3, num_train_epochs=5, lora_r=4))) == [
+        "--learning_rate 0.001", "--num_train_epochs 5", "--lora_r 4"]
+    assert unused_settings(resolve(RunConfig(mode="finetune", pair_iterations=3))) == ["--pair_iterations 3"]
+    # each mode's own defaults, and the flags that apply to it, are never named
+    assert all(unused_settings(resolve(RunConfig(mode=m))) == [] for m in MODES)
+    assert unused_settings(resolve(RunConfig(mode="lora", lora_r=4, learning_rate=1e-3))) == []
 
 
 def test_all_problems_reported_at_once():

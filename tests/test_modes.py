@@ -95,9 +95,13 @@ def test_probe_feature_cache_is_reused_and_switchable(tiny_run, tmp_path):
     again = xfer_nlp.run(mode="probe", **{**tiny_run, "output_dir": str(tmp_path / "again")}).results
     assert not any(first["feature_cache_hit"].values())
     assert all(again["probe"]["feature_cache_hit"].values())
-    off = xfer_nlp.run(mode="probe", no_feature_cache=True, **{**tiny_run, "output_dir": str(tmp_path / "off")})
+    # a setting the probe has none of changes nothing, and the log says so
+    off = xfer_nlp.run(mode="probe", no_feature_cache=True, num_train_epochs=7,
+                       **{**tiny_run, "output_dir": str(tmp_path / "off")})
     assert not any(off.results["probe"]["feature_cache_hit"].values())
     assert off.metrics == again["metrics"]
+    assert "Not read by mode probe, so without effect in this run: --num_train_epochs 7." in (
+        off.output_dir / "train.log").read_text()
 
 
 # The next three read the pooled head's export (encoder.* keys), so they name mean pooling: the tiny model declares

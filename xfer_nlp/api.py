@@ -22,7 +22,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
 from . import allocator, batches, families, hub, logs, loop, modes, pairs, probe, runfolder
-from .config import FIELD_NAMES, RunConfig, nearest, resolve
+from .config import FIELD_NAMES, RunConfig, nearest, resolve, unused_settings
 from .data import load_text_data, text_pairs
 from .errors import ConfigError, LaunchError
 from .evaluation import metrics_markdown, plot_confusion, plot_training, warn_unpredicted, write_predictions
@@ -222,6 +222,8 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
                        "`--config_file recipes/accelerate_configs/cpu_ddp.yaml` on a machine without GPUs.")
     if hint := idle_cores_hint(accelerator.device.type):
         logger.warning("Threads: %s", hint)
+    if unused := unused_settings(cfg):
+        logger.warning("Not read by mode %s, so without effect in this run: %s.", cfg.mode, ", ".join(unused))
     set_seed(cfg.seed)
     if cfg.keep_freed_memory:
         if allocator.keep_freed_memory():

@@ -330,6 +330,16 @@ def nearest(name: str, options) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+def unused_settings(cfg: RunConfig) -> list[str]:
+    """The flags given a value that cfg.mode never reads, as '--name value': a setting the mode has none of (the
+    probe's learning rate and epochs) and the flags of other modes (LoRA's rank, contrastive's pair rounds). Not
+    refused, since compare hands every run flag to every cell; a run logs them."""
+    spec, default = MODES[cfg.mode], RunConfig()
+    unused = [k for k, v in spec.defaults.items() if v is None and getattr(cfg, k) is not None]
+    unused += [k for k, modes in MODE_ONLY.items() if cfg.mode not in modes and getattr(cfg, k) != getattr(default, k)]
+    return [f"--{k} {getattr(cfg, k)}" for k in unused]
+
+
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill the per-mode defaults and the output folder, then validate; returns a new config."""
     problems = []
