@@ -95,6 +95,10 @@ def test_probe_feature_cache_is_reused_and_switchable(tiny_run, tmp_path):
     again = xfer_nlp.run(mode="probe", **{**tiny_run, "output_dir": str(tmp_path / "again")}).results
     assert not any(first["feature_cache_hit"].values())
     assert all(again["probe"]["feature_cache_hit"].values())
+    # the card's seconds say when they left out the encoding
+    cached = "(its features read from the feature cache, so without encoding them)"
+    assert cached in (tmp_path / "again" / "README.md").read_text()
+    assert cached not in (Path(tiny_run["output_dir"]) / "README.md").read_text()
     # a setting the probe has none of changes nothing, and the log says so
     off = xfer_nlp.run(mode="probe", no_feature_cache=True, num_train_epochs=7,
                        **{**tiny_run, "output_dir": str(tmp_path / "off")})

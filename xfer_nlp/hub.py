@@ -143,6 +143,9 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
             }.get(cfg.get("head_init"), "")
     # How the splits were made and what was dropped or repeated: a reader weighs the scores by it.
     data_notes = f"Data: {'; '.join(record.data_notes)}.\n" if record.data_notes else ""
+    # A probe that read its features from the cache took seconds that leave out the encoding, most of a cold run's.
+    hits = (record.probe or {}).get("feature_cache_hit") or {}
+    cached = " (its features read from the feature cache, so without encoding them)" if hits.get("train") else ""
     # The run's plots, uploaded beside the card (record.files), shown in it where the Hub renders the card.
     shown = [f"![{alt}]({name})" for name, alt in ((CURVES, "training loss and validation by step"),
                                                    (CONFUSION, "confusion matrix")) if name in (record.files or [])]
@@ -164,7 +167,7 @@ Encoder: `{record.model}` ({record.pooling} pooling{normalised}).{head}
 {rows}
 
 {per_class}{chosen}
-Trained on {record.train_samples} examples in {record.train_seconds:.1f} s on {record.hardware};
+Trained on {record.train_samples} examples in {record.train_seconds:.1f} s{cached} on {record.hardware};
 {record.trainable_params:,} of {record.total_params:,} parameters trained; peak memory {record.peak_memory_mb:.0f} MB.
 {data_notes}
 {figures}
