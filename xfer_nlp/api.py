@@ -526,7 +526,7 @@ class Predictor:
         disable_progress_bar()  # datasets' per-chunk "Tokenising" bars; one bar below counts the texts
         try:
             few = total is not None and total <= 64  # no bar for a few texts
-            with tqdm(total=total, unit="texts", desc="Predicting", disable=few, leave=False) as bar:
+            with tqdm(total=total, unit=" texts", desc="Predicting", disable=few, leave=False) as bar:
                 while chunk := list(itertools.islice(stream, chunk_texts)):
                     texts, pairs = self._split(chunk, position)
                     for i, p in enumerate(torch.softmax(self._logits(texts, pairs), -1).tolist()):
