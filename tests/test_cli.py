@@ -101,6 +101,8 @@ def test_predict_command(tiny_model_dir, tiny_data_dir, tmp_path):
     assert "LD_PRELOAD" not in printed.stderr
     missing = sh("-m", "xfer_nlp.cli", "predict", "--model", out, "--input", tmp_path / "nope.txt")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+    columnless = sh("-m", "xfer_nlp.cli", "predict", "--model", out, "--text_column", "review", "a good film")
+    assert columnless.returncode == 2 and "--text_column review names a column of --input FILE" in columnless.stderr
 
 
 def test_predict_in_a_pipe(tiny_model_dir, tmp_path):

@@ -226,6 +226,9 @@ def predict_command(argv: list[str]) -> int:
             print("Reading texts from the terminal, one a line; end with Ctrl-D.", file=sys.stderr)
         if args.text_pair_column and not args.input:
             raise XferError("--text_pair_column reads pairs from --input FILE, which is missing.")
+        if args.text_column != "text" and not args.input:  # the texts given as arguments have no columns
+            raise XferError(f"--text_column {args.text_column} names a column of --input FILE, which is missing; "
+                            "texts given as arguments are labelled as they are.")
         texts = itertools.chain(args.texts, iter_texts(args.input, args.text_column, args.text_pair_column)
                                 if args.input else [])
         first = next(texts, predict_command)  # the function itself as the end marker: a text may be None
