@@ -63,6 +63,8 @@ def test_the_settings_a_mode_never_reads_are_named():
     assert unused_settings(resolve(RunConfig(mode="probe", learning_rate=1e-3, num_train_epochs=5, lora_r=4))) == [
         "--learning_rate 0.001", "--num_train_epochs 5", "--lora_r 4"]
     assert unused_settings(resolve(RunConfig(mode="finetune", pair_iterations=3))) == ["--pair_iterations 3"]
+    assert unused_settings(resolve(RunConfig(mode="probe", weight_decay=0.1, warmup_ratio=0.2))) == [
+        "--weight_decay 0.1", "--warmup_ratio 0.2"]  # the probe has no optimizer loop
     # each mode's own defaults, and the flags that apply to it, are never named
     assert all(unused_settings(resolve(RunConfig(mode=m))) == [] for m in MODES)
     assert unused_settings(resolve(RunConfig(mode="lora", lora_r=4, learning_rate=1e-3))) == []

@@ -319,6 +319,9 @@ FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunConfig))
 # Settings that may differ between an interrupted run and its resumption without changing what is computed.
 RESUME_MAY_DIFFER = frozenset(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("resume_may_differ"))
 # Settings only some modes read (name -> those modes): under any other mode a resume need not match them.
+# What only an optimizer loop reads, beyond the epochs and learning rate, for a mode without one (loop=None) to name
+# as unused; --max_steps, --eval_steps, --early_stopping_patience and --lr_scheduler_type are refused there outright.
+LOOP_SETTINGS = ("min_train_steps", "max_grad_norm", "gradient_accumulation_steps", "weight_decay", "warmup_ratio")
 MODE_ONLY = {f.name: f.metadata["only_for"] for f in dataclasses.fields(RunConfig) if "only_for" in f.metadata}
 # Settings a compare variant may not set: the grid owns them.
 GRID_OWNED = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("grid_owned"))
@@ -336,6 +339,9 @@ def unused_settings(cfg: RunConfig) -> list[str]:
     refused, since compare hands every run flag to every cell; a run logs them."""
     spec, default = MODES[cfg.mode], RunConfig()
     unused = [k for k, v in spec.defaults.items() if v is None and getattr(cfg, k) is not None]
+    if not spec.loop:  # the optimizer's and the schedule's settings, beside its defaults of None above
+        own = resolve(RunConfig(mode=cfg.mode))
+        unused += [k for k in LOOP_SETTINGS if getattr(cfg, k) != getattr(own, k)]
     unused += [k for k, modes in MODE_ONLY.items() if cfg.mode not in modes and getattr(cfg, k) != getattr(default, k)]
     return [f"--{k} {getattr(cfg, k)}" for k in unused]
 
