@@ -94,6 +94,12 @@ def test_invalid_cell_fails_before_any_cell_runs(tiny_model_dir, tiny_data_dir, 
         xfer_nlp.compare(modes="probe,scratch[gradual_unfreezing=true]", train_sizes="40", seeds="0",
                          output_dir=tmp_path / "bad", **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
     assert not (tmp_path / "bad" / "runs").exists()
+    # a flag that suits some variants only is named with the way to give it to them alone
+    with pytest.raises(ConfigError) as e:
+        xfer_nlp.compare(modes="probe,finetune", train_sizes="40", seeds="0", output_dir=tmp_path / "bad",
+                         max_steps=5, **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
+    assert "probe: " in str(e.value) and "finetune: " not in str(e.value)
+    assert str(e.value).endswith("goes inside them, e.g. --modes 'probe,finetune[max_steps=100]'.")
 
 
 def test_grid_runs_reports_and_skips_finished_cells(tiny_model_dir, tiny_data_dir, tmp_path):

@@ -186,7 +186,8 @@ def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
         raise ConfigError("Pass --folds (every fold, a cell each) or --cv_folds with --cv_fold (one fold for every "
                           "cell), not both.")
     folds = list(range(args.folds)) if args.folds else [None]
-    for variant in parse_variants(args.modes):
+    variants = parse_variants(args.modes)
+    for variant in variants:
         # A grid measures training time: a probe re-fitted on cached features reads ~1 s where a first run encodes
         # every text, so each fitted-head cell encodes cold unless --feature_cache_dir asks to reuse features.
         cold = MODES[variant.mode].fitted_head and base.feature_cache_dir is None \
@@ -208,7 +209,10 @@ def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
                     break
                 cells.append(Cell(variant, size, seed, cfg, fold))
     if problems:
-        raise ConfigError("The grid has invalid cells:\n" + "\n".join(dict.fromkeys(problems)))
+        some = len(problems) < len(variants)  # other variants took the same flags: they suit only some of them
+        raise ConfigError("The grid has invalid cells:\n" + "\n".join(dict.fromkeys(problems)) + (
+            "\nA flag given to compare applies to every cell; one that suits only some variants goes inside them, "
+            "e.g. --modes 'probe,finetune[max_steps=100]'." if some else ""))
     # --keep_freed_memory tunes glibc for the rest of the process (allocator.py): a cell without it that ran after
     # one with it would train with it too and report that heap as its peak. So those cells run last.
     return sorted(cells, key=lambda c: c.config.keep_freed_memory)
