@@ -132,9 +132,7 @@ def grid(args) -> str:
 
 def plot(rows: list[dict], modes: list[str], settings: list[str], path: Path) -> None:
     """Test accuracy (mean ± sd over seeds) against mean training seconds, one point per mode and reading."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    from xfer_nlp.evaluation import pyplot, save_figure
+    from xfer_nlp.evaluation import plain_log_ticks, pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -153,10 +151,7 @@ def plot(rows: list[dict], modes: list[str], settings: list[str], path: Path) ->
            ylabel="test accuracy (mean ± sd; seeds in brackets)",
            title="polarity2k: how a long review is read, accuracy against training time")
     ax.margins(x=0.25, y=0.1)  # room for the labels beside the outermost points
-    # The seconds span one or two decades: matplotlib's default labels every minor tick there, and they overlap.
-    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    plain_log_ticks(ax.xaxis)  # the seconds span one or two decades
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)

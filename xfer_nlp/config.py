@@ -340,8 +340,7 @@ def unused_settings(cfg: RunConfig) -> list[str]:
     spec, default = MODES[cfg.mode], RunConfig()
     unused = [k for k, v in spec.defaults.items() if v is None and getattr(cfg, k) is not None]
     if not spec.loop:  # the optimizer's and the schedule's settings, beside its defaults of None above
-        own = resolve(RunConfig(mode=cfg.mode))
-        unused += [k for k in LOOP_SETTINGS if getattr(cfg, k) != getattr(own, k)]
+        unused += [k for k in LOOP_SETTINGS if getattr(cfg, k) != spec.defaults.get(k, getattr(default, k))]
     unused += [k for k, modes in MODE_ONLY.items() if cfg.mode not in modes and getattr(cfg, k) != getattr(default, k)]
     return [f"--{k} {getattr(cfg, k)}" for k in unused]
 

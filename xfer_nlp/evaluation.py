@@ -78,6 +78,16 @@ def pyplot():
     return plt
 
 
+def plain_log_ticks(axis) -> None:
+    """A log axis labelled plainly at 1, 2 and 5 x 10^k (0.5, 1, 2, 5, ... 1,000): matplotlib's own labels read 4×10¹
+    where the values span a decade or two, and print every minor tick there, over each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def save_figure(fig, path: Path) -> None:
     """The figure as a PNG at `path`, written whole or not at all, and its memory freed. The image is cut to what
     is drawn, a legend placed beside the axes included."""

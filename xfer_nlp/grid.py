@@ -287,7 +287,8 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
     if keep not in KEEP:
         raise ConfigError(f"--keep must be one of {', '.join(KEEP)}, got '{keep}'.")
     base = dataclasses.replace(config or RunConfig(), **overrides)
-    given = [k for k in SET_BY_THE_GRID if getattr(base, k) != getattr(RunConfig(), k)]
+    default = RunConfig()
+    given = [k for k in SET_BY_THE_GRID if getattr(base, k) != getattr(default, k)]
     if given:
         raise ConfigError("compare sets these in every cell itself, so the value given would be ignored: " + "; ".join(
             f"--{k}: {SET_BY_THE_GRID[k].format(value=getattr(base, k))}" for k in given) + ".")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import XferError
-from .evaluation import pyplot, save_figure
+from .evaluation import plain_log_ticks, pyplot, save_figure
 from .modes import MODES
 from . import runfolder
 from .runfolder import read_results
@@ -188,7 +188,7 @@ def _legend(fig, axes, labels: list[str]) -> None:
 
 
 def plot(summary: pd.DataFrame, cells: pd.DataFrame, labels: list[str], output_dir: Path) -> list[str]:
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
     plt = pyplot()
     done = cells[cells.status == "done"]
@@ -220,10 +220,7 @@ def plot(summary: pd.DataFrame, cells: pd.DataFrame, labels: list[str], output_d
                        marker=style[label]["marker"], alpha=0.8, s=[12 + 10 * math.log10(n) for n in c.train_samples])
     ax.set(xscale="log", xlabel="training seconds (log scale)", ylabel="validation accuracy",
            title="Accuracy against training time (one point per run; larger = more data)")
-    # Seconds written plainly at 1, 2, 5 x 10^k (matplotlib's own read 4×10¹ where the runs span one decade)
-    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    plain_log_ticks(ax.xaxis)
     ax.grid(alpha=0.3)
     _legend(fig, [ax], labels)
     files.append(_save(fig, output_dir / "accuracy_vs_time.png"))
