@@ -54,6 +54,10 @@ def test_freeze_layers_selects_embeddings_and_bottom_layers():
     assert set(schedules.frozen_by_freeze_layers(2, BERT6, BERT)) == emb | layer(0) | layer(1)
     assert set(schedules.frozen_by_freeze_layers(-1, BERT6, BERT)) == set(BERT6) - HEAD - layer(5)
     assert set(schedules.frozen_by_freeze_layers(6, BERT6, BERT)) == set(BERT6) - HEAD
+    # the same choices in the words the card and the report use
+    assert [schedules.frozen_phrase(k) for k in (0, 2, -1)] == [
+        "the embeddings", "the embeddings and the bottom 2 encoder layers",
+        "the embeddings and all but the top 1 encoder layer"]
 
 
 def test_depths_read_peft_names():

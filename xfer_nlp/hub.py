@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from . import schedules
 from .modes import EMBEDDED_MODEL, MODES
 from .errors import PushError, XferError
 from .runfolder import CARD, CONFIG, CONFUSION, CURVES, RESULTS, RunRecord, as_open_makes, read_results, write_json
@@ -141,6 +142,14 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
     head = {"keep": f" Head: `{record.model}`'s own, kept for the same labels (`--head_init keep`) and trained on.",
             "probe": " Head: first fitted as the probe's on the frozen encoder (`--head_init probe`), then trained on."
             }.get(cfg.get("head_init"), "")
+    # The mode's sentence says what trains; these two flags change which layers did, and from what.
+    layers = ""
+    if cfg.get("freeze_layers") is not None:
+        frozen = schedules.frozen_phrase(cfg["freeze_layers"])
+        layers = f" {frozen[0].upper()}{frozen[1:]} were kept frozen (`--freeze_layers {cfg['freeze_layers']}`)."
+    if cfg.get("reinit_layers"):
+        layers += (f" The top {cfg['reinit_layers']} encoder layer(s) were re-initialised before training "
+                   f"(`--reinit_layers {cfg['reinit_layers']}`).")
     # How the splits were made and what was dropped or repeated: a reader weighs the scores by it.
     data_notes = f"Data: {'; '.join(record.data_notes)}.\n" if record.data_notes else ""
     # A probe that read its features from the cache took seconds that leave out the encoding, most of a cold run's.
@@ -156,7 +165,7 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
 # {Path(cfg["output_dir"]).name}
 
 A text classifier for **{dataset}** ({", ".join(record.label_names)}), trained with
-[xfer_nlp](https://pypi.org/project/xfer-nlp/) in mode **{mode}**: {spec.card}.
+[xfer_nlp](https://pypi.org/project/xfer-nlp/) in mode **{mode}**: {spec.card}.{layers}
 Encoder: `{record.model}` ({record.pooling} pooling{normalised}).{head}
 {_reading_note(record)}
 

@@ -12,6 +12,7 @@ import pandas as pd
 from .errors import XferError
 from .evaluation import plain_log_ticks, pyplot, save_figure
 from .modes import MODES
+from .schedules import frozen_phrase
 from . import runfolder
 from .runfolder import read_results
 
@@ -117,7 +118,8 @@ def _markdown(df: pd.DataFrame, columns: dict[str, str]) -> str:
 
 
 def _starting_point(label: str, mode: str, overrides: dict) -> str:
-    extra = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    extra = ", ".join(f"{frozen_phrase(int(v))} frozen" if k == "freeze_layers" else f"{k}={v}"
+                      for k, v in overrides.items())
     start = MODES[mode].starting_point if mode in MODES else PEERS[mode]
     return start + (f" ({extra})" if extra else "")
 

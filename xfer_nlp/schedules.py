@@ -28,6 +28,15 @@ def frozen_by_freeze_layers(k: int, names, layout: Layout) -> list[str]:
     return [n for n in names if layout.depth(n) > layout.layers - bottom]
 
 
+def frozen_phrase(k: int) -> str:
+    """What `--freeze_layers k` freezes, in words (the model card, the report's textbook table)."""
+    if k == 0:
+        return "the embeddings"
+    n = abs(k)
+    layers = f"{n} encoder layer" + ("s" if n > 1 else "")
+    return f"the embeddings and the bottom {layers}" if k > 0 else f"the embeddings and all but the top {layers}"
+
+
 def stage_at(step: int, steps_per_epoch: int, interval: float, last_stage: int) -> int:
     """The stage an optimizer step belongs to; a stage lasts `interval` epochs (fractions allowed)."""
     return min(last_stage, int(step // max(1, round(interval * steps_per_epoch))))
