@@ -318,3 +318,20 @@ def test_a_class_the_kept_model_never_gets_right_is_warned_about(caplog):
         warn_unpredicted({"validation": Scorer(5)(np.array([0, 1, 0, 1, 2, 3, 2, 3, 4, 0]), labels)}, names,
                          "accuracy")
     assert not caplog.records
+
+
+# 65 to 145 s: matplotlib labels 10^2 alone, and so would 1, 2 and 5 x 10^k
+@pytest.mark.parametrize("seconds,labels", [((65, 145), ["80", "100", "120", "140"]),
+                                            ((3, 400), ["5", "10", "20", "50", "100", "200", "500"])])
+def test_a_seconds_axis_is_labelled_plainly_and_more_than_once_within_a_decade(seconds, labels):
+    from xfer_nlp.evaluation import plain_log_ticks, pyplot
+
+    fig, ax = pyplot().subplots()
+    ax.scatter(seconds, (0.8, 0.9))
+    ax.set_xscale("log")
+    plain_log_ticks(ax.xaxis)
+    fig.canvas.draw()
+    low, high = ax.get_xlim()
+    shown = [t.get_text() for t in ax.xaxis.get_ticklabels() if low <= t.get_position()[0] <= high and t.get_text()]
+    pyplot().close(fig)
+    assert shown == labels

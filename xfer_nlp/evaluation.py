@@ -80,10 +80,13 @@ def pyplot():
 
 def plain_log_ticks(axis) -> None:
     """A log axis labelled plainly at 1, 2 and 5 x 10^k (0.5, 1, 2, 5, ... 1,000): matplotlib's own labels read 4×10¹
-    where the values span a decade or two, and print every minor tick there, over each other."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    where the values span a decade or two, and print every minor tick there, over each other. Call it after the
+    data are drawn: an axis that spans less than a decade (65 to 145 s) would get one label of 1, 2 and 5, so it
+    is labelled at round steps instead (80, 100, 120, 140)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-    axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    low, high = axis.get_view_interval()
+    axis.set_major_locator(LogLocator(subs=(1, 2, 5)) if high > 10 * low else MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
     axis.set_minor_formatter(NullFormatter())
 
