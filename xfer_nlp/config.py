@@ -174,7 +174,9 @@ class RunConfig:
                                "cost 1.3 points at finetune's 5e-5 and was level with plain fine-tuning at 1e-4.")
     gradual_unfreezing: bool = _f(False, "finetune/lora: train the head alone first, then unfreeze one encoder layer "
                                   "from the top every --unfreeze_interval epochs, embeddings last (ULMFiT).")
-    unfreeze_interval: float = _f(1.0, "gradual_unfreezing: epochs per stage (fractions allowed, e.g. 0.25).")
+    unfreeze_interval: float = _f(1.0, "gradual_unfreezing: epochs per stage (fractions allowed, e.g. 0.25). A layer "
+                                  "trains only from its stage on: on all of sst2 (3 epochs, layer_lr_decay 0.8, stlr, "
+                                  "1e-4) 0.25 cost 1.4 points against plain fine-tuning, 0.1 cost 0.6.")
     head_init: str = _f("random", "finetune/lora: the classifier's starting weights. random (seeded); probe: "
                         "first fit the probe's logistic head on the frozen encoder's features (C chosen on "
                         "validation), then train every weight from there (LP-FT, Kumar et al. 2022): the early steps "
