@@ -128,7 +128,8 @@ def test_grid_runs_reports_and_skips_finished_cells(tiny_model_dir, tiny_data_di
     starts = next(line for line in md.splitlines() if line.startswith("| Starting point |")).strip("| ").split(" | ")
     assert starts[3] == "pretrained; encoder and head train (the embeddings and the bottom 1 encoder layer frozen)"
     frozen_card = (out / "runs" / "finetune-freeze_layers_1-n40-s0" / "README.md").read_text()
-    assert "The embeddings and the bottom 1 encoder layer were kept frozen (`--freeze_layers 1`)." in frozen_card
+    assert ("in mode **finetune**: fine-tuning: the pretrained encoder and the head were trained. The embeddings and "
+            "the bottom 1 encoder layer were kept frozen (`--freeze_layers 1`).") in frozen_card
     for plot in ("learning_curve.png", "accuracy_vs_time.png", "trainable_params.png"):
         assert (out / plot).stat().st_size > 10_000, plot
         assert f"![{plot}]({plot})" in md

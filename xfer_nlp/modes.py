@@ -151,7 +151,7 @@ MODES: dict[str, Mode] = {m.name: m for m in (
          why_not="the probe trains no encoder layer (its head is fitted on frozen features)",
          card_settings=PROBE_SETTINGS, adjust_config=_keep_probed_layers, prepare=_train_only_the_head),
     Mode("finetune", "every weight trains",
-         "full fine-tuning: every weight of the pretrained encoder and the head was trained",
+         "fine-tuning: the pretrained encoder and the head were trained",
          "pretrained; encoder and head train",
          {"learning_rate": 5e-5, "num_train_epochs": 3.0, "warmup_ratio": 0.1, "min_train_steps": MIN_STEPS,
           "per_device_train_batch_size": 32},
