@@ -147,6 +147,21 @@ def test_label_unseen_in_train(tmp_path):
         load(tmp_path)
 
 
+@pytest.mark.parametrize("train_label,validation_label,message", [
+    # names in train and numbers in validation crashed with an AttributeError
+    (lambda r: ["neg", "pos"][r["label"]], lambda r: r["label"], r"mixes types \(train: str; validation: int\)"),
+    # a fractional validation label beside float ids in train was truncated to a class
+    (lambda r: float(r["label"]), lambda r: 1.5, r"fractional numbers \(e.g. 1.5 in validation\)"),
+], ids=["names-then-numbers", "fractional-in-validation"])
+def test_every_split_s_label_types_are_checked(tmp_path, train_label, validation_label, message):
+    write_jsonl(tmp_path / "train.jsonl", [{**r, "label": train_label(r)} for r in make_rows(20, 0)])
+    validation = make_rows(5, 1)
+    validation[4]["label"] = validation_label(validation[4])
+    write_jsonl(tmp_path / "validation.jsonl", validation)
+    with pytest.raises(DataError, match=message):
+        load(tmp_path)
+
+
 def test_missing_column_lists_existing(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"sentence": c, "label": i % 2} for i, c in enumerate("abcd")])
     with pytest.raises(DataError, match="Its columns are: sentence, label") as e:

@@ -292,7 +292,9 @@ def _labels_to_ids(raw: dict[str, list], registry_names,
     error unless `one_class_ok` (data that is only scored, never trained on)."""
     notes = []
     train = raw["train"]
-    kinds = {type(v) for v in train}
+    # Every split's types, not train's alone: names in train and numbers in validation crashed the names' strip,
+    # and a fractional validation label was truncated to a class id.
+    kinds = {type(v) for values in raw.values() for v in values}
     missing = {split: sum(v is None for v in values) for split, values in raw.items()}
     if any(missing.values()):
         where = ", ".join(f"{n} of {len(raw[split])} in {split}" for split, n in missing.items() if n)
@@ -306,10 +308,11 @@ def _labels_to_ids(raw: dict[str, list], registry_names,
     if kinds <= {int, bool}:
         values = sorted(set(int(v) for v in train))
     elif kinds <= {int, float}:
-        bad = [v for v in train if float(v) != int(v)]
+        bad = next(((split, v) for split, values in raw.items() for v in values if float(v) != int(v)), None)
         if bad:
-            raise DataError(f"The label column holds fractional numbers (e.g. {bad[0]}): this is a classification "
-                            "tool and needs class ids (0, 1, ...) or class names. Bin the values into classes first.")
+            raise DataError(f"The label column holds fractional numbers (e.g. {bad[1]} in {bad[0]}): this is a "
+                            "classification tool and needs class ids (0, 1, ...) or class names. Bin the values into "
+                            "classes first.")
         values = sorted(set(int(v) for v in train))
         raw = {s: [int(v) for v in vs] for s, vs in raw.items()}
     elif kinds <= {str}:
@@ -327,8 +330,10 @@ def _labels_to_ids(raw: dict[str, list], registry_names,
             logger.warning("Labels %s differ only in case; they are %d separate classes. Normalise them in the data "
                            "if they mean the same.", " and ".join(repr(n) for n in same), len(same))
     else:
-        raise DataError(f"The label column mixes types ({', '.join(sorted(k.__name__ for k in kinds))}). "
-                        "Use integer ids or strings throughout.")
+        held = "; ".join(f"{split}: {', '.join(sorted({type(v).__name__ for v in values}))}"
+                         for split, values in raw.items() if values)
+        raise DataError(f"The label column mixes types ({held}). Use integer ids or class names throughout, in "
+                        "every split.")
     if values and isinstance(values[0], int) and values[0] < 0:
         raise DataError(f"Negative label {values[0]} in train. Labels must be ids >= 0 (or strings); -1 usually marks "
                         "an unlabelled row, which cannot be trained on: remove those rows.")
