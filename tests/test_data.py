@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import SHARED_DATA, make_rows, write_jsonl
 
@@ -13,6 +15,12 @@ from xfer_nlp.errors import DataError
 
 def load(dataset, **kw):
     return load_text_data(resolve(RunConfig(dataset_name=str(dataset), **kw)))
+
+
+def parquet_bytes(columns) -> bytes:
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), buffer)
+    return buffer.getvalue().to_pybytes()
 
 
 def write_table(path, rows, sep):
@@ -206,6 +214,12 @@ def test_hold_out_never_takes_a_class_out_of_train(tmp_path):
     ("x.parquet", b"text,label\n", "not a Parquet file"),
     ("d.xlsx", b"x", "cannot read"),
     ("broken.jsonl", b'{"text": "a", "label": 0}\n{"text": \n', "Could not read"),
+    # no rows: said as that, where datasets' "Instruction 'train' corresponds to no data" was passed on
+    ("header.csv", b"text,label\n", r"has no rows \(only its header line\)"),
+    ("header.tsv", b"text\tlabel\n\n", r"has no rows \(only its header line\)"),
+    ("list.json", b"[]\n", "has no rows. Put labelled examples in it"),
+    ("table.parquet", parquet_bytes({"text": pa.array([], pa.string()), "label": pa.array([], pa.int64())}),
+     "has no rows. Put labelled examples in it"),
 ])
 def test_bad_files(tmp_path, name, content, message):
     path = tmp_path / name

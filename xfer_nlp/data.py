@@ -125,7 +125,35 @@ def _load_file(path: Path, **load_kwargs):
     try:
         return load_dataset(builder, data_files=str(path), split="train", **kwargs, **load_kwargs)
     except Exception as e:  # datasets raises many types for malformed input; all mean "this file is broken"
-        raise _cache_refused(e) or _unreadable(path, builder, e) from None
+        raise _cache_refused(e) or _no_rows(path, builder) or _unreadable(path, builder, e) from None
+
+
+def _no_rows(path: Path, builder: str) -> DataError | None:
+    """A file that datasets refused because it holds no examples at all (a header line alone, `[]`, a table of 0
+    rows), said as that: datasets' own words ("Instruction "train" corresponds to no data") sent users looking for
+    a malformed row. Asked only after the refusal; a file with no rows is a few bytes, so a large one is not read."""
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            empty = pq.ParquetFile(path).metadata.num_rows == 0
+        except Exception:  # a broken footer: not an empty table, and _unreadable says so
+            return None
+    elif path.stat().st_size > 1 << 16:
+        return None
+    else:
+        text = path.read_text(encoding="utf-8-sig")
+        if builder == "csv":
+            empty = sum(1 for line in text.splitlines() if line.strip()) <= 1  # the header, or nothing
+        else:
+            try:
+                empty = json.loads(text) in ([], {})
+            except ValueError:  # JSON Lines, or broken JSON
+                return None
+    if not empty:
+        return None
+    return DataError(f"'{path}' has no rows{' (only its header line)' if builder == 'csv' else ''}. Put labelled "
+                     "examples in it, or point --dataset_name at another file.")
 
 
 # A cache that the machine will not let datasets write: a read-only or full home, a quota, another user's folder.
