@@ -177,6 +177,11 @@ def test_a_file_given_as_a_text_is_labelled_with_a_note_naming_input(tiny_model_
     assert printed.out.rstrip().endswith(f"\t{texts}")  # labelled as given
     assert f"note: '{texts}' is a file, labelled here as a text; to label the texts in it: --input {texts}" \
         in printed.err
+    # '-', the Unix name for standard input, is labelled as a text too, and the note names --input -
+    assert cli.main(["predict", "--model", str(tiny_model_dir), "-"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.rstrip().endswith("\t-")
+    assert "note: '-' is labelled here as a text; to label the lines of standard input: --input -" in printed.err
 
 
 def test_the_machines_refusals_are_one_line_with_the_path(tmp_path, monkeypatch, capsys):

@@ -220,6 +220,8 @@ def predict_command(argv: list[str]) -> int:
     for name in files:  # labelled as asked, but a file name is seldom the text meant
         print(f"note: '{name}' is a file, labelled here as a text; to label the texts in it: --input {shlex.quote(name)}",
               file=sys.stderr)
+    if "-" in args.texts:  # the Unix way of saying "standard input", which here takes --input
+        print("note: '-' is labelled here as a text; to label the lines of standard input: --input -", file=sys.stderr)
     to_stdout = args.output == "-"
     try:
         if args.input == "-" and sys.stdin.isatty():
