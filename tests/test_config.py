@@ -78,6 +78,18 @@ def test_all_problems_reported_at_once():
         assert part in message
 
 
+def test_a_seed_outside_numpy_s_range_is_refused_before_anything_loads():
+    """A negative seed passed torch's seeding and stopped in numpy's, with a traceback, after the model had loaded."""
+    from xfer_nlp.grid import parse_seeds
+
+    for seed in (-1, 2**32):
+        with pytest.raises(ConfigError, match=rf"--seed must be an integer from 0 to 4294967295, got {seed}\."):
+            resolve(RunConfig(seed=seed))
+    assert resolve(RunConfig(seed=2**32 - 1)).seed == 2**32 - 1
+    with pytest.raises(ConfigError, match=r"--seeds must be integers from 0 to 4294967295, got '0,-1'\."):
+        parse_seeds("0,-1")
+
+
 def test_a_named_tracker_that_is_not_installed_is_refused(monkeypatch):
     """Accelerate drops a named tracker whose package is missing without a word; the run would log nowhere."""
     from xfer_nlp import config

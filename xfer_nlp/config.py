@@ -348,6 +348,9 @@ def unused_settings(cfg: RunConfig) -> list[str]:
     return [f"--{k} {getattr(cfg, k)}" for k in unused]
 
 
+SEED_MAX = 2**32 - 1
+
+
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill the per-mode defaults and the output folder, then validate; returns a new config."""
     problems = []
@@ -387,6 +390,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--min_train_steps must be >= 0 (0 = off), got {cfg.min_train_steps}.")
     if cfg.max_grad_norm < 0:
         problems.append(f"--max_grad_norm must be >= 0 (0 = off), got {cfg.max_grad_norm}.")
+    if not 0 <= cfg.seed <= SEED_MAX:  # numpy's seeding refuses the others, after the model had loaded
+        problems.append(f"--seed must be an integer from 0 to {SEED_MAX}, got {cfg.seed}.")
     if not spec.loop and (cfg.max_steps or cfg.eval_steps or cfg.early_stopping_patience):
         problems.append(f"--max_steps, --eval_steps and --early_stopping_patience do not apply to {cfg.mode}: its "
                         "head is fitted by L-BFGS, not stepped.")

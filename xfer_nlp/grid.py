@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import FIELD_NAMES, GRID_OWNED, MODES, RunConfig, nearest, resolve
+from .config import FIELD_NAMES, GRID_OWNED, MODES, SEED_MAX, RunConfig, nearest, resolve
 from . import logs, runfolder
 from .runfolder import read_results
 from .errors import ConfigError, DiskFull, Interrupted, LaunchError, XferError
@@ -174,6 +174,8 @@ def parse_seeds(spec: str) -> list[int]:
         raise ConfigError(f"--seeds must be comma-separated integers, got '{spec}'.") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds must list distinct integers, got '{spec}'.")
+    if not all(0 <= s <= SEED_MAX for s in seeds):
+        raise ConfigError(f"--seeds must be integers from 0 to {SEED_MAX}, got '{spec}'.")
     return seeds
 
 
