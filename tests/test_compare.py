@@ -75,6 +75,35 @@ def test_bad_variants_fail_naming_the_key(spec, message):
     assert message in str(e.value)
 
 
+def test_sizes_above_the_training_examples_are_left_out_by_default_and_refused_when_asked(
+        tiny_model_dir, tiny_data_dir, tmp_path, tmp_path_factory):
+    """Each such cell had failed in turn with the same message (the default 2,000 on polarity2k's 1,600
+    training reviews, every seed and mode); so had every cell on data that cannot be read."""
+    from xfer_nlp.errors import DataError
+    from xfer_nlp.grid import _fit_sizes_to_data
+
+    base = RunConfig(model_name_or_path=str(tiny_model_dir), dataset_name=str(tiny_data_dir))
+    cells = plan(base, CompareArgs("probe,lora", CompareArgs.train_sizes, "0"), tmp_path / "grid")
+    kept, said = _fit_sizes_to_data(cells, CompareArgs.train_sizes)
+    assert [(c.variant.label, c.size) for c in kept] == [("probe", "100"), ("probe", "all"), ("lora", "100"),
+                                                          ("lora", "all")]
+    assert said == (f"Training-set size(s) 500,2000 left out of the default sizes: '{tiny_data_dir}' has 160 "
+                    "training examples ('all' runs them all).")
+    args = dict(model_name_or_path=str(tiny_model_dir), seeds="0", output_dir=tmp_path / "asked")
+    with pytest.raises(ConfigError, match=rf"--train_sizes 500 is larger than the 160 training examples of "
+                                          rf"'{tiny_data_dir}'\. Use sizes up to 160, or 'all'\."):
+        xfer_nlp.compare(modes="probe", train_sizes="100,500", dataset_name=str(tiny_data_dir), **args)
+    # a variant reading other data is read too, and the fewest training examples decide
+    small = data_folder(tmp_path_factory, "small", train=make_rows(60, 1), validation=make_rows(20, 2))
+    with pytest.raises(ConfigError, match=rf"--train_sizes 100 is larger than the 60 training examples of '{small}'"):
+        xfer_nlp.compare(modes=f"probe,probe[dataset_name={small}]", train_sizes="100",
+                         dataset_name=str(tiny_data_dir), **args)
+    (tmp_path / "header.csv").write_text("text,label\n")
+    with pytest.raises(DataError, match="has no rows"):
+        xfer_nlp.compare(modes="probe", train_sizes="all", train_file=str(tmp_path / "header.csv"), **args)
+    assert not (tmp_path / "asked").exists()  # refused before the grid's folder was made
+
+
 def test_a_setting_the_grid_makes_per_cell_is_refused_naming_the_grid_flag(tmp_path):
     # each would be replaced in every cell without a word: the grid's own seeds, sizes, names and pushes
     with pytest.raises(ConfigError) as e:

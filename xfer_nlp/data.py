@@ -460,6 +460,12 @@ def _describe_feature(feature) -> str:
         "nested records (structs)"
 
 
+# The run options load_text_data reads that decide what the training split holds (max_train_samples and the seed
+# only pick a subset of it): compare reads each data source its variants name once, before the first cell.
+DATA_FIELDS = ("dataset_name", "dataset_config_name", "data_dir", "train_file", "validation_file", "test_file",
+               "text_column", "text_pair_column", "label_column", "validation_split_ratio", "cv_folds", "cv_fold")
+
+
 def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
     """Read, clean and split the data named by the config. Data without a validation split gets a seeded stratified
     hold-out of train; with `hold_out=False` (evaluate --all_rows) its rows become the validation split whole."""

@@ -48,7 +48,8 @@ class CompareArgs:
         "Each is a line in the plots and a column in the tables, under that label.")})
     train_sizes: str = field(default="100,500,2000,all", metadata={"help": (
         "Comma list of training-set sizes; 'all' is the whole training split. Subsets are stratified (two of each "
-        "class where the size allows), seeded and nested (the 100 are inside the 500), and the same for every mode.")})
+        "class where the size allows), seeded and nested (the 100 are inside the 500), and the same for every mode. "
+        "A default size above the data's training examples is left out; one given here is refused.")})
     seeds: str = field(default="0,1,2", metadata={"help": "Comma list of seeds; each cell is run once per seed."})
     folds: typing.Optional[int] = field(default=None, metadata={"help": (
         "Cross-validate (data without a test split: mr, subj, one labelled file): cut the labelled rows into this "
@@ -220,6 +221,32 @@ def plan(base: RunConfig, args: CompareArgs, output_dir: Path) -> list[Cell]:
     return sorted(cells, key=lambda c: c.config.keep_freed_memory)
 
 
+def _fit_sizes_to_data(cells: list[Cell], train_sizes: str) -> tuple[list[Cell], str]:
+    """The cells to run, and what was left out of them (or ""). The data is read before the first cell, once for
+    each data source the variants name, as each cell will read it: data that cannot be read stops the grid with its
+    one message, where every cell had failed with it in turn. A size above the training examples would fail in
+    every cell too: the default sizes leave it out, saying so ('all' runs them all); sizes the user asked for are
+    refused, naming the count."""
+    from .data import DATA_FIELDS, load_text_data
+
+    available = {}  # data source -> its training examples
+    for cell in cells:
+        key = tuple(getattr(cell.config, f) for f in DATA_FIELDS)
+        if key not in available:
+            data = load_text_data(dataclasses.replace(cell.config, max_train_samples=None))
+            available[key] = (len(data.splits["train"]), data.source)
+    fewest, source = min(available.values())
+    over = [s for s in parse_sizes(train_sizes) if s != "all" and int(s) > fewest]
+    if not over:
+        return cells, ""
+    if train_sizes != CompareArgs.train_sizes:
+        raise ConfigError(f"--train_sizes {','.join(over)} {'is' if len(over) == 1 else 'are'} larger than the "
+                          f"{fewest:,} training examples of '{source}'. Use sizes up to {fewest}, or 'all'.")
+    return [c for c in cells if c.size not in over], (f"Training-set size(s) {','.join(over)} left out of the default "
+                                                      f"sizes: '{source}' has {fewest:,} training examples ('all' "
+                                                      "runs them all).")
+
+
 KEEP = ("all", "model", "results")
 
 
@@ -296,11 +323,14 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
             f"--{k}: {SET_BY_THE_GRID[k].format(value=getattr(base, k))}" for k in given) + ".")
     output_dir = Path(output_dir or base.output_dir or Path("runs") / f"{Path(str(base.dataset_name)).stem}-compare")
     cells = plan(base, CompareArgs(modes, train_sizes, seeds, folds=folds), output_dir)
+    cells, left_out = _fit_sizes_to_data(cells, train_sizes)
     output_dir.mkdir(parents=True, exist_ok=True)
     main = logs.is_main_process()
     logs.setup(logger.name, output_dir / runfolder.COMPARE_LOG, main)
-    logger.info("Grid of %d cells: %s x sizes %s x seeds %s%s, in %s.", len(cells), modes, train_sizes, seeds,
-                f" x {folds} folds" if folds else "", output_dir)
+    if left_out:
+        logger.info(left_out)
+    logger.info("Grid of %d cells: %s x sizes %s x seeds %s%s, in %s.", len(cells), modes,
+                ",".join(dict.fromkeys(c.size for c in cells)), seeds, f" x {folds} folds" if folds else "", output_dir)
     start, ran, skipped, failed = time.perf_counter(), 0, 0, {}
     bar = tqdm(cells, desc="Grid", unit="cell", position=0, disable=not main)
     for i, cell in enumerate(bar, 1):
