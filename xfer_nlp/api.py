@@ -24,7 +24,7 @@ from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from . import allocator, batches, families, hub, logs, loop, modes, pairs, probe, runfolder
 from .config import FIELD_NAMES, RunConfig, nearest, resolve, unused_settings
 from .data import load_text_data, text_pairs
-from .errors import ConfigError, LaunchError
+from .errors import ConfigError, LaunchError, not_cached_offline
 from .evaluation import metrics_markdown, plot_confusion, plot_training, warn_unpredicted, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
@@ -609,11 +609,8 @@ def load_setup(model: str):
 
 
 def _unloadable(model: str, e: Exception) -> ConfigError:
-    offline = " This machine is offline (HF_HUB_OFFLINE), so only models already in the cache can load." \
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") and not os.path.exists(Path(model).expanduser()) \
-        else ""
     return ConfigError(f"Could not load the model '{model}' ({type(e).__name__}: {str(e).splitlines()[0][:300]})."
-                       f"{offline}")
+                       f"{not_cached_offline(model, e)}")
 
 
 def check_model_folder(model: str) -> None:

@@ -20,7 +20,7 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from . import families, runfolder, schedules
-from .errors import ConfigError
+from .errors import ConfigError, not_cached_offline
 from .evaluation import label_map
 from .modeling import XferPooledConfig, XferPooledForSequenceClassification, no_pooler
 
@@ -256,7 +256,8 @@ def _encoder_config(path: str, source: str):
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"Could not read the model config of '{source}': {str(e).splitlines()[0][:300]}") from None
+        raise ConfigError(f"Could not read the model config of '{source}': {str(e).splitlines()[0][:300]}"
+                          f"{not_cached_offline(source, e)}") from None
 
 
 def split_export(config) -> tuple[Any, XferPooledConfig | None]:
