@@ -167,6 +167,23 @@ def test_predict_names_a_model_folder_given_where_its_texts_go(tmp_path, capsys)
             (fix is None and "is a folder" not in err and "--input FILE" in err)
 
 
+def test_a_misspelt_flag_of_any_command_is_named_with_its_nearest_spelling(capsys, tmp_path):
+    """run and compare named the nearest flag; the other commands printed argparse's bare list."""
+    from xfer_nlp import cli
+
+    for argv, said in ((["predict", "--modle", "m", "a text"], "--modle (did you mean --model?)"),
+                       (["evaluate", "m", "--datset_name=sst2"], "--datset_name=sst2 (did you mean --dataset_name?)"),
+                       (["push", str(tmp_path), "--hub_privat_repo"], "--hub_privat_repo (did you mean --hub_private_repo?)"),
+                       (["report", str(tmp_path), "--moods", "probe"], "--moods (did you mean --modes?) probe")):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(argv)
+        assert stopped.value.code == 2
+        assert capsys.readouterr().err.strip().endswith(f"error: unrecognized arguments: {said}"), argv
+    # huggingface_hub's name for the repository is push's too; the folder is then what is refused
+    assert cli.main(["push", str(tmp_path), "--repo_id", "me/model"]) == 2
+    assert "unrecognized" not in capsys.readouterr().err
+
+
 def test_a_file_given_as_a_text_is_labelled_with_a_note_naming_input(tiny_model_dir, tmp_path, capsys):
     from xfer_nlp import cli
 

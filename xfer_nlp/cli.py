@@ -80,6 +80,23 @@ def stop_on_sigterm() -> None:
 MODEL_HELP = "An output_dir of xfer-nlp run, or any text-classification model folder / Hub id."
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse for the commands that take no run options, naming an unknown flag's nearest spelling as `run` does
+    (argparse's own message lists the unknown arguments alone)."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            flags = [o for action in self._actions for o in action.option_strings
+                     if o.startswith("--") and action.help != argparse.SUPPRESS]
+            said = []
+            for a in extra:
+                close = difflib.get_close_matches(a.split("=")[0], flags, n=1) if a.startswith("--") else []
+                said.append(f"{a} (did you mean {close[0]}?)" if close else a)
+            self.error(f"unrecognized arguments: {' '.join(said)}")
+        return parsed
+
+
 def _add_model_argument(parser: argparse.ArgumentParser) -> None:
     """MODEL as a positional argument, or as --model as predict spells it (where positionals are the texts)."""
     parser.add_argument("model", nargs="?", help=MODEL_HELP + " Also accepted as --model MODEL.")
@@ -149,7 +166,7 @@ def compare_command(argv: list[str]) -> int:
 
 
 def report_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="xfer-nlp report", description="Rewrite comparison.md, comparison.csv and "
+    parser = Parser(prog="xfer-nlp report", description="Rewrite comparison.md, comparison.csv and "
                                      "the plots of a compare output folder from its finished runs; never trains.")
     parser.add_argument("output_dir", help="Folder written by xfer-nlp compare.")
     parser.add_argument("--modes", help="Variants to report, in this order, written as compare's --modes wrote them "
@@ -182,7 +199,7 @@ def predict_command(argv: list[str]) -> int:
     from .api import BATCH_TOKENS, PREDICT_BACKENDS, PREDICT_PRECISIONS, predict_stream
     from .data import iter_texts, write_jsonl
 
-    parser = argparse.ArgumentParser(prog="xfer-nlp predict", description="Label texts with an exported model.")
+    parser = Parser(prog="xfer-nlp predict", description="Label texts with an exported model.")
     parser.add_argument("texts", nargs="*", help="Texts to label (or use --input).")
     parser.add_argument("--model", help=MODEL_HELP + " Required: the positional arguments are the texts.")
     parser.add_argument("--input", help="File of texts: .txt (one a line), .jsonl, .json, .csv, .tsv or .parquet; "
@@ -280,7 +297,7 @@ def evaluate_command(argv: list[str]) -> int:
     from .config import RunConfig
     from .evaluation import COLUMN_FIELDS, EVALUATE_FIELDS, SPLIT_FIELDS, evaluate
 
-    parser = argparse.ArgumentParser(prog="xfer-nlp evaluate", allow_abbrev=False, description=(
+    parser = Parser(prog="xfer-nlp evaluate", allow_abbrev=False, description=(
         "Score an exported model on a dataset's validation (and test) split: writes evaluation.json (accuracy, "
         "macro-F1, per-class figures, confusion matrix, --metrics), predictions.jsonl and confusion_matrix.png. "
         "The model's labels are matched to the data's by name."))
@@ -321,7 +338,7 @@ def evaluate_command(argv: list[str]) -> int:
 
 
 def export_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="xfer-nlp export", description=(
+    parser = Parser(prog="xfer-nlp export", description=(
         "Write an exported model as ONNX with torch's exporter. The graph takes the tokenizer's inputs (dynamic batch "
         "and length) and returns logits; it is kept only if onnxruntime reproduces the torch model's logits (to 1e-4 of the largest). "
         "Into a finished run folder it goes to onnx/model.onnx, recorded in results.json (so push uploads it); label "
@@ -341,9 +358,10 @@ def export_command(argv: list[str]) -> int:
 
 
 def push_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="xfer-nlp push", description="Upload a finished run folder to the Hub.")
+    parser = Parser(prog="xfer-nlp push", description="Upload a finished run folder to the Hub.")
     parser.add_argument("output_dir", help="Folder written by xfer-nlp run.")
-    parser.add_argument("--hub_model_id", help="user/name of the repository (default: your account / folder name).")
+    parser.add_argument("--hub_model_id", "--repo_id", help="user/name of the repository (default: your account / "
+                                                             "folder name).")
     parser.add_argument("--hub_private_repo", action="store_true", help="Create the repository as private.")
     parser.add_argument("--hub_token", help="Token (default: $HF_TOKEN or the cached `hf auth login`).")
     args = parser.parse_args(argv)
