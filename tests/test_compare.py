@@ -225,6 +225,11 @@ def test_report_reruns_without_training(tiny_model_dir, tiny_data_dir, tmp_path)
         out / "comparison.md").read_text()
     empty = subprocess.run([str(XFER), "report", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert empty.returncode == 2 and "Run xfer-nlp compare first" in empty.stderr
+    from xfer_nlp.report import write_report
+
+    with pytest.raises(xfer_nlp.XferError, match=r"'.*nowhere' is not a folder\. Pass the --output_dir of an xfer-nlp "
+                                                 r"compare\."):  # had said it held no comparison cells
+        write_report(tmp_path / "nowhere")
 
 
 def test_every_variant_of_a_large_grid_is_drawn_apart_and_the_peer_dashed():
