@@ -103,6 +103,7 @@ def test_a_predictor_loads_once_and_labels_as_predict_does(tiny_run, monkeypatch
     assert one[0]["label"] == expected[3]["label"] and one[0]["scores"] == pytest.approx(expected[3]["scores"], abs=1e-5)
     with pytest.raises(ConfigError, match=r"Text 1 of 2 \(counting from 0\) is None"):
         predictor(["fine", None])
+    assert predictor([]) == [] and list(predictor.stream(iter([]))) == []  # as pipeline([]); had an IndexError
 
 
 def test_a_stopped_predict_leaves_no_partial_file_and_says_so(tiny_run, tmp_path):

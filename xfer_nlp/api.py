@@ -480,6 +480,8 @@ class Predictor:
         except TypeError:
             raise ConfigError(f"texts must be a string or a list of strings (or of text pairs), not "
                               f"{type(texts).__name__} ({texts!r:.60}).") from None
+        if not texts:  # as pipeline([]) answers
+            return []
         self._split(texts, 0, of=len(texts))  # every item checked before any is labelled
         return list(self.stream(texts, total=len(texts)))
 
