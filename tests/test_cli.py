@@ -184,6 +184,16 @@ def test_a_misspelt_flag_of_any_command_is_named_with_its_nearest_spelling(capsy
     assert "unrecognized" not in capsys.readouterr().err
 
 
+def test_an_input_without_texts_is_named(tiny_model_dir, tmp_path, capsys):
+    """It had said to pass the texts 'with --input FILE', to a user who had."""
+    from xfer_nlp import cli
+
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    assert cli.main(["predict", "--model", str(tiny_model_dir), "--input", str(tmp_path / "blank.txt")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: No texts to label: '{tmp_path / 'blank.txt'}' holds none "
+                                               "(blank lines are skipped).")
+
+
 def test_a_file_given_as_a_text_is_labelled_with_a_note_naming_input(tiny_model_dir, tmp_path, capsys):
     from xfer_nlp import cli
 

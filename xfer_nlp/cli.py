@@ -252,7 +252,10 @@ def predict_command(argv: list[str]) -> int:
                                 if args.input else [])
         first = next(texts, predict_command)  # the function itself as the end marker: a text may be None
         if first is predict_command:
-            piped = "" if args.input or sys.stdin.isatty() else " (to read standard input: --input -)"
+            if args.input:  # a .txt file of blank lines, or nothing on standard input
+                source = "standard input" if args.input == "-" else f"'{args.input}'"
+                raise XferError(f"No texts to label: {source} holds none (blank lines are skipped).")
+            piped = "" if sys.stdin.isatty() else " (to read standard input: --input -)"
             raise XferError(f"No texts to label: pass them as arguments or with --input FILE{piped}.")
         if args.output and not to_stdout:  # before any model is loaded or text labelled
             try:
