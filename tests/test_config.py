@@ -1,5 +1,6 @@
 """Defaults < YAML < command line; bad options fail with the key, the allowed values and the nearest spelling."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,22 @@ def test_unknown_yaml_key_suggests_nearest(tmp_path):
     path.write_text("learnin_rate: 0.1\n")
     with pytest.raises(ConfigError, match="'learnin_rate' \\(did you mean 'learning_rate'\\?\\)"):
         parse_args(["--config", str(path)])
+
+
+@pytest.mark.parametrize("line,message", [
+    ('learning_rate: "abc"', "learning_rate: 'abc' is not a number"),
+    ("gradual_unfreezing: maybe", "gradual_unfreezing: 'maybe' is not true or false"),
+    ("max_train_samples: ten", "max_train_samples: 'ten' is not an integer"),
+])
+def test_a_yaml_value_of_the_wrong_type_is_named_by_file_and_key(tmp_path, line, message):
+    """argparse converted it by the flag's type and blamed the flag (--learning_rate), which nobody had given."""
+    path = tmp_path / "c.yaml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=f"Config file '{re.escape(str(path))}': {message}\\.$"):
+        parse_args(["--config", str(path)])
+    path.write_text("learning_rate: 5e-5\nmax_train_samples: '64'\ngradual_unfreezing: yes\n")  # YAML 1.1: texts
+    cfg = parse_args(["--config", str(path)])
+    assert (cfg.learning_rate, cfg.max_train_samples, cfg.gradual_unfreezing) == (5e-5, 64, True)
 
 
 def test_unknown_cli_flag_suggests_nearest():

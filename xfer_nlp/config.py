@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -19,6 +20,7 @@ from typing import Any, Optional
 import yaml
 from accelerate import utils as accelerate_utils
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 from .errors import ConfigError
 from .modes import ENCODER_FLAGS, EMBEDDED_MODEL, MAX_EPOCHS, MIN_STEPS, MODES, modes_with
@@ -532,6 +534,17 @@ def load_yaml(path: str | Path, known: tuple[str, ...] = FIELD_NAMES) -> dict[st
         raise ConfigError(f"Config file '{path}' has unknown key(s): "
                           + "; ".join(f"'{k}'{nearest(k, known)}" for k in unknown)
                           + ". Run with --help for the full list of options.")
+    # argparse converts a text default by the flag's type and blames the flag: named here by file and key instead.
+    hints = typing.get_type_hints(RunConfig)
+    for key, value in data.items():
+        kind = hints.get(key)
+        if not isinstance(value, str) or kind not in (int, float, bool, Optional[int], Optional[float]):
+            continue
+        try:
+            string_to_bool(value) if kind is bool else (int if kind in (int, Optional[int]) else float)(value)
+        except (ValueError, argparse.ArgumentTypeError):
+            wanted = {bool: "true or false", int: "an integer", Optional[int]: "an integer"}.get(kind, "a number")
+            raise ConfigError(f"Config file '{path}': {key}: {value!r} is not {wanted}.") from None
     return data
 
 
