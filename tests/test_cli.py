@@ -173,7 +173,8 @@ def test_a_misspelt_flag_of_any_command_is_named_with_its_nearest_spelling(capsy
 
     for argv, said in ((["predict", "--modle", "m", "a text"], "--modle (did you mean --model?)"),
                        (["evaluate", "m", "--datset_name=sst2"], "--datset_name=sst2 (did you mean --dataset_name?)"),
-                       (["push", str(tmp_path), "--hub_privat_repo"], "--hub_privat_repo (did you mean --hub_private_repo?)"),
+                       (["push", str(tmp_path), "--hub_privat_repo"],
+                        "--hub_privat_repo (did you mean --hub_private_repo?)"),
                        (["report", str(tmp_path), "--moods", "probe"], "--moods (did you mean --modes?) probe")):
         with pytest.raises(SystemExit) as stopped:
             cli.main(argv)
