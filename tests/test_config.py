@@ -45,6 +45,14 @@ def test_a_yaml_value_of_the_wrong_type_is_named_by_file_and_key(tmp_path, line,
     assert (cfg.learning_rate, cfg.max_train_samples, cfg.gradual_unfreezing) == (5e-5, 64, True)
 
 
+def test_a_label_column_read_as_the_text_is_refused():
+    """It trained and scored 1.0: the model read its answer."""
+    for flags, column in (({"text_column": "label"}, "text"), ({"text_pair_column": "label"}, "text_pair")):
+        with pytest.raises(ConfigError, match=rf"--label_column 'label' is the --{column}_column too; the model would "
+                                              "read its answer"):
+            resolve(RunConfig(**flags))
+
+
 def test_unknown_cli_flag_suggests_nearest():
     with pytest.raises(ConfigError, match="did you mean 'num_train_epochs'"):
         parse_args(["--num_train_epoch", "3"])

@@ -414,6 +414,11 @@ def resolve(cfg: RunConfig) -> RunConfig:
                         "would skip text between windows.")
     if cfg.chunk_stride is not None and cfg.long_text != "chunk":
         problems.append("--chunk_stride applies to --long_text chunk only.")
+    read = [c for c in (cfg.text_column, cfg.text_pair_column) if c is not None]
+    if cfg.label_column in read:  # the label would be read as the text: a perfect and worthless score
+        problems.append(f"--label_column '{cfg.label_column}' is the "
+                        f"--{'text' if cfg.label_column == cfg.text_column else 'text_pair'}_column too; the model "
+                        "would read its answer. Name the column that holds the text.")
     if cfg.text_pair_column is not None:
         if cfg.text_pair_column == cfg.text_column:
             problems.append(f"--text_pair_column '{cfg.text_pair_column}' is the --text_column too; name the column "
