@@ -125,6 +125,9 @@ def test_contrastive_with_one_example_of_a_class_is_one_message(tiny_run, tmp_pa
         xfer_nlp.run(mode="contrastive", **{**tiny_run, "dataset_name": str(data)})
     assert "contrastive needs at least 2 training examples of each class" in str(e.value) and "class 1 has 1" in str(e.value)
     assert not (tmp_path / "out" / "results.json").exists()
+    with pytest.raises(ConfigError, match=r"classes 0, 1 have 1\. Add examples of them \(with --max_train_samples: a "
+                                          r"size of at least twice the classes, 4\)"):
+        xfer_nlp.run(mode="contrastive", max_train_samples=2, **tiny_run)
 
 
 def test_pair_batches_are_random_where_training_batches_group_by_length():

@@ -47,8 +47,11 @@ def make_pairs(labels, iterations: int, seed: int, label_names=None) -> list[tup
     lonely = [int(c) for c, n in zip(classes, counts) if n < 2]
     if lonely:
         names = ", ".join(str(label_names[c]) if label_names is not None else str(c) for c in lonely)
+        one = len(lonely) == 1
         raise ConfigError(f"contrastive needs at least 2 training examples of each class to make a same-label pair; "
-                          f"class {names} has 1. Add examples of it, or use --mode probe.")
+                          f"{'class' if one else 'classes'} {names} {'has' if one else 'have'} 1. Add examples of "
+                          f"{'it' if one else 'them'} (with --max_train_samples: a size of at least twice the "
+                          f"classes, {2 * len(classes)}), or use --mode probe.")
     rng = np.random.default_rng(seed)
     members = {int(c): np.flatnonzero(labels == c) for c in classes}
     others = {int(c): np.flatnonzero(labels != c) for c in classes}
