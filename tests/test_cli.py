@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_jsonl
 
 from xfer_nlp import allocator
 from xfer_nlp.config import RunConfig
@@ -193,6 +194,20 @@ def test_an_input_without_texts_is_named(tiny_model_dir, tmp_path, capsys):
     assert cli.main(["predict", "--model", str(tiny_model_dir), "--input", str(tmp_path / "blank.txt")]) == 2
     assert capsys.readouterr().err.strip() == (f"error: No texts to label: '{tmp_path / 'blank.txt'}' holds none "
                                                "(blank lines are skipped).")
+
+
+def test_predictions_never_replace_their_input_file(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """--output naming the --input file had replaced the user's labelled rows with the model's labels."""
+    from xfer_nlp import cli
+
+    data = write_jsonl(tmp_path / "mine.jsonl", [{"text": "a dull film", "label": 0}])
+    before = data.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    for output in (str(data), "./mine.jsonl"):  # the same file by another name too
+        assert cli.main(["predict", "--model", str(tiny_model_dir), "--input", str(data), "--output", output]) == 2
+        assert capsys.readouterr().err.strip() == (f"error: --output '{output}' is the --input file: the predictions "
+                                                   "would replace the texts (and any labels) in it. Name another file.")
+    assert data.read_bytes() == before
 
 
 def test_a_file_given_as_a_text_is_labelled_with_a_note_naming_input(tiny_model_dir, tmp_path, capsys):

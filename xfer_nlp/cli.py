@@ -258,6 +258,10 @@ def predict_command(argv: list[str]) -> int:
             piped = "" if sys.stdin.isatty() else " (to read standard input: --input -)"
             raise XferError(f"No texts to label: pass them as arguments or with --input FILE{piped}.")
         if args.output and not to_stdout:  # before any model is loaded or text labelled
+            if args.input and args.input != "-" and os.path.exists(args.output) and \
+                    os.path.samefile(args.input, args.output):
+                raise XferError(f"--output '{args.output}' is the --input file: the predictions would replace the "
+                                "texts (and any labels) in it. Name another file.")
             try:
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
