@@ -172,7 +172,9 @@ def test_grid_runs_reports_and_skips_finished_cells(tiny_model_dir, tiny_data_di
     assert (finetuned / "model.safetensors").is_file() and not (finetuned / "checkpoints").exists()
 
     before = {f.name: (f / "results.json").stat().st_mtime_ns for f in (out / "runs").iterdir()}
-    again = xfer_nlp.compare(**kwargs)
+    # a notebook's lists are the same grid (a list of modes had been read character by character)
+    lists = dict(modes=["probe", "finetune", "finetune[freeze_layers=1]"], train_sizes=[40, "all"], seeds=[0, 1])
+    again = xfer_nlp.compare(**{**kwargs, **lists})
     assert again.ran == 0 and again.skipped == 12
     assert before == {f.name: (f / "results.json").stat().st_mtime_ns for f in (out / "runs").iterdir()}
 

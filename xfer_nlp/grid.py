@@ -10,6 +10,7 @@ import shutil
 import time
 import traceback
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -298,12 +299,20 @@ class Comparison:
     _repr_markdown_ = __str__  # the summary is a Markdown table: Jupyter renders it where the repr shows counts
 
 
-def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, train_sizes: str =
-            CompareArgs.train_sizes, seeds: str = CompareArgs.seeds, output_dir: str | Path | None = None,
-            keep: str = CompareArgs.keep, folds: int | None = None, **overrides) -> Comparison:
+def _as_list(value) -> str:
+    """A grid argument as the command line writes it: from a notebook [100, 500, "all"] or 0 reads as "100,500,all"
+    and "0" (a list of modes had been read character by character)."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = CompareArgs.modes,
+            train_sizes: str | Sequence[int | str] = CompareArgs.train_sizes, seeds: str | Sequence[int] | int =
+            CompareArgs.seeds, output_dir: str | Path | None = None, keep: str = CompareArgs.keep,
+            folds: int | None = None, **overrides) -> Comparison:
     """Run every cell of modes x train_sizes x seeds (x folds) into output_dir/runs/, then write the report.
 
     >>> xfer_nlp.compare(modes="probe,finetune", train_sizes="100,all", seeds="0,1", dataset_name="sst2")
+    >>> xfer_nlp.compare(modes=["probe", "finetune"], train_sizes=[100, "all"], seeds=[0, 1], dataset_name="sst2")
 
     Keyword arguments are run options applied to every cell. Finished cells are skipped and an interrupted one
     resumes, so the same call continues a killed grid. A failing cell is reported and the others still run.
@@ -315,6 +324,7 @@ def compare(config: RunConfig | None = None, *, modes: str = CompareArgs.modes, 
 
     if keep not in KEEP:
         raise ConfigError(f"--keep must be one of {', '.join(KEEP)}, got '{keep}'.")
+    modes, train_sizes, seeds = _as_list(modes), _as_list(train_sizes), _as_list(seeds)
     base = dataclasses.replace(config or RunConfig(), **overrides)
     default = RunConfig()
     given = [k for k in SET_BY_THE_GRID if getattr(base, k) != getattr(default, k)]
