@@ -45,6 +45,16 @@ def test_a_yaml_value_of_the_wrong_type_is_named_by_file_and_key(tmp_path, line,
     assert (cfg.learning_rate, cfg.max_train_samples, cfg.gradual_unfreezing) == (5e-5, 64, True)
 
 
+def test_a_comma_list_option_may_be_a_list_in_python_and_yaml(tmp_path):
+    """A notebook's probe_c_grid=[0.1, 1] (or a YAML list) raised AttributeError: 'list' object has no attribute
+    'split'."""
+    cfg = resolve(RunConfig(probe_c_grid=[0.1, 1], report_to=("tensorboard",), class_weights=[1, 2]))
+    assert (cfg.probe_c_grid, cfg.report_to, cfg.class_weights) == ("0.1,1", "tensorboard", "1,2")
+    path = tmp_path / "c.yaml"
+    path.write_text("mode: lora\nlora_target_modules: [query, value]\n")
+    assert resolve(parse_args(["--config", str(path)])).lora_target_modules == "query,value"
+
+
 def test_a_label_column_read_as_the_text_is_refused():
     """It trained and scored 1.0: the model read its answer."""
     for flags, column in (({"text_column": "label"}, "text"), ({"text_pair_column": "label"}, "text_pair")):

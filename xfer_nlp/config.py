@@ -356,6 +356,11 @@ SEED_MAX = 2**32 - 1
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill the per-mode defaults and the output folder, then validate; returns a new config."""
     problems = []
+    # A comma-list option given as a list, from a notebook or a YAML file: [0.1, 1] reads as "0.1,1".
+    hints = typing.get_type_hints(RunConfig)
+    cfg = dataclasses.replace(cfg, **{f.name: ",".join(map(str, getattr(cfg, f.name))) for f in dataclasses.fields(cfg)
+                                      if isinstance(getattr(cfg, f.name), (list, tuple))
+                                      and hints[f.name] in (str, Optional[str])})
     if cfg.mode not in MODES:
         raise ConfigError(f"Unknown mode '{cfg.mode}'{nearest(cfg.mode, MODES)}. Choose one of: {', '.join(MODES)}.")
     spec = MODES[cfg.mode]
