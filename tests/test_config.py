@@ -45,7 +45,7 @@ def test_a_yaml_value_of_the_wrong_type_is_named_by_file_and_key(tmp_path, line,
     assert (cfg.learning_rate, cfg.max_train_samples, cfg.gradual_unfreezing) == (5e-5, 64, True)
 
 
-def test_a_comma_list_option_may_be_a_list_in_python_and_yaml(tmp_path):
+def test_a_comma_list_may_be_a_list_and_a_path_a_path_in_python_and_yaml(tmp_path):
     """A notebook's probe_c_grid=[0.1, 1] (or a YAML list) raised AttributeError: 'list' object has no attribute
     'split'."""
     cfg = resolve(RunConfig(probe_c_grid=[0.1, 1], report_to=("tensorboard",), class_weights=[1, 2]))
@@ -53,6 +53,9 @@ def test_a_comma_list_option_may_be_a_list_in_python_and_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("mode: lora\nlora_target_modules: [query, value]\n")
     assert resolve(parse_args(["--config", str(path)])).lora_target_modules == "query,value"
+    # a Path for a path: results.json could not be written (yaml cannot represent it), at the end of the run
+    cfg = resolve(RunConfig(dataset_name=tmp_path / "data", output_dir=tmp_path / "run"))
+    assert (cfg.dataset_name, cfg.output_dir) == (str(tmp_path / "data"), str(tmp_path / "run"))
 
 
 def test_a_label_column_read_as_the_text_is_refused():

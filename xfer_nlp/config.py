@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -353,13 +354,18 @@ def unused_settings(cfg: RunConfig) -> list[str]:
 SEED_MAX = 2**32 - 1
 
 
+def _as_text(value) -> str:
+    return os.fspath(value) if isinstance(value, os.PathLike) else ",".join(map(str, value))
+
+
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill the per-mode defaults and the output folder, then validate; returns a new config."""
     problems = []
-    # A comma-list option given as a list, from a notebook or a YAML file: [0.1, 1] reads as "0.1,1".
+    # Text options as a notebook or a YAML file may give them: a comma list as a list ([0.1, 1] reads as "0.1,1"),
+    # a path as a Path (which had stopped the run at its end, when results.json could not be written).
     hints = typing.get_type_hints(RunConfig)
-    cfg = dataclasses.replace(cfg, **{f.name: ",".join(map(str, getattr(cfg, f.name))) for f in dataclasses.fields(cfg)
-                                      if isinstance(getattr(cfg, f.name), (list, tuple))
+    cfg = dataclasses.replace(cfg, **{f.name: _as_text(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                                      if isinstance(getattr(cfg, f.name), (list, tuple, os.PathLike))
                                       and hints[f.name] in (str, Optional[str])})
     if cfg.mode not in MODES:
         raise ConfigError(f"Unknown mode '{cfg.mode}'{nearest(cfg.mode, MODES)}. Choose one of: {', '.join(MODES)}.")
