@@ -55,6 +55,17 @@ def test_folder_with_splits(tiny_data_dir):
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 160, "validation": 48, "test": 40}
 
 
+def test_a_data_file_the_folder_does_not_read_is_named(tmp_path, caplog):
+    """A validation file named otherwise was passed over without a word, and a tenth of train held out instead."""
+    write_jsonl(tmp_path / "train.jsonl", make_rows(40, 0))
+    write_jsonl(tmp_path / "validation_set.jsonl", make_rows(10, 1))
+    (tmp_path / "notes.txt").write_text("not data\n")  # not a data format: not named
+    data = load(tmp_path)
+    assert any("held out" in n for n in data.notes)
+    assert (f"Data file(s) in '{tmp_path}' not read: validation_set.jsonl. A split is read from a file named "
+            "train.<ext>, validation/valid/dev/val.<ext>, test.<ext>.") in caplog.text
+
+
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data or XFER_NLP_DATA_DIR")
 @pytest.mark.parametrize("name,splits,labels", [("sst2", {"train": 6920, "validation": 872}, 2),
                                                 ("sst5", {"train": 8544, "validation": 1101, "test": 2210}, 5),

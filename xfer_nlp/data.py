@@ -213,6 +213,11 @@ def _find_split_files(folder: Path) -> dict[str, Path]:
         present = ", ".join(p.name for p in entries) or "nothing"
         raise DataError(f"'{folder}' has no train file (train.jsonl, train.csv, ...); it holds: {present}. "
                         "Name the training file train.<ext>, or pass the file itself as --dataset_name.")
+    # A validation file named otherwise (validation_set.jsonl) was passed over without a word, and train held out.
+    unread = [p.name for p in entries if p.suffix.lower() in FORMATS and p not in files.values()]
+    if unread:
+        logger.warning("Data file(s) in '%s' not read: %s. A split is read from a file named %s.", folder,
+                       ", ".join(unread), ", ".join(f"{'/'.join(names)}.<ext>" for names in SPLIT_NAMES.values()))
     return files
 
 
