@@ -49,9 +49,9 @@ def test_missing_model_folder(tiny_data_dir, tmp_path):
 
 def test_a_hub_id_neither_cached_nor_reachable_names_the_way_round(tiny_data_dir, tmp_path):
     """transformers' advice sits on the line after the one quoted; the message said only that it couldn't connect."""
-    way = (r"'nobody/no-such-model' is not in the Hugging Face cache and the Hub could not be reached \(no network, or "
-           r"HF_HUB_OFFLINE is set\): download it once where the Hub is reachable \(`hf download "
-           r"nobody/no-such-model`\), or pass a folder saved with save_pretrained\.")
+    way = (r"'nobody/no-such-model' is not in the Hugging Face cache and the Hub could not be reached \(this machine is "
+           r"offline: HF_HUB_OFFLINE is set\): download it once where the Hub is reachable \(`hf download "
+           r"nobody/no-such-model`\), or pass a folder saved with save_pretrained\.")  # the suite runs offline
     with pytest.raises(xfer_nlp.ConfigError, match="Could not read the model config of 'nobody/no-such-model': .*"
                        + way):
         xfer_nlp.run(mode="probe", model_name_or_path="nobody/no-such-model", dataset_name=str(tiny_data_dir),

@@ -57,12 +57,13 @@ def not_cached_offline(name: str, e: BaseException) -> str:
     """The way round, when a Hub id is in neither the Hugging Face cache nor reach (no network, or HF_HUB_OFFLINE:
     huggingface_hub's LocalEntryNotFoundError behind transformers' OSError), else "". transformers' own advice sits
     on the line after the one a message quotes."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     while e is not None and not isinstance(e, LocalEntryNotFoundError):
         e = e.__cause__ or e.__context__
     if e is None:
         return ""
-    return (f" '{name}' is not in the Hugging Face cache and the Hub could not be reached (no network, or "
-            f"HF_HUB_OFFLINE is set): download it once where the Hub is reachable (`hf download {name}`), or pass a "
-            "folder saved with save_pretrained.")
+    why = "this machine is offline: HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "no network"
+    return (f" '{name}' is not in the Hugging Face cache and the Hub could not be reached ({why}): download it once "
+            f"where the Hub is reachable (`hf download {name}`), or pass a folder saved with save_pretrained.")
