@@ -102,6 +102,11 @@ def test_sizes_above_the_training_examples_are_left_out_by_default_and_refused_w
     with pytest.raises(DataError, match="has no rows"):
         xfer_nlp.compare(modes="probe", train_sizes="all", train_file=str(tmp_path / "header.csv"), **args)
     assert not (tmp_path / "asked").exists()  # refused before the grid's folder was made
+    (tmp_path / "a-file").write_text("mine\n")  # had ended in FileExistsError's traceback
+    with pytest.raises(ConfigError, match=r"--output_dir '.*a-file' is a file\. Pass a folder path\."):
+        xfer_nlp.compare(modes="probe", train_sizes="all", dataset_name=str(tiny_data_dir),
+                         **{**args, "output_dir": tmp_path / "a-file"})
+    assert (tmp_path / "a-file").read_text() == "mine\n"
 
 
 def test_a_setting_the_grid_makes_per_cell_is_refused_naming_the_grid_flag(tmp_path):

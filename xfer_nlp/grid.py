@@ -334,7 +334,7 @@ def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = Com
     output_dir = Path(output_dir or base.output_dir or Path("runs") / f"{Path(str(base.dataset_name)).stem}-compare")
     cells = plan(base, CompareArgs(modes, train_sizes, seeds, folds=folds), output_dir)
     cells, left_out = _fit_sizes_to_data(cells, train_sizes)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    runfolder.make_writable(output_dir)  # a file in its place had ended in FileExistsError's traceback
     main = logs.is_main_process()
     logs.setup(logger.name, output_dir / runfolder.COMPARE_LOG, main)
     if left_out:

@@ -134,16 +134,16 @@ def state(out: Path) -> str:
     return "foreign"
 
 
-def check(out: Path, overwrite: bool, resume: str | None) -> None:
-    """Never lose earlier results, nor write into a folder that is not a run's without being told to."""
+def not_a_file(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir '{out}' is a file. Pass a folder path.")
-    now = state(out)  # the write test below leaves nothing that changes it
-    if resume == "latest" and now in ("missing", "empty", "failed", "foreign"):
-        # refused here, before the data and the model load, and before the folder is created
-        raise CheckpointError(f"No intact checkpoint under '{out / CHECKPOINTS}' to resume from: the folder holds no "
-                              "checkpoint. Start the run again without --resume_from_checkpoint.")
-    try:  # the one sure test of writability (permissions, read-only mounts, a file in the path) is to write
+
+
+def make_writable(out: Path) -> None:
+    """Create the folder `out`, or refuse in one message: a file in its place or its path, permissions, a read-only
+    mount. The one sure test of writability is to write."""
+    not_a_file(out)
+    try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".xfer_nlp.write-test.{os.getpid()}"
         probe.write_bytes(b"")
@@ -151,6 +151,17 @@ def check(out: Path, overwrite: bool, resume: str | None) -> None:
     except OSError as e:
         raise ConfigError(f"--output_dir '{out}' cannot be written ({e.strerror}). Choose another folder, or fix "
                           "its permissions.") from None
+
+
+def check(out: Path, overwrite: bool, resume: str | None) -> None:
+    """Never lose earlier results, nor write into a folder that is not a run's without being told to."""
+    not_a_file(out)
+    now = state(out)  # the write test leaves nothing that changes it
+    if resume == "latest" and now in ("missing", "empty", "failed", "foreign"):
+        # refused here, before the data and the model load, and before the folder is created
+        raise CheckpointError(f"No intact checkpoint under '{out / CHECKPOINTS}' to resume from: the folder holds no "
+                              "checkpoint. Start the run again without --resume_from_checkpoint.")
+    make_writable(out)
     if overwrite:
         return
     if now == "finished":
