@@ -58,6 +58,14 @@ def test_a_comma_list_may_be_a_list_and_a_path_a_path_in_python_and_yaml(tmp_pat
     assert (cfg.dataset_name, cfg.output_dir) == (str(tmp_path / "data"), str(tmp_path / "run"))
 
 
+def test_a_window_with_no_room_for_text_is_refused():
+    """--max_seq_length 2 trained, then the run's own reading record was refused as malformed."""
+    with pytest.raises(ConfigError, match=r"--max_seq_length 2 leaves no room for text beside the encoder's two "
+                                          r"special tokens \(\[CLS\] and \[SEP\]\); use at least 3"):
+        resolve(RunConfig(max_seq_length=2))
+    assert resolve(RunConfig(max_seq_length=3)).max_seq_length == 3
+
+
 def test_a_label_column_read_as_the_text_is_refused():
     """It trained and scored 1.0: the model read its answer."""
     for flags, column in (({"text_column": "label"}, "text"), ({"text_pair_column": "label"}, "text_pair")):

@@ -415,7 +415,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--metric_for_best_model '{cfg.metric_for_best_model}'"
                         f"{nearest(cfg.metric_for_best_model, BEST_METRICS)} is not a computed metric; choose one of "
                         f"{', '.join(BEST_METRICS)}, or add the module that computes it with --metrics.")
-    if cfg.head_tokens is not None and not 0 <= cfg.head_tokens < cfg.max_seq_length - 2:
+    if 0 < cfg.max_seq_length < 3:  # the run trained, then its own reading record was refused as malformed
+        problems.append(f"--max_seq_length {cfg.max_seq_length} leaves no room for text beside the encoder's two "
+                        "special tokens ([CLS] and [SEP]); use at least 3 (sentences need about 64 tokens).")
+    elif cfg.head_tokens is not None and not 0 <= cfg.head_tokens < cfg.max_seq_length - 2:
         problems.append(f"--head_tokens {cfg.head_tokens} leaves no room for the end of the text within "
                         f"--max_seq_length {cfg.max_seq_length} (and its special tokens); use 0 to "
                         f"{cfg.max_seq_length - 3}, or raise --max_seq_length.")
