@@ -277,6 +277,21 @@ def test_bad_evaluation_settings_are_one_message(case, words, tiny_model_dir, ti
         assert not (tmp_path / "o" / "results.json").exists()
 
 
+def test_a_reading_beyond_the_model_s_positions_is_refused(tiny_run, tmp_path):
+    """The model failed on the first text longer than its 128 positions, with a tensor-size traceback; a run
+    refuses the same flag up front."""
+    out = xfer_nlp.run(mode="probe", probe_c_grid="1", **tiny_run).output_dir  # the tiny BERT: 128 positions
+    long = tmp_path / "long"
+    write_jsonl(long / "train.jsonl", [{"text": " ".join(["good"] * 200), "label": 1},
+                                       {"text": " ".join(["bad"] * 200), "label": 0}])
+    args = dict(dataset_name=str(long), all_rows=True)
+    with pytest.raises(xfer_nlp.ConfigError, match=r"--max_seq_length 129 is beyond what '.*' can read: its position "
+                                                   r"embeddings cover 128 tokens\. Use --max_seq_length 128 or less\."):
+        xfer_nlp.evaluate(out, max_seq_length=129, output_dir=str(tmp_path / "e1"), **args)
+    scored = xfer_nlp.evaluate(out, max_seq_length=128, output_dir=str(tmp_path / "e2"), **args)
+    assert scored.results["reading"]["max_length"] == 128
+
+
 def test_predict_keeps_input_order_and_agrees_with_pipeline(tiny_run):
     from transformers import pipeline
 

@@ -605,7 +605,7 @@ def load_setup(model: str):
     reading = batches.saved_reading(runfolder.recorded(path, "reading"))
     if reading is None:  # as pipeline() reads: the tokenizer's limit, within what the positions cover
         limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 512
-        positions = getattr(config, "max_position_embeddings", None)
+        positions = families.position_limit(config)  # RoBERTa's 514 positions read 512 tokens
         reading = batches.Reading(min(limit, positions) if positions else limit)
     return tokenizer, config, reading
 

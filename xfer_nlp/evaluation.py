@@ -295,7 +295,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
     from accelerate import Accelerator
     from datasets import DatasetDict
 
-    from . import batches, logs, loop, runfolder
+    from . import batches, families, logs, loop, runfolder
     from .api import check_model_folder, load_model
     from .data import load_text_data, text_pairs
     from .metrics import Scorer
@@ -323,6 +323,10 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
         # The run's own reading of texts, unless this evaluation names another.
         if any(k in overrides for k in ("max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride")) \
                 or not (Path(model) / RESULTS).is_file():
+            limit = families.position_limit(classifier.config)
+            if limit is not None and cfg.max_seq_length > limit:  # the model had failed on the first longer text
+                raise ConfigError(f"--max_seq_length {cfg.max_seq_length} is beyond what '{model}' can read: its "
+                                  f"position embeddings cover {limit} tokens. Use --max_seq_length {limit} or less.")
             reading, _ = batches.choose_reading(cfg, data.splits["validation"]["text"], tokenizer,
                                                 text_pairs(data.splits["validation"]))
         elif reading.pairs != (cfg.text_pair_column is not None):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError
+from .modeling import XferPooledConfig
 
 # What a pooled head (xfer_nlp.modeling, mean or cls) calls its parts: encoder body, then the linear classifier.
 POOLED_BODY = "encoder"
@@ -80,6 +81,15 @@ def family_of(model_type: str, source: str) -> Family:
     raise ConfigError(f"'{source}' is a '{model_type}' model, which xfer_nlp does not know how to take apart. "
                       f"Supported encoder families: {', '.join(f.name for f in FAMILIES)} (model types "
                       f"{', '.join(sorted(BY_TYPE))}).")
+
+
+def position_limit(config) -> int | None:
+    """The longest input a classifier's config lets it read: its family's rule where the family is known (an
+    xfer_nlp pooled export: its encoder's), else the config's max_position_embeddings; None where positions are
+    relative only."""
+    config = config.encoder if config.model_type == XferPooledConfig.model_type else config
+    family = BY_TYPE.get(config.model_type)
+    return family.max_length(config) if family else getattr(config, "max_position_embeddings", None)
 
 
 _PEFT = re.compile(r"^base_model\.model\.|\.(modules_to_save|original_module)\.default(?=\.|$)|\.original_module(?=\.|$)|"
