@@ -128,9 +128,11 @@ def test_a_seed_outside_numpy_s_range_is_refused_before_anything_loads():
     """A negative seed passed torch's seeding and stopped in numpy's, with a traceback, after the model had loaded."""
     from xfer_nlp.grid import parse_seeds
 
-    for seed in (-1, 2**32):
-        with pytest.raises(ConfigError, match=rf"--seed must be an integer from 0 to 4294967295, got {seed}\."):
+    for seed in (-1, 2**32, "3"):  # a notebook's text: the comparison itself had raised a TypeError
+        with pytest.raises(ConfigError, match=rf"--seed must be an integer from 0 to 4294967295, got {seed!r}\."):
             resolve(RunConfig(seed=seed))
+    with pytest.raises(ConfigError, match=r"--max_seq_length must be a positive integer, got '64'\."):
+        resolve(RunConfig(max_seq_length="64"))
     assert resolve(RunConfig(seed=2**32 - 1)).seed == 2**32 - 1
     with pytest.raises(ConfigError, match=r"--seeds must be integers from 0 to 4294967295, got '0,-1'\."):
         parse_seeds("0,-1")

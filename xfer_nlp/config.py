@@ -403,8 +403,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--min_train_steps must be >= 0 (0 = off), got {cfg.min_train_steps}.")
     if cfg.max_grad_norm < 0:
         problems.append(f"--max_grad_norm must be >= 0 (0 = off), got {cfg.max_grad_norm}.")
-    if not 0 <= cfg.seed <= SEED_MAX:  # numpy's seeding refuses the others, after the model had loaded
-        problems.append(f"--seed must be an integer from 0 to {SEED_MAX}, got {cfg.seed}.")
+    if not (isinstance(cfg.seed, int) and 0 <= cfg.seed <= SEED_MAX):  # numpy's seeding refuses the others, late
+        problems.append(f"--seed must be an integer from 0 to {SEED_MAX}, got {cfg.seed!r}.")
     if not spec.loop and (cfg.max_steps or cfg.eval_steps or cfg.early_stopping_patience):
         problems.append(f"--max_steps, --eval_steps and --early_stopping_patience do not apply to {cfg.mode}: its "
                         "head is fitted by L-BFGS, not stepped.")
@@ -415,7 +415,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
         problems.append(f"--metric_for_best_model '{cfg.metric_for_best_model}'"
                         f"{nearest(cfg.metric_for_best_model, BEST_METRICS)} is not a computed metric; choose one of "
                         f"{', '.join(BEST_METRICS)}, or add the module that computes it with --metrics.")
-    if 0 < cfg.max_seq_length < 3:  # the run trained, then its own reading record was refused as malformed
+    if isinstance(cfg.max_seq_length, int) and 0 < cfg.max_seq_length < 3:  # trained, then its reading was refused
         problems.append(f"--max_seq_length {cfg.max_seq_length} leaves no room for text beside the encoder's two "
                         "special tokens ([CLS] and [SEP]); use at least 3 (sentences need about 64 tokens).")
     elif cfg.head_tokens is not None and not 0 <= cfg.head_tokens < cfg.max_seq_length - 2:
