@@ -101,6 +101,9 @@ def test_sizes_above_the_training_examples_are_left_out_by_default_and_refused_w
     (tmp_path / "header.csv").write_text("text,label\n")
     with pytest.raises(DataError, match="has no rows"):
         xfer_nlp.compare(modes="probe", train_sizes="all", train_file=str(tmp_path / "header.csv"), **args)
+    with pytest.raises(DataError, match=r"has a test split of its own; cross-validation \(--cv_folds; compare's "
+                                        r"--folds\)"):  # each fold's cell had failed with it in turn
+        xfer_nlp.compare(modes="probe", train_sizes="all", folds=2, dataset_name=str(tiny_data_dir), **args)
     assert not (tmp_path / "asked").exists()  # refused before the grid's folder was made
     (tmp_path / "a-file").write_text("mine\n")  # had ended in FileExistsError's traceback
     with pytest.raises(ConfigError, match=r"--output_dir '.*a-file' is a file\. Pass a folder path\."):

@@ -325,7 +325,7 @@ def test_each_fold_is_the_test_split_once_and_never_trained_on(tmp_path):
 def test_cross_validation_refusals(tmp_path, tiny_data_dir):
     from xfer_nlp.errors import ConfigError
 
-    with pytest.raises(DataError, match="has a test split of its own; cross-validation \\(--cv_folds\\) makes one"):
+    with pytest.raises(DataError, match="has a test split of its own; cross-validation \\(--cv_folds; compare's --folds\\) makes one"):
         load(tiny_data_dir, cv_folds=5)
     rows = make_rows(40, 0) + [{"text": "a rare one", "label": 2}, {"text": "another rare one", "label": 2}]
     with pytest.raises(DataError, match="Class\\(es\\) '2' \\(2\\) have fewer examples than --cv_folds 3"):

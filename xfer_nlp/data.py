@@ -436,9 +436,9 @@ def cv_folds(labels: list[int] | np.ndarray, folds: int) -> np.ndarray:
 def _test_fold(cfg: RunConfig, texts: dict, labels: dict, names: tuple[str, ...], source: str) -> str:
     """--cv_folds: fold --cv_fold of train becomes the test split (in place); returns the data note."""
     if "test" in texts:
-        raise DataError(f"'{source}' has a test split of its own; cross-validation (--cv_folds) makes one from the "
-                        "labelled rows of data without one (mr, subj, a single file). Leave --cv_folds out, or pass "
-                        "its training file alone with --train_file.")
+        raise DataError(f"'{source}' has a test split of its own; cross-validation (--cv_folds; compare's --folds) "
+                        "makes one from the labelled rows of data without one (mr, subj, a single file). Leave it "
+                        "out, or pass its training file alone with --train_file.")
     if len(texts["train"]) < cfg.cv_folds:
         raise DataError(f"Train has {len(texts['train'])} rows, fewer than --cv_folds {cfg.cv_folds}: every fold "
                         "needs texts to test on. Lower --cv_folds.")
