@@ -323,10 +323,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
         # The run's own reading of texts, unless this evaluation names another.
         if any(k in overrides for k in ("max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride")) \
                 or not (Path(model) / RESULTS).is_file():
-            limit = families.position_limit(classifier.config)
-            if limit is not None and cfg.max_seq_length > limit:  # the model had failed on the first longer text
-                raise ConfigError(f"--max_seq_length {cfg.max_seq_length} is beyond what '{model}' can read: its "
-                                  f"position embeddings cover {limit} tokens. Use --max_seq_length {limit} or less.")
+            families.check_reach(classifier.config, cfg.max_seq_length, model)
             reading, _ = batches.choose_reading(cfg, data.splits["validation"]["text"], tokenizer,
                                                 text_pairs(data.splits["validation"]))
         elif reading.pairs != (cfg.text_pair_column is not None):

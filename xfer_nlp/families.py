@@ -92,6 +92,15 @@ def position_limit(config) -> int | None:
     return family.max_length(config) if family else getattr(config, "max_position_embeddings", None)
 
 
+def check_reach(config, max_seq_length: int, source: str) -> None:
+    """Refuse a window longer than the model's positions cover, before anything reads a text: the model would fail
+    on the first longer one."""
+    limit = position_limit(config)
+    if limit is not None and max_seq_length > limit:
+        raise ConfigError(f"--max_seq_length {max_seq_length} is beyond what '{source}' can read: its position "
+                          f"embeddings cover {limit} tokens. Use --max_seq_length {limit} or less.")
+
+
 _PEFT = re.compile(r"^base_model\.model\.|\.(modules_to_save|original_module)\.default(?=\.|$)|\.original_module(?=\.|$)|"
                    r"\.base_layer(?=\.|$)|\.lora_[AB]\.default(?=\.|$)|\.lora_embedding_[AB]\.default(?=\.|$)")
 

@@ -275,10 +275,7 @@ def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
         _check_local_model(Path(path).expanduser())
     base, exported = split_export(_encoder_config(path, cfg.model_name_or_path))
     family = families.family_of(base.model_type, cfg.model_name_or_path)
-    limit = family.max_length(base)
-    if limit is not None and cfg.max_seq_length > limit:
-        raise ConfigError(f"--max_seq_length {cfg.max_seq_length} is beyond what '{cfg.model_name_or_path}' can read: "
-                          f"its position embeddings cover {limit} tokens. Use --max_seq_length {limit} or less.")
+    families.check_reach(base, cfg.max_seq_length, cfg.model_name_or_path)
     pooling = cfg.pooling or (exported and exported.pooling) or MODES[cfg.mode].pooling or default_pooling(path)
     if exported is not None:
         if pooling == "pooler":
