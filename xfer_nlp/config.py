@@ -322,6 +322,7 @@ class RunConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunConfig))
+FIELD_TYPES = typing.get_type_hints(RunConfig)  # name -> type (int, Optional[float], ...)
 # Settings that may differ between an interrupted run and its resumption without changing what is computed.
 RESUME_MAY_DIFFER = frozenset(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("resume_may_differ"))
 # Settings only some modes read (name -> those modes): under any other mode a resume need not match them.
@@ -354,8 +355,12 @@ def unused_settings(cfg: RunConfig) -> list[str]:
 SEED_MAX = 2**32 - 1
 
 
-def _as_text(value) -> str:
-    return os.fspath(value) if isinstance(value, os.PathLike) else ",".join(map(str, value))
+def as_text(value) -> str:
+    """A text option as the command line writes it, from however Python or YAML gave it: a path as its text, a list
+    as a comma list ([0.1, 1] reads as "0.1,1"), anything else as str()."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
@@ -363,10 +368,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     problems = []
     # Text options as a notebook or a YAML file may give them: a comma list as a list ([0.1, 1] reads as "0.1,1"),
     # a path as a Path (which had stopped the run at its end, when results.json could not be written).
-    hints = typing.get_type_hints(RunConfig)
-    cfg = dataclasses.replace(cfg, **{f.name: _as_text(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+    cfg = dataclasses.replace(cfg, **{f.name: as_text(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
                                       if isinstance(getattr(cfg, f.name), (list, tuple, os.PathLike))
-                                      and hints[f.name] in (str, Optional[str])})
+                                      and FIELD_TYPES[f.name] in (str, Optional[str])})
     if cfg.mode not in MODES:
         raise ConfigError(f"Unknown mode '{cfg.mode}'{nearest(cfg.mode, MODES)}. Choose one of: {', '.join(MODES)}.")
     spec = MODES[cfg.mode]
@@ -554,9 +558,8 @@ def load_yaml(path: str | Path, known: tuple[str, ...] = FIELD_NAMES) -> dict[st
                           + "; ".join(f"'{k}'{nearest(k, known)}" for k in unknown)
                           + ". Run with --help for the full list of options.")
     # argparse converts a text default by the flag's type and blames the flag: named here by file and key instead.
-    hints = typing.get_type_hints(RunConfig)
     for key, value in data.items():
-        kind = hints.get(key)
+        kind = FIELD_TYPES.get(key)
         if not isinstance(value, str) or kind not in (int, float, bool, Optional[int], Optional[float]):
             continue
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import FIELD_NAMES, GRID_OWNED, MODES, SEED_MAX, RunConfig, nearest, resolve
+from .config import FIELD_NAMES, FIELD_TYPES, GRID_OWNED, MODES, SEED_MAX, RunConfig, as_text, nearest, resolve
 from . import logs, runfolder
 from .runfolder import read_results
 from .errors import ConfigError, DiskFull, Interrupted, LaunchError, XferError
@@ -112,7 +112,7 @@ def _split_top_level(spec: str) -> list[str]:
 
 def _typed(name: str, text: str):
     """A variant value converted to the type of its RunConfig field."""
-    kind = str(typing.get_type_hints(RunConfig)[name])
+    kind = str(FIELD_TYPES[name])
     if "bool" in kind:
         if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ConfigError(f"Variant value {name}={text} must be true or false.")
@@ -299,12 +299,6 @@ class Comparison:
     _repr_markdown_ = __str__  # the summary is a Markdown table: Jupyter renders it where the repr shows counts
 
 
-def _as_list(value) -> str:
-    """A grid argument as the command line writes it: from a notebook [100, 500, "all"] or 0 reads as "100,500,all"
-    and "0" (a list of modes had been read character by character)."""
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
 def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = CompareArgs.modes,
             train_sizes: str | Sequence[int | str] = CompareArgs.train_sizes, seeds: str | Sequence[int] | int =
             CompareArgs.seeds, output_dir: str | Path | None = None, keep: str = CompareArgs.keep,
@@ -324,7 +318,9 @@ def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = Com
 
     if keep not in KEEP:
         raise ConfigError(f"--keep must be one of {', '.join(KEEP)}, got '{keep}'.")
-    modes, train_sizes, seeds = _as_list(modes), _as_list(train_sizes), _as_list(seeds)
+    # from a notebook [100, 500, "all"] or 0 read as "100,500,all" and "0" (a list of modes had been read character
+    # by character)
+    modes, train_sizes, seeds = as_text(modes), as_text(train_sizes), as_text(seeds)
     base = dataclasses.replace(config or RunConfig(), **overrides)
     default = RunConfig()
     given = [k for k in SET_BY_THE_GRID if getattr(base, k) != getattr(default, k)]
