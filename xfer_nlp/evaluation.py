@@ -9,7 +9,7 @@ import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, get_type_hints
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -208,14 +208,13 @@ def _split_of_the_run(model: str, cfg: RunConfig) -> tuple[dict, dict]:
     run = recorded(Path(model).expanduser(), "config")
     if not isinstance(run, dict) or not all(_same_value(getattr(cfg, k), run.get(k)) for k in DATA_FIELDS):
         return {}, {}
-    from .config import RunConfig
+    from .config import FIELD_TYPES
 
     split = {k: run[k] for k in SPLIT_FIELDS if k in run}
     columns = {k: run[k] for k in COLUMN_FIELDS if k in run}
-    kinds = get_type_hints(RunConfig)
     for fields, kind, unknown in ((split, "a number", "rows the run held out"),
                                   (columns, "a column name", "columns the run read")):
-        bad = [k for k, v in fields.items() if not of_kind(v, kinds[k])]
+        bad = [k for k, v in fields.items() if not of_kind(v, FIELD_TYPES[k])]
         if bad:
             raise ConfigError(f"'{Path(model) / RESULTS}' is damaged: its {', '.join(bad)} is not {kind}, so the "
                               f"{unknown} are unknown. Re-run the export.")
