@@ -176,11 +176,17 @@ def test_a_misspelt_flag_of_any_command_is_named_with_its_nearest_spelling(capsy
                        (["evaluate", "m", "--datset_name=sst2"], "--datset_name=sst2 (did you mean --dataset_name?)"),
                        (["push", str(tmp_path), "--hub_privat_repo"],
                         "--hub_privat_repo (did you mean --hub_private_repo?)"),
-                       (["report", str(tmp_path), "--moods", "probe"], "--moods (did you mean --modes?) probe")):
+                       (["report", str(tmp_path), "--moods", "probe"], "--moods (did you mean --modes?) probe"),
+                       # a misspelt required flag is named as misspelt, not as missing
+                       (["export", str(tmp_path), "--formt", "onnx"], "--formt (did you mean --format?) onnx"),
+                       (["report", "--moods"], "--moods (did you mean --modes?)")):
         with pytest.raises(SystemExit) as stopped:
             cli.main(argv)
         assert stopped.value.code == 2
         assert capsys.readouterr().err.strip().endswith(f"error: unrecognized arguments: {said}"), argv
+    with pytest.raises(SystemExit):  # with nothing unknown, a missing required flag is still said
+        cli.main(["export", str(tmp_path)])
+    assert capsys.readouterr().err.strip().endswith("error: the following arguments are required: --format")
     # huggingface_hub's name for the repository is push's too; the folder is then what is refused
     assert cli.main(["push", str(tmp_path), "--repo_id", "me/model"]) == 2
     assert "unrecognized" not in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import errno
 import os
@@ -82,10 +83,18 @@ MODEL_HELP = "An output_dir of xfer-nlp run, or any text-classification model fo
 
 class Parser(argparse.ArgumentParser):
     """argparse for the commands that take no run options, naming an unknown flag's nearest spelling as `run` does
-    (argparse's own message lists the unknown arguments alone)."""
+    (argparse's own message lists the unknown arguments alone). Unknown flags are named before missing required
+    ones: `export M --formt onnx` is a misspelt --format, not a missing one."""
 
     def parse_args(self, args=None, namespace=None):
-        parsed, extra = self.parse_known_args(args, namespace)
+        required = [a for a in self._actions if a.required]
+        for action in required:
+            action.required = False
+        try:
+            _, extra = self.parse_known_args(args, copy.copy(namespace))
+        finally:
+            for action in required:
+                action.required = True
         if extra:
             flags = [o for action in self._actions for o in action.option_strings
                      if o.startswith("--") and action.help != argparse.SUPPRESS]
@@ -94,7 +103,7 @@ class Parser(argparse.ArgumentParser):
                 close = difflib.get_close_matches(a.split("=")[0], flags, n=1) if a.startswith("--") else []
                 said.append(f"{a} (did you mean {close[0]}?)" if close else a)
             self.error(f"unrecognized arguments: {' '.join(said)}")
-        return parsed
+        return super().parse_args(args, namespace)
 
 
 def _add_model_argument(parser: argparse.ArgumentParser) -> None:
