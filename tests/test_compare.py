@@ -201,6 +201,32 @@ def test_a_failing_cell_is_reported_and_the_others_survive(tiny_model_dir, tiny_
     assert f"{name}: failed" in md and "| probe |" in md
 
 
+def test_a_second_compare_into_a_busy_grid_is_refused_and_touches_no_cell(tiny_model_dir, tiny_data_dir, tmp_path):
+    """A second compare into the folder cleared the first's running cell as "started but left nothing to resume
+    from", and wrote failed.txt beside the results of the cell it found locked."""
+    out = tmp_path / "grid"
+    running = out / "runs" / "probe-n40-s0"  # the first compare's cell, under way: its log, nothing to resume yet
+    running.mkdir(parents=True)
+    (running / "train.log").write_text("training...\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from xfer_nlp.runfolder import Lock; Lock(Path(sys.argv[1]), 'compare'); "
+                               "print('held', flush=True); time.sleep(60)", str(out)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    args = dict(modes="probe", train_sizes="40", seeds="0", output_dir=out,
+                **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"'{out}' is in use by another compare \(pid {holder.pid}\)"):
+            xfer_nlp.compare(**args)
+        assert sorted(p.name for p in running.iterdir()) == ["train.log"]
+        assert not (out / "compare.log").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert xfer_nlp.compare(**args).ran == 1  # the lock dies with its holder
+    assert (running / "results.json").is_file()
+
+
 def test_keep_says_what_a_finished_cell_leaves_on_disk(tiny_model_dir, tiny_data_dir, tmp_path):
     args = dict(modes="finetune", train_sizes="40", seeds="0", **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
     xfer_nlp.compare(output_dir=tmp_path / "all", keep="all", **args)

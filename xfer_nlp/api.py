@@ -202,12 +202,8 @@ def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunRes
                               log_with=trackers or None, project_dir=str(output_dir))
     loop.check_compile(cfg.torch_compile, accelerator.device)  # before the folder is locked or anything loads
     _check_sharding(accelerator)
-    lock = runfolder.Lock(output_dir) if accelerator.is_main_process else None
-    try:
+    with runfolder.Lock(output_dir) if accelerator.is_main_process else nullcontext():
         return _run(cfg, accelerator, output_dir, trackers, on_step)
-    finally:
-        if lock:
-            lock.release()
 
 
 def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: list[str], on_step) -> RunResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -332,60 +333,66 @@ def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = Com
     cells, left_out = _fit_sizes_to_data(cells, train_sizes)
     runfolder.make_writable(output_dir)  # a file in its place had ended in FileExistsError's traceback
     main = logs.is_main_process()
-    logs.setup(logger.name, output_dir / runfolder.COMPARE_LOG, main)
-    if left_out:
-        logger.info(left_out)
-    logger.info("Grid of %d cells: %s x sizes %s x seeds %s%s, in %s.", len(cells), modes,
-                ",".join(dict.fromkeys(c.size for c in cells)), seeds, f" x {folds} folds" if folds else "", output_dir)
-    start, ran, skipped, failed = time.perf_counter(), 0, 0, {}
-    bar = tqdm(cells, desc="Grid", unit="cell", position=0, disable=not main)
-    for i, cell in enumerate(bar, 1):
-        bar.set_description(f"Grid: cell {i}/{len(cells)} {cell.variant.label} n={cell.size} seed={cell.seed}"
-                            + ("" if cell.fold is None else f" fold={cell.fold}"))
-        cfg = _prepare_cell(cell, main)
-        if cfg is None:
-            skipped += 1
-            continue
-        logger.info("Cell %d/%d: %s%s", i, len(cells), cell.name, " (resuming)" if cfg.resume_from_checkpoint else "")
-        cell_start = time.perf_counter()
-        try:
-            run(cfg)
-            ran += 1
-            if main:
-                _trim_cell(Path(cfg.output_dir), keep)
-        except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C stops the grid, not only this cell
-            where = getattr(e, "where", "")  # the step and checkpoint, when training was under way
-            then = ("resumes from its last checkpoint" if runfolder.state(Path(cfg.output_dir)) == "interrupted"
-                    else "starts over")
-            raise Interrupted(f"The grid was interrupted in cell {cell.name}{', ' + where if where else ''}. Run the "
-                              f"same compare command again: finished cells are kept and this one {then}.",
-                              where) from None
-        except LaunchError:  # the launch, not the cell: every cell would fail alike
-            raise
-        except DiskFull as e:  # so would every later cell
-            then = ("resumes from its last checkpoint" if runfolder.state(Path(cfg.output_dir)) == "interrupted"
-                    else "starts over")
-            raise DiskFull(f"The grid stopped in cell {cell.name}: {e.why}. Free space (or keep fewer checkpoints: "
-                           "--save_total_limit 1), then run the same compare command again: finished cells are kept "
-                           f"and this one {then}.", e.why) from None
-        except (XferError, RuntimeError, ValueError, OSError) as e:
-            failed[cell.name] = f"{type(e).__name__}: {e}"
-            logger.error("Cell %s failed; the grid goes on. %s", cell.name, failed[cell.name])
-            if main:
-                (Path(cfg.output_dir) / runfolder.FAILED).write_text(traceback.format_exc(), encoding="utf-8")
-        if main:  # wall-clock of the whole grid, summed over the invocations that built it
-            spent = wall_seconds(output_dir) or 0.0
-            runfolder.write_json(output_dir / runfolder.GRID, {"wall_seconds": spent + time.perf_counter() - cell_start})
-    bar.close()
-    # The report covers the whole folder, this call's variants first: a grid built by several calls (probe and
-    # finetune first, lora in a later session, the setfit peer's cells from benchmarks/) reads as one.
-    summary = write_report(output_dir, first=[c.variant.label for c in cells]) if main else ""
-    if main:
-        for cell in cells:  # every finished run's model card carries the comparison it was part of
-            out = Path(cell.config.output_dir)
-            if runfolder.state(out) == "finished":
-                try:
-                    hub.model_card(read_results(out), comparison=summary).save(out / runfolder.CARD)
-                except XferError as e:
-                    logger.warning("Cell %s: %s", cell.name, e)
-    return Comparison(output_dir, ran, skipped, failed, time.perf_counter() - start, summary)
+    # A second compare into the folder would clear the cells the first is running ("started but left nothing to
+    # resume from") and mark the one it found locked as failed beside its results: refused, naming the first.
+    with runfolder.Lock(output_dir, "compare") if main else contextlib.nullcontext():
+        logs.setup(logger.name, output_dir / runfolder.COMPARE_LOG, main)
+        if left_out:
+            logger.info(left_out)
+        logger.info("Grid of %d cells: %s x sizes %s x seeds %s%s, in %s.", len(cells), modes,
+                    ",".join(dict.fromkeys(c.size for c in cells)), seeds, f" x {folds} folds" if folds else "",
+                    output_dir)
+        start, ran, skipped, failed = time.perf_counter(), 0, 0, {}
+        bar = tqdm(cells, desc="Grid", unit="cell", position=0, disable=not main)
+        for i, cell in enumerate(bar, 1):
+            bar.set_description(f"Grid: cell {i}/{len(cells)} {cell.variant.label} n={cell.size} seed={cell.seed}"
+                                + ("" if cell.fold is None else f" fold={cell.fold}"))
+            cfg = _prepare_cell(cell, main)
+            if cfg is None:
+                skipped += 1
+                continue
+            logger.info("Cell %d/%d: %s%s", i, len(cells), cell.name,
+                        " (resuming)" if cfg.resume_from_checkpoint else "")
+            cell_start = time.perf_counter()
+            try:
+                run(cfg)
+                ran += 1
+                if main:
+                    _trim_cell(Path(cfg.output_dir), keep)
+            except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C stops the grid, not only this cell
+                where = getattr(e, "where", "")  # the step and checkpoint, when training was under way
+                then = ("resumes from its last checkpoint" if runfolder.state(Path(cfg.output_dir)) == "interrupted"
+                        else "starts over")
+                raise Interrupted(f"The grid was interrupted in cell {cell.name}{', ' + where if where else ''}. Run "
+                                  f"the same compare command again: finished cells are kept and this one {then}.",
+                                  where) from None
+            except LaunchError:  # the launch, not the cell: every cell would fail alike
+                raise
+            except DiskFull as e:  # so would every later cell
+                then = ("resumes from its last checkpoint" if runfolder.state(Path(cfg.output_dir)) == "interrupted"
+                        else "starts over")
+                raise DiskFull(f"The grid stopped in cell {cell.name}: {e.why}. Free space (or keep fewer "
+                               "checkpoints: --save_total_limit 1), then run the same compare command again: finished "
+                               f"cells are kept and this one {then}.", e.why) from None
+            except (XferError, RuntimeError, ValueError, OSError) as e:
+                failed[cell.name] = f"{type(e).__name__}: {e}"
+                logger.error("Cell %s failed; the grid goes on. %s", cell.name, failed[cell.name])
+                if main:
+                    (Path(cfg.output_dir) / runfolder.FAILED).write_text(traceback.format_exc(), encoding="utf-8")
+            if main:  # wall-clock of the whole grid, summed over the invocations that built it
+                spent = wall_seconds(output_dir) or 0.0
+                runfolder.write_json(output_dir / runfolder.GRID,
+                                     {"wall_seconds": spent + time.perf_counter() - cell_start})
+        bar.close()
+        # The report covers the whole folder, this call's variants first: a grid built by several calls (probe and
+        # finetune first, lora in a later session, the setfit peer's cells from benchmarks/) reads as one.
+        summary = write_report(output_dir, first=[c.variant.label for c in cells]) if main else ""
+        if main:
+            for cell in cells:  # every finished run's model card carries the comparison it was part of
+                out = Path(cell.config.output_dir)
+                if runfolder.state(out) == "finished":
+                    try:
+                        hub.model_card(read_results(out), comparison=summary).save(out / runfolder.CARD)
+                    except XferError as e:
+                        logger.warning("Cell %s: %s", cell.name, e)
+        return Comparison(output_dir, ran, skipped, failed, time.perf_counter() - start, summary)

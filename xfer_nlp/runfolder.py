@@ -189,9 +189,10 @@ def invalidate(out: Path) -> None:
 
 
 class Lock:
-    """An exclusive lock on the folder for the run's life; a second run into it is refused, naming the first."""
+    """An exclusive lock on the folder for the life of a run (or of a compare, on its grid folder); a second one
+    into it is refused, naming the first."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, holder_kind: str = "run"):
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / LOCK
         # 0o666 less the umask, as open() makes any file: on a group's folder a teammate may resume the run
@@ -201,8 +202,8 @@ class Lock:
         except BlockingIOError:
             holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(self.fd)
-            raise ConfigError(f"--output_dir '{out}' is in use by another run (pid {holder}). Wait for it to end, "
-                              "or choose another --output_dir.") from None
+            raise ConfigError(f"--output_dir '{out}' is in use by another {holder_kind} (pid {holder}). Wait for it "
+                              "to end, or choose another --output_dir.") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
 
@@ -212,6 +213,12 @@ class Lock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+    def __enter__(self) -> "Lock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 @dataclass
