@@ -307,8 +307,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
         cfg = dataclasses.replace(cfg, output_dir=str(Path("runs") / f"{Path(model.rstrip('/')).name}-on-{data}"))
     output_dir = Path(cfg.output_dir)
     runfolder.check(output_dir, cfg.overwrite_output_dir, None)
-    lock = runfolder.Lock(output_dir)
-    try:
+    with runfolder.Lock(output_dir):
         if cfg.overwrite_output_dir:
             runfolder.invalidate(output_dir)
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -353,5 +352,3 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
         plot_confusion(output_dir / CONFUSION, metrics, names)
         runfolder.write_json(output_dir / runfolder.EVALUATION, results)  # last: it marks a finished evaluation
         return EvaluationResult(output_dir, model, results["dataset"], metrics, results)
-    finally:
-        lock.release()

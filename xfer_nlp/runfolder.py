@@ -194,9 +194,8 @@ class Lock:
 
     def __init__(self, out: Path, holder_kind: str = "run"):
         out.mkdir(parents=True, exist_ok=True)
-        self.path = out / LOCK
         # 0o666 less the umask, as open() makes any file: on a group's folder a teammate may resume the run
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        self.fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -207,18 +206,13 @@ class Lock:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
 
-    def release(self) -> None:
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
     def __enter__(self) -> "Lock":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, *exc) -> None:  # the pid goes with the lock
+        os.ftruncate(self.fd, 0)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
 
 
 @dataclass
