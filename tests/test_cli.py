@@ -192,6 +192,32 @@ def test_a_misspelt_flag_of_any_command_is_named_with_its_nearest_spelling(capsy
     assert "unrecognized" not in capsys.readouterr().err
 
 
+def test_a_killed_runs_folder_given_as_the_model_says_how_to_finish_it(tiny_data_dir, tmp_path, capsys):
+    """predict, evaluate, export, push and a run from it said the folder lacked config.json (or results.json, or a
+    model's files), to a user whose run had been killed before it saved the model."""
+    from xfer_nlp import cli
+
+    killed, cell = tmp_path / "killed", tmp_path / "grid" / "runs" / "finetune-n100-s0"
+    for folder in (killed, cell):
+        (folder / "checkpoints" / "checkpoint-40").mkdir(parents=True)
+        (folder / "train.log").write_text("step 40\n")
+    (cell / "cell.json").write_text("{}")
+    unfinished = "holds an unfinished run: checkpoints, and no model yet (it is saved when the run finishes). "
+    for argv, said in ((["predict", "--model", killed, "a text"], f"--model '{killed}' {unfinished}"),
+                       (["evaluate", killed, "--dataset_name", tiny_data_dir], f"--model '{killed}' {unfinished}"),
+                       (["export", killed, "--format", "onnx"], f"--model '{killed}' {unfinished}"),
+                       (["push", killed, "--repo_id", "me/model"], f"'{killed}' {unfinished}"),
+                       (["run", "--mode", "finetune", "--model_name_or_path", killed, "--dataset_name", tiny_data_dir,
+                         "--output_dir", tmp_path / "next"], f"--model_name_or_path '{killed}' {unfinished}")):
+        assert cli.main([str(a) for a in argv]) == 2, argv
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"error: {said}Resume it with the same command and --resume_from_checkpoint latest, then use the folder.")
+    assert cli.main(["predict", "--model", str(cell), "a text"]) == 2
+    assert capsys.readouterr().err.strip().endswith("Run the grid's compare command again: it resumes the cell, then "
+                                                    "use the folder.")
+    assert sorted(p.name for p in killed.iterdir()) == ["checkpoints", "train.log"]  # nothing written or removed
+
+
 def test_an_input_without_texts_is_named(tiny_model_dir, tmp_path, capsys):
     """It had said to pass the texts 'with --input FILE', to a user who had."""
     from xfer_nlp import cli

@@ -616,6 +616,8 @@ def check_model_folder(model: str) -> None:
     path = Path(model).expanduser()
     # os.path, not Path: a text given as the model by mistake may be too long to be a path, and Path.stat() raises
     if os.path.isdir(path) and not (path / "config.json").is_file():
+        if said := runfolder.unfinished(path, "--model "):
+            raise ConfigError(said)
         raise ConfigError(f"--model '{model}' is a folder but not a model (it has no config.json). Pass the "
                           "output_dir of a finished `xfer-nlp run`, or a text-classification model folder or Hub id.")
     if not os.path.exists(path) and model.count("/") != 1:

@@ -15,7 +15,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from . import schedules
 from .modes import EMBEDDED_MODEL, MODES
 from .errors import PushError, XferError
-from .runfolder import CARD, CONFIG, CONFUSION, CURVES, RESULTS, RunRecord, as_open_makes, read_results, write_json
+from .runfolder import (CARD, CONFIG, CONFUSION, CURVES, RESULTS, RunRecord, as_open_makes, read_results, unfinished,
+                        write_json)
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +271,8 @@ def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool 
 
     output_dir = Path(output_dir)
     if not (output_dir / RESULTS).is_file():
-        raise PushError(f"'{output_dir}' holds no finished run (no results.json); train first, then push.")
+        raise PushError(unfinished(output_dir)
+                        or f"'{output_dir}' holds no finished run (no results.json); train first, then push.")
     try:
         record = read_results(output_dir)
     except XferError as e:

@@ -244,6 +244,8 @@ def _check_local_model(path: Path) -> None:
     if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         problems.append("no tokenizer files (tokenizer.json or vocab.txt)")
     if problems:
+        if said := runfolder.unfinished(path, "--model_name_or_path "):
+            raise ConfigError(said)
         raise ConfigError(f"Model folder '{path}' has {', '.join(problems)}. Save the model and its tokenizer with "
                           "save_pretrained (safe_serialization) into one folder.")
 

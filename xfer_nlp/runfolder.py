@@ -134,6 +134,17 @@ def state(out: Path) -> str:
     return "foreign"
 
 
+def unfinished(folder: Path, flag: str = "") -> str | None:
+    """For a killed run's folder given where a finished one's model is read: the message that says so, with the way
+    to finish it, rather than naming the model's files it lacks. None for any other folder."""
+    if state(folder) != "interrupted":
+        return None
+    finish = ("Run the grid's compare command again: it resumes the cell" if (folder / CELL).is_file() else
+              "Resume it with the same command and --resume_from_checkpoint latest")
+    return (f"{flag}'{folder}' holds an unfinished run: checkpoints, and no model yet (it is saved when the run "
+            f"finishes). {finish}, then use the folder.")
+
+
 def not_a_file(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir '{out}' is a file. Pass a folder path.")
