@@ -174,6 +174,29 @@ def test_resume_with_different_settings_is_refused(interrupted, tiny_model_dir, 
         xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted, learning_rate=1e-2))
 
 
+def test_resume_on_data_changed_since_the_checkpoint_is_refused(tiny_model_dir, tiny_data_dir, tmp_path):
+    """The config was all a resume checked: a label fixed in the training file between the kill and the resume went
+    on from the checkpoint as if it were the same run, its batches drawn from other rows."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data)
+    kwargs = resume_kwargs(tiny_model_dir, data, tmp_path / "run", spec=None)
+    xfer_nlp.run(**kwargs)
+    (tmp_path / "run" / "results.json").unlink()
+    kwargs["resume_from_checkpoint"] = "latest"
+    for split in ("train", "validation"):
+        file = data / f"{split}.jsonl"
+        as_it_was = file.read_text()
+        rows = as_it_was.splitlines()
+        first = json.loads(rows[0])
+        rows[0] = json.dumps({**first, "label": 1 - first["label"]})
+        file.write_text("\n".join(rows) + "\n")
+        with pytest.raises(CheckpointError, match=f"Cannot resume: the {split} rows differ from those the "
+                                                  "checkpoint's run read"):
+            xfer_nlp.run(**kwargs)
+        file.write_text(as_it_was)
+    assert xfer_nlp.run(**kwargs).results["resumed"]["from_step"] > 0
+
+
 def test_resume_ignores_settings_the_mode_never_reads(interrupted, tiny_model_dir, tiny_data_dir):
     # lora's rank and contrastive's pair rounds cannot change a finetune run (a default changed between versions
     # used to refuse the resume); a setting finetune reads still must match

@@ -71,8 +71,7 @@ def test_a_pair_and_one_text_with_the_same_ids_are_cached_apart(tiny_model_dir):
     from datasets import Dataset, DatasetDict
     from transformers import AutoTokenizer
 
-    from xfer_nlp.batches import Reading, tokenize
-    from xfer_nlp.probe import data_fingerprint
+    from xfer_nlp.batches import Reading, rows_fingerprint, tokenize
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     one = tokenize(DatasetDict(s=Dataset.from_dict({"text": ["the film [SEP] good"], "label": [1]})), tok,
@@ -80,7 +79,7 @@ def test_a_pair_and_one_text_with_the_same_ids_are_cached_apart(tiny_model_dir):
     two = tokenize(DatasetDict(s=Dataset.from_dict({"text": ["the film"], "text_pair": ["good"], "label": [1]})), tok,
                    Reading(16, pairs=True))["s"]
     assert one[0]["input_ids"] == two[0]["input_ids"] and one[0]["token_type_ids"] != two[0]["token_type_ids"]
-    assert data_fingerprint(one) != data_fingerprint(two)
+    assert rows_fingerprint(one) != rows_fingerprint(two)
 
 
 def test_the_probe_reads_both_texts_and_its_export_labels_pairs_as_the_run_did(probe_on_pairs, tiny_model_dir,

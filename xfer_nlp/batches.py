@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -164,6 +165,28 @@ def tokenize(splits: DatasetDict, tokenizer, reading: Reading | int, num_proc: i
         columns = ds.select_columns(["doc", "long"]).with_format("numpy")[:]
         _warn_long(columns["doc"], columns["long"], len(splits[name]), name, reading)
     return out.remove_columns("long")
+
+
+def rows_fingerprint(ds) -> str:
+    """Hash of a tokenised split's rows (or contrastive's pairs): every column but the attention masks (unpadded rows,
+    so the ids' lengths say them), a list column as its lengths and values; token types too (a text pair and one
+    text holding a literal [SEP] have the same ids). Read from the Arrow columns in blocks (no Python list of a
+    million rows): the same rows hash alike however the table is chunked. It keys the probe's feature cache, and a
+    checkpoint records what its run trained on."""
+    import pyarrow.compute as pc
+
+    h = hashlib.blake2b(digest_size=16)
+    columns = sorted(c for c in ds.column_names if not c.startswith("attention_mask"))
+    for block in ds.select_columns(columns).with_format("arrow").iter(batch_size=65536):
+        for name in columns:
+            column = block.column(name)
+            parts = [pc.list_value_length(column), pc.list_flatten(column)] if hasattr(column.type, "value_type") \
+                else [column]
+            h.update(name.encode())
+            for part in parts:
+                values = part.to_numpy()
+                h.update(values.astype(np.int64 if values.dtype.kind in "iub" else np.float64).tobytes())
+    return h.hexdigest()
 
 
 def tokenize_rows(texts: list[str], tokenizer, reading: Reading, name: str = "predict",

@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoints, CheckpointError, set_rng_states
-from .batches import out_of_memory_explained, per_text
+from .batches import out_of_memory_explained, per_text, rows_fingerprint
 from .dropout import cpu_dropout
 from .families import model_inputs
 from .config import MODE_ONLY, RESUME_MAY_DIFFER
@@ -135,16 +135,27 @@ def evaluate(accelerator, model, loader, scorer, desc: str | None = None) -> dic
     return scorer(logits.argmax(-1).numpy(), labels.numpy())
 
 
-def world_of(accelerator, cfg) -> dict:
-    """What a resumed run must share with the interrupted one beyond its config: the processes, the whole batch."""
+def world_of(accelerator, cfg, train_dl, eval_dls: dict) -> dict:
+    """What a resumed run must share with the interrupted one beyond its config: the processes, the whole batch, and
+    the rows it trains on and chooses its kept weights by (a data file edited, or a tokenizer re-saved, between the
+    kill and the resume leaves the config as it was)."""
     return {"num_processes": accelerator.num_processes,
             "effective_batch_size": cfg.per_device_train_batch_size * accelerator.num_processes
-            * cfg.gradient_accumulation_steps}
+            * cfg.gradient_accumulation_steps,
+            "data": {name: rows_fingerprint(dl.dataset) for name, dl in
+                     {"train": train_dl, "validation": eval_dls.get("validation")}.items() if dl is not None}}
 
 
 def _check_same_run(state: dict, cfg, world: dict) -> None:
     saved = {**state["config"], **state.get("world", {})}
     now = {**cfg.to_dict(), **world}
+    # A checkpoint written before the rows were recorded has no "data": the config is all it can be checked on.
+    then, rows = saved.pop("data", None), now.pop("data")
+    changed = [split for split in rows if then is not None and then.get(split) != rows[split]]
+    if changed:
+        raise CheckpointError(f"Cannot resume: the {' and '.join(changed)} rows differ from those the checkpoint's "
+                              "run read (a data file, the tokenizer or the reading of texts changed since). Resume "
+                              "with the data as it was, or start a new run in another --output_dir.")
     # The same folder spelled another way (relative, absolute, through a link) is the same run.
     if isinstance(saved.get("output_dir"), str) and Path(saved["output_dir"]).resolve() == Path(now["output_dir"]).resolve():
         saved["output_dir"] = now["output_dir"]
@@ -310,7 +321,7 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
     checkpoints = Checkpoints(Path(cfg.output_dir) / CHECKPOINTS, accelerator, cfg.save_total_limit)
     if accelerator.is_main_process:
         checkpoints.discard_unfinished()
-    world = world_of(accelerator, cfg)
+    world = world_of(accelerator, cfg, train_dl, eval_dls)
     saved = checkpoints.load(checkpoints.resolve(cfg.resume_from_checkpoint)) if cfg.resume_from_checkpoint else None
     if saved:
         _check_same_run(saved.state, cfg, world)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open
 
-from .batches import out_of_memory_explained, per_text
+from .batches import out_of_memory_explained, per_text, rows_fingerprint
 from .families import Layout, out_layer, sentence_features
 from .runfolder import atomic_write, disk_full, save_safetensors
 
@@ -38,22 +38,6 @@ def weights_fingerprint(model: torch.nn.Module, layout: Layout) -> str:
         if not layout.is_out(name):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def data_fingerprint(ds) -> str:
-    """Hash of a tokenised split's token ids (and token types: a text pair and one text holding a literal [SEP] have
-    the same ids), labels and documents, read from its Arrow columns in blocks (no Python list of a million rows):
-    the same rows hash alike however the table is chunked."""
-    import pyarrow.compute as pc
-
-    h = hashlib.blake2b(digest_size=16)
-    for block in ds.with_format("arrow").iter(batch_size=65536):
-        ids = block.column("input_ids")
-        types = [pc.list_flatten(block.column("token_type_ids"))] if "token_type_ids" in block.column_names else []
-        for array in (pc.list_value_length(ids), pc.list_flatten(ids), *types, block.column("labels"),
-                      block.column("doc")):
-            h.update(array.to_numpy().astype(np.int64).tobytes())
     return h.hexdigest()
 
 
@@ -239,7 +223,7 @@ def run_probe(accelerator, cfg, model, layout: Layout, make_loader, datasets: di
     features, hits, shard_hits, seconds, write = {}, {}, {}, {}, True
     for split, dataset in datasets.items():
         start = time.perf_counter()
-        key = None if base_key is None else base_key + (data_fingerprint(dataset),)
+        key = None if base_key is None else base_key + (rows_fingerprint(dataset),)
         *features[split], done, total, refused = cached_features(accelerator, cfg, model, layout, key, make_loader,
                                                                   dataset, f"Encoding {split}", autocast, write)
         if refused and write:  # the cache only spares a later run the encoding: this one goes on without it
