@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -226,6 +227,37 @@ def test_an_input_without_texts_is_named(tiny_model_dir, tmp_path, capsys):
     assert cli.main(["predict", "--model", str(tiny_model_dir), "--input", str(tmp_path / "blank.txt")]) == 2
     assert capsys.readouterr().err.strip() == (f"error: No texts to label: '{tmp_path / 'blank.txt'}' holds none "
                                                "(blank lines are skipped).")
+
+
+def test_predict_reads_a_pipe_as_lines_and_names_a_folder_or_an_unknown_kind(tiny_model_dir, tmp_path, capsys):
+    """bash's `--input <(...)` (a pipe at /dev/fd/63) and a folder were both said not to exist; a file of no known
+    extension was refused with the data formats alone, leaving out predict's .txt."""
+    import threading
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from xfer_nlp import cli
+
+    model = tmp_path / "classifier"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(model)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # a daemon: if predict never opens the pipe, the writer's open() blocks and must not hold the test process
+    writer = threading.Thread(target=fifo.write_text, args=("a good film\n\na dull film\n",), daemon=True)
+    writer.start()
+    assert cli.main(["predict", "--model", str(model), "--input", str(fifo)]) == 0
+    writer.join(timeout=60)
+    assert [row.split("\t")[2] for row in capsys.readouterr().out.splitlines()] == ["a good film", "a dull film"]
+
+    (tmp_path / "texts").write_text("a good film\n")
+    kinds = ".txt (one text a line) or a data file with a text column (.jsonl, .json, .csv, .tsv, .parquet)"
+    for given, said in ((tmp_path, f"--input '{tmp_path}' is a folder. Pass a file of texts: {kinds}, or - for "
+                                   "standard input."),
+                        (tmp_path / "texts", f"--input '{tmp_path / 'texts'}' has extension '', which predict cannot "
+                                             f"read. Use {kinds}.")):
+        assert cli.main(["predict", "--model", str(model), "--input", str(given)]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {said}"
 
 
 def test_predictions_never_replace_their_input_file(tiny_model_dir, tmp_path, capsys, monkeypatch):

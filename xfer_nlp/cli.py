@@ -213,7 +213,8 @@ def predict_command(argv: list[str]) -> int:
     parser.add_argument("--model", help=MODEL_HELP + " Required: the positional arguments are the texts.")
     parser.add_argument("--input", help="File of texts: .txt (one a line), .jsonl, .json, .csv, .tsv or .parquet; "
                                         "- reads standard input, one text a line (`cut -f2 data.tsv | xfer-nlp "
-                                        "predict --model RUN_DIR --input -`).")
+                                        "predict --model RUN_DIR --input -`), as it reads a pipe such as bash's "
+                                        "`--input <(zcat texts.gz)`.")
     parser.add_argument("--text_column", default="text", help="Column of --input that holds the text.")
     parser.add_argument("--text_pair_column", help="For a model trained on text pairs: the column of --input that "
                                                    "holds each text's pair (--input must then be a data file).")

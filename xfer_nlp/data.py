@@ -600,15 +600,22 @@ def iter_texts(path: str | Path, text_column: str = "text", pair_column: str | N
     streaming reader, a block of rows at a time); with `pair_column`, (text, text_pair) pairs from such a file. A
     missing value comes through as None, which predict refuses naming its position. A file that is not what its
     name says, or lacks a column, is refused before the first text; a malformed row further down, when reached."""
-    lines = str(path) == "-" or Path(path).suffix.lower() == ".txt"
+    kinds = f".txt (one text a line) or a data file with a text column ({', '.join(FORMATS)})"
+    stdin = str(path) == "-"  # the Unix convention; a file named "-" is still reachable as ./-
+    path = Path(path)
+    if not stdin and path.is_dir():
+        raise DataError(f"--input '{path}' is a folder. Pass a file of texts: {kinds}, or - for standard input.")
+    if not stdin and not path.exists():
+        raise DataError(f"--input '{path}' does not exist. Check the path.")
+    # A pipe (bash's `--input <(...)`), a FIFO or a device is read as standard input is: one text a line.
+    lines = stdin or not path.is_file() or path.suffix.lower() == ".txt"
+    if not lines and path.suffix.lower() not in FORMATS:
+        raise DataError(f"--input '{path}' has extension '{path.suffix}', which predict cannot read. Use {kinds}.")
     if pair_column is not None and lines:
         raise DataError(f"--text_pair_column reads pairs from a data file with both columns (.jsonl, .json, .csv, "
-                        f".tsv, .parquet); '{path}' holds one text a line.")
-    if str(path) == "-":  # the Unix convention; a file named "-" is still reachable as ./-
+                        f".tsv, .parquet); '{'-' if stdin else path}' holds one text a line.")
+    if stdin:
         return _text_lines(sys.stdin.buffer, "Standard input")
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Input file '{path}' does not exist.")
     if lines:
         def lines():
             with open(path, "rb") as f:
