@@ -29,6 +29,23 @@ def test_unknown_yaml_key_suggests_nearest(tmp_path):
         parse_args(["--config", str(path)])
 
 
+def test_a_config_from_a_pipe_is_read_and_a_folder_named(tmp_path):
+    """bash's `--config <(...)` (a pipe at /dev/fd/N) and a folder were both said not to exist."""
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=("mode: lora\nlora_r: 4\n",), daemon=True)
+    writer.start()
+    cfg = parse_args(["--config", str(fifo)])
+    assert (cfg.mode, cfg.lora_r) == ("lora", 4)
+    with pytest.raises(ConfigError, match=f"Config file '{re.escape(str(tmp_path))}' is a folder. Pass --config"):
+        parse_args(["--config", str(tmp_path)])
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_args(["--config", str(tmp_path / "none.yaml")])
+
+
 @pytest.mark.parametrize("line,message", [
     ('learning_rate: "abc"', "learning_rate: 'abc' is not a number"),
     ("gradual_unfreezing: maybe", "gradual_unfreezing: 'maybe' is not true or false"),

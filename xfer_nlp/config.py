@@ -544,7 +544,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
 def load_yaml(path: str | Path, known: tuple[str, ...] = FIELD_NAMES) -> dict[str, Any]:
     """Read a YAML config; unknown keys are errors that suggest the nearest field."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ConfigError(f"Config file '{path}' is a folder. Pass --config with the path of a YAML file.")
+    if not path.exists():  # a pipe (bash's `--config <(...)`) exists and is read as a file is
         raise ConfigError(f"Config file '{path}' does not exist. Pass --config with the path of a YAML file.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
