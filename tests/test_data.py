@@ -283,6 +283,18 @@ def test_folder_without_train_file(tmp_path):
         load(tmp_path)
 
 
+def test_a_train_file_that_is_a_folder_is_named_and_a_dataset_name_it_replaces_is_said(tiny_data_dir, caplog):
+    """A folder given as --train_file was said not to exist; a --dataset_name beside --train_file went unread
+    without a word."""
+    with pytest.raises(DataError, match=f"--train_file '{tiny_data_dir}' is a folder. Pass a data file .*, or give "
+                                        "a folder of train/validation/test files as --dataset_name."):
+        load_text_data(resolve(RunConfig(train_file=str(tiny_data_dir))))
+    with caplog.at_level("WARNING", logger="xfer_nlp"):
+        data = load("mr", train_file=str(tiny_data_dir / "train.jsonl"))
+    assert "--train_file replaces --dataset_name: 'mr' is not read." in caplog.text
+    assert data.source == str(tiny_data_dir / "train.jsonl")
+
+
 def test_unknown_dataset_name_suggests_nearest():
     with pytest.raises(DataError, match="did you mean 'sst2'"):
         load("sts2")

@@ -229,8 +229,13 @@ def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | Non
         given = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
         files = {s: Path(f).expanduser() for s, f in given.items() if f}
         for split, f in files.items():
+            if f.is_dir():
+                raise DataError(f"--{split}_file '{f}' is a folder. Pass a data file ({', '.join(FORMATS)}), or give "
+                                "a folder of train/validation/test files as --dataset_name.")
             if not f.is_file():
                 raise DataError(f"--{split}_file '{f}' does not exist. Check the path.")
+        if name != RunConfig().dataset_name:  # a recipe's YAML may name one that the command line's file replaces
+            logger.warning("--train_file replaces --dataset_name: '%s' is not read.", name)
         # The files themselves, not their folder: a message about a column names the file to fix.
         return ({s: _read_file(f) for s, f in files.items()}, None, ", ".join(map(str, files.values())),
                 cfg.text_column, cfg.label_column)
