@@ -291,19 +291,28 @@ def test_predict_output_into_a_missing_folder_creates_it(tiny_run, tmp_path):
     assert len(target.read_text().splitlines()) == 2
 
 
-def test_report_counts_a_truncated_results_json_as_failed(tiny_run, tmp_path):
+def test_report_counts_a_truncated_results_json_as_failed_and_compare_runs_it_again(tiny_run, tmp_path):
     grid = tmp_path / "grid"
-    xfer_nlp.compare(modes="probe", train_sizes="40,all", seeds="0", output_dir=str(grid),
-                     **{k: v for k, v in tiny_run.items() if k not in ("output_dir", "seed")})
+    args = dict(modes="probe", train_sizes="40,all", seeds="0", output_dir=str(grid),
+                **{k: v for k, v in tiny_run.items() if k not in ("output_dir", "seed")})
+    xfer_nlp.compare(**args)
     damaged = grid / "runs" / "probe-n40-s0" / "results.json"
-    damaged.write_text(damaged.read_text()[:50])
+    whole = damaged.read_text()
+    damaged.write_text(whole[:50])
     result = subprocess.run([sys.executable, "-m", "xfer_nlp.cli", "report", str(grid)], capture_output=True,
                             text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert str(damaged) in result.stderr and "counts as failed" in result.stderr
+    assert "run the compare command again, which runs the cell afresh" in result.stderr
     rows = (grid / "comparison.csv").read_text()
     assert "probe-n40-s0,failed" in rows and "probe-nall-s0,done" in rows
     assert "min wall-clock" in (grid / "comparison.md").read_text()
+    # compare had counted the cell as done (skipped) while its report counted it failed: it runs it again
+    again = xfer_nlp.compare(**args)
+    assert (again.ran, again.skipped) == (1, 1)
+    assert "Cell probe-n40-s0: its results.json is damaged, so the cell runs afresh." in (
+        grid / "compare.log").read_text()
+    assert json.loads(damaged.read_text())["metrics"] == json.loads(whole)["metrics"]
     # the bookkeeping beside it: a cell.json that is not compare's, a grid.json cut short
     (grid / "runs" / "probe-n40-s0" / "cell.json").write_text('{"label": "probe", "seed": "0"}')
     (grid / "grid.json").write_text('{"wall_sec')

@@ -267,13 +267,17 @@ def _prepare_cell(cell: Cell, main: bool) -> RunConfig | None:
     out = Path(cell.config.output_dir)
     now = runfolder.state(out)
     if now == "finished":
-        return None
+        try:
+            read_results(out)
+            return None
+        except XferError:  # the report counts it failed, so it is run again as a failed cell is
+            logger.warning("Cell %s: its %s is damaged, so the cell runs afresh.", cell.name, runfolder.RESULTS)
     if now == "interrupted":
         return dataclasses.replace(cell.config, resume_from_checkpoint="latest")
     if not main:
         return cell.config
     if out.exists():
-        shutil.rmtree(out)  # started but left nothing to resume from
+        shutil.rmtree(out)  # started but left nothing to resume from, or its results are damaged
     out.mkdir(parents=True)
     runfolder.write_json(out / runfolder.CELL, {"label": cell.variant.label, "mode": cell.variant.mode,
                                                 "size": cell.size, "seed": cell.seed, "fold": cell.fold,

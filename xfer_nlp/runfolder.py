@@ -343,5 +343,5 @@ def read_results(out: Path) -> RunRecord:
     try:
         return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, UnicodeDecodeError) as e:
-        raise XferError(f"'{path}' is damaged ({str(e)[:160]}). Run that cell or run again with "
-                        "--overwrite_output_dir.") from None
+        raise XferError(f"'{path}' is damaged ({str(e)[:160]}). Run again with --overwrite_output_dir to redo the "
+                        "run (in a compare grid: run the compare command again, which runs the cell afresh).") from None
