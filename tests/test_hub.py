@@ -102,6 +102,26 @@ def test_push_of_unfinished_folder_is_refused(tmp_path):
         xfer_nlp.push(tmp_path)
 
 
+def test_a_repository_id_the_hub_would_refuse_is_refused_before_training_or_the_network(finished_run, tmp_path):
+    """A typo in --hub_model_id surfaced at the push, after training, and its retry command repeated it unquoted."""
+    from xfer_nlp.config import RunConfig, resolve
+
+    bad = "is not a Hub repository id: Repo id must use alphanumeric chars"
+    with pytest.raises(xfer_nlp.XferError, match=f"--hub_model_id 'me/my model' {bad}"):
+        resolve(RunConfig(mode="probe", push_to_hub=True, hub_model_id="me/my model"))
+    with pytest.raises(xfer_nlp.XferError, match=r"--hub_model_id 'a/b/c' is not a Hub repository id: .*'a/b/c'\.$"):
+        resolve(RunConfig(mode="probe", push_to_hub=True, hub_model_id="a/b/c"))
+    with pytest.raises(xfer_nlp.XferError, match="names the repository after the output folder, 'my run', which is "
+                                                 "not a Hub repository name .* Pass --hub_model_id user/name."):
+        resolve(RunConfig(mode="probe", push_to_hub=True, output_dir=str(tmp_path / "my run")))
+    assert resolve(RunConfig(mode="probe", output_dir=str(tmp_path / "my run"))).push_to_hub is False  # no push: fine
+    with HubServer() as hub:  # refused before any request: the server sees none
+        result = cli("-m", "xfer_nlp.cli", "push", finished_run, "--hub_model_id", "me/my model",
+                     endpoint=hub.endpoint)
+        assert result.returncode == 2 and f"--hub_model_id 'me/my model' {bad}" in result.stderr
+        assert not hub.state.requests
+
+
 def test_the_cards_usage_snippet_runs_as_written_on_a_text_longer_than_the_model_reads(finished_run):
     """The card's code is what a Hub visitor copies: it must run with transformers alone, on a long review too
     (without truncation a text past the position embeddings ended pipeline() in a RuntimeError)."""

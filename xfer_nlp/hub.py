@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import schedules
+from .config import repo_id_problem
 from .modes import EMBEDDED_MODEL, MODES
 from .errors import PushError, XferError
 from .runfolder import (CARD, CONFIG, CONFUSION, CURVES, RESULTS, RunRecord, as_open_makes, read_results, unfinished,
@@ -277,9 +279,15 @@ def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool 
         record = read_results(output_dir)
     except XferError as e:
         raise PushError(str(e)) from None
+    if hub_model_id is not None and (problem := repo_id_problem(hub_model_id)):
+        raise PushError(problem)
+    if hub_model_id is None and repo_id_problem(output_dir.name):
+        raise PushError(f"The repository is named after the folder by default, and '{output_dir.name}' is not a Hub "
+                        "repository name (letters, digits, '-', '_' and '.', at most 96). Pass --hub_model_id "
+                        "user/name.")
     files = _files_to_push(output_dir, record)
     api = HfApi(token=token)
-    retry = f"xfer-nlp push {output_dir} --hub_model_id {hub_model_id or '<user>/<name>'}"
+    retry = shlex.join(["xfer-nlp", "push", str(output_dir), "--hub_model_id", hub_model_id or "<user>/<name>"])
     try:
         if hub_model_id is None:
             hub_model_id = f"{api.whoami()['name']}/{output_dir.name}"
