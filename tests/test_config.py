@@ -62,6 +62,24 @@ def test_a_yaml_value_of_the_wrong_type_is_named_by_file_and_key(tmp_path, line,
     assert (cfg.learning_rate, cfg.max_train_samples, cfg.gradual_unfreezing) == (5e-5, 64, True)
 
 
+def test_the_python_api_names_a_positional_option_and_one_that_does_not_apply(tiny_model_dir, tmp_path):
+    """run("probe") and compare("probe") raised dataclasses' "replace() should be called on dataclass instances",
+    compare(bogus=1) a TypeError where run named the option, and evaluate(learning_rate=...) went unread."""
+    import xfer_nlp
+
+    positional = r"The config argument is a RunConfig \(or None\), got str 'probe'. Give options as keywords"
+    for call in (lambda: xfer_nlp.run("probe"), lambda: xfer_nlp.compare("probe"),
+                 lambda: xfer_nlp.evaluate(tiny_model_dir, "probe")):
+        with pytest.raises(ConfigError, match=positional):
+            call()
+    with pytest.raises(ConfigError, match=r"Unknown option\(s\): 'learnin_rate' \(did you mean 'learning_rate'\?\)"):
+        xfer_nlp.compare(modes="probe", learnin_rate=1e-3, output_dir=tmp_path / "grid")
+    with pytest.raises(ConfigError, match="Option\\(s\\) 'learning_rate' do not apply to evaluate, which scores a "
+                                          "finished model. It takes dataset_name, "):
+        xfer_nlp.evaluate(tiny_model_dir, dataset_name="sst2", learning_rate=1e-3, output_dir=tmp_path / "e")
+    assert not (tmp_path / "grid").exists() and not (tmp_path / "e").exists()
+
+
 def test_a_comma_list_may_be_a_list_and_a_path_a_path_in_python_and_yaml(tmp_path):
     """A notebook's probe_c_grid=[0.1, 1] (or a YAML list) raised AttributeError: 'list' object has no attribute
     'split'."""

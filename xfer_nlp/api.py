@@ -22,7 +22,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
 from . import allocator, batches, families, hub, logs, loop, modes, pairs, probe, runfolder
-from .config import FIELD_NAMES, RunConfig, nearest, resolve, unused_settings
+from .config import RunConfig, resolve, unused_settings, with_options
 from .data import load_text_data, text_pairs
 from .errors import ConfigError, LaunchError, not_cached_offline
 from .evaluation import metrics_markdown, plot_confusion, plot_training, warn_unpredicted, write_predictions
@@ -63,10 +63,7 @@ class RunResult:
 
 
 def _config_from(config: RunConfig | None, overrides: dict) -> RunConfig:
-    unknown = [k for k in overrides if k not in FIELD_NAMES]
-    if unknown:
-        raise ConfigError("Unknown option(s): " + "; ".join(f"'{k}'{nearest(k, FIELD_NAMES)}" for k in unknown))
-    return resolve(dataclasses.replace(config or RunConfig(), **overrides))
+    return resolve(with_options(config, overrides))
 
 
 def _hardware(accelerator: Accelerator) -> str:

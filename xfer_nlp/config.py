@@ -368,6 +368,23 @@ def repo_id_problem(repo_id: str) -> str | None:
     return None
 
 
+def with_options(config: RunConfig | None, options: dict, allowed: tuple[str, ...] = FIELD_NAMES,
+                 what: str = "") -> RunConfig:
+    """`config` (or the defaults) with keyword options applied, for the Python API: a config that is not a
+    RunConfig (`run("probe")`) and an option that is not a field (or not one of `allowed`) are named."""
+    if config is not None and not isinstance(config, RunConfig):
+        raise ConfigError(f"The config argument is a RunConfig (or None), got {type(config).__name__} {config!r}. "
+                          "Give options as keywords: mode='probe', dataset_name='mr'.")
+    unknown = [k for k in options if k not in FIELD_NAMES]
+    if unknown:
+        raise ConfigError("Unknown option(s): " + "; ".join(f"'{k}'{nearest(k, FIELD_NAMES)}" for k in unknown))
+    other = [k for k in options if k not in allowed]
+    if other:
+        raise ConfigError(f"Option(s) {', '.join(repr(k) for k in other)} do not apply to {what}. It takes "
+                          f"{', '.join(allowed)}.")
+    return dataclasses.replace(config or RunConfig(), **options)
+
+
 def as_text(value) -> str:
     """A text option as the command line writes it, from however Python or YAML gave it: a path as its text, a list
     as a comma list ([0.1, 1] reads as "0.1,1"), anything else as str()."""

@@ -225,8 +225,9 @@ def _cut_as_the_run(model: str, config, overrides: dict, all_rows: bool) -> tupl
     """The evaluation's config, taking the run's cut of its own data and the columns it read there
     (_split_of_the_run) where no flag names them; that cut; and the flags given that cut the run's data otherwise."""
     from .api import _config_from
-    from .config import RunConfig
+    from .config import RunConfig, with_options
 
+    with_options(config, overrides, EVALUATE_FIELDS, "evaluate, which scores a finished model")
     cfg = _config_from(config, {**overrides, "mode": "probe"})  # probe: no training settings to require
     if all_rows and cfg.cv_folds:
         raise ConfigError("--all_rows scores every row and --cv_folds one fold of them: pass one of the two.")

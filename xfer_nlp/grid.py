@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import FIELD_NAMES, FIELD_TYPES, GRID_OWNED, MODES, SEED_MAX, RunConfig, as_text, nearest, resolve
+from .config import (FIELD_NAMES, FIELD_TYPES, GRID_OWNED, MODES, SEED_MAX, RunConfig, as_text, nearest, resolve,
+                     with_options)
 from . import logs, runfolder
 from .runfolder import read_results
 from .errors import ConfigError, DiskFull, Interrupted, LaunchError, XferError
@@ -326,7 +327,7 @@ def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = Com
     # from a notebook [100, 500, "all"] or 0 read as "100,500,all" and "0" (a list of modes had been read character
     # by character)
     modes, train_sizes, seeds = as_text(modes), as_text(train_sizes), as_text(seeds)
-    base = dataclasses.replace(config or RunConfig(), **overrides)
+    base = with_options(config, overrides)
     default = RunConfig()
     given = [k for k in SET_BY_THE_GRID if getattr(base, k) != getattr(default, k)]
     if given:
