@@ -42,16 +42,27 @@ def test_broken_model_folder(tiny_model_dir, tiny_data_dir, tmp_path, damage, me
 
 
 def test_missing_model_folder(tiny_data_dir, tmp_path):
-    with pytest.raises(xfer_nlp.ConfigError, match="is not a folder"):
+    """A path that is not there was said to be "not a folder" by run, and read as a Hub id by predict (one slash:
+    huggingface_hub's "Repo id must use alphanumeric chars")."""
+    with pytest.raises(xfer_nlp.ConfigError, match=f"--model_name_or_path '{tmp_path / 'nowhere'}' does not exist."):
         xfer_nlp.run(mode="probe", model_name_or_path=str(tmp_path / "nowhere"), dataset_name=str(tiny_data_dir),
                      output_dir=str(tmp_path / "o"))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(xfer_nlp.ConfigError, match="a-file' is not a folder"):
+        xfer_nlp.run(mode="probe", model_name_or_path=str(tmp_path / "a-file"), dataset_name=str(tiny_data_dir),
+                     output_dir=str(tmp_path / "o"))
+    for path in ("/nowhere", "./nowhere", "~/nowhere-at-all"):
+        with pytest.raises(xfer_nlp.ConfigError, match=f"--model '{path}' does not exist. Check the path, or give a "
+                                                       r"Hub id \(user/name\)."):
+            xfer_nlp.predict(path, ["a dull film"])
 
 
 def test_a_hub_id_neither_cached_nor_reachable_names_the_way_round(tiny_data_dir, tmp_path):
     """transformers' advice sits on the line after the one quoted; the message said only that it couldn't connect."""
-    way = (r"'nobody/no-such-model' is not in the Hugging Face cache and the Hub could not be reached \(this machine is "
-           r"offline: HF_HUB_OFFLINE is set\): download it once where the Hub is reachable \(`hf download "
-           r"nobody/no-such-model`\), or pass a folder saved with save_pretrained\.")  # the suite runs offline
+    # the suite runs offline
+    way = (r"'nobody/no-such-model' is not a folder here, nor in the Hugging Face cache, and the Hub could not be "
+           r"reached \(this machine is offline: HF_HUB_OFFLINE is set\): download it once where the Hub is reachable "
+           r"\(`hf download nobody/no-such-model`\), or pass a folder saved with save_pretrained\.")
     with pytest.raises(xfer_nlp.ConfigError, match="Could not read the model config of 'nobody/no-such-model': .*"
                        + way):
         xfer_nlp.run(mode="probe", model_name_or_path="nobody/no-such-model", dataset_name=str(tiny_data_dir),

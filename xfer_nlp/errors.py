@@ -65,5 +65,6 @@ def not_cached_offline(name: str, e: BaseException) -> str:
     if e is None:
         return ""
     why = "this machine is offline: HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "no network"
-    return (f" '{name}' is not in the Hugging Face cache and the Hub could not be reached ({why}): download it once "
-            f"where the Hub is reachable (`hf download {name}`), or pass a folder saved with save_pretrained.")
+    return (f" '{name}' is not a folder here, nor in the Hugging Face cache, and the Hub could not be reached ({why}): "
+            f"download it once where the Hub is reachable (`hf download {name}`), or pass a folder saved with "
+            "save_pretrained.")

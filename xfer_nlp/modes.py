@@ -232,8 +232,8 @@ def default_pooling(model_path: str) -> str:
 def _check_local_model(path: Path) -> None:
     """Cheap checks on a local folder, so a bad path fails before any weights are read."""
     if not path.is_dir():
-        raise ConfigError(f"--model_name_or_path '{path}' is not a folder. Pass a folder saved with "
-                          f"save_pretrained, a Hub id, or '{EMBEDDED_MODEL}'.")
+        raise ConfigError(f"--model_name_or_path '{path}' {'is not a folder' if path.exists() else 'does not exist'}. "
+                          f"Pass a folder saved with save_pretrained, a Hub id, or '{EMBEDDED_MODEL}'.")
     problems = []
     if not (path / "config.json").is_file():
         problems.append("no config.json")
@@ -250,7 +250,8 @@ def _check_local_model(path: Path) -> None:
                           "save_pretrained (safe_serialization) into one folder.")
 
 
-def _looks_local(name: str) -> bool:
+def looks_local(name: str) -> bool:
+    """A model name that is a path, not a Hub id (user/name): ./x, /x, ~/x, a/b/c, or one that exists."""
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
@@ -273,7 +274,7 @@ def split_export(config) -> tuple[Any, XferPooledConfig | None]:
 def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
     """The model and tokenizer for cfg.mode, with the right parameters frozen."""
     path = resolve_model_path(cfg.model_name_or_path)
-    if _looks_local(path):
+    if looks_local(path):
         _check_local_model(Path(path).expanduser())
     base, exported = split_export(_encoder_config(path, cfg.model_name_or_path))
     family = families.family_of(base.model_type, cfg.model_name_or_path)
