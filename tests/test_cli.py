@@ -169,6 +169,22 @@ def test_predict_names_a_model_folder_given_where_its_texts_go(tmp_path, capsys)
             (fix is None and "is a folder" not in err and "--input FILE" in err)
 
 
+def test_version_names_the_package_and_the_libraries_it_runs_on(capsys):
+    """`xfer-nlp --version` was an unknown command; a bug report needs these figures."""
+    from importlib.metadata import version
+
+    import xfer_nlp
+    from xfer_nlp import cli
+
+    assert xfer_nlp.__version__ == version("xfer-nlp")  # the package's and pyproject's, one version
+    for flag in ("--version", "-V"):
+        assert cli.main([flag]) == 0
+        out = capsys.readouterr().out.strip()
+        assert out.startswith(f"xfer-nlp {xfer_nlp.__version__} (Python {platform.python_version()}; "
+                              f"torch {version('torch')}, transformers {version('transformers')}, "), out
+    assert cli.main(["help"]) == 0 and capsys.readouterr().out.startswith("usage: xfer-nlp {run,compare,")
+
+
 def test_a_misspelt_flag_of_any_command_is_named_with_its_nearest_spelling(capsys, tmp_path):
     """run and compare named the nearest flag; the other commands printed argparse's bare list."""
     from xfer_nlp import cli

@@ -26,7 +26,26 @@ USAGE = """usage: xfer-nlp {run,compare,report,predict,evaluate,export,push} ...
   evaluate score an exported model or Hub id on a dataset (metrics, predictions, confusion matrix)
   export   write an exported model as ONNX (onnx/model.onnx), checked against torch
   push     upload a finished run folder to the Hugging Face Hub
+
+xfer-nlp --version prints this package's version and those of the libraries it runs on (for a bug report).
 """
+
+
+def versions() -> str:
+    """xfer_nlp's version and its main libraries', read from their installed metadata (nothing is imported)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    def of(dist: str) -> str:
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            return f"{dist} not installed"
+
+    libraries = ", ".join(map(of, ("torch", "transformers", "accelerate", "datasets", "peft", "huggingface_hub")))
+    return f"xfer-nlp {__version__} (Python {platform.python_version()}; {libraries})"
 
 
 def _error(e: Exception) -> int:
@@ -396,8 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": lambda rest: run_command(rest, prog="xfer-nlp run"), "compare": compare_command,
                 "report": report_command, "predict": predict_command, "evaluate": evaluate_command,
                 "export": export_command, "push": push_command}
-    if argv and argv[0] in ("-h", "--help"):  # asked for: stdout, so that `xfer-nlp --help | less` shows it
+    if argv and argv[0] in ("-h", "--help", "help"):  # asked for: stdout, so that `xfer-nlp --help | less` shows it
         print(USAGE)
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        print(versions())
         return 0
     if not argv or argv[0] not in commands:
         print(USAGE, file=sys.stderr)
