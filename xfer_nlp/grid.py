@@ -229,15 +229,22 @@ def _fit_sizes_to_data(cells: list[Cell], train_sizes: str) -> tuple[list[Cell],
     each data source the variants name, as each cell will read it: data that cannot be read stops the grid with its
     one message, where every cell had failed with it in turn. A size above the training examples would fail in
     every cell too: the default sizes leave it out, saying so ('all' runs them all); sizes the user asked for are
-    refused, naming the count."""
+    refused, naming the count. So is a size below the number of classes, which no subset can cover."""
     from .data import DATA_FIELDS, load_text_data
 
-    available = {}  # data source -> its training examples
+    available, classes = {}, {}  # data source -> its training examples; its classes
     for cell in cells:
         key = tuple(getattr(cell.config, f) for f in DATA_FIELDS)
         if key not in available:
             data = load_text_data(dataclasses.replace(cell.config, max_train_samples=None))
             available[key] = (len(data.splits["train"]), data.source)
+            classes[key] = (len(data.label_names), data.source)
+    most, source = max(classes.values())
+    under = [s for s in parse_sizes(train_sizes) if s != "all" and int(s) < most]
+    if under:
+        raise ConfigError(f"--train_sizes {','.join(under)} {'is' if len(under) == 1 else 'are'} fewer than the "
+                          f"{most} classes of '{source}': a subset holds at least one example of each. Use sizes of "
+                          f"at least {most}.")
     fewest, source = min(available.values())
     over = [s for s in parse_sizes(train_sizes) if s != "all" and int(s) > fewest]
     if not over:
@@ -284,6 +291,16 @@ def _prepare_cell(cell: Cell, main: bool) -> RunConfig | None:
                                                 "size": cell.size, "seed": cell.seed, "fold": cell.fold,
                                                 "overrides": cell.variant.overrides})
     return cell.config
+
+
+def _every_cell_failed(failed: dict[str, str], output_dir: Path) -> str:
+    """One message for a grid none of whose cells finished: each distinct reason once, with the cells it stopped."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in failed.items():
+        by_reason.setdefault(reason, []).append(name)
+    said = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items())
+    return (f"Every cell failed, so there is nothing to report. {said} (each cell's traceback: "
+            f"{output_dir / 'runs' / '<cell>' / runfolder.FAILED}).")
 
 
 @dataclass
@@ -391,6 +408,9 @@ def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = Com
         bar.close()
         # The report covers the whole folder, this call's variants first: a grid built by several calls (probe and
         # finetune first, lora in a later session, the setfit peer's cells from benchmarks/) reads as one.
+        if main and failed and ran + skipped == 0 and not any(
+                runfolder.state(p.parent) == "finished" for p in (output_dir / "runs").glob(f"*/{runfolder.CELL}")):
+            raise XferError(_every_cell_failed(failed, output_dir))  # the report's "nothing finished" hid why
         summary = write_report(output_dir, first=[c.variant.label for c in cells]) if main else ""
         if main:
             for cell in cells:  # every finished run's model card carries the comparison it was part of
