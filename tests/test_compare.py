@@ -104,9 +104,13 @@ def test_sizes_above_the_training_examples_are_left_out_by_default_and_refused_w
     with pytest.raises(DataError, match=r"has a test split of its own; cross-validation \(--cv_folds; compare's "
                                         r"--folds\)"):  # each fold's cell had failed with it in turn
         xfer_nlp.compare(modes="probe", train_sizes="all", folds=2, dataset_name=str(tiny_data_dir), **args)
-    with pytest.raises(ConfigError, match=rf"--train_sizes 1 is fewer than the 2 classes of '{tiny_data_dir}': a "
-                                          "subset holds at least one example of each. Use sizes of at least 2."):
+    with pytest.raises(ConfigError, match=rf"--train_sizes 1 is too few for probe on '{tiny_data_dir}': one example "
+                                          "of each of its 2 classes make 2. Use sizes of at least 2."):
         xfer_nlp.compare(modes="probe", train_sizes="1,all", dataset_name=str(tiny_data_dir), **args)
+    with pytest.raises(ConfigError, match=r"--train_sizes 3 is too few for contrastive\[pair_iterations=2\] on .*: two "
+                                          "examples of each of its 2 classes make 4. Use sizes of at least 4."):
+        xfer_nlp.compare(modes="probe,contrastive[pair_iterations=2]", train_sizes="3,all",
+                         dataset_name=str(tiny_data_dir), **args)
     assert not (tmp_path / "asked").exists()  # refused before the grid's folder was made
     (tmp_path / "a-file").write_text("mine\n")  # had ended in FileExistsError's traceback
     with pytest.raises(ConfigError, match=r"--output_dir '.*a-file' is a file\. Pass a folder path\."):
@@ -232,12 +236,12 @@ def test_a_second_compare_into_a_busy_grid_is_refused_and_touches_no_cell(tiny_m
 
 def test_a_grid_whose_every_cell_failed_says_why(tiny_model_dir, tiny_data_dir, tmp_path):
     """It ended with the report's "No cell has finished yet; nothing to report", the reasons only in log lines."""
-    with pytest.raises(xfer_nlp.XferError) as refused:
-        xfer_nlp.compare(modes="contrastive", train_sizes="3", seeds="0,1", output_dir=tmp_path / "grid",
-                         **grid_args(tiny_model_dir, tiny_data_dir, tmp_path))
-    assert str(refused.value).startswith(
-        "Every cell failed, so there is nothing to report. contrastive-n3-s0, contrastive-n3-s1: ConfigError: "
-        "contrastive needs at least 2 training examples of each class")
+    with pytest.raises(xfer_nlp.XferError) as refused:  # an absurd learning rate: every cell's loss becomes NaN
+        xfer_nlp.compare(modes="finetune", train_sizes="40", seeds="0,1", output_dir=tmp_path / "grid",
+                         **{**grid_args(tiny_model_dir, tiny_data_dir, tmp_path), "learning_rate": 1e12})
+    assert str(refused.value).startswith("Every cell failed, so there is nothing to report. finetune-n40-s0: "
+                                         "TrainingDiverged: ")
+    assert "; finetune-n40-s1: TrainingDiverged: " in str(refused.value)
     assert str(refused.value).endswith(f"(each cell's traceback: {tmp_path / 'grid' / 'runs' / '<cell>'}/failed.txt).")
 
 

@@ -229,7 +229,8 @@ def _fit_sizes_to_data(cells: list[Cell], train_sizes: str) -> tuple[list[Cell],
     each data source the variants name, as each cell will read it: data that cannot be read stops the grid with its
     one message, where every cell had failed with it in turn. A size above the training examples would fail in
     every cell too: the default sizes leave it out, saying so ('all' runs them all); sizes the user asked for are
-    refused, naming the count. So is a size below the number of classes, which no subset can cover."""
+    refused, naming the count. So is a size below what a subset needs: one example of each class (two for
+    contrastive, whose pairs need a same-label partner)."""
     from .data import DATA_FIELDS, load_text_data
 
     available, classes = {}, {}  # data source -> its training examples; its classes
@@ -238,13 +239,13 @@ def _fit_sizes_to_data(cells: list[Cell], train_sizes: str) -> tuple[list[Cell],
         if key not in available:
             data = load_text_data(dataclasses.replace(cell.config, max_train_samples=None))
             available[key] = (len(data.splits["train"]), data.source)
-            classes[key] = (len(data.label_names), data.source)
-    most, source = max(classes.values())
-    under = [s for s in parse_sizes(train_sizes) if s != "all" and int(s) < most]
-    if under:
-        raise ConfigError(f"--train_sizes {','.join(under)} {'is' if len(under) == 1 else 'are'} fewer than the "
-                          f"{most} classes of '{source}': a subset holds at least one example of each. Use sizes of "
-                          f"at least {most}.")
+            classes[key] = len(data.label_names)
+        each = 2 if cell.variant.mode == "contrastive" else 1
+        if cell.size != "all" and int(cell.size) < each * classes[key]:
+            raise ConfigError(f"--train_sizes {cell.size} is too few for {cell.variant.label} on "
+                              f"'{available[key][1]}': {'two examples' if each == 2 else 'one example'} of each of its "
+                              f"{classes[key]} classes make {each * classes[key]}. Use sizes of at least "
+                              f"{each * classes[key]}.")
     fewest, source = min(available.values())
     over = [s for s in parse_sizes(train_sizes) if s != "all" and int(s) > fewest]
     if not over:
