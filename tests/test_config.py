@@ -80,6 +80,26 @@ def test_the_python_api_names_a_positional_option_and_one_that_does_not_apply(ti
     assert not (tmp_path / "grid").exists() and not (tmp_path / "e").exists()
 
 
+def test_a_path_option_from_yaml_or_python_expands_the_home_folder(tiny_model_dir, tmp_path, monkeypatch):
+    """A shell expands ~ on the command line; from YAML or Python a run wrote into a folder named "~" under the
+    working directory, and predict read '~/runs/x' as a Hub id."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import xfer_nlp
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "c.yaml"
+    path.write_text("output_dir: ~/runs/probe\nfeature_cache_dir: ~/features\ntrain_file: ~/data/train.jsonl\n")
+    cfg = resolve(parse_args(["--config", str(path), "--mode", "probe"]))
+    assert (cfg.output_dir, cfg.feature_cache_dir, cfg.train_file) == (
+        str(tmp_path / "runs" / "probe"), str(tmp_path / "features"), str(tmp_path / "data" / "train.jsonl"))
+    assert resolve(RunConfig(mode="probe", model_name_or_path="~/m")).model_name_or_path == str(tmp_path / "m")
+    assert resolve(RunConfig(mode="probe", text_column="~text")).text_column == "~text"  # not a path: as given
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).save_pretrained(tmp_path / "m")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "m")
+    assert xfer_nlp.predict("~/m", ["a good film"]) == xfer_nlp.predict(tmp_path / "m", ["a good film"])
+
+
 def test_a_comma_list_may_be_a_list_and_a_path_a_path_in_python_and_yaml(tmp_path):
     """A notebook's probe_c_grid=[0.1, 1] (or a YAML list) raised AttributeError: 'list' object has no attribute
     'split'."""

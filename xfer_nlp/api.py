@@ -447,21 +447,22 @@ class Predictor:
         if backend == "onnx" and precision == "bf16":
             raise ConfigError("The ONNX backend runs the exported fp32 graph: use precision fp32 (or auto) with it.")
         self.backend, self.batch_size, self.batch_tokens = backend, batch_size, batch_tokens
+        model = os.path.expanduser(model)  # ~/runs/x from Python; a Hub id is left as it is
         # The ONNX graph carries the weights: from the model folder it needs only the config and the tokenizer.
         if backend == "onnx":
             from .onnx_export import OnnxClassifier, default_output
 
-            self.tokenizer, config, self.reading = load_setup(str(model))
-            self.onnx_model, self.device = OnnxClassifier.load(default_output(str(model))), "cpu"
+            self.tokenizer, config, self.reading = load_setup(model)
+            self.onnx_model, self.device = OnnxClassifier.load(default_output(model)), "cpu"
             precision = "fp32"
         else:
-            self.tokenizer, self.classifier, self.reading = load_model(str(model))
+            self.tokenizer, self.classifier, self.reading = load_model(model)
             config, self.device = self.classifier.config, self.classifier.device.type
             if precision == "auto":
                 precision = "bf16" if bf16_is_native(self.device) else "fp32"
         self.precision = precision
         # A run's export says whether it reads pairs; another model reads whichever it is given.
-        self.pairs = self.reading.pairs if runfolder.recorded(Path(model).expanduser(), "reading") else None
+        self.pairs = self.reading.pairs if runfolder.recorded(Path(model), "reading") else None
         self.collator = batches.make_collator(self.tokenizer, None, self.device)
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
 

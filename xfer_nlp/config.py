@@ -322,6 +322,9 @@ class RunConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(RunConfig))
+# The options that name a file or folder (a model or data option may instead name a Hub id or a registry set).
+PATH_FIELDS = ("model_name_or_path", "dataset_name", "train_file", "validation_file", "test_file", "data_dir",
+               "output_dir", "feature_cache_dir", "resume_from_checkpoint")
 FIELD_TYPES = typing.get_type_hints(RunConfig)  # name -> type (int, Optional[float], ...)
 # Settings that may differ between an interrupted run and its resumption without changing what is computed.
 RESUME_MAY_DIFFER = frozenset(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("resume_may_differ"))
@@ -401,6 +404,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     cfg = dataclasses.replace(cfg, **{f.name: as_text(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
                                       if isinstance(getattr(cfg, f.name), (list, tuple, os.PathLike))
                                       and FIELD_TYPES[f.name] in (str, Optional[str])})
+    # A shell expands ~ on the command line; from YAML or Python it had reached the disk as a folder named "~".
+    cfg = dataclasses.replace(cfg, **{k: os.path.expanduser(getattr(cfg, k)) for k in PATH_FIELDS
+                                      if isinstance(getattr(cfg, k), str) and getattr(cfg, k).startswith("~")})
     if cfg.mode not in MODES:
         raise ConfigError(f"Unknown mode '{cfg.mode}'{nearest(cfg.mode, MODES)}. Choose one of: {', '.join(MODES)}.")
     spec = MODES[cfg.mode]

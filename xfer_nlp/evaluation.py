@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 from datetime import datetime, timezone
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -300,7 +301,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
     from .data import load_text_data, text_pairs
     from .metrics import Scorer
 
-    model = str(model)
+    model = os.path.expanduser(model)  # ~/runs/x from Python; a Hub id is left as it is
     check_model_folder(model)
     cfg, run_split, otherwise = _cut_as_the_run(model, config, overrides, all_rows)
     if not (overrides.get("output_dir") or (config and config.output_dir)):  # not a run's runs/<data>-<mode>

@@ -351,7 +351,8 @@ def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = Com
     if given:
         raise ConfigError("compare sets these in every cell itself, so the value given would be ignored: " + "; ".join(
             f"--{k}: {SET_BY_THE_GRID[k].format(value=getattr(base, k))}" for k in given) + ".")
-    output_dir = Path(output_dir or base.output_dir or Path("runs") / f"{Path(str(base.dataset_name)).stem}-compare")
+    output_dir = Path(output_dir or base.output_dir or Path("runs") / f"{Path(str(base.dataset_name)).stem}-compare"
+                      ).expanduser()
     cells = plan(base, CompareArgs(modes, train_sizes, seeds, folds=folds), output_dir)
     cells, left_out = _fit_sizes_to_data(cells, train_sizes)
     runfolder.make_writable(output_dir)  # a file in its place had ended in FileExistsError's traceback

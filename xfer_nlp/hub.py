@@ -271,7 +271,7 @@ def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool 
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).expanduser()
     if not (output_dir / RESULTS).is_file():
         raise PushError(unfinished(output_dir)
                         or f"'{output_dir}' holds no finished run (no results.json); train first, then push.")

@@ -90,7 +90,7 @@ def export_onnx(model: str | Path, output: str | Path | None = None, opset: int 
     from .api import load_model
 
     _require()
-    model = str(model)
+    model = os.path.expanduser(model)  # ~/runs/x from Python; a Hub id is left as it is
     if output is None:
         if not Path(model).expanduser().is_dir():
             raise ConfigError(f"'{model}' is not a local folder: pass --output PATH.onnx to say where the export goes.")

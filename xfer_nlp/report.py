@@ -261,7 +261,7 @@ def _save(fig, path: Path) -> str:
 def write_report(output_dir: str | Path, labels: Sequence[str] | None = None, first: Sequence[str] = ()) -> str:
     """Write comparison.csv, comparison.md and the plots from output_dir/runs; returns the summary table.
     `labels`: only these variants, in this order; else every variant in the folder, those in `first` first."""
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).expanduser()
     if not output_dir.is_dir():
         raise XferError(f"'{output_dir}' is not a folder. Pass the --output_dir of an xfer-nlp compare.")
     cells = load_cells(output_dir)
