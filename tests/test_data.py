@@ -295,6 +295,16 @@ def test_a_train_file_that_is_a_folder_is_named_and_a_dataset_name_it_replaces_i
     assert data.source == str(tiny_data_dir / "train.jsonl")
 
 
+def test_a_registry_set_not_found_names_the_folder_looked_for(tmp_path):
+    """It said 'looked in' the data root, also where the root was no folder at all."""
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=rf"Dataset 'mr' has no local copy \(looked for {nowhere}/mr; {nowhere} is not "
+                                        r"a folder\) and could not be loaded from the Hub"):  # the suite runs offline
+        load("mr", data_dir=str(nowhere))
+    with pytest.raises(DataError, match=rf"\(looked for {tmp_path}/mr\) and could not"):
+        load("mr", data_dir=str(tmp_path))
+
+
 def test_unknown_dataset_name_suggests_nearest():
     with pytest.raises(DataError, match="did you mean 'sst2'"):
         load("sts2")

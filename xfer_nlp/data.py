@@ -249,8 +249,10 @@ def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | Non
             files = _find_split_files(local)
             return ({s: _read_file(p) for s, p in files.items()}, entry.label_names, str(local), cfg.text_column,
                     cfg.label_column)
+        where = "no data root" if root is None else f"{root / entry.folder}" + (
+            "" if root.is_dir() else f"; {root} is not a folder")
         if entry.hub_id is None:
-            raise DataError(f"Dataset '{name}' has no local copy (looked in {root or 'no data root'}) and no copy on "
+            raise DataError(f"Dataset '{name}' has no local copy (looked for {where}) and no copy on "
                             "the Hub. Set --data_dir or $XFER_NLP_DATA_DIR to the folder that holds it.")
         from datasets import load_dataset
 
@@ -258,7 +260,7 @@ def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | Non
             hub = load_dataset(entry.hub_id)
         except Exception as e:
             raise _cache_refused(e) or DataError(
-                f"Dataset '{name}' has no local copy (looked in {root or 'no data root'}) and could not be loaded "
+                f"Dataset '{name}' has no local copy (looked for {where}) and could not be loaded "
                 f"from the Hub as '{entry.hub_id}': {str(e)[:200]}. Set --data_dir or $XFER_NLP_DATA_DIR to the "
                 "folder that holds it.") from None
         splits = {s: hub[s] for s in entry.hub_splits if s in hub}
