@@ -50,6 +50,27 @@ def test_each_format_loads(tmp_path, fmt):
     assert list(iter_texts(path)) == [r["text"] for r in rows]  # predict --input reads the same file, streamed
 
 
+def test_a_tsv_reads_its_texts_as_written_whether_it_quotes_or_not(tmp_path, caplog):
+    """A TSV that quotes nothing (GLUE's) had its texts' leading quotes read as CSV quoting: '"Great" film, really'
+    reached the model as 'Great film, really'. One written by pandas, which quotes, reads as before."""
+    import pandas as pd
+
+    texts = ['"Great" film, really', "a fine film", 'the "worst" thing', "dull", '"Superb" acting', "flat"] * 4
+    labels = [1, 1, 0, 0, 1, 0] * 4
+    write_table(tmp_path / "glue.tsv", [{"text": t, "label": y} for t, y in zip(texts, labels)], "\t")
+    with caplog.at_level("INFO", logger="xfer_nlp"):
+        data = load(tmp_path / "glue.tsv")
+    assert sorted({*data.splits["train"]["text"], *data.splits["validation"]["text"]}) == sorted(set(texts))
+    assert "glue.tsv' is read without CSV quoting: 8 text(s) begin with a quote" in caplog.text
+    assert list(iter_texts(tmp_path / "glue.tsv")) == texts  # predict --input reads it so too
+    quoted = texts + ["two\nlines", "a\ttab"]
+    pd.DataFrame({"text": quoted, "label": labels + [0, 1]}).to_csv(tmp_path / "pandas.tsv", sep="\t", index=False)
+    assert '"""Great"" film, really"' in (tmp_path / "pandas.tsv").read_text()
+    assert list(iter_texts(tmp_path / "pandas.tsv")) == quoted
+    data = load(tmp_path / "pandas.tsv")
+    assert sorted({*data.splits["train"]["text"], *data.splits["validation"]["text"]}) == sorted(set(quoted))
+
+
 def test_folder_with_splits(tiny_data_dir):
     data = load(tiny_data_dir)
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 160, "validation": 48, "test": 40}

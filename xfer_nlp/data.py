@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import csv
 import errno
 import json
 import logging
@@ -76,9 +77,35 @@ def data_root(cfg: RunConfig) -> Path | None:
     return None
 
 
-def _check_file(path: Path) -> str:
-    """Cheap checks before `datasets` sees the file; returns the datasets builder name. The file is read in blocks,
-    so checking a file of millions of rows holds one block, not the file."""
+# A CSV field in quotes ("a ""quoted"" text"); in a TSV that does not quote, a text that merely begins with a quote.
+QUOTED_FIELD = re.compile(r'"(?:[^"]|"")*"')
+
+
+class _TsvQuotes:
+    """How a TSV file uses double quotes, counted line by line: fields quoted as CSV quotes them (as pandas writes a
+    TSV), and texts that begin with a literal quote and are not such a field ('"Great" film'), which CSV quoting
+    would read as '"Great"' + ' film' and strip. GLUE's TSVs quote nothing."""
+
+    def __init__(self):
+        self.quoted = self.literal = 0
+        self.rest = ""
+
+    def feed(self, text: str, final: bool = False) -> None:
+        lines = (self.rest + text).split("\n")
+        self.rest = "" if final else lines.pop()
+        for line in lines:
+            for field in line.rstrip("\r").split("\t"):
+                if not field.startswith('"'):
+                    continue
+                if QUOTED_FIELD.fullmatch(field):
+                    self.quoted += 1
+                elif field.count('"') % 2 == 0:  # balanced, so not the first line of a quoted multi-line field
+                    self.literal += 1
+
+
+def _check_file(path: Path) -> tuple[str, dict]:
+    """Cheap checks before `datasets` sees the file; returns the datasets builder name and its reading options.
+    The file is read in blocks, so checking a file of millions of rows holds one block, not the file."""
     builder = FORMATS.get(path.suffix.lower())
     if builder is None:
         raise DataError(f"'{path}' has extension '{path.suffix}', which xfer_nlp cannot read. Use one of "
@@ -90,8 +117,9 @@ def _check_file(path: Path) -> str:
             if f.read(4) != b"PAR1":
                 raise DataError(f"'{path}' is named .parquet but is not a Parquet file (no PAR1 header). "
                                 "Rename it to its real format or re-export it as Parquet.")
-            return builder
+            return builder, {}
         decoder, lines, first = codecs.getincrementaldecoder("utf-8")(), 0, ""
+        quotes = _TsvQuotes() if path.suffix.lower() == ".tsv" else None
         while True:
             block = f.read(1 << 24)
             try:
@@ -100,6 +128,8 @@ def _check_file(path: Path) -> str:
                 line = lines + e.object[: e.start].count(b"\n") + 1
                 raise DataError(f"'{path}' is not UTF-8: byte {e.object[e.start]:#x} on line {line} cannot be decoded. "
                                 "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+            if quotes:
+                quotes.feed(text, final=not block)
             if not block:
                 break
             lines += block.count(b"\n")
@@ -109,15 +139,23 @@ def _check_file(path: Path) -> str:
     if builder == "json" and first not in "{[":
         raise DataError(f"'{path}' is named {path.suffix} but does not start with a JSON object or array. "
                         f"Rename it to its real format (.csv, .tsv) or write it as JSON Lines.")
-    return builder
+    options = {"delimiter": "\t"} if quotes else {}
+    if quotes and quotes.literal and not quotes.quoted:  # a TSV that quotes nothing: its quotes are text
+        options["quoting"] = csv.QUOTE_NONE
+        logger.info("'%s' is read without CSV quoting: %d text(s) begin with a quote and none is a quoted field.",
+                    path, quotes.literal)
+    elif quotes and quotes.literal:
+        logger.warning("'%s' has both CSV-quoted fields and %d text(s) that begin with an unquoted quote ('\"Great\" "
+                       "film'), which CSV quoting reads as 'Great film'. If such texts matter, write the file as "
+                       "JSON Lines.", path, quotes.literal)
+    return builder, options
 
 
 def _load_file(path: Path, **load_kwargs):
     """datasets' reader for a checked file (its Dataset, or with streaming=True an IterableDataset)."""
-    builder = _check_file(path)
+    builder, kwargs = _check_file(path)
     from datasets import load_dataset
 
-    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     if builder == "json":
         with path.open("rb") as f:
             if f.read(3) == b"\xef\xbb\xbf":
