@@ -202,6 +202,22 @@ def test_every_split_s_label_types_are_checked(tmp_path, train_label, validation
         load(tmp_path)
 
 
+def test_list_or_record_labels_are_named_as_such_and_true_false_labels_keep_their_names(tmp_path):
+    """A list label (multi-label data) was said to 'mix types (train: list)'; true/false labels were named 0 and 1."""
+    for label, said in (([1], r"holds lists \(e.g. \[1\]\), not one class per text"),
+                        ({"y": 1}, r'holds dicts \(e.g. \{"y": 1\}\), not one class per text')):
+        rows = [{**r, "label": label} for r in make_rows(20, 0)]
+        with pytest.raises(DataError, match=said + ": a label is a class id .* train one classifier per label."):
+            load(write_jsonl(tmp_path / "odd.jsonl", rows))
+    rows = [{**r, "label": bool(r["label"])} for r in make_rows(20, 0)]
+    data = load(write_jsonl(tmp_path / "bool.jsonl", rows))
+    assert data.label_names == ("False", "True")
+    given = {}
+    for r in rows:
+        given.setdefault(r["text"], set()).add(int(r["label"]))  # False is id 0, True id 1
+    assert all(y in given[t] for t, y in zip(data.splits["train"]["text"], data.splits["train"]["label"]))
+
+
 def test_missing_column_lists_existing(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"sentence": c, "label": i % 2} for i, c in enumerate("abcd")])
     with pytest.raises(DataError, match="Its columns are: sentence, label") as e:

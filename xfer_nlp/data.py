@@ -383,6 +383,9 @@ def _labels_to_ids(raw: dict[str, list], registry_names,
     if odd is not None:
         raise DataError(f"Some rows have the label {odd}, which is not a class. Remove them or give them a class id "
                         "(0, 1, ...) or a class name.")
+    if kinds == {bool}:  # true/false labels: named as such, in the order of 0 and 1
+        raw = {s: [str(v) for v in vs] for s, vs in raw.items()}
+        train, kinds = raw["train"], {str}
     if kinds <= {int, bool}:
         values = sorted(set(int(v) for v in train))
     elif kinds <= {int, float}:
@@ -407,6 +410,11 @@ def _labels_to_ids(raw: dict[str, list], registry_names,
         for same in (names for names in folded.values() if len(names) > 1):
             logger.warning("Labels %s differ only in case; they are %d separate classes. Normalise them in the data "
                            "if they mean the same.", " and ".join(repr(n) for n in same), len(same))
+    elif not kinds & {int, float, bool, str}:  # lists (multi-label data), records: not one class per text
+        example = next(v for values in raw.values() for v in values)
+        raise DataError(f"The label column holds {type(example).__name__}s (e.g. {json.dumps(example)[:60]}), not one "
+                        "class per text: a label is a class id (0, 1, ...) or a class name. For multi-label data, "
+                        "train one classifier per label.")
     else:
         held = "; ".join(f"{split}: {', '.join(sorted({type(v).__name__ for v in values}))}"
                          for split, values in raw.items() if values)
