@@ -276,6 +276,35 @@ def test_predict_reads_a_pipe_as_lines_and_names_a_folder_or_an_unknown_kind(tin
         assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {said}"
 
 
+def test_predict_writes_a_table_to_a_csv_or_tsv_output(tiny_model_dir, tmp_path, capsys):
+    """--output preds.csv wrote JSON Lines into a file named .csv."""
+    import csv
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from xfer_nlp import cli
+
+    model = tmp_path / "classifier"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(model)
+    texts = ["a good film", 'say "hi", then\tgo', "two\nlines"]
+    assert cli.main(["predict", "--model", str(model), "--output", str(tmp_path / "rows.jsonl"), *texts]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    for name, delimiter in (("p.csv", ","), ("p.tsv", "\t")):
+        assert cli.main(["predict", "--model", str(model), "--output", str(tmp_path / name), *texts]) == 0
+        with open(tmp_path / name, newline="", encoding="utf-8") as f:
+            table = list(csv.reader(f, delimiter=delimiter))
+        assert table[0] == ["text", "label", "score", "score_LABEL_0", "score_LABEL_1"]
+        assert [r[:2] for r in table[1:]] == [[row["text"], row["label"]] for row in rows]
+        assert [[float(x) for x in r[2:]] for r in table[1:]] == [
+            [row["score"], *row["scores"].values()] for row in rows]
+    capsys.readouterr()
+    # and a table it wrote is read back as an input, texts intact
+    assert cli.main(["predict", "--model", str(model), "--input", str(tmp_path / "p.tsv")]) == 0
+    assert [line.split("\t", 2)[2] for line in capsys.readouterr().out.splitlines()] == [
+        "a good film", 'say "hi", then\\tgo', "two\\nlines"]
+
+
 def test_predictions_never_replace_their_input_file(tiny_model_dir, tmp_path, capsys, monkeypatch):
     """--output naming the --input file had replaced the user's labelled rows with the model's labels."""
     from xfer_nlp import cli

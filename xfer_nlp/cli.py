@@ -225,7 +225,7 @@ def predict_command(argv: list[str]) -> int:
 
     from . import allocator, runfolder
     from .api import BATCH_TOKENS, PREDICT_BACKENDS, PREDICT_PRECISIONS, predict_stream
-    from .data import iter_texts, write_jsonl
+    from .data import iter_texts, write_predictions_file
 
     parser = Parser(prog="xfer-nlp predict", description="Label texts with an exported model.")
     parser.add_argument("texts", nargs="*", help="Texts to label (or use --input).")
@@ -239,8 +239,9 @@ def predict_command(argv: list[str]) -> int:
                                                    "holds each text's pair (--input must then be a data file).")
     parser.add_argument("--output", help="Write JSONL rows (text, text_pair for pairs, label, score, scores) here "
                                          "instead of printing label, score and text (and pair) a line, "
-                                         "tab-separated; - writes the JSONL rows to standard output (for jq and the "
-                                         "like).")
+                                         "tab-separated; a .csv or .tsv file gets a table instead (text, label, "
+                                         "score, a score_<label> column a class); - writes the JSONL rows to "
+                                         "standard output (for jq and the like).")
     parser.add_argument("--batch_tokens", type=int, default=BATCH_TOKENS, help=(
         "Padded tokens per forward pass: texts are sorted by length and each batch holds as many as fit, up to "
         "--batch_size (the default: 64 sentences, 32 texts of 128 tokens, 8 of 512), so long texts cannot make a "
@@ -311,7 +312,7 @@ def predict_command(argv: list[str]) -> int:
             with runfolder.disk_full_explained(Path(args.output).parent, f"the predictions to {args.output}",
                                                "Nothing was written: the file appears only when complete. Free "
                                                "space, or pass --output on another disk."):
-                n = write_jsonl(args.output, rows)
+                n = write_predictions_file(args.output, rows)
             print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
         else:
             for row in rows:  # one row a line whatever the text holds (--output keeps it exactly)

@@ -716,6 +716,27 @@ def _text_lines(binary, name: str):
             yield line
 
 
+def write_predictions_file(path: str | Path, rows) -> int:
+    """predict's rows into a file: a table for .csv and .tsv (text, text_pair for pairs, label, score, then one
+    score_<label> column a class, for a spreadsheet), JSON Lines for any other name. Atomic, streamed; returns
+    how many rows were written."""
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        return write_jsonl(path, rows)
+    from .runfolder import atomic_write
+
+    n, columns = 0, None
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        table = csv.writer(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        for row in rows:
+            if columns is None:
+                columns = [k for k in ("text", "text_pair", "label", "score") if k in row]
+                table.writerow(columns + [f"score_{label}" for label in row["scores"]])
+            table.writerow([row[k] for k in columns] + list(row["scores"].values()))
+            n += 1
+    return n
+
+
 def write_jsonl(path: str | Path, rows) -> int:
     """Write rows (any iterable) as JSONL, atomically: the file appears, complete, once the last row is written.
     Returns how many rows were written."""
