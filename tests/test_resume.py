@@ -197,6 +197,23 @@ def test_resume_on_data_changed_since_the_checkpoint_is_refused(tiny_model_dir, 
     assert xfer_nlp.run(**kwargs).results["resumed"]["from_step"] > 0
 
 
+def test_resume_of_a_finished_run_or_into_another_folder_says_what_to_do(interrupted, tiny_model_dir, tiny_data_dir,
+                                                                        tmp_path):
+    """A finished run was told to pass --overwrite_output_dir (which starts over) as if it had not asked to resume;
+    another folder's checkpoint was refused as a different run, 'output_dir: checkpoint ..., now ...'."""
+    checkpoint = sorted((interrupted / "checkpoints").glob("checkpoint-*"))[0]
+    elsewhere = tmp_path / "elsewhere"
+    with pytest.raises(CheckpointError, match=rf"Cannot resume in --output_dir '{elsewhere}' from a checkpoint of the "
+                                              rf"run in '{interrupted}': a run goes on in its own folder. Resume with "
+                                              rf"--output_dir {interrupted}, or start a new run"):
+        xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, elsewhere, spec=str(checkpoint)))
+    (interrupted / "results.json").write_text("{}")  # as a finished run leaves it
+    with pytest.raises(xfer_nlp.ConfigError, match=rf"'{interrupted}' holds a finished run .*: there is nothing to "
+                                                   "resume. To train it again from the start, pass "
+                                                   "--overwrite_output_dir instead of --resume_from_checkpoint."):
+        xfer_nlp.run(**resume_kwargs(tiny_model_dir, tiny_data_dir, interrupted))
+
+
 def test_resume_ignores_settings_the_mode_never_reads(interrupted, tiny_model_dir, tiny_data_dir):
     # lora's rank and contrastive's pair rounds cannot change a finetune run (a default changed between versions
     # used to refuse the resume); a setting finetune reads still must match

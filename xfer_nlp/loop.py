@@ -162,6 +162,10 @@ def _check_same_run(state: dict, cfg, world: dict) -> None:
     # A setting this mode never reads (lora's rank under finetune) cannot change the run, even if its default did.
     ignored = {k for k, modes in MODE_ONLY.items() if now["mode"] not in modes}
     differ = sorted(k for k in now if k not in RESUME_MAY_DIFFER | ignored and saved.get(k) != now[k])
+    if differ == ["output_dir"]:  # another run's checkpoint: it goes on only in the folder of its own run
+        raise CheckpointError(f"Cannot resume in --output_dir '{now['output_dir']}' from a checkpoint of the run in "
+                              f"'{saved['output_dir']}': a run goes on in its own folder. Resume with --output_dir "
+                              f"{saved['output_dir']}, or start a new run without --resume_from_checkpoint.")
     if differ:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in differ)
         raise CheckpointError(f"Cannot resume: the run would not be the same ({detail}). Resume with the original "

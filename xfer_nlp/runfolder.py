@@ -175,6 +175,10 @@ def check(out: Path, overwrite: bool, resume: str | None) -> None:
     make_writable(out)
     if overwrite:
         return
+    if now == "finished" and resume:
+        raise ConfigError(f"--output_dir '{out}' holds a finished run ({out / RESULTS}): there is nothing to resume. "
+                          "To train it again from the start, pass --overwrite_output_dir instead of "
+                          "--resume_from_checkpoint.")
     if now == "finished":
         raise ConfigError(f"--output_dir '{out}' already holds a finished run (results.json or evaluation.json). Choose another "
                           "--output_dir, or pass --overwrite_output_dir to replace it.")
