@@ -305,6 +305,25 @@ def test_predict_writes_a_table_to_a_csv_or_tsv_output(tiny_model_dir, tmp_path,
         "a good film", 'say "hi", then\\tgo', "two\\nlines"]
 
 
+def test_evaluate_reads_its_optional_number_flags_as_numbers(tiny_model_dir, tiny_data_dir, tmp_path):
+    """--cv_folds, --head_tokens and --chunk_stride (Optional[int], default None) were read as text by evaluate's
+    parser, and ended in "'<' not supported between instances of 'int' and 'str'"."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from xfer_nlp import cli
+
+    model = tmp_path / "classifier"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(model)
+    train = str(tiny_data_dir / "train.jsonl")
+    for i, flags in enumerate((["--train_file", train, "--cv_folds", "2", "--cv_fold", "1"],
+                               ["--train_file", train, "--truncation", "head+tail", "--head_tokens", "8"],
+                               ["--train_file", train, "--long_text", "chunk", "--chunk_stride", "8"])):
+        out = tmp_path / f"e{i}"
+        assert cli.main(["evaluate", str(model), *flags, "--max_seq_length", "16", "--output_dir", str(out)]) == 0
+        assert json.loads((out / "evaluation.json").read_text())["metrics"]["validation"]["accuracy"] >= 0
+
+
 def test_predictions_never_replace_their_input_file(tiny_model_dir, tmp_path, capsys, monkeypatch):
     """--output naming the --input file had replaced the user's labelled rows with the model's labels."""
     from xfer_nlp import cli

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import typing
 from pathlib import Path
 
 from . import logs
@@ -331,7 +332,7 @@ def predict_command(argv: list[str]) -> int:
 def evaluate_command(argv: list[str]) -> int:
     import dataclasses
 
-    from .config import RunConfig
+    from .config import FIELD_TYPES, RunConfig
     from .evaluation import COLUMN_FIELDS, EVALUATE_FIELDS, SPLIT_FIELDS, evaluate
 
     parser = Parser(prog="xfer-nlp evaluate", allow_abbrev=False, description=(
@@ -358,8 +359,10 @@ def evaluate_command(argv: list[str]) -> int:
         if isinstance(f.default, bool):
             parser.add_argument(f"--{f.name}", action="store_true", default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(f"--{f.name}", type=type(f.default) if f.default is not None else str,
-                                default=argparse.SUPPRESS, choices=f.metadata.get("choices"), help=help_text)
+            # the field's type, Optional unwrapped: an Optional[int] (--cv_folds, --head_tokens) had been read as text
+            kind = next((t for t in typing.get_args(FIELD_TYPES[f.name]) if t is not type(None)), FIELD_TYPES[f.name])
+            parser.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS,
+                                choices=f.metadata.get("choices"), help=help_text)
     parser.add_argument("--all_rows", action="store_true", help=(
         "For data without a validation split of its own (one file): score every row. Default: the seeded hold-out "
         "(--validation_split_ratio, --seed) that a run on that data validates on, so a model and its run are scored "
