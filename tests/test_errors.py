@@ -1,5 +1,6 @@
 """User mistakes end in one clear message before any training; malformed data never crashes the library."""
 
+import os
 import re
 import shutil
 import string
@@ -51,9 +52,9 @@ def test_missing_model_folder(tiny_data_dir, tmp_path):
     with pytest.raises(xfer_nlp.ConfigError, match="a-file' is not a folder"):
         xfer_nlp.run(mode="probe", model_name_or_path=str(tmp_path / "a-file"), dataset_name=str(tiny_data_dir),
                      output_dir=str(tmp_path / "o"))
-    for path in ("/nowhere", "./nowhere", "~/nowhere-at-all"):
-        with pytest.raises(xfer_nlp.ConfigError, match=f"--model '{path}' does not exist. Check the path, or give a "
-                                                       r"Hub id \(user/name\)."):
+    for path in ("/nowhere", "./nowhere", "~/nowhere-at-all"):  # ~ is named as it expands
+        with pytest.raises(xfer_nlp.ConfigError, match=f"--model '{os.path.expanduser(path)}' does not exist. Check "
+                                                       r"the path, or give a Hub id \(user/name\)."):
             xfer_nlp.predict(path, ["a dull film"])
 
 

@@ -618,8 +618,9 @@ def check_model_folder(model: str) -> None:
             raise ConfigError(said)
         raise ConfigError(f"--model '{model}' is a folder but not a model (it has no config.json). Pass the "
                           "output_dir of a finished `xfer-nlp run`, or a text-classification model folder or Hub id.")
-    if not os.path.exists(path) and (model.count("/") != 1 or modes.looks_local(model)):
+    a_path = model.startswith((".", "/", "~")) or model.count("/") > 1  # /x, ./x, ~/x, a/b/c: not a Hub id
+    if not os.path.exists(path) and (a_path or model.count("/") != 1):
         shown = model if len(model) <= 100 else model[:100] + "..."  # a text pasted here is not shown whole
-        if model.count("/") == 1:  # /x, ./x, ~/x: a path that is not there, not a Hub id
+        if a_path:
             raise ConfigError(f"--model '{shown}' does not exist. Check the path, or give a Hub id (user/name).")
         raise ConfigError(f"--model '{shown}' is neither a folder nor a Hub id (user/name).")

@@ -656,17 +656,17 @@ def iter_texts(path: str | Path, text_column: str = "text", pair_column: str | N
     kinds = f".txt (one text a line) or a data file with a text column ({', '.join(FORMATS)})"
     stdin = str(path) == "-"  # the Unix convention; a file named "-" is still reachable as ./-
     path = Path(path)
+    # A pipe (bash's `--input <(...)`), a FIFO or a device is read as standard input is: one text a line.
+    lines = stdin or path.suffix.lower() == ".txt" or (path.exists() and not path.is_file() and not path.is_dir())
+    if pair_column is not None and lines:
+        raise DataError(f"--text_pair_column reads pairs from a data file with both columns (.jsonl, .json, .csv, "
+                        f".tsv, .parquet); '{'-' if stdin else path}' holds one text a line.")
     if not stdin and path.is_dir():
         raise DataError(f"--input '{path}' is a folder. Pass a file of texts: {kinds}, or - for standard input.")
     if not stdin and not path.exists():
         raise DataError(f"--input '{path}' does not exist. Check the path.")
-    # A pipe (bash's `--input <(...)`), a FIFO or a device is read as standard input is: one text a line.
-    lines = stdin or not path.is_file() or path.suffix.lower() == ".txt"
     if not lines and path.suffix.lower() not in FORMATS:
         raise DataError(f"--input '{path}' has extension '{path.suffix}', which predict cannot read. Use {kinds}.")
-    if pair_column is not None and lines:
-        raise DataError(f"--text_pair_column reads pairs from a data file with both columns (.jsonl, .json, .csv, "
-                        f".tsv, .parquet); '{'-' if stdin else path}' holds one text a line.")
     if stdin:
         return _text_lines(sys.stdin.buffer, "Standard input")
     if lines:

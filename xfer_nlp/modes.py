@@ -250,8 +250,7 @@ def _check_local_model(path: Path) -> None:
                           "save_pretrained (safe_serialization) into one folder.")
 
 
-def looks_local(name: str) -> bool:
-    """A model name that is a path, not a Hub id (user/name): ./x, /x, ~/x, a/b/c, or one that exists."""
+def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
@@ -274,7 +273,7 @@ def split_export(config) -> tuple[Any, XferPooledConfig | None]:
 def build(cfg: RunConfig, label_names: tuple[str, ...]) -> Built:
     """The model and tokenizer for cfg.mode, with the right parameters frozen."""
     path = resolve_model_path(cfg.model_name_or_path)
-    if looks_local(path):
+    if _looks_local(path):
         _check_local_model(Path(path).expanduser())
     base, exported = split_export(_encoder_config(path, cfg.model_name_or_path))
     family = families.family_of(base.model_type, cfg.model_name_or_path)
