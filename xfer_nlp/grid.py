@@ -410,10 +410,12 @@ def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = Com
         bar.close()
         # The report covers the whole folder, this call's variants first: a grid built by several calls (probe and
         # finetune first, lora in a later session, the setfit peer's cells from benchmarks/) reads as one.
-        if main and failed and ran + skipped == 0 and not any(
-                runfolder.state(p.parent) == "finished" for p in (output_dir / "runs").glob(f"*/{runfolder.CELL}")):
-            raise XferError(_every_cell_failed(failed, output_dir))  # the report's "nothing finished" hid why
-        summary = write_report(output_dir, first=[c.variant.label for c in cells]) if main else ""
+        try:
+            summary = write_report(output_dir, first=[c.variant.label for c in cells]) if main else ""
+        except XferError:  # nothing finished: when every cell of this call failed, its "nothing to report" hid why
+            if failed and not ran and not skipped:
+                raise XferError(_every_cell_failed(failed, output_dir)) from None
+            raise
         if main:
             for cell in cells:  # every finished run's model card carries the comparison it was part of
                 out = Path(cell.config.output_dir)
