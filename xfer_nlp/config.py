@@ -358,16 +358,22 @@ def unused_settings(cfg: RunConfig) -> list[str]:
 SEED_MAX = 2**32 - 1
 
 
-def repo_id_problem(repo_id: str) -> str | None:
-    """What is wrong with a Hub repository id, in huggingface_hub's words; None for a valid one. Asked before a run
-    trains (a typo had surfaced only at the push, after training) and before push reaches the network."""
+def repo_id_problem(hub_model_id: str | None, output_dir: str | Path) -> str | None:
+    """What is wrong with the Hub repository a push would name (--hub_model_id, or without it the output folder's
+    name), in huggingface_hub's words; None for a valid one. Asked before a run trains (a typo had surfaced only at
+    the push, after training) and before push reaches the network."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    name = Path(str(output_dir)).name if hub_model_id is None else str(hub_model_id)
     try:
-        validate_repo_id(repo_id)
+        validate_repo_id(name)
     except HFValidationError as e:
-        return (f"--hub_model_id '{repo_id}' is not a Hub repository id: "
-                f"{str(e).replace(' Use `repo_type` argument if needed.', '')}")
+        if hub_model_id is None:
+            return (f"Without --hub_model_id, a push names the repository after the output folder, '{name}', which is "
+                    "not a Hub repository name (letters, digits, '-', '_' and '.', at most 96). Pass --hub_model_id "
+                    "user/name.")
+        why = str(e).replace(" Use `repo_type` argument if needed.", "")
+        return f"--hub_model_id '{name}' is not a Hub repository id: {why}"
     return None
 
 
@@ -448,12 +454,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if not spec.loop and (cfg.max_steps or cfg.eval_steps or cfg.early_stopping_patience):
         problems.append(f"--max_steps, --eval_steps and --early_stopping_patience do not apply to {cfg.mode}: its "
                         "head is fitted by L-BFGS, not stepped.")
-    if cfg.hub_model_id is not None and (problem := repo_id_problem(str(cfg.hub_model_id))):
+    if (cfg.push_to_hub or cfg.hub_model_id is not None) and (
+            problem := repo_id_problem(cfg.hub_model_id, cfg.output_dir)):
         problems.append(problem)
-    elif cfg.push_to_hub and cfg.hub_model_id is None and repo_id_problem(Path(str(cfg.output_dir)).name):
-        problems.append(f"--push_to_hub names the repository after the output folder, "
-                        f"'{Path(str(cfg.output_dir)).name}', which is not a Hub repository name (letters, digits, "
-                        "'-', '_' and '.', at most 96). Pass --hub_model_id user/name.")
     if (cfg.validation_file or cfg.test_file) and not cfg.train_file:
         problems.append("--validation_file and --test_file go with --train_file; for a folder or registry set use "
                         "--dataset_name.")

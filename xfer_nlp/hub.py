@@ -279,12 +279,8 @@ def push(output_dir: str | Path, hub_model_id: str | None = None, private: bool 
         record = read_results(output_dir)
     except XferError as e:
         raise PushError(str(e)) from None
-    if hub_model_id is not None and (problem := repo_id_problem(hub_model_id)):
+    if problem := repo_id_problem(hub_model_id, output_dir):
         raise PushError(problem)
-    if hub_model_id is None and repo_id_problem(output_dir.name):
-        raise PushError(f"The repository is named after the folder by default, and '{output_dir.name}' is not a Hub "
-                        "repository name (letters, digits, '-', '_' and '.', at most 96). Pass --hub_model_id "
-                        "user/name.")
     files = _files_to_push(output_dir, record)
     api = HfApi(token=token)
     retry = shlex.join(["xfer-nlp", "push", str(output_dir), "--hub_model_id", hub_model_id or "<user>/<name>"])
