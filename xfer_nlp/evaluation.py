@@ -225,11 +225,10 @@ def _split_of_the_run(model: str, cfg: RunConfig) -> tuple[dict, dict]:
 def _cut_as_the_run(model: str, config, overrides: dict, all_rows: bool) -> tuple[RunConfig, dict, dict]:
     """The evaluation's config, taking the run's cut of its own data and the columns it read there
     (_split_of_the_run) where no flag names them; that cut; and the flags given that cut the run's data otherwise."""
-    from .api import _config_from
-    from .config import RunConfig, with_options
+    from .config import RunConfig, resolve, with_options
 
-    with_options(config, overrides, EVALUATE_FIELDS, "evaluate, which scores a finished model")
-    cfg = _config_from(config, {**overrides, "mode": "probe"})  # probe: no training settings to require
+    applied = with_options(config, overrides, EVALUATE_FIELDS, "evaluate, which scores a finished model")
+    cfg = resolve(dataclasses.replace(applied, mode="probe"))  # probe: no training settings to require
     if all_rows and cfg.cv_folds:
         raise ConfigError("--all_rows scores every row and --cv_folds one fold of them: pass one of the two.")
     default = RunConfig()
@@ -240,7 +239,7 @@ def _cut_as_the_run(model: str, config, overrides: dict, all_rows: bool) -> tupl
         run_split = {k: v for k, v in run_split.items() if k not in ("cv_folds", "cv_fold")}
     as_the_run = {k: v for k, v in {**run_split, **columns}.items() if k not in given}
     if as_the_run:
-        cfg = _config_from(config, {**as_the_run, **overrides, "mode": "probe"})
+        cfg = resolve(dataclasses.replace(applied, **as_the_run, mode="probe"))
     return cfg, run_split, {k: v for k, v in run_split.items() if k in given and getattr(cfg, k) != v}
 
 
