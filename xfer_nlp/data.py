@@ -659,8 +659,8 @@ def iter_texts(path: str | Path, text_column: str = "text", pair_column: str | N
     # A pipe (bash's `--input <(...)`), a FIFO or a device is read as standard input is: one text a line.
     lines = stdin or path.suffix.lower() == ".txt" or (path.exists() and not path.is_file() and not path.is_dir())
     if pair_column is not None and lines:
-        raise DataError(f"--text_pair_column reads pairs from a data file with both columns (.jsonl, .json, .csv, "
-                        f".tsv, .parquet); '{'-' if stdin else path}' holds one text a line.")
+        raise DataError(f"--text_pair_column reads pairs from a data file with both columns ({', '.join(FORMATS)}); "
+                        f"'{'-' if stdin else path}' holds one text a line.")
     if not stdin and path.is_dir():
         raise DataError(f"--input '{path}' is a folder. Pass a file of texts: {kinds}, or - for standard input.")
     if not stdin and not path.exists():
