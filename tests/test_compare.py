@@ -68,6 +68,7 @@ def test_each_cell_is_named_in_the_trackers_by_its_grid_and_cell(tmp_path):
     ("probe,fintune", "Unknown mode 'fintune' in --modes (did you mean 'finetune'?)"),
     ("finetune[freeze_layers=four]", "freeze_layers=four is not a number"),
     ("probe,probe", "lists a variant twice"),
+    ("finetune[learning_rate=1e-4,learning_rate=2e-4]", "sets learning_rate twice"),  # one had silently won
 ])
 def test_bad_variants_fail_naming_the_key(spec, message):
     with pytest.raises(ConfigError) as e:

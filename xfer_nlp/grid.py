@@ -151,6 +151,9 @@ def parse_variants(spec: str) -> list[Variant]:
                 why = "is set by the grid itself" if key in GRID_OWNED else "is not a run option"
                 raise ConfigError(f"Variant '{item}': '{key}' {why}"
                                   f"{nearest(key, [f for f in FIELD_NAMES if f not in GRID_OWNED])}.")
+            if key in overrides:
+                raise ConfigError(f"Variant '{item}' sets {key} twice; keep one value (for two values, write two "
+                                  f"variants: {mode}[{key}=a],{mode}[{key}=b]).")
             overrides[key] = _typed(key, value.strip())
         variants.append(Variant(item, mode, overrides))
     labels = [v.label for v in variants]
