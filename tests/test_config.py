@@ -29,6 +29,16 @@ def test_unknown_yaml_key_suggests_nearest(tmp_path):
         parse_args(["--config", str(path)])
 
 
+def test_a_yaml_key_set_twice_is_named_with_its_line(tmp_path):
+    """PyYAML kept the last of the two and dropped the first silently."""
+    path = tmp_path / "c.yaml"
+    path.write_text("mode: lora\nlearning_rate: 1e-4\nlora_r: 4\nlearning_rate: 3e-4\n")
+    with pytest.raises(ConfigError, match=r"'learning_rate' is set twice; keep one of the two\n.*c\.yaml\", line 4"):
+        parse_args(["--config", str(path)])
+    path.write_text("mode: lora\nlora_r: 4\n")
+    assert parse_args(["--config", str(path)]).lora_r == 4
+
+
 def test_a_config_from_a_pipe_is_read_and_a_folder_named(tmp_path):
     """bash's `--config <(...)` (a pipe at /dev/fd/N) and a folder were both said not to exist."""
     import os

@@ -586,6 +586,22 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys and drops the other silently (a key added at the end of a copied
+    recipe YAML that already had it); YAML itself says a mapping's keys are unique, so a repeated one is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"'{key}' is set twice; keep one of the two",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path, known: tuple[str, ...] = FIELD_NAMES) -> dict[str, Any]:
     """Read a YAML config; unknown keys are errors that suggest the nearest field."""
     path = Path(path)
@@ -594,7 +610,8 @@ def load_yaml(path: str | Path, known: tuple[str, ...] = FIELD_NAMES) -> dict[st
     if not path.exists():  # a pipe (bash's `--config <(...)`) exists and is read as a file is
         raise ConfigError(f"Config file '{path}' does not exist. Pass --config with the path of a YAML file.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        with path.open(encoding="utf-8") as stream:  # a file, not its text: YAML's messages then name it
+            data = yaml.load(stream, Loader=_UniqueKeys) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"Config file '{path}' is not valid YAML: {e}") from None
     if not isinstance(data, dict):
