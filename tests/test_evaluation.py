@@ -173,6 +173,39 @@ def test_one_file_is_scored_on_the_runs_hold_out_or_on_every_row(tiny_run, tmp_p
                                                                   if r["label"] == 1])
 
 
+def test_a_folder_or_hub_dataset_of_evaluation_splits_alone_is_scored_as_it_is(tiny_run, tmp_path):
+    """A test set with no train beside it (a folder holding test.jsonl, a Hub dataset of one test split) was refused
+    as having no train file, though evaluate never trains."""
+    from datasets import Dataset
+
+    run = xfer_nlp.run(mode="probe", **tiny_run)
+    test_rows, more_rows = make_rows(40, 21), make_rows(24, 22)
+    folder = tmp_path / "test-only"
+    write_jsonl(folder / "test.jsonl", test_rows)
+    scored = xfer_nlp.evaluate(run.output_dir, dataset_name=str(folder), output_dir=str(tmp_path / "e1"))
+    assert scored.results["split_sizes"] == {"test": 40}
+    assert scored.results["data_notes"] == ["no train split: scoring test as it is"]
+    labels = [p["label"] for p in xfer_nlp.predict(run.output_dir, [r["text"] for r in test_rows])]
+    assert scored.metrics["test"]["accuracy"] == np.mean([p == str(r["label"]) for p, r in zip(labels, test_rows)])
+    # validation and test, and one class alone (a file of positive reviews): each scored, none held out
+    write_jsonl(folder / "validation.jsonl", [r for r in more_rows if r["label"] == 1])
+    both = xfer_nlp.evaluate(run.output_dir, dataset_name=str(folder), output_dir=str(tmp_path / "e2"))
+    assert both.results["split_sizes"] == {"validation": 12, "test": 40}
+    assert both.metrics["test"] == scored.metrics["test"]
+    # a folder laid out as a Hub dataset repository (the Hub id code path) with one labelled test split
+    repo = tmp_path / "user__test-only"
+    (repo / "data").mkdir(parents=True)
+    Dataset.from_list(test_rows).to_parquet(repo / "data" / "test-00000-of-00001.parquet")
+    hub = xfer_nlp.evaluate(run.output_dir, dataset_name=str(repo), output_dir=str(tmp_path / "e3"))
+    assert hub.metrics["test"] == scored.metrics["test"]
+    with pytest.raises(DataError, match="no train split for cross-validation"):
+        xfer_nlp.evaluate(run.output_dir, dataset_name=str(folder), cv_folds=2, output_dir=str(tmp_path / "e4"))
+    # a run still needs a train file, and says so
+    with pytest.raises(DataError, match=r"has no train file \(train.jsonl, train.csv, ...\); it holds: test.jsonl, "
+                                        r"validation.jsonl. Name the training file train.<ext>"):
+        xfer_nlp.run(mode="probe", **{**tiny_run, "dataset_name": str(folder), "output_dir": str(tmp_path / "r")})
+
+
 def test_a_run_scored_on_its_own_data_is_cut_as_the_run_cut_it(tiny_run, tmp_path):
     """A compare cell's seed (3 here) or cross-validation fold, not evaluate's defaults: scored on the run's own
     one-file data, its export is scored on exactly the rows the run held out, never on rows it trained on; a flag

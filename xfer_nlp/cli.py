@@ -338,7 +338,8 @@ def evaluate_command(argv: list[str]) -> int:
     parser = Parser(prog="xfer-nlp evaluate", allow_abbrev=False, description=(
         "Score an exported model on a dataset's validation (and test) split: writes evaluation.json (accuracy, "
         "macro-F1, per-class figures, confusion matrix, --metrics), predictions.jsonl and confusion_matrix.png. "
-        "The model's labels are matched to the data's by name."))
+        "The model's labels are matched to the data's by name. A folder of test.jsonl (or validation.jsonl) alone "
+        "is scored as it is."))
     _add_model_argument(parser)
     for f in dataclasses.fields(RunConfig):  # only the flags given are passed on: the rest keep evaluate's defaults
         if f.name not in EVALUATE_FIELDS:

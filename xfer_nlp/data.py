@@ -237,7 +237,7 @@ def _entries(folder: Path) -> list[Path]:
                         "that points to itself, or a folder without read permission).") from None
 
 
-def _find_split_files(folder: Path) -> dict[str, Path]:
+def _find_split_files(folder: Path, need_train: bool = True) -> dict[str, Path]:
     files = {}
     entries = _entries(folder)
     for split, names in SPLIT_NAMES.items():
@@ -247,10 +247,12 @@ def _find_split_files(folder: Path) -> dict[str, Path]:
                             "Keep one.")
         if found:
             files[split] = found[0]
-    if "train" not in files:
+    if "train" not in files and (need_train or not files):
         present = ", ".join(p.name for p in entries) or "nothing"
-        raise DataError(f"'{folder}' has no train file (train.jsonl, train.csv, ...); it holds: {present}. "
-                        "Name the training file train.<ext>, or pass the file itself as --dataset_name.")
+        wanted, fix = ("train file (train.jsonl, train.csv, ...)", "Name the training file train.<ext>") \
+            if need_train else ("split file (validation.jsonl, test.csv, ...)", "Name each file after its split")
+        raise DataError(f"'{folder}' has no {wanted}; it holds: {present}. {fix}, or pass the file itself as "
+                        "--dataset_name.")
     # A validation file named otherwise (validation_set.jsonl) was passed over without a word, and train held out.
     unread = [p.name for p in entries if p.suffix.lower() in FORMATS and p not in files.values()]
     if unread:
@@ -259,8 +261,9 @@ def _find_split_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | None, str, str, str]:
-    """Returns the raw splits, registry label names (if any), source, and text/label column names."""
+def _load_raw(cfg: RunConfig, need_train: bool) -> tuple[dict[str, Dataset], tuple[str, ...] | None, str, str, str]:
+    """Returns the raw splits, registry label names (if any), source, and text/label column names. Without
+    `need_train`, a folder or Hub dataset may hold evaluation splits alone (data that is only scored)."""
     name = cfg.dataset_name
     path = Path(name).expanduser()
     if cfg.train_file:
@@ -306,15 +309,15 @@ def _load_raw(cfg: RunConfig) -> tuple[dict[str, Dataset], tuple[str, ...] | Non
             hub["train"].features[entry.hub_label], "names") else entry.label_names
         return splits, names, f"hf:{entry.hub_id}", entry.hub_text, entry.hub_label
     if path.is_dir() and _is_hub_layout(path):
-        splits, names = _load_hub(str(path), cfg.dataset_config_name, cfg.label_column)
+        splits, names = _load_hub(str(path), cfg.dataset_config_name, cfg.label_column, need_train)
         return splits, names, str(path), cfg.text_column, cfg.label_column
     if path.is_dir():
-        return ({s: _read_file(p) for s, p in _find_split_files(path).items()}, None, str(path),
+        return ({s: _read_file(p) for s, p in _find_split_files(path, need_train).items()}, None, str(path),
                 cfg.text_column, cfg.label_column)
     if path.is_file():
         return {"train": _read_file(path)}, None, str(path), cfg.text_column, cfg.label_column
     if HUB_ID.fullmatch(name) and Path(name).suffix.lower() not in FORMATS:
-        splits, names = _load_hub(name, cfg.dataset_config_name, cfg.label_column)
+        splits, names = _load_hub(name, cfg.dataset_config_name, cfg.label_column, need_train)
         return splits, names, f"hf:{name}", cfg.text_column, cfg.label_column
     looks_like_path = "/" in name or Path(name).suffix.lower() in FORMATS
     if looks_like_path:
@@ -335,8 +338,8 @@ def _is_hub_layout(folder: Path) -> bool:
     return declares or (folder / "data").is_dir() and not any(p.suffix.lower() in FORMATS for p in folder.iterdir())
 
 
-def _load_hub(source: str, config_name: str | None,
-              label_column: str) -> tuple[dict[str, Dataset], tuple[str, ...] | None]:
+def _load_hub(source: str, config_name: str | None, label_column: str,
+              need_train: bool) -> tuple[dict[str, Dataset], tuple[str, ...] | None]:
     """Any dataset `datasets.load_dataset` reads: a Hub id (cached or online) or a folder laid out like one."""
     from datasets import load_dataset
 
@@ -357,19 +360,25 @@ def _load_hub(source: str, config_name: str | None,
         if found is not None and not (label_column in loaded[found].column_names
                                       and set(loaded[found][label_column]) == {-1}):
             splits[split] = loaded[found]
-    if "train" not in splits:
-        raise DataError(f"Dataset '{source}' has no train split (it has {', '.join(loaded)}). Pass a dataset with "
+    if "train" not in splits and (need_train or not splits):
+        kind = "train split" if need_train else "labelled split"
+        raise DataError(f"Dataset '{source}' has no {kind} (it has {', '.join(loaded)}). Pass a dataset with "
                         "one, or your own files with --train_file.")
-    feature = splits["train"].features.get(label_column)
+    feature = next(iter(splits.values())).features.get(label_column)  # train's where there is one
     return splits, tuple(feature.names) if hasattr(feature, "names") else None
 
 
 def _labels_to_ids(raw: dict[str, list], registry_names,
                    one_class_ok: bool = False) -> tuple[dict[str, list[int]], tuple[str, ...], list[str]]:
-    """Map each split's raw labels to ids 0..K-1 fixed by train; explain anything unusual. A single class is an
-    error unless `one_class_ok` (data that is only scored, never trained on)."""
+    """Map each split's raw labels to ids 0..K-1 fixed by train (by every split, for data that is only scored and
+    has no train); explain anything unusual. A single class is an error unless `one_class_ok` (data that is only
+    scored, never trained on)."""
     notes = []
-    train = raw["train"]
+
+    def classes_from(raw):
+        return raw["train"] if "train" in raw else [v for values in raw.values() for v in values]
+
+    train = classes_from(raw)
     # Every split's types, not train's alone: names in train and numbers in validation crashed the names' strip,
     # and a fractional validation label was truncated to a class id.
     kinds = {type(v) for values in raw.values() for v in values}
@@ -385,7 +394,7 @@ def _labels_to_ids(raw: dict[str, list], registry_names,
                         "(0, 1, ...) or a class name.")
     if kinds == {bool}:  # true/false labels: named as such, in the order of 0 and 1
         raw = {s: [str(v) for v in vs] for s, vs in raw.items()}
-        train, kinds = raw["train"], {str}
+        train, kinds = classes_from(raw), {str}
     if kinds <= {int, bool}:
         values = sorted(set(int(v) for v in train))
     elif kinds <= {int, float}:
@@ -400,7 +409,7 @@ def _labels_to_ids(raw: dict[str, list], registry_names,
         padded = sum(v != v.strip() for vs in raw.values() for v in vs)
         if padded:
             raw = {s: [v.strip() for v in vs] for s, vs in raw.items()}
-            train = raw["train"]
+            train = classes_from(raw)
             notes.append(f"stripped surrounding whitespace from {padded} label(s)")
             logger.warning("Stripped surrounding whitespace from %d string label(s) ('neg ' is 'neg').", padded)
         values = sorted(set(train))
@@ -524,10 +533,11 @@ DATA_FIELDS = ("dataset_name", "dataset_config_name", "data_dir", "train_file", 
                "text_column", "text_pair_column", "label_column", "validation_split_ratio", "cv_folds", "cv_fold")
 
 
-def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
+def load_text_data(cfg: RunConfig, hold_out: bool = True, scored_only: bool = False) -> TextData:
     """Read, clean and split the data named by the config. Data without a validation split gets a seeded stratified
-    hold-out of train; with `hold_out=False` (evaluate --all_rows) its rows become the validation split whole."""
-    raw, registry_names, source, text_col, label_col = _load_raw(cfg)
+    hold-out of train; with `hold_out=False` (evaluate --all_rows) its rows become the validation split whole.
+    `scored_only` (evaluate) takes a folder or Hub dataset of evaluation splits alone (test.jsonl), as they are."""
+    raw, registry_names, source, text_col, label_col = _load_raw(cfg, need_train=not scored_only)
     notes = []
     texts, labels = {}, {}
     pair_col = cfg.text_pair_column
@@ -559,12 +569,18 @@ def load_text_data(cfg: RunConfig, hold_out: bool = True) -> TextData:
                            what.replace("empty", "empty or whitespace-only"), split)
         texts[split] = [tuple(map(str, t[i])) if pair_col else str(t[i]) for i in keep]
         labels[split] = [y[i] for i in keep]
-    labels, names, label_notes = _labels_to_ids(labels, registry_names, one_class_ok=not hold_out)
+    labels, names, label_notes = _labels_to_ids(labels, registry_names,
+                                                one_class_ok=not hold_out or "train" not in texts)
     notes += label_notes
     if cfg.cv_folds:
+        if "train" not in texts:
+            raise DataError(f"'{source}' has no train split for cross-validation (--cv_folds) to cut folds from. "
+                            "Leave --cv_folds out to score its splits as they are.")
         notes.append(_test_fold(cfg, texts, labels, names, source))
 
-    if "validation" not in texts and not hold_out:
+    if "train" not in texts:
+        notes.append(f"no train split: scoring {' and '.join(texts)} as {'they are' if len(texts) > 1 else 'it is'}")
+    elif "validation" not in texts and not hold_out:
         texts["validation"], labels["validation"] = texts.pop("train"), labels.pop("train")
         notes.append(f"no validation split: scoring all {len(texts['validation'])} rows as validation")
     elif "validation" not in texts:

@@ -313,24 +313,24 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
             runfolder.invalidate(output_dir)
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
         logs.setup("xfer_nlp", output_dir / EVALUATE_LOG, accelerator.is_main_process)
-        data = load_text_data(cfg, hold_out=not all_rows)
+        data = load_text_data(cfg, hold_out=not all_rows, scored_only=True)
         notes = _say_how_cut(list(data.notes), cfg, run_split, otherwise)
         for note in notes:
             logger.info("Data: %s%s.", note, " (to score every row instead, --all_rows)"
                         if note.startswith("no validation split: held out") else "")
         tokenizer, classifier, reading = load_model(model)
+        splits = [s for s in data.splits if s != "train"]
         # The run's own reading of texts, unless this evaluation names another.
         if any(k in overrides for k in ("max_seq_length", "truncation", "head_tokens", "long_text", "chunk_stride")) \
                 or not (Path(model) / RESULTS).is_file():
             families.check_reach(classifier.config, cfg.max_seq_length, model)
-            reading, _ = batches.choose_reading(cfg, data.splits["validation"]["text"], tokenizer,
-                                                text_pairs(data.splits["validation"]))
+            reading, _ = batches.choose_reading(cfg, data.splits[splits[0]]["text"], tokenizer,
+                                                text_pairs(data.splits[splits[0]]))
         elif reading.pairs != (cfg.text_pair_column is not None):
             raise ConfigError(_pairs_mismatch(model, reading.pairs))
         logger.info("Reading texts: %s.", reading.describe())
         to_model = label_map(classifier.config.id2label, data.label_names)
         names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
-        splits = [s for s in data.splits if s != "train"]
         tokenized = batches.tokenize(DatasetDict({s: data.splits[s] for s in splits}), tokenizer, reading)
         collator = batches.make_collator(tokenizer, None, accelerator.device.type)
         scorer = Scorer(classifier.config.num_labels, cfg.metric_list)
