@@ -198,6 +198,12 @@ def test_a_folder_or_hub_dataset_of_evaluation_splits_alone_is_scored_as_it_is(t
     Dataset.from_list(test_rows).to_parquet(repo / "data" / "test-00000-of-00001.parquet")
     hub = xfer_nlp.evaluate(run.output_dir, dataset_name=str(repo), output_dir=str(tmp_path / "e3"))
     assert hub.metrics["test"] == scored.metrics["test"]
+    # the file itself, as run_glue's flags name it: --test_file (or --validation_file) with no --train_file
+    alone = xfer_nlp.evaluate(run.output_dir, test_file=str(folder / "test.jsonl"), output_dir=str(tmp_path / "e5"))
+    assert alone.metrics["test"] == scored.metrics["test"] and alone.results["dataset"] == str(folder / "test.jsonl")
+    with pytest.raises(DataError, match="--validation_file and --test_file go with --train_file"):
+        xfer_nlp.run(mode="probe", **{**tiny_run, "test_file": str(folder / "test.jsonl"),
+                                      "output_dir": str(tmp_path / "r0")})
     with pytest.raises(DataError, match="no train split for cross-validation"):
         xfer_nlp.evaluate(run.output_dir, dataset_name=str(folder), cv_folds=2, output_dir=str(tmp_path / "e4"))
     # a run still needs a train file, and says so

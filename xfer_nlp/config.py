@@ -457,9 +457,6 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if (cfg.push_to_hub or cfg.hub_model_id is not None) and (
             problem := repo_id_problem(cfg.hub_model_id, cfg.output_dir)):
         problems.append(problem)
-    if (cfg.validation_file or cfg.test_file) and not cfg.train_file:
-        problems.append("--validation_file and --test_file go with --train_file; for a folder or registry set use "
-                        "--dataset_name.")
     if cfg.metric_for_best_model not in BEST_METRICS and not cfg.metrics.strip():  # else checked once they load
         problems.append(f"--metric_for_best_model '{cfg.metric_for_best_model}'"
                         f"{nearest(cfg.metric_for_best_model, BEST_METRICS)} is not a computed metric; choose one of "

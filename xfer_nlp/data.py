@@ -266,8 +266,11 @@ def _load_raw(cfg: RunConfig, need_train: bool) -> tuple[dict[str, Dataset], tup
     `need_train`, a folder or Hub dataset may hold evaluation splits alone (data that is only scored)."""
     name = cfg.dataset_name
     path = Path(name).expanduser()
-    if cfg.train_file:
-        given = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
+    given = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}
+    if any(given.values()):
+        if need_train and not cfg.train_file:
+            raise DataError("--validation_file and --test_file go with --train_file; for a folder or registry set "
+                            "use --dataset_name. (xfer-nlp evaluate takes either alone.)")
         files = {s: Path(f).expanduser() for s, f in given.items() if f}
         for split, f in files.items():
             if f.is_dir():
@@ -276,7 +279,7 @@ def _load_raw(cfg: RunConfig, need_train: bool) -> tuple[dict[str, Dataset], tup
             if not f.is_file():
                 raise DataError(f"--{split}_file '{f}' does not exist. Check the path.")
         if name != RunConfig().dataset_name:  # a recipe's YAML may name one that the command line's file replaces
-            logger.warning("--train_file replaces --dataset_name: '%s' is not read.", name)
+            logger.warning("--%s_file replaces --dataset_name: '%s' is not read.", next(iter(files)), name)
         # The files themselves, not their folder: a message about a column names the file to fix.
         return ({s: _read_file(f) for s, f in files.items()}, None, ", ".join(map(str, files.values())),
                 cfg.text_column, cfg.label_column)

@@ -303,8 +303,9 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
     model = os.path.expanduser(model)  # ~/runs/x from Python; a Hub id is left as it is
     check_model_folder(model)
     cfg, run_split, otherwise = _cut_as_the_run(model, config, overrides, all_rows)
+    dataset = cfg.train_file or cfg.validation_file or cfg.test_file or cfg.dataset_name
     if not (overrides.get("output_dir") or (config and config.output_dir)):  # not a run's runs/<data>-<mode>
-        data = Path(str(cfg.train_file or cfg.dataset_name)).stem
+        data = Path(str(dataset)).stem
         cfg = dataclasses.replace(cfg, output_dir=str(Path("runs") / f"{Path(model.rstrip('/')).name}-on-{data}"))
     output_dir = Path(cfg.output_dir)
     runfolder.check(output_dir, cfg.overwrite_output_dir, None)
@@ -344,7 +345,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
             metrics[split] = scorer(logits.argmax(-1).numpy(), labels.numpy())
             logger.info("%s: accuracy %.4f, macro-F1 %.4f on %d examples.", split, metrics[split]["accuracy"],
                         metrics[split]["macro_f1"], len(labels))
-        results = {"evaluated": model, "dataset": cfg.train_file or cfg.dataset_name, "data_source": data.source,
+        results = {"evaluated": model, "dataset": dataset, "data_source": data.source,
                    "label_names": names, "split_sizes": {s: len(data.splits[s]) for s in splits},
                    "data_notes": notes, "metrics": metrics,
                    "reading": dataclasses.asdict(reading),
