@@ -167,8 +167,8 @@ def tiny_run(tiny_model_dir, tiny_data_dir, tmp_path):
 
 def tiny_configs():
     """One tiny config per encoder family xfer_nlp supports: hidden 32, 2 layers, the tiny vocab, [PAD] = 0."""
-    from transformers import (AlbertConfig, BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, MPNetConfig,
-                              ModernBertConfig, RobertaConfig, XLMRobertaConfig)
+    from transformers import (AlbertConfig, BertConfig, CamembertConfig, DebertaConfig, DebertaV2Config, DistilBertConfig,
+                              ElectraConfig, MPNetConfig, ModernBertConfig, RobertaConfig, XLMRobertaConfig)
 
     v = len(VOCAB)
     common = dict(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -177,12 +177,16 @@ def tiny_configs():
         "bert": BertConfig(**common),
         "roberta": RobertaConfig(**common),
         "xlm-roberta": XLMRobertaConfig(**common),
+        "camembert": CamembertConfig(**common),
         "distilbert": DistilBertConfig(vocab_size=v, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
                                        max_position_embeddings=160, pad_token_id=0),
         "albert": AlbertConfig(**common, embedding_size=16),
         "electra": ElectraConfig(**common, embedding_size=16),
         "deberta-v2": DebertaV2Config(**common, relative_attention=True, position_biased_input=False,
                                       pos_att_type=["p2c", "c2p"], max_relative_positions=16),
+        # as microsoft/deberta-base: relative positions only, query, key and value in one projection
+        "deberta": DebertaConfig(**common, relative_attention=True, position_biased_input=False,
+                                 pos_att_type=["p2c", "c2p"], max_relative_positions=16),
         "mpnet": MPNetConfig(**common),
         "modernbert": ModernBertConfig(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                        intermediate_size=64, max_position_embeddings=160, pad_token_id=0,

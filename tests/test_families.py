@@ -162,6 +162,35 @@ def test_each_family_s_encoder_blocks_are_found_for_fsdp_to_shard_one_by_one(enc
             assert layered and layered <= inside, (family, mode, sorted(layered - inside)[:3])
 
 
+def test_deberta_v1_runs_in_fp32_under_auto_and_refuses_autocast_when_asked(encoders, tiny_data_dir, tmp_path,
+                                                                            monkeypatch):
+    """DeBERTa (v1) fails at its first forward under bf16 or fp16 autocast (transformers issue 35332): auto chose bf16
+    for fine-tuning on a CPU with native bf16 and for predict, and the run ended in a RuntimeError mid-step."""
+    from xfer_nlp import precision
+    from xfer_nlp.errors import ConfigError
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # what auto chooses on AMX or AVX512-BF16 CPUs
+    model = str(encoders["deberta"])
+    assert precision.resolve_precision("auto", "finetune", str(encoders["deberta-v2"])) == "bf16"
+    assert precision.resolve_precision("auto", "finetune", model) == "no"
+    kw = dict(model_name_or_path=model, dataset_name=str(tiny_data_dir), max_seq_length=32, max_steps=2)
+    for asked in ("bf16", "fp16"):
+        with pytest.raises(ConfigError, match=rf"is a DeBERTa \(v1\) model, which fails under {asked} autocast.*"
+                                              r"--mixed_precision no"):
+            xfer_nlp.run(mode="finetune", mixed_precision=asked, output_dir=str(tmp_path / asked), **kw)
+        assert not (tmp_path / asked).exists()  # refused before the folder is made
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # `accelerate launch --mixed_precision bf16`
+    with pytest.raises(ConfigError, match="fails under bf16 autocast"):
+        precision.resolve_precision("auto", "finetune", model)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    result = xfer_nlp.run(mode="finetune", output_dir=str(tmp_path / "auto"), **kw)
+    assert result.results["mixed_precision"] == "no"
+    monkeypatch.setattr(xfer_nlp.api, "bf16_is_native", lambda device: True)
+    assert xfer_nlp.Predictor(result.output_dir, precision="auto").precision == "fp32"
+    with pytest.raises(ConfigError, match="fails under bf16 autocast"):
+        xfer_nlp.Predictor(result.output_dir, precision="bf16")
+
+
 def test_unknown_architecture_is_one_clear_message(tmp_path):
     from transformers import GPT2Config, GPT2Model
 

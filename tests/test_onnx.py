@@ -81,7 +81,7 @@ def test_the_cli_exports_and_predicts_with_onnx_and_names_each_mistake(tiny_run,
     assert broken.returncode == 2 and "not a loadable ONNX model" in broken.stderr
 
 
-@pytest.mark.parametrize("family", ["distilbert", "albert", "electra", "deberta-v2", "mpnet", "modernbert",
+@pytest.mark.parametrize("family", ["distilbert", "albert", "electra", "deberta", "deberta-v2", "mpnet", "modernbert",
                                     "xlm-roberta"])  # BERT and RoBERTa above
 def test_every_family_s_stock_classifier_exports_to_onnx_with_torch_s_labels(family, tiny_run, tmp_path):
     """Each family's own attention (DeBERTa's relative positions, ModernBERT's local windows, ALBERT's shared

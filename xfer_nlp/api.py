@@ -174,6 +174,7 @@ def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunRes
     cfg = _config_from(config, overrides)
     _refuse_deepspeed()
     _check_one_gpu_each()
+    precision = resolve_precision(cfg.mixed_precision, cfg.mode, cfg.model_name_or_path)  # may refuse the model
     output_dir = Path(cfg.output_dir)
     # Accelerate picks gloo DDP only when told cpu=True; a torchrun-style launch (`accelerate launch --multi_gpu`,
     # `torchrun`) on a machine without CUDA would otherwise run each process alone.
@@ -193,7 +194,6 @@ def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunRes
     # Accelerate keeps one process-wide state; each run() (a notebook, a compare grid) sets its own precision.
     # PartialState, which holds the process group, is kept.
     AcceleratorState._reset_state()
-    precision = resolve_precision(cfg.mixed_precision, cfg.mode, cfg.model_name_or_path)
     accelerator = Accelerator(cpu=multi_cpu, mixed_precision=precision, kwargs_handlers=ddp,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               log_with=trackers or None, project_dir=str(output_dir))
@@ -458,8 +458,11 @@ class Predictor:
         else:
             self.tokenizer, self.classifier, self.reading = load_model(model)
             config, self.device = self.classifier.config, self.classifier.device.type
+            refusal = families.autocast_refusal(config, str(model), "bf16")
             if precision == "auto":
-                precision = "bf16" if bf16_is_native(self.device) else "fp32"
+                precision = "bf16" if bf16_is_native(self.device) and not refusal else "fp32"
+            elif precision == "bf16" and refusal:
+                raise ConfigError(refusal)
         self.precision = precision
         # A run's export says whether it reads pairs; another model reads whichever it is given.
         self.pairs = self.reading.pairs if runfolder.recorded(Path(model), "reading") else None

@@ -38,6 +38,7 @@ class Family:
     lora_targets: str = r".*\.(query|key|value|dense)"  # default LoRA target modules (a peft full-match regex)
     token_types: bool = True  # whether its models take token_type_ids
     position_offset: bool = False  # positions start after the padding index (RoBERTa's scheme)
+    autocast: bool = True  # whether its transformers forward runs under bf16/fp16 autocast
 
     def max_length(self, config) -> int | None:
         """The longest input its position embeddings cover; None where positions are relative only."""
@@ -52,7 +53,7 @@ class Family:
 FAMILIES = (
     Family("BERT", ("bert",), "bert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier", top=("bert.pooler",),
            lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
-    Family("RoBERTa / XLM-R", ("roberta", "xlm-roberta"), "roberta", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
+    Family("RoBERTa / XLM-R / CamemBERT", ("roberta", "xlm-roberta", "camembert"), "roberta", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
            "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)",
            position_offset=True),
     Family("DistilBERT", ("distilbert",), "distilbert", r"\.transformer\.layer\.(\d+)\.", ("pre_classifier", "classifier"),
@@ -65,6 +66,11 @@ FAMILIES = (
            lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
     Family("DeBERTa-v2 / v3", ("deberta-v2",), "deberta", r"\.encoder\.layer\.(\d+)\.", ("pooler", "classifier"), "classifier",
            lora_targets=r".*encoder\.layer\.\d+\..*(query_proj|key_proj|value_proj|dense)"),
+    # DeBERTa (v1) projects query, key and value in one in_proj. Under autocast its attention masks bf16/fp16 scores
+    # with the fp32 minimum, which they cannot hold: "value cannot be converted to type c10::BFloat16 without
+    # overflow" at the first forward (transformers issue 35332, unfixed in the transformers 5 this runs on).
+    Family("DeBERTa (v1)", ("deberta",), "deberta", r"\.encoder\.layer\.(\d+)\.", ("pooler", "classifier"), "classifier",
+           lora_targets=r".*encoder\.layer\.\d+\..*(in_proj|dense)", autocast=False),
     Family("MPNet", ("mpnet",), "mpnet", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
            lora_targets=r".*encoder\.layer\.\d+\..*(attn\.q|attn\.k|attn\.v|attn\.o|dense)", token_types=False,
            position_offset=True),
@@ -90,6 +96,18 @@ def position_limit(config) -> int | None:
     config = config.encoder if config.model_type == XferPooledConfig.model_type else config
     family = BY_TYPE.get(config.model_type)
     return family.max_length(config) if family else getattr(config, "max_position_embeddings", None)
+
+
+def autocast_refusal(config, source: str, asked: str) -> str | None:
+    """Why `asked` (bf16 or fp16 autocast, or a launch's mixed precision) cannot run a model of this config's family;
+    None where it can."""
+    config = config.encoder if config.model_type == XferPooledConfig.model_type else config
+    family = BY_TYPE.get(config.model_type)
+    if family is None or family.autocast:
+        return None
+    return (f"'{source}' is a {family.name} model, which fails under {asked} autocast in transformers (its attention "
+            "fills masked bf16/fp16 scores with the fp32 minimum, which overflows them: transformers issue 35332). "
+            "Run it in fp32: --mixed_precision no (predict: --precision fp32).")
 
 
 def check_reach(config, max_seq_length: int, source: str) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError
+from .families import autocast_refusal
 from .modes import MODES, resolve_model_path, split_export
 
 # On GPUs, batch-32 steps of small encoders are bound by kernel launches and autocast's casts only add launches, so
@@ -84,16 +86,29 @@ def bf16_is_native(device: str) -> bool:
     return torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
 
 
-def encoder_parameters(model_name_or_path: str) -> int | None:
-    """The encoder's parameter count from its config alone (built on the meta device: no weights read or held)."""
-    from transformers import AutoConfig, AutoModel
+def encoder_config(model_name_or_path: str):
+    """The encoder's config (an earlier run's pooled export: its encoder's); None for an unreadable model, whose
+    loader names the problem a moment later."""
+    from transformers import AutoConfig
 
     try:
-        config, _ = split_export(AutoConfig.from_pretrained(resolve_model_path(model_name_or_path)))
+        return split_export(AutoConfig.from_pretrained(resolve_model_path(model_name_or_path)))[0]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def encoder_parameters(model_name_or_path: str) -> int | None:
+    """The encoder's parameter count from its config alone (built on the meta device: no weights read or held)."""
+    from transformers import AutoModel
+
+    config = encoder_config(model_name_or_path)
+    if config is None:
+        return None
+    try:
         with torch.device("meta"):
             return sum(p.numel() for p in AutoModel.from_config(config).parameters())
-    except (OSError, ValueError, KeyError):
-        return None  # an unreadable model: its loader names the problem a moment later
+    except (ValueError, KeyError):
+        return None
 
 
 def resolve_precision(requested: str, mode: str, model_name_or_path: str) -> str:
@@ -102,7 +117,19 @@ def resolve_precision(requested: str, mode: str, model_name_or_path: str) -> str
     That is bf16 on CPUs that compute it natively, bf16 on bf16 GPUs for encoders of GPU_BF16_MIN_PARAMS or more,
     and fp32 (no) otherwise. A mode without a training loop (the probe) stays in fp32 under auto: its features are
     the whole model, and fp32 keeps its reported accuracy exactly what the exported model computes in `pipeline()`.
+    A family that fails under autocast (families.Family.autocast) gets fp32 from auto, and bf16 or fp16 asked for
+    by flag or launch is refused before anything loads.
     """
+    chosen = _choose(requested, mode, model_name_or_path)
+    if chosen in ("bf16", "fp16") and (config := encoder_config(model_name_or_path)) is not None \
+            and (refusal := autocast_refusal(config, model_name_or_path, chosen)):
+        if requested == "auto" and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "no":
+            return "no"
+        raise ConfigError(refusal)
+    return chosen
+
+
+def _choose(requested: str, mode: str, model_name_or_path: str) -> str:
     if requested != "auto":
         return requested
     if not MODES[mode].loop:
