@@ -8,6 +8,7 @@ import pytest
 from conftest import launch_env, make_rows, tiny_configs, save_tiny_encoder
 
 import xfer_nlp
+from xfer_nlp.errors import ConfigError
 from xfer_nlp.onnx_export import export_onnx
 
 pytest.importorskip("onnxruntime")
@@ -94,3 +95,17 @@ def test_every_family_s_stock_classifier_exports_to_onnx_with_torch_s_labels(fam
     assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(onnx_rows, torch_rows)) < 1e-4
     assert len({round(r["score"], 6) for r in torch_rows}) > 10  # the scores vary by text: the comparison can fail
+
+
+def test_a_model_the_exporter_cannot_trace_is_one_message_and_nothing_is_written(tiny_run, tmp_path):
+    """Longformer's windowed attention has data-dependent shapes that torch.export cannot trace: the export ended
+    in torch's own GuardOnDataDependentSymNode traceback."""
+    model = save_tiny_encoder(tiny_configs()["longformer"], tmp_path / "longformer")
+    out = xfer_nlp.run(mode="finetune", max_steps=2, **dict(tiny_run, model_name_or_path=str(model))).output_dir
+    with pytest.raises(ConfigError, match=r"torch's ONNX exporter could not trace '.*' "
+                                          r"\(LongformerForSequenceClassification\): \w+: .*Nothing was written\."):
+        export_onnx(out)
+    assert not (out / "onnx").exists() or not any((out / "onnx").iterdir())
+    record = json.loads((out / "results.json").read_text())
+    assert record.get("onnx") is None and not any("onnx" in f for f in record.get("files") or [])
+    assert xfer_nlp.predict(out, ["good film"])[0]["label"] in ("0", "1")

@@ -56,6 +56,10 @@ FAMILIES = (
     Family("RoBERTa / XLM-R / CamemBERT", ("roberta", "xlm-roberta", "camembert"), "roberta", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
            "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)",
            position_offset=True),
+    # Longformer reads long documents (4,096 tokens) in local windows, with global attention on the first token.
+    Family("Longformer", ("longformer",), "longformer", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
+           "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|_global|dense)",
+           position_offset=True),
     Family("DistilBERT", ("distilbert",), "distilbert", r"\.transformer\.layer\.(\d+)\.", ("pre_classifier", "classifier"),
            "classifier", lora_targets=r".*transformer\.layer\.\d+\..*(q_lin|k_lin|v_lin|out_lin|lin1|lin2)",
            token_types=False),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -109,10 +110,19 @@ def export_onnx(model: str | Path, output: str | Path | None = None, opset: int 
     with disk_full_explained(output.parent, f"the ONNX model to {output}",
                              "Nothing was written. Free space, or pass --output on another disk."):
         try:
-            with torch.no_grad(), _exporter_quiet():
-                program = torch.onnx.export(classifier, (), kwargs={k: sample[k] for k in names}, input_names=names,
-                                            output_names=["logits"], opset_version=opset, dynamo=True,
-                                            dynamic_shapes={k: {0: batch, 1: sequence} for k in names}, verbose=False)
+            try:
+                with torch.no_grad(), _exporter_quiet():
+                    program = torch.onnx.export(classifier, (), kwargs={k: sample[k] for k in names},
+                                                input_names=names, output_names=["logits"], opset_version=opset,
+                                                dynamo=True, dynamic_shapes={k: {0: batch, 1: sequence} for k in names},
+                                                verbose=False)
+            except Exception as e:  # torch.export's many kinds: data-dependent shapes, unsupported ops, guards
+                while e.__cause__ is not None:  # the exporter wraps torch.export's own error in its step list
+                    e = e.__cause__
+                why = (re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines() or [""])[0][:300]
+                raise ConfigError(f"torch's ONNX exporter could not trace '{model}' ({type(classifier).__name__}): "
+                                  f"{type(e).__name__}: {why.rstrip('.')}. Nothing was written. Its torch model predicts as "
+                                  "before (xfer-nlp predict without --backend onnx).") from None
             program.save(str(staging), external_data=False)
             diff = _check(staging, tokenizer, classifier, reading.max_length, names)
             os.replace(staging, output)
