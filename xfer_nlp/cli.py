@@ -250,7 +250,8 @@ def predict_command(argv: list[str]) -> int:
     parser.add_argument("--batch_size", type=int, default=64, help="At most this many texts per forward pass.")
     parser.add_argument("--precision", choices=PREDICT_PRECISIONS, default="fp32", help=(
         "fp32: exactly the scores the run reported and pipeline() computes; bf16: faster where the hardware has "
-        "native bf16 (scores within bf16 rounding, a near-tie label can flip); auto: bf16 where native, else fp32."))
+        "native bf16 (scores within bf16 rounding, a near-tie label can flip); auto: bf16 where native, else fp32 "
+        "(and fp32 for DeBERTa v1, which fails under bf16 autocast)."))
     parser.add_argument("--backend", choices=PREDICT_BACKENDS, default="torch", help=(
         "torch: the exported model; onnx: MODEL/onnx/model.onnx through onnxruntime (make it with "
         "`xfer-nlp export MODEL --format onnx`; fp32)."))

@@ -247,7 +247,7 @@ class RunConfig:
                               "set, else what measured fastest: bf16 on CPUs with AVX512-BF16 or AMX (about 2x "
                               "faster at the same accuracy) and on bf16 GPUs for encoders of 100M parameters or "
                               "more; fp32 (no) otherwise, as for the embedded MiniLM on a GPU, whose small steps "
-                              "bf16's casts only slow down.",
+                              "bf16's casts only slow down, and for DeBERTa v1, which fails under autocast.",
                               choices=("auto", "no", "fp16", "bf16"))
     torch_compile: str = _f("no", "finetune/scratch/lora on a CUDA GPU: compile the training step into CUDA graphs, "
                             "so a small encoder's step stops waiting on the host to launch each kernel. cudagraphs: "
