@@ -267,7 +267,8 @@ def test_predict_reads_a_pipe_as_lines_and_names_a_folder_or_an_unknown_kind(tin
     assert [row.split("\t")[2] for row in capsys.readouterr().out.splitlines()] == ["a good film", "a dull film"]
 
     (tmp_path / "texts").write_text("a good film\n")
-    kinds = ".txt (one text a line) or a data file with a text column (.jsonl, .json, .csv, .tsv, .parquet)"
+    kinds = (".txt (one text a line) or a data file with a text column (.jsonl, .json, .csv, .tsv, .parquet), the text "
+             "ones also compressed (.gz, .bz2, .xz)")
     for given, said in ((tmp_path, f"--input '{tmp_path}' is a folder. Pass a file of texts: {kinds}, or - for "
                                    "standard input."),
                         (tmp_path / "texts", f"--input '{tmp_path / 'texts'}' has extension '', which predict cannot "

@@ -50,6 +50,58 @@ def test_each_format_loads(tmp_path, fmt):
     assert list(iter_texts(path)) == [r["text"] for r in rows]  # predict --input reads the same file, streamed
 
 
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_a_compressed_text_file_reads_as_the_file_itself(tmp_path, compression):
+    """reviews.jsonl.gz was refused for its extension, though datasets reads it; the checks read it decompressed
+    (a TSV's quoting, UTF-8, a byte-order mark), predict --input streams it, and a folder's split files may be so."""
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {"gz": gzip.open, "bz2": bz2.open, "xz": lzma.open}[compression]
+    rows, more = make_rows(40, 0), make_rows(20, 1)
+    plain = write_jsonl(tmp_path / "plain" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "plain" / "validation.jsonl", more)
+    folder = tmp_path / "packed"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        with opener(folder / f"{split}.jsonl.{compression}", "wb") as f:
+            f.write(b"\xef\xbb\xbf" + (tmp_path / "plain" / f"{split}.jsonl").read_bytes())  # a BOM, read past
+    packed, unpacked = load(folder), load(plain.parent)
+    for split in ("train", "validation"):
+        assert packed.splits[split].to_list() == unpacked.splits[split].to_list()
+    tsv = write_table(tmp_path / "glue.tsv", [{"text": '"Great" film, really', "label": 1}] + rows, "\t")
+    with opener(tmp_path / f"glue.tsv.{compression}", "wb") as f:
+        f.write(tsv.read_bytes())
+    glue = load(tmp_path / f"glue.tsv.{compression}").splits
+    assert '"Great" film, really' in glue["train"]["text"][:] + glue["validation"]["text"][:]  # quotes kept
+    assert list(iter_texts(folder / f"train.jsonl.{compression}")) == [r["text"] for r in rows]
+    with opener(tmp_path / f"texts.txt.{compression}", "wb") as f:
+        f.write(b"good film\n\nbad film\n")
+    assert list(iter_texts(tmp_path / f"texts.txt.{compression}")) == ["good film", "bad film"]
+    # cut short (a download that stopped), or not compressed at all: one message, before datasets reads it
+    whole = (folder / f"train.jsonl.{compression}").read_bytes()
+    (tmp_path / f"cut.jsonl.{compression}").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / f"plain.jsonl.{compression}").write_bytes(plain.read_bytes())
+    for name in ("cut", "plain"):
+        with pytest.raises(DataError, match=rf"'.*{name}\.jsonl\.{compression}' cannot be decompressed as its name "
+                                            rf"says \(\.{compression}\): .*Check that the file is whole"):
+            load(tmp_path / f"{name}.jsonl.{compression}")
+
+
+def test_a_compressed_parquet_or_an_unknown_format_inside_is_named(tmp_path):
+    import gzip
+
+    (tmp_path / "t.parquet.gz").write_bytes(gzip.compress(parquet_bytes({"text": ["a", "b"], "label": [0, 1]})))
+    with pytest.raises(DataError, match="is a compressed Parquet file; Parquet compresses inside the file"):
+        load(tmp_path / "t.parquet.gz")
+    (tmp_path / "t.xlsx.gz").write_bytes(gzip.compress(b"x"))
+    with pytest.raises(DataError, match=r"has extension '\.xlsx', which xfer_nlp cannot read\. Use one of \.jsonl, "
+                                        r"\.json, \.csv, \.tsv, \.parquet, the text ones also compressed \(\.gz, "
+                                        r"\.bz2, \.xz\)"):
+        load(tmp_path / "t.xlsx.gz")
+
+
 def test_a_tsv_reads_its_texts_as_written_whether_it_quotes_or_not(tmp_path, caplog):
     """A TSV that quotes nothing (GLUE's) had its texts' leading quotes read as CSV quoting: '"Great" film, really'
     reached the model as 'Great film, really'. One written by pandas, which quotes, reads as before."""

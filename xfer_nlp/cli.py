@@ -231,7 +231,8 @@ def predict_command(argv: list[str]) -> int:
     parser = Parser(prog="xfer-nlp predict", description="Label texts with an exported model.")
     parser.add_argument("texts", nargs="*", help="Texts to label (or use --input).")
     parser.add_argument("--model", help=MODEL_HELP + " Required: the positional arguments are the texts.")
-    parser.add_argument("--input", help="File of texts: .txt (one a line), .jsonl, .json, .csv, .tsv or .parquet; "
+    parser.add_argument("--input", help="File of texts: .txt (one a line), .jsonl, .json, .csv, .tsv or .parquet, "
+                                        "the text ones also as .gz, .bz2 or .xz (texts.txt.gz); "
                                         "- reads standard input, one text a line (`cut -f2 data.tsv | xfer-nlp "
                                         "predict --model RUN_DIR --input -`), as it reads a pipe such as bash's "
                                         "`--input <(zcat texts.gz)`.")

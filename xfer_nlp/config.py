@@ -88,7 +88,7 @@ class RunConfig:
     dataset_name: str = _f("sst2", "A registry name (sst2, sst5, mr, subj, trec, polarity2k), any Hub dataset id (user/name, "
                            "through datasets.load_dataset; cached copies work offline), a folder with "
                            "train/validation/test files or laid out as a Hub dataset repository, or one file "
-                           "(.jsonl, .json, .csv, .tsv, .parquet).")
+                           "(.jsonl, .json, .csv, .tsv, .parquet; the text ones also as .gz, .bz2 or .xz).")
     dataset_config_name: Optional[str] = _f(None, "The configuration of a Hub dataset (datasets.load_dataset's "
                                             "second argument), e.g. 'sst2' for nyu-mll/glue.")
     train_file: Optional[str] = _f(None, "A training data file (as run_glue spells it); replaces --dataset_name.")

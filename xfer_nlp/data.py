@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import csv
 import errno
+import gzip
 import json
 import logging
+import lzma
 import math
 import os
 import re
@@ -53,6 +56,35 @@ REGISTRY = {
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded"  # data that ships inside the package
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+# A text format may come compressed (reviews.jsonl.gz, texts.txt.xz): datasets decompresses it as it reads, and the
+# checks here read through the same decompression. Parquet compresses inside the file.
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def file_kind(path: Path) -> tuple[str, str | None]:
+    """A data file's format suffix and its compression's: reviews.jsonl.gz -> (".jsonl", ".gz"), a.csv -> (".csv",
+    None). Lower case, as the formats are matched."""
+    name = path.name.lower()
+    compression = next((c for c in COMPRESSIONS if name.endswith(c)), None)
+    return Path(name[: -len(compression)] if compression else name).suffix, compression
+
+
+def _split_stem(path: Path) -> str:
+    """The name a split file is known by: train for train.jsonl and train.jsonl.gz."""
+    name = path.name.lower()
+    compression = file_kind(path)[1]
+    return Path(name[: -len(compression)] if compression else name).stem
+
+
+def open_binary(path: Path):
+    """The file's bytes, decompressed where its name says it is compressed."""
+    compression = file_kind(path)[1]
+    return COMPRESSIONS[compression](path, "rb") if compression else path.open("rb")
+
+
+# What a damaged compressed file raises on reading: gzip's BadGzipFile and bz2's "Invalid data stream" are OSErrors,
+# a cut-short file an EOFError.
+DECOMPRESSION_ERRORS = (OSError, EOFError, lzma.LZMAError)
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
 
 
@@ -106,20 +138,36 @@ class _TsvQuotes:
 def _check_file(path: Path) -> tuple[str, dict]:
     """Cheap checks before `datasets` sees the file; returns the datasets builder name and its reading options.
     The file is read in blocks, so checking a file of millions of rows holds one block, not the file."""
-    builder = FORMATS.get(path.suffix.lower())
+    suffix, compression = file_kind(path)
+    builder = FORMATS.get(suffix)
     if builder is None:
-        raise DataError(f"'{path}' has extension '{path.suffix}', which xfer_nlp cannot read. Use one of "
-                        f"{', '.join(FORMATS)} (JSON Lines: one {{\"text\": ..., \"label\": ...}} object a line).")
+        raise DataError(f"'{path}' has extension '{suffix or path.suffix}', which xfer_nlp cannot read. Use one of "
+                        f"{', '.join(FORMATS)}, the text ones also compressed ({', '.join(COMPRESSIONS)}) (JSON Lines: "
+                        f"one {{\"text\": ..., \"label\": ...}} object a line).")
+    if builder == "parquet" and compression:
+        raise DataError(f"'{path}' is a compressed Parquet file; Parquet compresses inside the file, and datasets "
+                        "reads it only as it is. Decompress it (or write the Parquet with its own compression).")
     if path.stat().st_size == 0:
         raise DataError(f"'{path}' is empty. Put labelled examples in it, or point --dataset_name at another file.")
-    with path.open("rb") as f:
+    try:
+        return _scan(path, builder, suffix)
+    except DECOMPRESSION_ERRORS as e:
+        if not compression:
+            raise
+        raise DataError(f"'{path}' cannot be decompressed as its name says ({compression}): "
+                        f"{type(e).__name__}: {e}. Check that the file is whole (a download cut short?), or "
+                        "decompress it yourself and pass the result.") from None
+
+
+def _scan(path: Path, builder: str, suffix: str) -> tuple[str, dict]:
+    with open_binary(path) as f:
         if builder == "parquet":
             if f.read(4) != b"PAR1":
                 raise DataError(f"'{path}' is named .parquet but is not a Parquet file (no PAR1 header). "
                                 "Rename it to its real format or re-export it as Parquet.")
             return builder, {}
         decoder, lines, first = codecs.getincrementaldecoder("utf-8")(), 0, ""
-        quotes = _TsvQuotes() if path.suffix.lower() == ".tsv" else None
+        quotes = _TsvQuotes() if suffix == ".tsv" else None
         while True:
             block = f.read(1 << 24)
             try:
@@ -137,7 +185,7 @@ def _check_file(path: Path) -> tuple[str, dict]:
     if not first:
         raise DataError(f"'{path}' holds only whitespace. Put labelled examples in it.")
     if builder == "json" and first not in "{[":
-        raise DataError(f"'{path}' is named {path.suffix} but does not start with a JSON object or array. "
+        raise DataError(f"'{path}' is named {suffix} but does not start with a JSON object or array. "
                         f"Rename it to its real format (.csv, .tsv) or write it as JSON Lines.")
     options = {"delimiter": "\t"} if quotes else {}
     if quotes and quotes.literal and not quotes.quoted:  # a TSV that quotes nothing: its quotes are text
@@ -157,7 +205,7 @@ def _load_file(path: Path, **load_kwargs):
     from datasets import load_dataset
 
     if builder == "json":
-        with path.open("rb") as f:
+        with open_binary(path) as f:
             if f.read(3) == b"\xef\xbb\xbf":
                 kwargs["encoding"] = "utf-8-sig"  # a byte-order mark that editors on Windows write: read past it
     try:
@@ -180,7 +228,8 @@ def _no_rows(path: Path, builder: str) -> DataError | None:
     elif path.stat().st_size > 1 << 16:
         return None
     else:
-        text = path.read_text(encoding="utf-8-sig")
+        with open_binary(path) as f:
+            text = f.read().decode("utf-8-sig")
         if builder == "csv":
             empty = sum(1 for line in text.splitlines() if line.strip()) <= 1  # the header, or nothing
         else:
@@ -241,7 +290,7 @@ def _find_split_files(folder: Path, need_train: bool = True) -> dict[str, Path]:
     files = {}
     entries = _entries(folder)
     for split, names in SPLIT_NAMES.items():
-        found = [p for p in entries if p.stem.lower() in names and p.suffix.lower() in FORMATS]
+        found = [p for p in entries if _split_stem(p) in names and file_kind(p)[0] in FORMATS]
         if len(found) > 1:
             raise DataError(f"'{folder}' has several files for the {split} split: {', '.join(p.name for p in found)}. "
                             "Keep one.")
@@ -254,7 +303,7 @@ def _find_split_files(folder: Path, need_train: bool = True) -> dict[str, Path]:
         raise DataError(f"'{folder}' has no {wanted}; it holds: {present}. {fix}, or pass the file itself as "
                         "--dataset_name.")
     # A validation file named otherwise (validation_set.jsonl) was passed over without a word, and train held out.
-    unread = [p.name for p in entries if p.suffix.lower() in FORMATS and p not in files.values()]
+    unread = [p.name for p in entries if file_kind(p)[0] in FORMATS and p not in files.values()]
     if unread:
         logger.warning("Data file(s) in '%s' not read: %s. A split is read from a file named %s.", folder,
                        ", ".join(unread), ", ".join(f"{'/'.join(names)}.<ext>" for names in SPLIT_NAMES.values()))
@@ -319,10 +368,10 @@ def _load_raw(cfg: RunConfig, need_train: bool) -> tuple[dict[str, Dataset], tup
                 cfg.text_column, cfg.label_column)
     if path.is_file():
         return {"train": _read_file(path)}, None, str(path), cfg.text_column, cfg.label_column
-    if HUB_ID.fullmatch(name) and Path(name).suffix.lower() not in FORMATS:
+    if HUB_ID.fullmatch(name) and file_kind(Path(name))[0] not in FORMATS:
         splits, names = _load_hub(name, cfg.dataset_config_name, cfg.label_column, need_train)
         return splits, names, f"hf:{name}", cfg.text_column, cfg.label_column
-    looks_like_path = "/" in name or Path(name).suffix.lower() in FORMATS
+    looks_like_path = "/" in name or file_kind(Path(name))[0] in FORMATS
     if looks_like_path:
         raise DataError(f"Data path '{name}' does not exist. Check the path, or use a registry name: "
                         f"{', '.join(REGISTRY)}.")
@@ -338,7 +387,7 @@ def _is_hub_layout(folder: Path) -> bool:
     card = folder / "README.md"
     declares = card.is_file() and card.read_text(encoding="utf-8", errors="replace").startswith("---") and \
         "\nconfigs:" in card.read_text(encoding="utf-8", errors="replace").split("\n---", 1)[0]
-    return declares or (folder / "data").is_dir() and not any(p.suffix.lower() in FORMATS for p in folder.iterdir())
+    return declares or (folder / "data").is_dir() and not any(file_kind(p)[0] in FORMATS for p in folder.iterdir())
 
 
 def _load_hub(source: str, config_name: str | None, label_column: str,
@@ -672,11 +721,13 @@ def iter_texts(path: str | Path, text_column: str = "text", pair_column: str | N
     streaming reader, a block of rows at a time); with `pair_column`, (text, text_pair) pairs from such a file. A
     missing value comes through as None, which predict refuses naming its position. A file that is not what its
     name says, or lacks a column, is refused before the first text; a malformed row further down, when reached."""
-    kinds = f".txt (one text a line) or a data file with a text column ({', '.join(FORMATS)})"
+    kinds = (f".txt (one text a line) or a data file with a text column ({', '.join(FORMATS)}), the text ones also "
+             f"compressed ({', '.join(COMPRESSIONS)})")
     stdin = str(path) == "-"  # the Unix convention; a file named "-" is still reachable as ./-
     path = Path(path)
+    suffix = file_kind(path)[0]
     # A pipe (bash's `--input <(...)`), a FIFO or a device is read as standard input is: one text a line.
-    lines = stdin or path.suffix.lower() == ".txt" or (path.exists() and not path.is_file() and not path.is_dir())
+    lines = stdin or suffix == ".txt" or (path.exists() and not path.is_file() and not path.is_dir())
     if pair_column is not None and lines:
         raise DataError(f"--text_pair_column reads pairs from a data file with both columns ({', '.join(FORMATS)}); "
                         f"'{'-' if stdin else path}' holds one text a line.")
@@ -684,14 +735,22 @@ def iter_texts(path: str | Path, text_column: str = "text", pair_column: str | N
         raise DataError(f"--input '{path}' is a folder. Pass a file of texts: {kinds}, or - for standard input.")
     if not stdin and not path.exists():
         raise DataError(f"--input '{path}' does not exist. Check the path.")
-    if not lines and path.suffix.lower() not in FORMATS:
-        raise DataError(f"--input '{path}' has extension '{path.suffix}', which predict cannot read. Use {kinds}.")
+    if not lines and suffix not in FORMATS:
+        raise DataError(f"--input '{path}' has extension '{suffix or path.suffix}', which predict cannot read. Use "
+                        f"{kinds}.")
     if stdin:
         return _text_lines(sys.stdin.buffer, "Standard input")
     if lines:
         def lines():
-            with open(path, "rb") as f:
-                yield from _text_lines(f, f"'{path}'")
+            compressed = path.is_file() and file_kind(path)[1] is not None  # a pipe is read as it comes
+            with open_binary(path) if compressed else open(path, "rb") as f:
+                try:
+                    yield from _text_lines(f, f"'{path}'")
+                except DECOMPRESSION_ERRORS as e:
+                    if not compressed:
+                        raise
+                    raise DataError(f"'{path}' cannot be decompressed as its name says: {type(e).__name__}: {e}. "
+                                    "Check that the file is whole, or decompress it yourself.") from None
         return lines()
     # Streamed: datasets reads the file a block at a time (a million texts never sit in memory, as a Dataset would).
     blocks = iter(_load_file(path, streaming=True).iter(batch_size=8192))
@@ -700,7 +759,7 @@ def iter_texts(path: str | Path, text_column: str = "text", pair_column: str | N
         try:
             return next(blocks, None)
         except Exception as e:  # a malformed row further down the file: the same message as one at the top
-            raise _cache_refused(e) or _unreadable(path, FORMATS[path.suffix.lower()], e) from None
+            raise _cache_refused(e) or _unreadable(path, FORMATS[suffix], e) from None
 
     block = next_block()
     if block is None:
