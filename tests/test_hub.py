@@ -133,3 +133,33 @@ def test_the_cards_usage_snippet_runs_as_written_on_a_text_longer_than_the_model
                          capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert "'label':" in ran.stdout and "truncation=True, max_length=32" in code
+
+
+def test_the_card_carries_the_starting_model_s_license_and_claims_none_it_cannot_read(finished_run, tiny_model_dir,
+                                                                                       tiny_data_dir, tmp_path):
+    """Every card said apache-2.0, whatever the encoder's terms (a cc-by-nc-4.0 encoder's fine-tune included)."""
+    import shutil
+
+    from xfer_nlp.hub import base_license
+    from xfer_nlp.modes import EMBEDDED_MODEL
+
+    assert base_license(EMBEDDED_MODEL) == {"license": "apache-2.0"}  # its packaged README.md says so
+    card = ModelCard.load(finished_run / "README.md")
+    assert card.data.license is None and "License: none stated." in card.text  # the tiny encoder declares none
+    for front, expected in (("license: cc-by-nc-4.0", {"license": "cc-by-nc-4.0"}),
+                            ("license: other\nlicense_name: acme-research\nlicense_link: LICENSE.md",
+                             {"license": "other", "license_name": "acme-research", "license_link": "LICENSE.md"}),
+                            ("license: [mit, 'not: one id']", {})):  # not one license id: none is claimed
+        encoder = tmp_path / "encoder"
+        shutil.rmtree(encoder, ignore_errors=True)
+        shutil.copytree(tiny_model_dir, encoder)
+        (encoder / "README.md").write_text(f"---\n{front}\n---\n# an encoder\n")
+        out = xfer_nlp.run(mode="probe", model_name_or_path=str(encoder), dataset_name=str(tiny_data_dir),
+                           output_dir=str(tmp_path / "run"), max_seq_length=32, overwrite_output_dir=True,
+                           no_feature_cache=True).output_dir
+        card = ModelCard.load(out / "README.md")
+        assert card.data.license == expected.get("license")
+        assert {k: getattr(card.data, k, None) for k in expected} == expected
+        assert (f"License: {expected['license']}, as the starting model" if expected else "none stated") in card.text
+        if expected:  # a run started from this export inherits the terms from its card
+            assert base_license(str(out)) == expected

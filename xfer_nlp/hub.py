@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import schedules
 from .config import repo_id_problem
-from .modes import EMBEDDED_MODEL, MODES
+from .modes import EMBEDDED_MODEL, MODES, resolve_model_path
 from .errors import PushError, XferError
 from .runfolder import (CARD, CONFIG, CONFUSION, CURVES, RESULTS, RunRecord, as_open_makes, read_results, unfinished,
                         write_json)
@@ -30,6 +31,33 @@ def base_model_id(model: str) -> str | None:
     """The encoder's Hub id, where it has one (a local folder has none)."""
     hub_id = HUB_IDS.get(model, model)
     return None if "/" not in hub_id or Path(hub_id).exists() or hub_id.startswith((".", "/", "~")) else hub_id
+
+
+LICENSE_ID = re.compile(r"[A-Za-z0-9][\w.+-]{0,63}")  # the Hub's license ids: apache-2.0, mit, cc-by-nc-4.0, other
+
+
+def base_license(model: str) -> dict:
+    """The license the starting model's card declares (ModelCardData's license, license_name, license_link), read
+    from its folder's README.md or, for a Hub id, the cached one (nothing is fetched); {} where none is declared or
+    readable. A fine-tuned model is a derivative of its base, so the card carries the base's terms rather than
+    claiming its own."""
+    from huggingface_hub import metadata_load, try_to_load_from_cache
+
+    path = Path(resolve_model_path(model)).expanduser()
+    card = path / CARD if path.is_dir() else None
+    if card is None and base_model_id(model):
+        cached = try_to_load_from_cache(model, CARD)
+        card = Path(cached) if isinstance(cached, str) else None
+    try:
+        meta = metadata_load(card) if card is not None and card.is_file() else None
+    except (ValueError, OSError, yaml.YAMLError):  # a damaged card: no license read, nothing else depends on it
+        return {}
+    declared = (meta or {}).get("license")
+    if not (isinstance(declared, str) and LICENSE_ID.fullmatch(declared)):
+        return {}
+    named = {k: meta[k] for k in ("license_name", "license_link")
+             if declared == "other" and isinstance(meta.get(k), str) and len(meta[k]) < 300}
+    return {"license": declared, **named}
 
 
 def dataset_id(dataset: str) -> str | None:
@@ -115,9 +143,14 @@ def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
                 dataset_name=dataset, dataset_split=split, metric_type="f1" if f1 else "accuracy",
                 metric_name="Macro F1" if f1 else "Accuracy", metric_args={"average": "macro"} if f1 else None,
                 metric_value=round(value, 4)))
+    declared = base_license(record.model)
+    terms = (f"License: {declared['license']}, as the starting model `{record.model}` declares; the training "
+             "data's terms apply too." if declared else
+             f"License: none stated. The starting model `{record.model}` declares none that could be read; choose "
+             "one that its license and the training data's terms allow, and add it to this card's metadata.")
     data = ModelCardData(
         base_model=base_model_id(record.model) if spec.pretrained else None, datasets=[data_id] if data_id else None,
-        library_name="transformers", pipeline_tag="text-classification", license="apache-2.0",
+        library_name="transformers", pipeline_tag="text-classification", **declared,
         tags=["xfer_nlp", mode, "text-classification"], model_name=Path(cfg["output_dir"]).name, eval_results=evals)
     rows = "\n".join(f"| {split} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for split, m in record.metrics.items())
     per_class = _per_class_table(record)
@@ -200,6 +233,8 @@ Classifying short English texts like those of {dataset}. Accuracy was measured o
 lower accuracy on text from another domain, on other languages, and on inputs longer than {cfg["max_seq_length"]}
 tokens (they are truncated). Labels inherit the biases of the training data; review errors before relying on
 predictions for decisions about people.
+
+{terms}
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
