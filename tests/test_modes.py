@@ -385,6 +385,11 @@ def test_tensorboard_tracking(tiny_run):
     last = record["history"][-1]["step"]  # the reported figures (kept weights, fp32; test scored once), at the end
     for split in ("validation", "test"):
         assert series(f"final/{split}_accuracy") == [(last, pytest.approx(record["metrics"][split]["accuracy"]))]
+    # an overwriting run is a new tensorboard run: the old one's events went, where its curves had merged with it
+    again = xfer_nlp.run(mode="finetune", max_steps=3, report_to="tensorboard", overwrite_output_dir=True, **tiny_run)
+    tracked = EventAccumulator(str(logdir))
+    tracked.Reload()
+    assert [step for step, _ in series("train/loss")] == [r["step"] for r in again.results["losses"]] == [3]
 
 
 def test_trackio_tracking(tiny_model_dir, tiny_data_dir, tmp_path):

@@ -275,7 +275,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         # Named, so that a grid's cells (and runs of one project) tell apart in the dashboard; a resumed run is a
         # new tracker run of the same name, from the checkpoint's step.
         name = cfg.run_name or output_dir.resolve().name
-        accelerator.init_trackers("xfer_nlp", config={k: v for k, v in cfg.to_dict().items()
+        accelerator.init_trackers(runfolder.TRACKER_PROJECT, config={k: v for k, v in cfg.to_dict().items()
                                                       if isinstance(v, (int, float, str, bool))},
                                   init_kwargs={"wandb": {"name": name}, "trackio": {"name": name}})
 

@@ -30,6 +30,7 @@ TRAIN_LOG, EVALUATE_LOG, COMPARE_LOG = "train.log", "evaluate.log", "compare.log
 EVALUATION = "evaluation.json"  # what `xfer-nlp evaluate` leaves
 ONNX_DIR, ONNX_MODEL = "onnx", "model.onnx"  # what `xfer-nlp export --format onnx` adds (onnx/model.onnx)
 CHECKPOINTS = "checkpoints"
+TRACKER_PROJECT = "xfer_nlp"  # the trackers' project; tensorboard writes its events into OUTPUT_DIR/<it>
 CELL = "cell.json"  # what a compare grid writes into a cell before its run
 GRID = "grid.json"  # a compare folder's wall-clock seconds, summed over the calls that built it
 FAILED = "failed.txt"  # ... and after a run that raised, with the traceback
@@ -195,12 +196,15 @@ def check(out: Path, overwrite: bool, resume: str | None) -> None:
 def invalidate(out: Path) -> None:
     """Before an overwriting run writes anything: the old run's results and checkpoints go first, so a run killed
     half-way never leaves a folder whose results.json describes another model. The old model's ONNX export goes
-    too: `predict --backend onnx` would otherwise serve the old graph beside the new model."""
+    too: `predict --backend onnx` would otherwise serve the old graph beside the new model, and so do the old run's
+    tensorboard events."""
     (out / RESULTS).unlink(missing_ok=True)
     (out / EVALUATION).unlink(missing_ok=True)
     (out / CURVES).unlink(missing_ok=True)  # a probe writes none: an old one would describe another run
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     shutil.rmtree(out / ONNX_DIR, ignore_errors=True)
+    # tensorboard reads every events file in its folder as one run: the old run's curves would zig-zag with the new
+    shutil.rmtree(out / TRACKER_PROJECT, ignore_errors=True)
 
 
 class Lock:
