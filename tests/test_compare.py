@@ -432,3 +432,27 @@ def test_cross_validated_grid_runs_each_fold_as_the_test_split(tiny_model_dir, t
         plan(RunConfig(), CompareArgs("probe", "16", "0", folds=1), tmp_path)
     with pytest.raises(ConfigError, match="Pass --folds .* or --cv_folds with --cv_fold .*, not both"):
         plan(RunConfig(cv_folds=5), CompareArgs("probe", "16", "0", folds=5), tmp_path)
+
+
+def test_a_cell_that_cannot_resume_says_how_to_train_it_afresh(tiny_model_dir, tiny_data_dir, tmp_path, caplog):
+    """A killed cell whose data changed before the rerun was refused with a run's advice ("start a new run in
+    another --output_dir"), which a grid's cell cannot take, at every rerun."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data)
+    out = tmp_path / "grid"
+    args = {**grid_args(tiny_model_dir, data, tmp_path), "save_steps": 2}
+    xfer_nlp.compare(modes="finetune", train_sizes="40", seeds="0", output_dir=out, keep="all", **args)
+    cell = out / "runs" / "finetune-n40-s0"
+    (cell / "results.json").unlink()  # as a kill after the last checkpoint leaves it
+    write_jsonl(data / "train.jsonl", [{**r, "text": r["text"] + " film"} for r in make_rows(160, 1)])  # edited
+    with pytest.raises(xfer_nlp.errors.XferError):  # the grid's one cell failed: nothing to report
+        xfer_nlp.compare(modes="finetune", train_sizes="40", seeds="0", output_dir=out, keep="all", **args)
+    said = (cell / "failed.txt").read_text()
+    assert "Cannot resume: the train rows differ" in said
+    assert said.endswith(f"For this cell: to train it afresh on the data as it is now, delete {cell} and run the "
+                         "same compare command again.")
+    shutil.rmtree(cell)  # as it says
+    result = xfer_nlp.compare(modes="finetune", train_sizes="40", seeds="0", output_dir=out, keep="all", **args)
+    assert (cell / "results.json").is_file() and result is not None

@@ -21,7 +21,7 @@ from .config import (FIELD_NAMES, FIELD_TYPES, GRID_OWNED, MODES, SEED_MAX, RunC
                      with_options)
 from . import logs, runfolder
 from .runfolder import read_results
-from .errors import ConfigError, DiskFull, Interrupted, LaunchError, XferError
+from .errors import CheckpointError, ConfigError, DiskFull, Interrupted, LaunchError, XferError
 
 logger = logging.getLogger("xfer_nlp.compare")  # its own handlers: each run() resets those of "xfer_nlp"
 
@@ -402,10 +402,15 @@ def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = Com
                                "checkpoints: --save_total_limit 1), then run the same compare command again: finished "
                                f"cells are kept and this one {then}.", e.why) from None
             except (XferError, RuntimeError, ValueError, OSError) as e:
-                failed[cell.name] = f"{type(e).__name__}: {e}"
+                # A checkpoint the cell cannot resume from would refuse it at every call: the run's advice is a run's
+                advice = (f" For this cell: to train it afresh on the data as it is now, delete {cfg.output_dir} "
+                          "and run the same compare command again." if isinstance(e, CheckpointError)
+                          and cfg.resume_from_checkpoint else "")
+                failed[cell.name] = f"{type(e).__name__}: {e}{advice}"
                 logger.error("Cell %s failed; the grid goes on. %s", cell.name, failed[cell.name])
                 if main:
-                    (Path(cfg.output_dir) / runfolder.FAILED).write_text(traceback.format_exc(), encoding="utf-8")
+                    (Path(cfg.output_dir) / runfolder.FAILED).write_text(traceback.format_exc() + advice.strip(),
+                                                                         encoding="utf-8")
             if main:  # wall-clock of the whole grid, summed over the invocations that built it
                 spent = wall_seconds(output_dir) or 0.0
                 runfolder.write_json(output_dir / runfolder.GRID,
