@@ -299,7 +299,9 @@ def test_predict_writes_a_table_to_a_csv_or_tsv_output(tiny_model_dir, tmp_path,
         assert [r[:2] for r in table[1:]] == [[row["text"], row["label"]] for row in rows]
         assert [[float(x) for x in r[2:]] for r in table[1:]] == [
             [row["score"], *row["scores"].values()] for row in rows]
-    capsys.readouterr()
+    assert capsys.readouterr().err.strip().endswith(f"wrote 3 predictions to {tmp_path / 'p.tsv'}")
+    assert cli.main(["predict", "--model", str(model), "--output", str(tmp_path / "one.csv"), "a good film"]) == 0
+    assert capsys.readouterr().err.strip().endswith(f"wrote 1 prediction to {tmp_path / 'one.csv'}")
     # and a table it wrote is read back as an input, texts intact
     assert cli.main(["predict", "--model", str(model), "--input", str(tmp_path / "p.tsv")]) == 0
     assert [line.split("\t", 2)[2] for line in capsys.readouterr().out.splitlines()] == [

@@ -316,7 +316,7 @@ def predict_command(argv: list[str]) -> int:
                                                "Nothing was written: the file appears only when complete. Free "
                                                "space, or pass --output on another disk."):
                 n = write_predictions_file(args.output, rows)
-            print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+            print(f"wrote {n} prediction{'' if n == 1 else 's'} to {args.output}", file=sys.stderr)
         else:
             for row in rows:  # one row a line whatever the text holds (--output keeps it exactly)
                 texts = [row["text"], *([row["text_pair"]] if "text_pair" in row else [])]
