@@ -6,6 +6,7 @@ test_families.py.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -271,6 +272,30 @@ def test_a_damaged_pooling_config_in_the_model_folder_is_named(tiny_run, tiny_mo
     with pytest.raises(xfer_nlp.ConfigError, match=r"1_Pooling/config.json' .* is damaged.*pass --pooling"):
         xfer_nlp.run(mode="probe", **{**tiny_run, "model_name_or_path": str(model)})
     assert xfer_nlp.run(mode="probe", pooling="mean", **{**tiny_run, "model_name_or_path": str(model)}).metrics
+
+
+@pytest.mark.parametrize("id2label,said", [
+    ({"0": "neg", "5": "pos"}, r"names the class ids 0, 5, where its 2 classes are 0 to 1 \(a damaged or hand-edited"),
+    ({"0": "neg", "1": "neg"}, r"names classes 0 and 1 alike \('neg'\): predictions of the two could not be told"),
+])
+def test_a_classifier_whose_id2label_is_damaged_is_named_by_every_reader(id2label, said, tiny_run, tmp_path):
+    """predict ended in `KeyError: 1`, and labelled both classes' predictions 'neg'; evaluate and a run that keeps the
+    head read the same id2label."""
+    run = xfer_nlp.run(mode="finetune", max_steps=2, **tiny_run).output_dir
+    model = tmp_path / "edited"
+    shutil.copytree(run, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "id2label": id2label}))
+    for read in (lambda: xfer_nlp.predict(model, ["a good film"]),
+                 lambda: xfer_nlp.evaluate(model, dataset_name=tiny_run["dataset_name"],
+                                           output_dir=str(tmp_path / "scored")),
+                 lambda: xfer_nlp.run(mode="finetune", head_init="keep", max_steps=2,
+                                      **{**tiny_run, "model_name_or_path": str(model),
+                                         "output_dir": str(tmp_path / "kept")})):
+        with pytest.raises(xfer_nlp.ConfigError, match=rf"'{re.escape(str(model))}' has a config.json whose id2label "
+                                                       rf"{said}"):
+            read()
+    assert xfer_nlp.predict(run, ["a good film"])[0]["label"] in ("0", "1")  # the run's own export reads as before
 
 
 def test_predict_on_a_folder_that_is_not_a_model(tmp_path):

@@ -25,7 +25,7 @@ from . import allocator, batches, families, hub, logs, loop, modes, pairs, probe
 from .config import RunConfig, resolve, unused_settings, with_options
 from .data import load_text_data, text_pairs
 from .errors import ConfigError, LaunchError, not_cached_offline
-from .evaluation import metrics_markdown, plot_confusion, plot_training, warn_unpredicted, write_predictions
+from .evaluation import class_names, metrics_markdown, plot_confusion, plot_training, warn_unpredicted, write_predictions
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
 from .precision import bf16_is_native, cpu_hardware, idle_cores_hint, resolve_precision
@@ -467,7 +467,7 @@ class Predictor:
         # A run's export says whether it reads pairs; another model reads whichever it is given.
         self.pairs = self.reading.pairs if runfolder.recorded(Path(model), "reading") else None
         self.collator = batches.make_collator(self.tokenizer, None, self.device)
-        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.labels = class_names(config, str(model))
 
     def __call__(self, texts: str | dict | list) -> list[dict]:
         """[{"text", "label", "score", "scores": {label: p}}] for one text (or pair) or a list of them, in input

@@ -150,6 +150,27 @@ def plot_training(path: Path, record: RunRecord) -> None:
     save_figure(fig, path)
 
 
+def class_names(config, source: str) -> list[str]:
+    """A classifier's class names in class-id order, checked: config.json's id2label must name the ids 0..N-1, each
+    class by its own name. A damaged or hand-edited one ended predict in a KeyError, or labelled two classes'
+    predictions alike."""
+    labels = dict(config.id2label or {})
+    if sorted(labels) != list(range(config.num_labels)):
+        raise ConfigError(f"'{source}' has a config.json whose id2label names the class ids "
+                          f"{', '.join(map(str, sorted(labels))) or 'none'}, where its {config.num_labels} classes are "
+                          f"0 to {config.num_labels - 1} (a damaged or hand-edited config). Fix id2label and label2id "
+                          "to name each class id once.")
+    names = [str(labels[i]) for i in range(config.num_labels)]
+    seen = {}
+    for i, name in enumerate(names):
+        twin = seen.setdefault(name, i)
+        if twin != i:
+            raise ConfigError(f"'{source}' has a config.json whose id2label names classes {twin} and {i} alike "
+                              f"({name!r}): predictions of the two could not be told apart. Give each class its own "
+                              "name in id2label and label2id.")
+    return names
+
+
 def label_map(model_labels: dict[int, str], data_labels) -> list[int]:
     """The model's class id for each of the data's label ids, matched by name (case-insensitive)."""
     by_name = {str(name).strip().lower(): int(i) for i, name in model_labels.items()}
@@ -330,8 +351,8 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
         elif reading.pairs != (cfg.text_pair_column is not None):
             raise ConfigError(_pairs_mismatch(model, reading.pairs))
         logger.info("Reading texts: %s.", reading.describe())
+        names = class_names(classifier.config, model)
         to_model = label_map(classifier.config.id2label, data.label_names)
-        names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
         tokenized = batches.tokenize(DatasetDict({s: data.splits[s] for s in splits}), tokenizer, reading)
         collator = batches.make_collator(tokenizer, None, accelerator.device.type)
         scorer = Scorer(classifier.config.num_labels, cfg.metric_list)

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from . import families, runfolder, schedules
 from .errors import ConfigError, not_cached_offline
-from .evaluation import label_map
+from .evaluation import class_names, label_map
 from .modeling import XferPooledConfig, XferPooledForSequenceClassification, no_pooler
 
 if TYPE_CHECKING:
@@ -351,6 +351,7 @@ def _head_to_keep(cfg: RunConfig, start, pooling: str, label_names: tuple[str, .
     elif pooling != "pooler":
         raise ConfigError(f"--head_init keep: the stock head of '{name}' reads the encoder's pooled first token, "
                           f"not {pooling} pooling. Leave --pooling out.")
+    class_names(start, name)  # ids 0..N-1, each its own name: else the kept rows would be wrong or a KeyError
     theirs = start.id2label
     try:
         order = label_map(theirs, label_names) if len(theirs) == len(label_names) else None
