@@ -298,6 +298,27 @@ def test_a_classifier_whose_id2label_is_damaged_is_named_by_every_reader(id2labe
     assert xfer_nlp.predict(run, ["a good film"])[0]["label"] in ("0", "1")  # the run's own export reads as before
 
 
+def test_a_weights_file_cut_short_is_named_by_every_reader(tiny_run, tiny_model_dir, tmp_path):
+    """A copy or download of model.safetensors that stopped half-way ended in safetensors' SafetensorError traceback
+    ("incomplete metadata, file not fully covered")."""
+    run = xfer_nlp.run(mode="finetune", max_steps=2, **tiny_run).output_dir
+    for source in (run, tiny_model_dir):
+        cut = tmp_path / f"cut-{source.name}"
+        shutil.copytree(source, cut)
+        whole = (cut / "model.safetensors").read_bytes()
+        (cut / "model.safetensors").write_bytes(whole[: len(whole) // 2])
+        said = rf"The weights file of '{re.escape(str(cut))}' is damaged \(.*\): a copy or download cut short\?"
+        readers = [lambda: xfer_nlp.run(mode="finetune", max_steps=1, **{**tiny_run, "model_name_or_path": str(cut),
+                                                                           "output_dir": str(tmp_path / "a")}),
+                   lambda: xfer_nlp.run(mode="probe", pooling="mean", **{**tiny_run, "model_name_or_path": str(cut),
+                                                                           "output_dir": str(tmp_path / "b")})]
+        if source == run:  # a classifier: also what predict and evaluate load
+            readers.append(lambda: xfer_nlp.predict(cut, ["a good film"]))
+        for read in readers:
+            with pytest.raises(xfer_nlp.ConfigError, match=said):
+                read()
+
+
 def test_predict_on_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notes").mkdir()
     refused(cli("predict", "--model", tmp_path / "notes", "a film"), "is a folder but not a model")

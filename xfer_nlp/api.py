@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, patch_environment, set_seed
+from safetensors import SafetensorError
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
@@ -582,6 +583,9 @@ def load_model(model: str):
     tokenizer, _, reading = load_setup(model)
     try:
         classifier = AutoModelForSequenceClassification.from_pretrained(model, trust_remote_code=False, use_kernels=False)
+    except SafetensorError as e:  # a copy or download cut short: its header promises more than the file holds
+        raise ConfigError(f"The weights file of '{model}' is damaged ({e}): a copy or download cut short? Copy or "
+                          "download the model again.") from None
     except (OSError, ValueError, KeyError) as e:
         raise _unloadable(model, e) from None
     return tokenizer, classifier.to("cuda" if torch.cuda.is_available() else "cpu").eval(), reading
