@@ -66,14 +66,12 @@ def file_kind(path: Path) -> tuple[str, str | None]:
     None). Lower case, as the formats are matched."""
     name = path.name.lower()
     compression = next((c for c in COMPRESSIONS if name.endswith(c)), None)
-    return Path(name[: -len(compression)] if compression else name).suffix, compression
+    return Path(name.removesuffix(compression or "")).suffix, compression
 
 
 def _split_stem(path: Path) -> str:
     """The name a split file is known by: train for train.jsonl and train.jsonl.gz."""
-    name = path.name.lower()
-    compression = file_kind(path)[1]
-    return Path(name[: -len(compression)] if compression else name).stem
+    return Path(path.name.lower().removesuffix(file_kind(path)[1] or "")).stem
 
 
 def open_binary(path: Path):
