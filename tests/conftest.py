@@ -167,9 +167,9 @@ def tiny_run(tiny_model_dir, tiny_data_dir, tmp_path):
 
 def tiny_configs():
     """One tiny config per encoder family xfer_nlp supports: hidden 32, 2 layers, the tiny vocab, [PAD] = 0."""
-    from transformers import (AlbertConfig, BertConfig, CamembertConfig, DebertaConfig, DebertaV2Config, DistilBertConfig,
-                              ElectraConfig, LongformerConfig, MPNetConfig, ModernBertConfig, RobertaConfig,
-                              XLMRobertaConfig)
+    from transformers import (AlbertConfig, BertConfig, CamembertConfig, DebertaConfig, DebertaV2Config,
+                              DistilBertConfig, ElectraConfig, LongformerConfig, MPNetConfig, ModernBertConfig,
+                              RobertaConfig, XLMRobertaConfig)
 
     v = len(VOCAB)
     common = dict(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

@@ -26,7 +26,8 @@ from . import allocator, batches, families, hub, logs, loop, modes, pairs, probe
 from .config import RunConfig, resolve, unused_settings, with_options
 from .data import load_text_data, text_pairs
 from .errors import ConfigError, LaunchError, not_cached_offline
-from .evaluation import class_names, metrics_markdown, plot_confusion, plot_training, warn_unpredicted, write_predictions
+from .evaluation import (class_names, metrics_markdown, plot_confusion, plot_training, warn_unpredicted,
+                         write_predictions)
 from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
 from .precision import bf16_is_native, cpu_hardware, idle_cores_hint, resolve_precision

@@ -53,9 +53,9 @@ class Family:
 FAMILIES = (
     Family("BERT", ("bert",), "bert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier", top=("bert.pooler",),
            lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
-    Family("RoBERTa / XLM-R / CamemBERT", ("roberta", "xlm-roberta", "camembert"), "roberta", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
-           "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)",
-           position_offset=True),
+    Family("RoBERTa / XLM-R / CamemBERT", ("roberta", "xlm-roberta", "camembert"), "roberta",
+           r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
+           lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)", position_offset=True),
     # Longformer reads long documents (4,096 tokens) in local windows, with global attention on the first token.
     Family("Longformer", ("longformer",), "longformer", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
            "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|_global|dense)",
@@ -73,8 +73,8 @@ FAMILIES = (
     # DeBERTa (v1) projects query, key and value in one in_proj. Under autocast its attention masks bf16/fp16 scores
     # with the fp32 minimum, which they cannot hold: "value cannot be converted to type c10::BFloat16 without
     # overflow" at the first forward (transformers issue 35332, unfixed in the transformers 5 this runs on).
-    Family("DeBERTa (v1)", ("deberta",), "deberta", r"\.encoder\.layer\.(\d+)\.", ("pooler", "classifier"), "classifier",
-           lora_targets=r".*encoder\.layer\.\d+\..*(in_proj|dense)", autocast=False),
+    Family("DeBERTa (v1)", ("deberta",), "deberta", r"\.encoder\.layer\.(\d+)\.", ("pooler", "classifier"),
+           "classifier", lora_targets=r".*encoder\.layer\.\d+\..*(in_proj|dense)", autocast=False),
     Family("MPNet", ("mpnet",), "mpnet", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
            lora_targets=r".*encoder\.layer\.\d+\..*(attn\.q|attn\.k|attn\.v|attn\.o|dense)", token_types=False,
            position_offset=True),

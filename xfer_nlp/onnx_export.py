@@ -121,8 +121,8 @@ def export_onnx(model: str | Path, output: str | Path | None = None, opset: int 
                     e = e.__cause__
                 why = (re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines() or [""])[0][:300]
                 raise ConfigError(f"torch's ONNX exporter could not trace '{model}' ({type(classifier).__name__}): "
-                                  f"{type(e).__name__}: {why.rstrip('.')}. Nothing was written. Its torch model predicts as "
-                                  "before (xfer-nlp predict without --backend onnx).") from None
+                                  f"{type(e).__name__}: {why.rstrip('.')}. Nothing was written. Its torch model "
+                                  "predicts as before (xfer-nlp predict without --backend onnx).") from None
             program.save(str(staging), external_data=False)
             diff = _check(staging, tokenizer, classifier, reading.max_length, names)
             os.replace(staging, output)
