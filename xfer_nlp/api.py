@@ -25,7 +25,7 @@ from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from . import allocator, batches, families, hub, logs, loop, modes, pairs, probe, runfolder
 from .config import RunConfig, resolve, unused_settings, with_options
 from .data import load_text_data, text_pairs
-from .errors import ConfigError, LaunchError, not_cached_offline
+from .errors import ConfigError, LaunchError, not_cached_offline, weights_cut_short
 from .evaluation import (class_names, metrics_markdown, plot_confusion, plot_training, warn_unpredicted,
                          write_predictions)
 from .metrics import Scorer, class_weight_vector, scalars
@@ -460,7 +460,7 @@ class Predictor:
         else:
             self.tokenizer, self.classifier, self.reading = load_model(model)
             config, self.device = self.classifier.config, self.classifier.device.type
-            refusal = families.autocast_refusal(config, str(model), "bf16")
+            refusal = families.autocast_refusal(config, model, "bf16")
             if precision == "auto":
                 precision = "bf16" if bf16_is_native(self.device) and not refusal else "fp32"
             elif precision == "bf16" and refusal:
@@ -469,7 +469,7 @@ class Predictor:
         # A run's export says whether it reads pairs; another model reads whichever it is given.
         self.pairs = self.reading.pairs if runfolder.recorded(Path(model), "reading") else None
         self.collator = batches.make_collator(self.tokenizer, None, self.device)
-        self.labels = class_names(config, str(model))
+        self.labels = class_names(config, model)
 
     def __call__(self, texts: str | dict | list) -> list[dict]:
         """[{"text", "label", "score", "scores": {label: p}}] for one text (or pair) or a list of them, in input
@@ -584,9 +584,8 @@ def load_model(model: str):
     tokenizer, _, reading = load_setup(model)
     try:
         classifier = AutoModelForSequenceClassification.from_pretrained(model, trust_remote_code=False, use_kernels=False)
-    except SafetensorError as e:  # a copy or download cut short: its header promises more than the file holds
-        raise ConfigError(f"The weights file of '{model}' is damaged ({e}): a copy or download cut short? Copy or "
-                          "download the model again.") from None
+    except SafetensorError as e:
+        raise weights_cut_short(model, e) from None
     except (OSError, ValueError, KeyError) as e:
         raise _unloadable(model, e) from None
     return tokenizer, classifier.to("cuda" if torch.cuda.is_available() else "cpu").eval(), reading

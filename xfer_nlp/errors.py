@@ -68,3 +68,10 @@ def not_cached_offline(name: str, e: BaseException) -> str:
     return (f" '{name}' is not a folder here, nor in the Hugging Face cache, and the Hub could not be reached ({why}): "
             f"download it once where the Hub is reachable (`hf download {name}`), or pass a folder saved with "
             "save_pretrained.")
+
+
+def weights_cut_short(name: str, e: BaseException) -> ConfigError:
+    """safetensors' SafetensorError on reading a model's weights: a copy or download cut short, whose header promises
+    more than the file holds."""
+    return ConfigError(f"The weights file of '{name}' is damaged ({e}): a copy or download cut short? Copy or download "
+                       "the model again.")

@@ -21,7 +21,7 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from . import families, runfolder, schedules
-from .errors import ConfigError, not_cached_offline
+from .errors import ConfigError, not_cached_offline, weights_cut_short
 from .evaluation import class_names, label_map
 from .modeling import XferPooledConfig, XferPooledForSequenceClassification, no_pooler
 
@@ -415,9 +415,8 @@ def _make_model(cfg: RunConfig, path: str, base, exported: XferPooledConfig | No
             model.encoder = AutoModel.from_pretrained(path, config=base, use_safetensors=True, trust_remote_code=False,
                                                       use_kernels=False, **no_pooler(type(model.encoder)))
         return model
-    except SafetensorError as e:  # a copy or download cut short: its header promises more than the file holds
-        raise ConfigError(f"The weights file of '{cfg.model_name_or_path}' is damaged ({e}): a copy or download "
-                          "cut short? Copy or download the model again.") from None
+    except SafetensorError as e:
+        raise weights_cut_short(cfg.model_name_or_path, e) from None
     except OSError as e:
         raise ConfigError(f"Could not load weights from '{cfg.model_name_or_path}': {e}. xfer_nlp reads "
                           "safetensors only.") from None

@@ -93,7 +93,7 @@ def export_onnx(model: str | Path, output: str | Path | None = None, opset: int 
     _require()
     model = os.path.expanduser(model)  # ~/runs/x from Python; a Hub id is left as it is
     if output is None:
-        if not Path(model).expanduser().is_dir():
+        if not Path(model).is_dir():
             raise ConfigError(f"'{model}' is not a local folder: pass --output PATH.onnx to say where the export goes.")
         output = default_output(model)
     output = Path(output)
