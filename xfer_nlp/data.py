@@ -152,9 +152,13 @@ def _check_file(path: Path) -> tuple[str, dict]:
     except DECOMPRESSION_ERRORS as e:
         if not compression:
             raise
-        raise DataError(f"'{path}' cannot be decompressed as its name says ({compression}): "
-                        f"{type(e).__name__}: {e}. Check that the file is whole (a download cut short?), or "
-                        "decompress it yourself and pass the result.") from None
+        raise _not_decompressible(path, e) from None
+
+
+def _not_decompressible(path: Path, e: BaseException) -> DataError:
+    return DataError(f"'{path}' cannot be decompressed as its name says ({file_kind(path)[1]}): {type(e).__name__}: "
+                     f"{e}. Check that the file is whole (a download cut short?), or decompress it yourself and pass "
+                     "the result.")
 
 
 def _scan(path: Path, builder: str, suffix: str) -> tuple[str, dict]:
@@ -747,8 +751,7 @@ def iter_texts(path: str | Path, text_column: str = "text", pair_column: str | N
                 except DECOMPRESSION_ERRORS as e:
                     if not compressed:
                         raise
-                    raise DataError(f"'{path}' cannot be decompressed as its name says: {type(e).__name__}: {e}. "
-                                    "Check that the file is whole, or decompress it yourself.") from None
+                    raise _not_decompressible(path, e) from None
         return lines()
     # Streamed: datasets reads the file a block at a time (a million texts never sit in memory, as a Dataset would).
     blocks = iter(_load_file(path, streaming=True).iter(batch_size=8192))
