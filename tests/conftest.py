@@ -167,18 +167,23 @@ def tiny_run(tiny_model_dir, tiny_data_dir, tmp_path):
 
 def tiny_configs():
     """One tiny config per encoder family xfer_nlp supports: hidden 32, 2 layers, the tiny vocab, [PAD] = 0."""
-    from transformers import (AlbertConfig, BertConfig, CamembertConfig, DebertaConfig, DebertaV2Config,
-                              DistilBertConfig, ElectraConfig, LongformerConfig, MPNetConfig, ModernBertConfig,
-                              RobertaConfig, XLMRobertaConfig)
+    from transformers import (AlbertConfig, BertConfig, CamembertConfig, Data2VecTextConfig, DebertaConfig,
+                              DebertaV2Config, DistilBertConfig, ElectraConfig, ErnieConfig, LongformerConfig,
+                              MobileBertConfig, MPNetConfig, ModernBertConfig, RobertaConfig, XLMRobertaConfig)
 
     v = len(VOCAB)
     common = dict(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   max_position_embeddings=160, pad_token_id=0)
     return {
         "bert": BertConfig(**common),
+        "ernie": ErnieConfig(**common),
+        # as google/mobilebert-uncased, narrower: 16-wide bottlenecks and embeddings, 2 feed-forward blocks a layer
+        "mobilebert": MobileBertConfig(**common, embedding_size=16, true_hidden_size=16, intra_bottleneck_size=16,
+                                       num_feedforward_networks=2),
         "roberta": RobertaConfig(**common),
         "xlm-roberta": XLMRobertaConfig(**common),
         "camembert": CamembertConfig(**common),
+        "data2vec-text": Data2VecTextConfig(**common),
         "longformer": LongformerConfig(**{**common, "max_position_embeddings": 162}, attention_window=8),
         "distilbert": DistilBertConfig(vocab_size=v, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
                                        max_position_embeddings=160, pad_token_id=0),

@@ -53,9 +53,17 @@ class Family:
 FAMILIES = (
     Family("BERT", ("bert",), "bert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier", top=("bert.pooler",),
            lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+    Family("ERNIE", ("ernie",), "ernie", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier", top=("ernie.pooler",),
+           lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+    # MobileBERT narrows each layer through bottlenecks. Its activations outgrow fp16 (NaN losses: transformers issue
+    # 11327), which the loop's non-finite-loss stop names; auto never picks fp16, and bf16 holds them.
+    Family("MobileBERT", ("mobilebert",), "mobilebert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier",
+           top=("mobilebert.pooler",), lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
     Family("RoBERTa / XLM-R / CamemBERT", ("roberta", "xlm-roberta", "camembert"), "roberta",
            r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
            lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)", position_offset=True),
+    Family("data2vec-text", ("data2vec-text",), "data2vec_text", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
+           "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)", position_offset=True),
     # Longformer reads long documents (4,096 tokens) in local windows, with global attention on the first token.
     Family("Longformer", ("longformer",), "longformer", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
            "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|_global|dense)",
