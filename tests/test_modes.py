@@ -1,6 +1,7 @@
 """One run per mode through the public API, asserting which weights moved and what was written."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -390,6 +391,33 @@ def test_tensorboard_tracking(tiny_run):
     tracked = EventAccumulator(str(logdir))
     tracked.Reload()
     assert [step for step, _ in series("train/loss")] == [r["step"] for r in again.results["losses"]] == [3]
+
+
+def test_a_resumed_run_s_tensorboard_curves_hold_each_step_once(tiny_run):
+    """The killed run wrote events past its last checkpoint, and the resumed run writes those steps again into the
+    same folder, which tensorboard reads as one run: its curves held two points at each such step, zig-zagging
+    between the two processes' figures. The resumed run's writer hides the killed run's events from its first step
+    on (purge_step), so each step is shown once, with the figures results.json keeps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = dict(tiny_run, mode="finetune", num_train_epochs=2, report_to="tensorboard", save_steps=3,
+               save_total_limit=None)
+    out = xfer_nlp.run(**run).output_dir
+    # as if killed at the end of training, before results.json was written, with checkpoint-12 its last
+    (out / "results.json").unlink()
+    for later in (c for c in (out / "checkpoints").glob("checkpoint-*") if int(c.name.split("-")[1]) > 12):
+        shutil.rmtree(later)
+    resumed = xfer_nlp.run(**run, resume_from_checkpoint="latest")
+    assert resumed.results["resumed"]["from_step"] == 12
+    tracked = EventAccumulator(str(out / "xfer_nlp"))
+    tracked.Reload()
+    assert len(list((out / "xfer_nlp").glob("events.out.tfevents.*"))) == 2  # the killed run's and the resumed one's
+    losses = [(e.step, e.value) for e in tracked.Scalars("train/loss")]
+    assert losses == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in resumed.results["losses"]]
+    assert [s for s, _ in losses] == [5, 10, 15, 20]
+    scores = [(e.step, e.value) for e in tracked.Scalars("eval/validation_accuracy")]
+    assert scores == [(h["step"], pytest.approx(h["validation_accuracy"], rel=1e-6)) for h in resumed.results["history"]]
+    assert [s for s, _ in scores] == [10, 20]
 
 
 def test_trackio_tracking(tiny_model_dir, tiny_data_dir, tmp_path):

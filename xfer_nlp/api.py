@@ -24,6 +24,7 @@ from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
 from . import allocator, batches, families, hub, logs, loop, modes, pairs, probe, runfolder
 from .config import RunConfig, resolve, unused_settings, with_options
+from .checkpoint import saved_at
 from .data import load_text_data, text_pairs
 from .errors import ConfigError, LaunchError, not_cached_offline, weights_cut_short
 from .evaluation import (class_names, metrics_markdown, plot_confusion, plot_training, warn_unpredicted,
@@ -230,6 +231,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         logger.info("Memory: %s", hint)
 
     extra = {}
+    resume = loop.resume_point(accelerator, cfg) if MODES[cfg.mode].loop else None  # a damaged one: before the data
     data = load_text_data(cfg)  # cheap checks and reads: fail before any model is loaded
     scorer = Scorer(len(data.label_names), cfg.metric_list)
     scorer.check_watched(cfg.metric_for_best_model)
@@ -275,11 +277,13 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
                 else "", _hardware(accelerator))
     if trackers:
         # Named, so that a grid's cells (and runs of one project) tell apart in the dashboard; a resumed run is a
-        # new tracker run of the same name, from the checkpoint's step.
+        # new tracker run of the same name, from the checkpoint's step. tensorboard reads the killed run's events
+        # and the resumed run's as one: purge_step hides the killed run's from the first step trained again on.
         name = cfg.run_name or output_dir.resolve().name
         accelerator.init_trackers(runfolder.TRACKER_PROJECT, config={k: v for k, v in cfg.to_dict().items()
                                                       if isinstance(v, (int, float, str, bool))},
-                                  init_kwargs={"wandb": {"name": name}, "trackio": {"name": name}})
+                                  init_kwargs={"wandb": {"name": name}, "trackio": {"name": name},
+                                               "tensorboard": {"purge_step": saved_at(resume) + 1} if resume else {}})
 
     start = time.perf_counter()
     eval_splits = [s for s in tokenized if s != "train"]
@@ -300,7 +304,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         pair_dl = batches.train_loader(pair_ds, pairs.PairCollator(collator), cfg.per_device_train_batch_size,
                                        cfg.seed, lengths=pairs.pair_lengths(pair_ds), group=1)
         trained = loop.train(accelerator, cfg, model, built.layout, pair_dl, {}, scorer, loss_fn=pairs.cosine_loss,
-                             on_step=on_step)
+                             on_step=on_step, resume=resume)
         extra.update(history=trained.history, losses=trained.losses, schedule=trained.schedule,
                      resumed=trained.resumed)
         model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
@@ -316,7 +320,7 @@ def _run(cfg: RunConfig, accelerator: Accelerator, output_dir: Path, trackers: l
         train_dl = batches.train_loader(tokenized["train"], train_collator, cfg.per_device_train_batch_size, cfg.seed)
         eval_dls = {s: batches.eval_loader(tokenized[s], collator, cfg.per_device_eval_batch_size) for s in eval_splits}
         trained = loop.train(accelerator, cfg, model, built.layout, train_dl, eval_dls, scorer, weights,
-                             on_step=on_step)
+                             on_step=on_step, resume=resume)
         extra.update(history=trained.history, losses=trained.losses, schedule=trained.schedule,
                      best_epoch=trained.best_epoch,
                      best_step=trained.best_step, stopped_early=trained.stopped_early, resumed=trained.resumed,

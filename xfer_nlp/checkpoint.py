@@ -55,8 +55,9 @@ def verify(path: Path) -> str | None:
     if not manifest.is_file():
         return "it has no manifest (it was never completed)"
     try:
-        files = json.loads(manifest.read_text())["files"]
-        assert isinstance(files, dict) and all(
+        record = json.loads(manifest.read_text())
+        files = record["files"]
+        assert type(record.get("step")) is int and isinstance(files, dict) and all(
             isinstance(m, dict) and type(m.get("size")) is int and isinstance(m.get("sha256"), str)
             for m in files.values())
     except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
@@ -74,6 +75,11 @@ def verify(path: Path) -> str | None:
 
 def step_of(path: Path) -> int:
     return int(path.name[len(PREFIX):])
+
+
+def saved_at(path: Path) -> int:
+    """The optimizer step a verified checkpoint was saved after (its manifest's record; the folder may be renamed)."""
+    return json.loads((path / MANIFEST).read_text())["step"]
 
 
 def _rng_file(rank: int) -> str:

@@ -300,21 +300,32 @@ class _Run:
         return self.checkpoints.folder / "best.safetensors"
 
 
+def resume_point(accelerator, cfg) -> Path | None:
+    """Clear what a killed save left in the run's checkpoint folder, then find the verified checkpoint that
+    --resume_from_checkpoint names (None without it). Before the trackers start (api.run): tensorboard is told the
+    step the run resumes at, and drops the killed run's events from there on."""
+    checkpoints = Checkpoints(Path(cfg.output_dir) / CHECKPOINTS, accelerator, cfg.save_total_limit)
+    if accelerator.is_main_process:
+        checkpoints.discard_unfinished()
+    return checkpoints.resolve(cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None
+
+
 def train(accelerator, cfg, model, layout, train_dl, eval_dls: dict, scorer,
-          class_weights: torch.Tensor | None = None, loss_fn=None, on_step=None) -> Trained:
+          class_weights: torch.Tensor | None = None, loss_fn=None, on_step=None, resume: Path | None = None) -> Trained:
     """Train `model` in place and leave the best evaluation's weights in it: set up, fit, finish.
 
     `loss_fn(model, layout, batch)` replaces the classifier's cross-entropy (contrastive mode's cosine loss). With
     no `eval_dls` nothing is scored during training and the last weights are kept. `on_step(step)` is called after
-    every optimizer step (benchmarks/levers.py profiles a window of steps with it).
+    every optimizer step (benchmarks/levers.py profiles a window of steps with it). `resume` is resume_point's
+    checkpoint.
     """
-    run = setup(accelerator, cfg, model, layout, train_dl, eval_dls)
+    run = setup(accelerator, cfg, model, layout, train_dl, eval_dls, resume)
     fit(run, scorer, class_weights, loss_fn, on_step)
     return finish(run, scorer)
 
 
-def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
-    """The optimizer and schedule, everything prepared by Accelerate, and a checkpoint's state restored."""
+def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict, resume: Path | None = None) -> _Run:
+    """The optimizer and schedule, everything prepared by Accelerate, and `resume`'s state restored."""
     params = dict(model.named_parameters())
     trainable = {n for n, p in params.items() if p.requires_grad}
     groups = schedules.param_groups(model, layout, cfg.learning_rate, cfg.weight_decay, cfg.layer_lr_decay, trainable)
@@ -323,10 +334,8 @@ def setup(accelerator, cfg, model, layout, train_dl, eval_dls: dict) -> _Run:
                                     "weight_decay": g.weight_decay} for g in groups], lr=cfg.learning_rate,
                                   fused=True)
     checkpoints = Checkpoints(Path(cfg.output_dir) / CHECKPOINTS, accelerator, cfg.save_total_limit)
-    if accelerator.is_main_process:
-        checkpoints.discard_unfinished()
     world = world_of(accelerator, cfg, train_dl, eval_dls)
-    saved = checkpoints.load(checkpoints.resolve(cfg.resume_from_checkpoint)) if cfg.resume_from_checkpoint else None
+    saved = checkpoints.load(resume) if resume else None
     if saved:
         _check_same_run(saved.state, cfg, world)
         _restore(model.load_state_dict, saved.model, "model weights")  # before prepare: every wrapper starts from them
