@@ -204,6 +204,33 @@ def test_string_labels_mapped_sorted(tmp_path):
     assert set(data.splits["train"]["label"]) == {0, 1}
 
 
+def test_negative_ids_are_classes_but_a_class_label_s_minus_one_is_no_label(tmp_path, caplog):
+    """-1/0/1 (and -1/1) is how many sentiment files write negative/neutral/positive: it was refused, with the advice
+    to remove the -1 rows, that is the negative class. Only a ClassLabel column (datasets' typed labels) uses -1 for
+    a row without a label; there it is still refused, naming the rows."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    rows = [{"text": r["text"], "label": i % 3 - 1} for i, r in enumerate(make_rows(60, 0))]
+    data = load(write_jsonl(tmp_path / "d.jsonl", rows))
+    assert data.label_names == ("-1", "0", "1")
+    mapped = {(text, label) for text, label in zip(data.splits["train"]["text"], data.splits["train"]["label"])}
+    assert mapped <= {(r["text"], r["label"] + 1) for r in rows}
+    assert "Label -1 is taken as a class" in caplog.text
+    typed = Dataset.from_dict({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]},
+                              features=Features({"text": Value("string"),
+                                                 "label": ClassLabel(names=["neg", "neu", "pos"])}))
+    folder = tmp_path / "typed"
+    folder.mkdir()
+    typed.to_parquet(folder / "train.parquet")
+    with pytest.raises(DataError, match=r"20 row\(s\) of train have the label -1, which a ClassLabel column \(this "
+                                        r"one names neg, neu, pos\) uses for a row without a label"):
+        load(folder)
+    # the same file without those rows: its classes are named as its ClassLabel names them (they were "0", "1"),
+    # though train lacks one of them
+    typed.filter(lambda row: row["label"] >= 0).to_parquet(folder / "train.parquet")
+    assert load(folder).label_names == ("neg", "neu")
+
+
 def test_noncontiguous_ids_are_remapped_with_names_kept(tmp_path):
     rows = [{"text": r["text"], "label": 5 if r["label"] else 2} for r in make_rows(40, 0)]
     data = load(write_jsonl(tmp_path / "d.jsonl", rows))
@@ -219,7 +246,6 @@ def test_empty_texts_dropped_with_count(tmp_path):
 
 @pytest.mark.parametrize("rows,message", [
     ([{"text": "a", "label": 0.5}, {"text": "b", "label": 1.0}], "fractional"),
-    ([{"text": "a", "label": -1}, {"text": "b", "label": 1}], "Negative label"),
     ([{"text": "a", "label": 1}, {"text": "b", "label": 1}], "single class"),
     ([{"text": " ", "label": 1}, {"text": "", "label": 0}], "empty or whitespace"),
     ([{"text": "a", "label": None}, {"text": "b", "label": 1}], r"no label \(null, or an empty cell\): \d+ of \d+ in train"),

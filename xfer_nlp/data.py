@@ -363,16 +363,16 @@ def _load_raw(cfg: RunConfig, need_train: bool) -> tuple[dict[str, Dataset], tup
             hub["train"].features[entry.hub_label], "names") else entry.label_names
         return splits, names, f"hf:{entry.hub_id}", entry.hub_text, entry.hub_label
     if path.is_dir() and _is_hub_layout(path):
-        splits, names = _load_hub(str(path), cfg.dataset_config_name, cfg.label_column, need_train)
-        return splits, names, str(path), cfg.text_column, cfg.label_column
+        splits = _load_hub(str(path), cfg.dataset_config_name, cfg.label_column, need_train)
+        return splits, None, str(path), cfg.text_column, cfg.label_column
     if path.is_dir():
         return ({s: _read_file(p) for s, p in _find_split_files(path, need_train).items()}, None, str(path),
                 cfg.text_column, cfg.label_column)
     if path.is_file():
         return {"train": _read_file(path)}, None, str(path), cfg.text_column, cfg.label_column
     if HUB_ID.fullmatch(name) and file_kind(Path(name))[0] not in FORMATS:
-        splits, names = _load_hub(name, cfg.dataset_config_name, cfg.label_column, need_train)
-        return splits, names, f"hf:{name}", cfg.text_column, cfg.label_column
+        splits = _load_hub(name, cfg.dataset_config_name, cfg.label_column, need_train)
+        return splits, None, f"hf:{name}", cfg.text_column, cfg.label_column
     looks_like_path = "/" in name or file_kind(Path(name))[0] in FORMATS
     if looks_like_path:
         raise DataError(f"Data path '{name}' does not exist. Check the path, or use a registry name: "
@@ -392,8 +392,7 @@ def _is_hub_layout(folder: Path) -> bool:
     return declares or (folder / "data").is_dir() and not any(file_kind(p)[0] in FORMATS for p in folder.iterdir())
 
 
-def _load_hub(source: str, config_name: str | None, label_column: str,
-              need_train: bool) -> tuple[dict[str, Dataset], tuple[str, ...] | None]:
+def _load_hub(source: str, config_name: str | None, label_column: str, need_train: bool) -> dict[str, Dataset]:
     """Any dataset `datasets.load_dataset` reads: a Hub id (cached or online) or a folder laid out like one."""
     from datasets import load_dataset
 
@@ -418,8 +417,14 @@ def _load_hub(source: str, config_name: str | None, label_column: str,
         kind = "train split" if need_train else "labelled split"
         raise DataError(f"Dataset '{source}' has no {kind} (it has {', '.join(loaded)}). Pass a dataset with "
                         "one, or your own files with --train_file.")
-    feature = next(iter(splits.values())).features.get(label_column)  # train's where there is one
-    return splits, tuple(feature.names) if hasattr(feature, "names") else None
+    return splits
+
+
+def _class_names(splits: dict[str, Dataset], label_column: str) -> tuple[str, ...] | None:
+    """The class names a ClassLabel column carries (a Hub dataset's, or a parquet or arrow file's that datasets
+    wrote); train's where there is one."""
+    feature = next(iter(splits.values())).features.get(label_column)
+    return tuple(feature.names) if hasattr(feature, "names") else None
 
 
 def _labels_to_ids(raw: dict[str, list], registry_names,
@@ -483,24 +488,32 @@ def _labels_to_ids(raw: dict[str, list], registry_names,
                          for split, values in raw.items() if values)
         raise DataError(f"The label column mixes types ({held}). Use integer ids or class names throughout, in "
                         "every split.")
-    if values and isinstance(values[0], int) and values[0] < 0:
-        raise DataError(f"Negative label {values[0]} in train. Labels must be ids >= 0 (or strings); -1 usually marks "
-                        "an unlabelled row, which cannot be trained on: remove those rows.")
+    negative = bool(values) and isinstance(values[0], int) and values[0] < 0
+    if negative and registry_names is not None:
+        rows = sum(v < 0 for v in train)
+        raise DataError(f"{rows} row(s) of train have the label {values[0]}, which a ClassLabel column (this one names "
+                        f"{', '.join(registry_names)}) uses for a row without a label: they cannot be trained on. "
+                        "Remove them, e.g. with dataset.filter(lambda row: row['label'] >= 0).")
     if len(values) < 2 and not one_class_ok:
         raise DataError(f"Train has a single class ({values[0]!r}); a classifier needs at least two. Check the "
                         "label column, or that the file was not filtered to one class. (To score a model on a file "
                         "of one class: xfer-nlp evaluate --all_rows.)")
-    if isinstance(values[0], int) and values == list(range(len(values))):
+    # A ClassLabel's names (or a registry set's) name its ids, also where train lacks some of its classes.
+    named = registry_names is not None and isinstance(values[0], int) and 0 <= values[0] <= values[-1] < len(
+        registry_names)
+    names = tuple(registry_names[v] if named else str(v) for v in values)
+    if values == list(range(len(values))):
         mapping = {v: v for v in values}
-        names = tuple(registry_names) if registry_names and len(registry_names) == len(values) else tuple(
-            str(v) for v in values)
     else:
         mapping = {v: i for i, v in enumerate(values)}
-        names = tuple(str(v) for v in values)
         if isinstance(values[0], int):
-            notes.append(f"label ids {values} are not 0..{len(values) - 1}: mapped in sorted order, names kept")
-            logger.warning("Label ids %s are not contiguous from 0; mapped to 0..%d in sorted order (names keep the "
-                           "original ids).", values, len(values) - 1)
+            notes.append(f"label ids {values} are not 0..{len(values) - 1}: mapped in sorted order, named "
+                         f"{', '.join(names)}")
+            logger.warning("Label ids %s are not contiguous from 0; mapped to 0..%d in sorted order, named %s.",
+                           values, len(values) - 1, ", ".join(names))
+        if negative:  # -1/1 and -1/0/1 sentiment, as many files write it; datasets' "no label" is a ClassLabel's
+            logger.warning("Label %d is taken as a class, as in -1/0/1 sentiment. If it marks rows without a label "
+                           "instead, remove those rows.", values[0])
     for split, vs in raw.items():
         unseen = sorted({v for v in vs if v not in mapping}, key=str)
         if unseen:
@@ -592,6 +605,7 @@ def load_text_data(cfg: RunConfig, hold_out: bool = True, scored_only: bool = Fa
     hold-out of train; with `hold_out=False` (evaluate --all_rows) its rows become the validation split whole.
     `scored_only` (evaluate) takes a folder or Hub dataset of evaluation splits alone (test.jsonl), as they are."""
     raw, registry_names, source, text_col, label_col = _load_raw(cfg, need_train=not scored_only)
+    registry_names = registry_names or _class_names(raw, label_col)
     notes = []
     texts, labels = {}, {}
     pair_col = cfg.text_pair_column
