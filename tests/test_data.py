@@ -258,6 +258,16 @@ def test_bad_labels_and_texts(tmp_path, rows, message):
         load(write_jsonl(tmp_path / "d.jsonl", rows * 10))
 
 
+def test_datasets_names_each_split_file_it_reads_by_its_split(tmp_path, capfd):
+    """datasets' progress bar said "Generating train split" while it read a validation or test file."""
+    for split, seed in (("train", 0), ("validation", 1), ("test", 2)):
+        write_jsonl(tmp_path / f"{split}.jsonl", make_rows(20, seed))
+    data = load(tmp_path)
+    assert set(data.splits) == {"train", "validation", "test"}
+    said = capfd.readouterr().err
+    assert all(f"Generating {split} split" in said for split in ("train", "validation", "test")), said[-500:]
+
+
 def test_label_unseen_in_train(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", make_rows(20, 0))
     write_jsonl(tmp_path / "validation.jsonl", [{"text": "x", "label": 7}] + make_rows(5, 1))

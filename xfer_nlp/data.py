@@ -201,8 +201,9 @@ def _scan(path: Path, builder: str, suffix: str) -> tuple[str, dict]:
     return builder, options
 
 
-def _load_file(path: Path, **load_kwargs):
-    """datasets' reader for a checked file (its Dataset, or with streaming=True an IterableDataset)."""
+def _load_file(path: Path, split: str = "train", **load_kwargs):
+    """datasets' reader for a checked file (its Dataset, or with streaming=True an IterableDataset), read as `split`
+    (which names it in datasets' progress bar: "Generating validation split")."""
     builder, kwargs = _check_file(path)
     from datasets import load_dataset
 
@@ -211,7 +212,7 @@ def _load_file(path: Path, **load_kwargs):
             if f.read(3) == b"\xef\xbb\xbf":
                 kwargs["encoding"] = "utf-8-sig"  # a byte-order mark that editors on Windows write: read past it
     try:
-        return load_dataset(builder, data_files=str(path), split="train", **kwargs, **load_kwargs)
+        return load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs, **load_kwargs)
     except Exception as e:  # datasets raises many types for malformed input; all mean "this file is broken"
         raise _cache_refused(e) or _no_rows(path, builder) or _unreadable(path, builder, e) from None
 
@@ -270,9 +271,9 @@ def _unreadable(path: Path, builder: str, e: Exception) -> DataError:
                      "Check that every row is well-formed and has the same columns.")
 
 
-def _read_file(path: Path) -> Dataset:
+def _read_file(path: Path, split: str) -> Dataset:
     # keep_in_memory: the small files we read are faster in RAM than through datasets' arrow cache.
-    return _load_file(path, keep_in_memory=True)
+    return _load_file(path, split, keep_in_memory=True)
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -332,7 +333,7 @@ def _load_raw(cfg: RunConfig, need_train: bool) -> tuple[dict[str, Dataset], tup
         if name != RunConfig().dataset_name:  # a recipe's YAML may name one that the command line's file replaces
             logger.warning("--%s_file replaces --dataset_name: '%s' is not read.", next(iter(files)), name)
         # The files themselves, not their folder: a message about a column names the file to fix.
-        return ({s: _read_file(f) for s, f in files.items()}, None, ", ".join(map(str, files.values())),
+        return ({s: _read_file(f, s) for s, f in files.items()}, None, ", ".join(map(str, files.values())),
                 cfg.text_column, cfg.label_column)
     if name in REGISTRY:
         entry = REGISTRY[name]
@@ -342,7 +343,7 @@ def _load_raw(cfg: RunConfig, need_train: bool) -> tuple[dict[str, Dataset], tup
             local = EMBEDDED / entry.folder
         if local is not None:
             files = _find_split_files(local)
-            return ({s: _read_file(p) for s, p in files.items()}, entry.label_names, str(local), cfg.text_column,
+            return ({s: _read_file(p, s) for s, p in files.items()}, entry.label_names, str(local), cfg.text_column,
                     cfg.label_column)
         where = "no data root" if root is None else f"{root / entry.folder}" + (
             "" if root.is_dir() else f"; {root} is not a folder")
@@ -366,10 +367,10 @@ def _load_raw(cfg: RunConfig, need_train: bool) -> tuple[dict[str, Dataset], tup
         splits = _load_hub(str(path), cfg.dataset_config_name, cfg.label_column, need_train)
         return splits, None, str(path), cfg.text_column, cfg.label_column
     if path.is_dir():
-        return ({s: _read_file(p) for s, p in _find_split_files(path, need_train).items()}, None, str(path),
+        return ({s: _read_file(p, s) for s, p in _find_split_files(path, need_train).items()}, None, str(path),
                 cfg.text_column, cfg.label_column)
     if path.is_file():
-        return {"train": _read_file(path)}, None, str(path), cfg.text_column, cfg.label_column
+        return {"train": _read_file(path, "train")}, None, str(path), cfg.text_column, cfg.label_column
     if HUB_ID.fullmatch(name) and file_kind(Path(name))[0] not in FORMATS:
         splits = _load_hub(name, cfg.dataset_config_name, cfg.label_column, need_train)
         return splits, None, f"hf:{name}", cfg.text_column, cfg.label_column
