@@ -167,9 +167,10 @@ def tiny_run(tiny_model_dir, tiny_data_dir, tmp_path):
 
 def tiny_configs():
     """One tiny config per encoder family xfer_nlp supports: hidden 32, 2 layers, the tiny vocab, [PAD] = 0."""
-    from transformers import (AlbertConfig, BertConfig, CamembertConfig, Data2VecTextConfig, DebertaConfig,
-                              DebertaV2Config, DistilBertConfig, ElectraConfig, ErnieConfig, LongformerConfig,
-                              MobileBertConfig, MPNetConfig, ModernBertConfig, RobertaConfig, XLMRobertaConfig)
+    from transformers import (AlbertConfig, BertConfig, CamembertConfig, ConvBertConfig, Data2VecTextConfig,
+                              DebertaConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, ErnieConfig,
+                              LongformerConfig, MegatronBertConfig, MobileBertConfig, MPNetConfig, ModernBertConfig,
+                              RemBertConfig, RobertaConfig, XLMRobertaConfig, XLMRobertaXLConfig)
 
     v = len(VOCAB)
     common = dict(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -195,6 +196,12 @@ def tiny_configs():
         "deberta": DebertaConfig(**common, relative_attention=True, position_biased_input=False,
                                  pos_att_type=["p2c", "c2p"], max_relative_positions=16),
         "mpnet": MPNetConfig(**common),
+        # ConvBERT mixes span-based convolutions into attention; RemBERT's embeddings are narrower than its layers
+        "convbert": ConvBertConfig(**common, embedding_size=16),
+        "rembert": RemBertConfig(**common, input_embedding_size=16, output_embedding_size=16),
+        # pre-LayerNorm layers, with a final LayerNorm after the last one
+        "megatron-bert": MegatronBertConfig(**common),
+        "xlm-roberta-xl": XLMRobertaXLConfig(**common),
         "modernbert": ModernBertConfig(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                        intermediate_size=64, max_position_embeddings=160, pad_token_id=0,
                                        bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,

@@ -53,8 +53,8 @@ class Family:
 FAMILIES = (
     Family("BERT", ("bert",), "bert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier", top=("bert.pooler",),
            lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
-    Family("ERNIE", ("ernie",), "ernie", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier", top=("ernie.pooler",),
-           lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+    Family("ERNIE", ("ernie",), "ernie", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier",
+           top=("ernie.pooler",), lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
     # MobileBERT narrows each layer through bottlenecks. Its activations outgrow fp16 (NaN losses: transformers issue
     # 11327), which the loop's non-finite-loss stop names; auto never picks fp16, and bf16 holds them.
     Family("MobileBERT", ("mobilebert",), "mobilebert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier",
@@ -63,7 +63,8 @@ FAMILIES = (
            r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
            lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)", position_offset=True),
     Family("data2vec-text", ("data2vec-text",), "data2vec_text", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
-           "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)", position_offset=True),
+           "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)",
+           position_offset=True),
     # Longformer reads long documents (4,096 tokens) in local windows, with global attention on the first token.
     Family("Longformer", ("longformer",), "longformer", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
            "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|_global|dense)",
@@ -83,6 +84,20 @@ FAMILIES = (
     # overflow" at the first forward (transformers issue 35332, unfixed in the transformers 5 this runs on).
     Family("DeBERTa (v1)", ("deberta",), "deberta", r"\.encoder\.layer\.(\d+)\.", ("pooler", "classifier"),
            "classifier", lora_targets=r".*encoder\.layer\.\d+\..*(in_proj|dense)", autocast=False),
+    # ConvBERT gives half its attention heads to span-based convolutions: LoRA adapts their Linear projections too
+    # (their depthwise convolution, which peft cannot merge, stays frozen).
+    Family("ConvBERT", ("convbert",), "convbert", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
+           "classifier.out_proj",
+           lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|conv_kernel_layer|conv_out_layer|dense)"),
+    Family("RemBERT", ("rembert",), "rembert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier",
+           top=("rembert.pooler",), lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+    # MegatronBERT and XLM-RoBERTa-XL normalise before each sublayer and once more after the last layer: that final
+    # LayerNorm feeds the head, so it sits with it (depth 0), as ModernBERT's final norm does.
+    Family("MegatronBERT", ("megatron-bert",), "bert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier",
+           top=("bert.encoder.ln", "bert.pooler"), lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+    Family("XLM-RoBERTa-XL", ("xlm-roberta-xl",), "roberta", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
+           "classifier.out_proj", top=("roberta.encoder.LayerNorm",),
+           lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)", position_offset=True),
     Family("MPNet", ("mpnet",), "mpnet", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
            lora_targets=r".*encoder\.layer\.\d+\..*(attn\.q|attn\.k|attn\.v|attn\.o|dense)", token_types=False,
            position_offset=True),
