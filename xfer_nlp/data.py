@@ -388,8 +388,8 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 def _is_hub_layout(folder: Path) -> bool:
     """A folder laid out as a Hub dataset repository: a card whose YAML declares configs, or data/ beside it."""
     card = folder / "README.md"
-    declares = card.is_file() and card.read_text(encoding="utf-8", errors="replace").startswith("---") and \
-        "\nconfigs:" in card.read_text(encoding="utf-8", errors="replace").split("\n---", 1)[0]
+    text = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else ""
+    declares = text.startswith("---") and "\nconfigs:" in text.split("\n---", 1)[0]
     return declares or (folder / "data").is_dir() and not any(file_kind(p)[0] in FORMATS for p in folder.iterdir())
 
 
