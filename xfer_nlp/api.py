@@ -33,6 +33,7 @@ from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
 from .precision import bf16_is_native, cpu_hardware, idle_cores_hint, resolve_precision
 from .runfolder import RunRecord
+from .tables import with_data
 
 logger = logging.getLogger("xfer_nlp")
 
@@ -165,16 +166,18 @@ def _refuse_deepspeed() -> None:
                           "ZeRO-3's counterpart, which the tests run), or replicate with ddp.yaml.")
 
 
-def run(config: RunConfig | None = None, *, on_step=None, **overrides) -> RunResult:
+def run(config: RunConfig | None = None, *, on_step=None, data=None, **overrides) -> RunResult:
     """Train (or, for mode probe, fit) one classifier and export it to `output_dir`.
 
     >>> result = xfer_nlp.run(mode="probe", dataset_name="sst2", max_train_samples=1000)
     >>> print(result)
 
-    Keyword arguments are RunConfig fields and override `config`. `on_step(step)`, if given, is called after each
-    optimizer step (profiling, progress callbacks). Works unchanged under `accelerate launch`.
+    Keyword arguments are RunConfig fields and override `config`. `data`, instead of dataset_name or the data files,
+    is data in memory (tables.ACCEPTED: a DataFrame, a Dataset, {"train": ..., "validation": ...}), saved once under
+    the xfer_nlp cache and read from there. `on_step(step)`, if given, is called after each optimizer step
+    (profiling, progress callbacks). Works unchanged under `accelerate launch`.
     """
-    cfg = _config_from(config, overrides)
+    cfg = _config_from(config, with_data(data, config, overrides))
     _refuse_deepspeed()
     _check_one_gpu_each()
     precision = resolve_precision(cfg.mixed_precision, cfg.mode, cfg.model_name_or_path)  # may refuse the model

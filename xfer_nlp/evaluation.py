@@ -295,7 +295,7 @@ def _say_how_cut(notes: list[str], cfg: RunConfig, run_split: dict, otherwise: d
     return notes
 
 
-def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overrides) -> EvaluationResult:
+def evaluate(model: str | Path, config=None, *, all_rows: bool = False, data=None, **overrides) -> EvaluationResult:
     """Score an exported model (a run folder, any text-classification folder or Hub id) on a dataset's evaluation
     splits (validation, and test where there is one), writing results.json, predictions.jsonl and
     confusion_matrix.png into `output_dir`.
@@ -311,7 +311,7 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
     scored rows may be training rows. On that data the run's text, pair and label columns are the defaults too.
     Texts are read as the run read them (its results.json), unless a reading flag is given. The model's labels
     are matched to the data's by name. No code from the model folder runs (trust_remote_code off). The default
-    output_dir is runs/<model>-on-<dataset>.
+    output_dir is runs/<model>-on-<dataset>. `data` is data in memory, as run() takes it.
     """
     from accelerate import Accelerator
     from datasets import DatasetDict
@@ -320,10 +320,11 @@ def evaluate(model: str | Path, config=None, *, all_rows: bool = False, **overri
     from .api import check_model_folder, load_model
     from .data import load_text_data, text_pairs
     from .metrics import Scorer
+    from .tables import with_data
 
     model = os.path.expanduser(model)  # ~/runs/x from Python; a Hub id is left as it is
     check_model_folder(model)
-    cfg, run_split, otherwise = _cut_as_the_run(model, config, overrides, all_rows)
+    cfg, run_split, otherwise = _cut_as_the_run(model, config, with_data(data, config, overrides), all_rows)
     dataset = cfg.train_file or cfg.validation_file or cfg.test_file or cfg.dataset_name
     if not (overrides.get("output_dir") or (config and config.output_dir)):  # not a run's runs/<data>-<mode>
         data = Path(str(dataset)).stem

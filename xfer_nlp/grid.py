@@ -329,7 +329,7 @@ class Comparison:
 def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = CompareArgs.modes,
             train_sizes: str | Sequence[int | str] = CompareArgs.train_sizes, seeds: str | Sequence[int] | int =
             CompareArgs.seeds, output_dir: str | Path | None = None, keep: str = CompareArgs.keep,
-            folds: int | None = None, **overrides) -> Comparison:
+            folds: int | None = None, data=None, **overrides) -> Comparison:
     """Run every cell of modes x train_sizes x seeds (x folds) into output_dir/runs/, then write the report.
 
     >>> xfer_nlp.compare(modes="probe,finetune", train_sizes="100,all", seeds="0,1", dataset_name="sst2")
@@ -337,18 +337,20 @@ def compare(config: RunConfig | None = None, *, modes: str | Sequence[str] = Com
 
     Keyword arguments are run options applied to every cell. Finished cells are skipped and an interrupted one
     resumes, so the same call continues a killed grid. A failing cell is reported and the others still run.
-    keep ('model', 'results' or 'all') says what a finished cell keeps on disk (CompareArgs.keep).
+    keep ('model', 'results' or 'all') says what a finished cell keeps on disk (CompareArgs.keep). `data` is data
+    in memory, as run() takes it.
     """
     from . import hub
     from .report import wall_seconds, write_report
     from .api import run
+    from .tables import with_data
 
     if keep not in KEEP:
         raise ConfigError(f"--keep must be one of {', '.join(KEEP)}, got '{keep}'.")
     # from a notebook [100, 500, "all"] or 0 read as "100,500,all" and "0" (a list of modes had been read character
     # by character)
     modes, train_sizes, seeds = as_text(modes), as_text(train_sizes), as_text(seeds)
-    base = with_options(config, overrides)
+    base = with_options(config, with_data(data, config, overrides))
     default = RunConfig()
     given = [k for k in SET_BY_THE_GRID if getattr(base, k) != getattr(default, k)]
     if given:

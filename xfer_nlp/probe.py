@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, safe_open
 from .batches import out_of_memory_explained, per_text, rows_fingerprint
 from .families import Layout, out_layer, sentence_features
 from .runfolder import atomic_write, disk_full, save_safetensors
+from .tables import cache_home
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ def cached_features(accelerator, cfg, model, layout: Layout, key_parts: tuple | 
     Returns (features, labels, shards read from the cache, shards in all, why a shard could not be written or None).
     """
     folder = None if key_parts is None else (
-        Path(cfg.feature_cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xfer_nlp"
-             / "features")
+        Path(cfg.feature_cache_dir or cache_home() / "features")
         / hashlib.blake2b(repr(key_parts).encode(), digest_size=20).hexdigest())
     expected = text_labels(dataset)
     width = out_layer(model, layout).in_features
