@@ -23,8 +23,8 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
 from . import allocator, batches, families, hub, logs, loop, modes, pairs, probe, runfolder
-from .config import RunConfig, resolve, unused_settings, with_options
 from .checkpoint import saved_at
+from .config import RunConfig, resolve, unused_settings, with_options
 from .data import load_text_data, text_pairs
 from .errors import ConfigError, LaunchError, not_cached_offline, weights_cut_short
 from .evaluation import (class_names, metrics_markdown, plot_confusion, plot_training, warn_unpredicted,
