@@ -416,7 +416,8 @@ def test_a_resumed_run_s_tensorboard_curves_hold_each_step_once(tiny_run):
     assert losses == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in resumed.results["losses"]]
     assert [s for s, _ in losses] == [5, 10, 15, 20]
     scores = [(e.step, e.value) for e in tracked.Scalars("eval/validation_accuracy")]
-    assert scores == [(h["step"], pytest.approx(h["validation_accuracy"], rel=1e-6)) for h in resumed.results["history"]]
+    history = resumed.results["history"]
+    assert scores == [(h["step"], pytest.approx(h["validation_accuracy"], rel=1e-6)) for h in history]
     assert [s for s, _ in scores] == [10, 20]
 
 
