@@ -56,6 +56,9 @@ def test_recipe_push_uploads_model_card_and_results(tiny_model_dir, tiny_data_di
     local = json.loads((out / "results.json").read_text())["metrics"]
     assert metrics[("validation", "accuracy")] == round(local["validation"]["accuracy"], 4)
     assert metrics[("test", "f1")] == round(local["test"]["macro_f1"], 4)
+    # local data is named by its folder's name: the model-index field expects a dataset id, not this machine's path
+    assert {(r.dataset_name, r.dataset_type) for r in card.data.eval_results} == {(tiny_data_dir.name,) * 2}
+    assert f"A text classifier for **{tiny_data_dir.name}**" in card.text and str(tiny_data_dir) not in card.text
     # each label's precision / recall / F1 on each split, by name, read from results.json's per-class figures
     names = json.loads((out / "results.json").read_text())["label_names"]
     for i, name in enumerate(names):

@@ -69,6 +69,14 @@ def dataset_id(dataset: str) -> str | None:
     return base_model_id(dataset)
 
 
+def dataset_label(dataset: str) -> str:
+    """How the card names the data: a registry name or Hub id as it is, local data by its file's or folder's name
+    (its path means nothing on the Hub, where the model-index field expects a dataset id)."""
+    from .data import REGISTRY
+
+    return dataset if dataset in REGISTRY or dataset_id(dataset) else Path(dataset).name or dataset
+
+
 def needs_remote_code(record: RunRecord) -> bool:
     return record.architecture == "XferPooledForSequenceClassification"
 
@@ -129,9 +137,9 @@ def _per_class_table(record: RunRecord) -> str:
 def model_card(record: RunRecord, comparison: str | None = None) -> ModelCard:
     """The card for one run; `comparison` is the summary table of the compare grid the run belonged to."""
     cfg = record.config
-    dataset, mode = record.dataset, record.mode
+    dataset, mode = dataset_label(record.dataset), record.mode
     spec = MODES[mode]
-    data_id = dataset_id(dataset)
+    data_id = dataset_id(record.dataset)
     evals = []
     for split, m in record.metrics.items():
         for metric, value in m.items():
