@@ -1,6 +1,7 @@
 """predict_stream and `xfer-nlp predict --input --output`: any number of texts, chunk by chunk, in input order."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -104,6 +105,18 @@ def test_a_predictor_loads_once_and_labels_as_predict_does(tiny_run, monkeypatch
     with pytest.raises(ConfigError, match=r"Text 1 of 2 \(counting from 0\) is None"):
         predictor(["fine", None])
     assert predictor([]) == [] and list(predictor.stream(iter([]))) == []  # as pipeline([]); had an IndexError
+    # a DataFrame iterates over its column names, which were labelled as the texts; a column of it is texts
+    import pandas as pd
+    from datasets import Dataset, DatasetDict
+
+    table = pd.DataFrame({"review": texts, "stars": [0] * len(texts)})
+    assert [r["label"] for r in predictor(table["review"])] == [r["label"] for r in expected]
+    for given, example in ((table, "table['review']"), (Dataset.from_pandas(table), "table['review']"),
+                           (DatasetDict({"test": Dataset.from_pandas(table)}), "table['test']['review']")):
+        for call in (predictor, lambda t: list(predictor.stream(t))):
+            with pytest.raises(ConfigError, match=rf"texts is a {type(given).__name__} \(a table with columns "
+                                                  rf"review, stars\), not texts: .* e\.g\. {re.escape(example)}"):
+                call(given)
 
 
 def test_a_stopped_predict_leaves_no_partial_file_and_says_so(tiny_run, tmp_path):

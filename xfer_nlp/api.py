@@ -481,6 +481,7 @@ class Predictor:
     def __call__(self, texts: str | dict | list) -> list[dict]:
         """[{"text", "label", "score", "scores": {label: p}}] for one text (or pair) or a list of them, in input
         order."""
+        _not_a_table(texts)
         try:
             texts = [texts] if isinstance(texts, (str, dict)) else list(texts)
         except TypeError:
@@ -529,6 +530,7 @@ class Predictor:
         from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
         from tqdm.auto import tqdm
 
+        _not_a_table(texts)
         stream, position = iter(texts), 0
         bars_on = is_progress_bar_enabled()
         disable_progress_bar()  # datasets' per-chunk "Tokenising" bars; one bar below counts the texts
@@ -563,6 +565,25 @@ class Predictor:
             return batches.per_text(None, loader, self.onnx_model)[0]
         with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return loop.predict_logits(None, self.classifier, loader)[0]
+
+
+def _not_a_table(texts) -> None:
+    """A table given as the texts is refused: a DataFrame iterates over its column names, which were labelled as
+    if they were the texts, and a Dataset over its rows as dicts."""
+    library, split = type(texts).__module__.split(".")[0], ""
+    if library in ("pandas", "polars") and hasattr(texts, "columns"):
+        columns = list(texts.columns)
+    elif library == "datasets":
+        columns = texts.column_names or []
+        if isinstance(columns, dict):  # a DatasetDict's, by split
+            split, columns = next(iter(columns.items()), ("", []))
+            split = f"[{split!r}]"
+    else:
+        return
+    shown = [str(c) for c in columns] or ["text"]
+    raise ConfigError(f"texts is a {type(texts).__name__} (a table with columns {', '.join(shown[:6])}), not texts: "
+                      f"pass the column that holds them, e.g. table{split}[{shown[0]!r}] (for pairs, a list of "
+                      "(text, text_pair)).")
 
 
 def predict(model: str | Path, texts: str | list[str], batch_size: int | None = 64, precision: str = "fp32",
