@@ -97,6 +97,11 @@ def test_a_dataset_s_class_label_names_the_classes(in_memory):
     ({"train": []}, r"data\['train'\] is an empty list"),
     ({}, "data= is empty"),
     (IterableDataset.from_generator(lambda: iter([{"text": "a", "label": 0}])), "is a streamed IterableDataset"),
+    # pyarrow's and datasets' own refusals (a traceback each), said as one message
+    (pd.DataFrame({"text": ["a", 5], "label": [0, 1]}), r"data\['train'\] could not be made a table \(ArrowTypeError: "
+                                                       r".*Give each column values of one type"),
+    (pd.DataFrame([["a", 0, 1]], columns=["text", "label", "label"]), r"could not be made a table \(ValueError: "
+                                                                      r"Duplicate column names"),
 ])
 def test_data_that_cannot_be_saved_is_one_message(in_memory, data, message):
     with pytest.raises(DataError, match=message):

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import uuid
+from functools import partial
 from pathlib import Path
 
 from .data import SPLIT_NAMES
@@ -98,14 +99,20 @@ def _table(table, split: str):
         return table
     library = type(table).__module__.split(".")[0]
     if library == "pandas" and hasattr(table, "columns"):
-        return Dataset.from_pandas(table, preserve_index=False)
-    if library == "polars" and hasattr(table, "columns"):
-        return Dataset.from_polars(table)
-    if isinstance(table, list) and table and all(isinstance(row, dict) for row in table):
-        return Dataset.from_list(table)
-    if isinstance(table, IterableDataset):
+        convert = partial(Dataset.from_pandas, table, preserve_index=False)
+    elif library == "polars" and hasattr(table, "columns"):
+        convert = partial(Dataset.from_polars, table)
+    elif isinstance(table, list) and table and all(isinstance(row, dict) for row in table):
+        convert = partial(Dataset.from_list, table)
+    elif isinstance(table, IterableDataset):
         raise DataError(f"data['{split}'] is a streamed IterableDataset, which has no end to save or count. Take the "
                         "rows you want as a Dataset (Dataset.from_generator, or .take(n) then Dataset.from_list), or "
                         "pass the files' folder as dataset_name.")
-    what = "an empty list" if isinstance(table, list) and not table else type(table).__name__
-    raise DataError(f"data['{split}'] is {what}. Pass {ACCEPTED}.")
+    else:
+        what = "an empty list" if isinstance(table, list) and not table else type(table).__name__
+        raise DataError(f"data['{split}'] is {what}. Pass {ACCEPTED}.")
+    try:
+        return convert()
+    except Exception as e:  # pyarrow's ArrowTypeError and ArrowInvalid, datasets' ValueError: one meaning here
+        raise DataError(f"data['{split}'] could not be made a table ({type(e).__name__}: {str(e)[:200]}). Give each "
+                        "column values of one type (e.g. df['text'].astype(str)) and a name of its own.") from None
