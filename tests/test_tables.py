@@ -93,7 +93,7 @@ def test_a_dataset_s_class_label_names_the_classes(in_memory):
     ({"training": [{"text": "a", "label": 0}]}, "a split named 'training'. Name each split train, validation"),
     ({"val": [{"text": "a", "label": 0}], "dev": [{"text": "b", "label": 1}]},
      r"gives the validation split twice \('val' and 'dev'\)"),
-    ({"train": 5}, r"data\['train'\] is int. Pass a datasets Dataset or DatasetDict, a pandas or polars DataFrame"),
+    ({"train": 5}, r"data\['train'\] is int. Pass a datasets Dataset or DatasetDict, a pandas DataFrame"),
     ({"train": []}, r"data\['train'\] is an empty list"),
     ({}, "data= is empty"),
     (IterableDataset.from_generator(lambda: iter([{"text": "a", "label": 0}])), "is a streamed IterableDataset"),

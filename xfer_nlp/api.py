@@ -571,7 +571,7 @@ def _not_a_table(texts) -> None:
     """A table given as the texts is refused: a DataFrame iterates over its column names, which were labelled as
     if they were the texts, and a Dataset over its rows as dicts."""
     library, split = type(texts).__module__.split(".")[0], ""
-    if library in ("pandas", "polars") and hasattr(texts, "columns"):
+    if library == "pandas" and hasattr(texts, "columns"):
         columns = list(texts.columns)
     elif library == "datasets":
         columns = texts.column_names or []

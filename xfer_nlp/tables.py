@@ -19,8 +19,8 @@ from .data import SPLIT_NAMES
 from .errors import ConfigError, DataError
 
 SOURCES = ("dataset_name", "train_file", "validation_file", "test_file")  # the flags that otherwise name the data
-ACCEPTED = ("a datasets Dataset or DatasetDict, a pandas or polars DataFrame, a list of row dicts, or a dict of "
-            "split name (train, validation, test) to one of those")
+ACCEPTED = ("a datasets Dataset or DatasetDict, a pandas DataFrame, a list of row dicts, or a dict of split name "
+            "(train, validation, test) to one of those (another table: its to_pandas())")
 
 
 def cache_home() -> Path:
@@ -100,8 +100,6 @@ def _table(table, split: str):
     library = type(table).__module__.split(".")[0]
     if library == "pandas" and hasattr(table, "columns"):
         convert = partial(Dataset.from_pandas, table, preserve_index=False)
-    elif library == "polars" and hasattr(table, "columns"):
-        convert = partial(Dataset.from_polars, table)
     elif isinstance(table, list) and table and all(isinstance(row, dict) for row in table):
         convert = partial(Dataset.from_list, table)
     elif isinstance(table, IterableDataset):
