@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import resource
+import sys
 import time
 import uuid
 from contextlib import nullcontext
@@ -93,8 +93,11 @@ def _peak_memory_mb(accelerator: Accelerator) -> float:
     try:
         status = Path("/proc/self/status").read_text()
         return int(status.split("VmHWM:")[1].split()[0]) / 1024  # kB
-    except (OSError, IndexError, ValueError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak of the process's whole life
+    except (OSError, IndexError, ValueError):  # not Linux: the peak of the process's whole life
+        import resource
+
+        per_mb = 2**20 if sys.platform == "darwin" else 1024  # ru_maxrss counts bytes on macOS, kB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / per_mb
 
 
 def _check_sharding(accelerator: Accelerator) -> None:

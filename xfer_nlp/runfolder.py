@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import fcntl
 import json
 import os
 import re
@@ -14,6 +13,12 @@ import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    import fcntl
+except ModuleNotFoundError:  # Windows: the first use of a run folder says so, rather than "No module named 'fcntl'"
+    raise ImportError("xfer_nlp runs on Linux and macOS: it holds a run's folder with a POSIX file lock (fcntl), "
+                      "which Windows lacks. On Windows, run it in WSL.") from None
 
 from .errors import CheckpointError, ConfigError, DiskFull, XferError
 
