@@ -39,6 +39,7 @@ class Family:
     token_types: bool = True  # whether its models take token_type_ids
     position_offset: bool = False  # positions start after the padding index (RoBERTa's scheme)
     autocast: bool = True  # whether its transformers forward runs under bf16/fp16 autocast
+    transformers: str = "4.57"  # the oldest transformers whose pipeline() loads its exports, as the tests check
 
     def max_length(self, config) -> int | None:
         """The longest input its position embeddings cover; None where positions are relative only."""
@@ -101,6 +102,15 @@ FAMILIES = (
     Family("MPNet", ("mpnet",), "mpnet", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
            lora_targets=r".*encoder\.layer\.\d+\..*(attn\.q|attn\.k|attn\.v|attn\.o|dense)", token_types=False,
            position_offset=True),
+    # Sentence encoders with rotary positions and gated feed-forwards (nomic-embed-text, gte-multilingual), which
+    # transformers ports natively since 5 (the original checkpoints' weights renamed as they load): without
+    # trust_remote_code, and without transformers 4, which has neither.
+    Family("NomicBERT", ("nomic_bert",), "nomic_bert", r"\.layers\.(\d+)\.", ("classifier",), "classifier",
+           top=("nomic_bert.pooler",), lora_targets=r".*layers\.\d+\..*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|"
+           r"down_proj)", transformers="5.25"),
+    Family("GTE", ("gte",), "gte", r"\.layers\.(\d+)\.", ("classifier",), "classifier", top=("gte.pooler",),
+           lora_targets=r".*layers\.\d+\..*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+           transformers="5.25"),
     Family("ModernBERT", ("modernbert",), "model", r"\.layers\.(\d+)\.", ("head", "classifier"), "classifier",
            top=("model.final_norm",), lora_targets=r".*layers\.\d+\..*(Wqkv|Wo|Wi)", token_types=False),
 )

@@ -98,7 +98,9 @@ def usage_snippet(record: RunRecord, model_id: str) -> str:
            "# with trust_remote_code=True.\n") if remote else ""
     example = ('{"text": "A man is playing a guitar.", "text_pair": "Someone is making music."}' if reading.pairs
                else '"a gripping, beautifully made film"')  # pipeline() takes a pair as this dict
-    return (f"{why}# Needs only transformers (4.57 or 5.x); xfer_nlp need not be installed.\n"
+    since = "4.57 or 5.x" if record.transformers_min.startswith("4.") else (
+        f"{record.transformers_min} or later; transformers 4 lacks this model type")
+    return (f"{why}# Needs only transformers ({since}); xfer_nlp need not be installed.\n"
             "from transformers import pipeline\n\n"
             f'classifier = pipeline("text-classification", model="{model_id}"{flag})\n'
             f'print(classifier({example}))')

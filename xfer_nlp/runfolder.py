@@ -263,6 +263,7 @@ class RunRecord:
     pooling: str | None = None
     normalize: bool = False  # a pooled head that reads unit-length sentence vectors (contrastive, or one kept from it)
     architecture: str | None = None  # the exported class
+    transformers_min: str = "4.57"  # the oldest transformers whose pipeline() loads the export (families.Family)
     data_source: str | None = None
     data_notes: list[str] = field(default_factory=list)
     num_processes: int = 1
