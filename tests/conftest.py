@@ -168,9 +168,10 @@ def tiny_run(tiny_model_dir, tiny_data_dir, tmp_path):
 def tiny_configs():
     """One tiny config per encoder family xfer_nlp supports: hidden 32, 2 layers, the tiny vocab, [PAD] = 0."""
     from transformers import (AlbertConfig, BertConfig, CamembertConfig, ConvBertConfig, Data2VecTextConfig,
-                              DebertaConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, ErnieConfig, GteConfig,
-                              LongformerConfig, MegatronBertConfig, MobileBertConfig, MPNetConfig, ModernBertConfig,
-                              NomicBertConfig, RemBertConfig, RobertaConfig, XLMRobertaConfig, XLMRobertaXLConfig)
+                              DebertaConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, ErnieConfig,
+                              EuroBertConfig, GteConfig, LongformerConfig, MegatronBertConfig, MobileBertConfig,
+                              MPNetConfig, ModernBertConfig, NomicBertConfig, RemBertConfig, RobertaConfig,
+                              XLMRobertaConfig, XLMRobertaXLConfig)
 
     v = len(VOCAB)
     common = dict(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -202,9 +203,11 @@ def tiny_configs():
         # pre-LayerNorm layers, with a final LayerNorm after the last one
         "megatron-bert": MegatronBertConfig(**common),
         "xlm-roberta-xl": XLMRobertaXLConfig(**common),
-        # rotary positions, gated feed-forward blocks: nomic-embed-text, gte-multilingual (transformers 5 only)
+        # rotary positions, gated feed-forward blocks: nomic-embed-text, gte-multilingual, EuroBERT (transformers 5
+        # only); EuroBERT's head classifies each token and averages the logits
         "nomic_bert": NomicBertConfig(**common),
         "gte": GteConfig(**common),
+        "eurobert": EuroBertConfig(**common, num_key_value_heads=2),
         "modernbert": ModernBertConfig(vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                        intermediate_size=64, max_position_embeddings=160, pad_token_id=0,
                                        bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,

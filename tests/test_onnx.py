@@ -84,7 +84,7 @@ def test_the_cli_exports_and_predicts_with_onnx_and_names_each_mistake(tiny_run,
 
 @pytest.mark.parametrize("family", ["distilbert", "albert", "electra", "deberta", "deberta-v2", "mpnet", "modernbert",
                                     "xlm-roberta", "ernie", "mobilebert", "data2vec-text", "convbert", "rembert",
-                                    "megatron-bert", "xlm-roberta-xl", "nomic_bert", "gte"])  # BERT and RoBERTa above
+                                    "megatron-bert", "xlm-roberta-xl", "nomic_bert", "gte", "eurobert"])  # BERT and RoBERTa above
 def test_every_family_s_stock_classifier_exports_to_onnx_with_torch_s_labels(family, tiny_run, tmp_path):
     """Each family's own attention (DeBERTa's relative positions, ModernBERT's local windows, ALBERT's shared
     layers) goes through torch's exporter into a graph that onnxruntime runs to torch's labels."""

@@ -51,6 +51,9 @@ class Family:
         return positions - (config.pad_token_id or 0) - 1 if self.position_offset else positions
 
 
+# LoRA's targets in a layer of separate attention projections and a gated feed-forward block (Llama's names)
+GATED_LAYERS = r".*layers\.\d+\..*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
 FAMILIES = (
     Family("BERT", ("bert",), "bert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier", top=("bert.pooler",),
            lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
@@ -106,11 +109,12 @@ FAMILIES = (
     # transformers ports natively since 5 (the original checkpoints' weights renamed as they load): without
     # trust_remote_code, and without transformers 4, which has neither.
     Family("NomicBERT", ("nomic_bert",), "nomic_bert", r"\.layers\.(\d+)\.", ("classifier",), "classifier",
-           top=("nomic_bert.pooler",), lora_targets=r".*layers\.\d+\..*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|"
-           r"down_proj)", transformers="5.25"),
+           top=("nomic_bert.pooler",), lora_targets=GATED_LAYERS, transformers="5.25"),
     Family("GTE", ("gte",), "gte", r"\.layers\.(\d+)\.", ("classifier",), "classifier", top=("gte.pooler",),
-           lora_targets=r".*layers\.\d+\..*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
-           transformers="5.25"),
+           lora_targets=GATED_LAYERS, transformers="5.25"),
+    # EuroBERT classifies each token and averages the logits ("late" pooling, its default; sentence_features).
+    Family("EuroBERT", ("eurobert",), "model", r"\.layers\.(\d+)\.", ("dense", "classifier"), "classifier",
+           top=("model.norm",), lora_targets=GATED_LAYERS, token_types=False, transformers="5.25"),
     Family("ModernBERT", ("modernbert",), "model", r"\.layers\.(\d+)\.", ("head", "classifier"), "classifier",
            top=("model.final_norm",), lora_targets=r".*layers\.\d+\..*(Wqkv|Wo|Wi)", token_types=False),
 )
@@ -274,4 +278,10 @@ def sentence_features(model: torch.nn.Module, lay: Layout, batch: dict) -> torch
         model(**model_inputs(batch))
     finally:
         hook.remove()
-    return captured[0]
+    features = captured[0]
+    if features.dim() == 3:  # a head that classifies each token and averages the logits over the text (EuroBERT's
+        # "late" pooling): the Linear of the average is the average of the Linear, so the text's feature is the
+        # average of its tokens' inputs to the Linear, over the tokens the model averages
+        mask = batch["attention_mask"].unsqueeze(-1).to(features.dtype)
+        features = (features * mask).sum(dim=1) / mask.sum(dim=1)
+    return features
