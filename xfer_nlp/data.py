@@ -360,9 +360,8 @@ def _load_raw(cfg: RunConfig, need_train: bool) -> tuple[dict[str, Dataset], tup
                 f"from the Hub as '{entry.hub_id}': {str(e)[:200]}. Set --data_dir or $XFER_NLP_DATA_DIR to the "
                 "folder that holds it.") from None
         splits = {s: hub[s] for s in entry.hub_splits if s in hub}
-        names = tuple(hub["train"].features[entry.hub_label].names) if hasattr(
-            hub["train"].features[entry.hub_label], "names") else entry.label_names
-        return splits, names, f"hf:{entry.hub_id}", entry.hub_text, entry.hub_label
+        return (splits, _class_names(splits, entry.hub_label) or entry.label_names, f"hf:{entry.hub_id}",
+                entry.hub_text, entry.hub_label)
     if path.is_dir() and _is_hub_layout(path):
         splits = _load_hub(str(path), cfg.dataset_config_name, cfg.label_column, need_train)
         return splits, None, str(path), cfg.text_column, cfg.label_column
