@@ -33,7 +33,7 @@ from .metrics import Scorer, class_weight_vector, scalars
 from .modes import MODES
 from .precision import bf16_is_native, cpu_hardware, idle_cores_hint, resolve_precision
 from .runfolder import RunRecord
-from .tables import with_data
+from .tables import is_dataframe, with_data
 
 logger = logging.getLogger("xfer_nlp")
 
@@ -574,10 +574,10 @@ class Predictor:
 def _not_a_table(texts) -> None:
     """A table given as the texts is refused: a DataFrame iterates over its column names, which were labelled as
     if they were the texts, and a Dataset over its rows as dicts."""
-    library, split = type(texts).__module__.split(".")[0], ""
-    if library == "pandas" and hasattr(texts, "columns"):
+    split = ""
+    if is_dataframe(texts):
         columns = list(texts.columns)
-    elif library == "datasets":
+    elif type(texts).__module__.split(".")[0] == "datasets":
         columns = texts.column_names or []
         if isinstance(columns, dict):  # a DatasetDict's, by split
             split, columns = next(iter(columns.items()), ("", []))

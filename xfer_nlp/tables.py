@@ -28,6 +28,11 @@ def cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xfer_nlp"
 
 
+def is_dataframe(obj) -> bool:
+    """A pandas DataFrame, known without importing pandas."""
+    return type(obj).__module__.split(".")[0] == "pandas" and hasattr(obj, "columns")
+
+
 def with_data(data, config, overrides: dict) -> dict:
     """`overrides` with dataset_name set to in-memory `data`'s folder (save); `data` None leaves them as they are.
     Refused beside a flag that names other data: one of them would be ignored."""
@@ -97,8 +102,7 @@ def _table(table, split: str):
 
     if isinstance(table, Dataset):
         return table
-    library = type(table).__module__.split(".")[0]
-    if library == "pandas" and hasattr(table, "columns"):
+    if is_dataframe(table):
         convert = partial(Dataset.from_pandas, table, preserve_index=False)
     elif isinstance(table, list) and table and all(isinstance(row, dict) for row in table):
         convert = partial(Dataset.from_list, table)
