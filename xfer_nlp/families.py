@@ -51,24 +51,25 @@ class Family:
         return positions - (config.pad_token_id or 0) - 1 if self.position_offset else positions
 
 
-# LoRA's targets in a layer of separate attention projections and a gated feed-forward block (Llama's names)
+# LoRA's default targets in a BERT-style layer: its query, key and value, and every dense projection after them
+BERT_LAYERS = r".*encoder\.layer\.\d+\..*(query|key|value|dense)"
+# ... and in a layer of separate attention projections and a gated feed-forward block (Llama's names)
 GATED_LAYERS = r".*layers\.\d+\..*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 FAMILIES = (
     Family("BERT", ("bert",), "bert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier", top=("bert.pooler",),
-           lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+           lora_targets=BERT_LAYERS),
     Family("ERNIE", ("ernie",), "ernie", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier",
-           top=("ernie.pooler",), lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+           top=("ernie.pooler",), lora_targets=BERT_LAYERS),
     # MobileBERT narrows each layer through bottlenecks. Its activations outgrow fp16 (NaN losses: transformers issue
     # 11327), which the loop's non-finite-loss stop names; auto never picks fp16, and bf16 holds them.
     Family("MobileBERT", ("mobilebert",), "mobilebert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier",
-           top=("mobilebert.pooler",), lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+           top=("mobilebert.pooler",), lora_targets=BERT_LAYERS),
     Family("RoBERTa / XLM-R / CamemBERT", ("roberta", "xlm-roberta", "camembert"), "roberta",
-           r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
-           lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)", position_offset=True),
-    Family("data2vec-text", ("data2vec-text",), "data2vec_text", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
-           "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)",
+           r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj", lora_targets=BERT_LAYERS,
            position_offset=True),
+    Family("data2vec-text", ("data2vec-text",), "data2vec_text", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
+           "classifier.out_proj", lora_targets=BERT_LAYERS, position_offset=True),
     # Longformer reads long documents (4,096 tokens) in local windows, with global attention on the first token.
     Family("Longformer", ("longformer",), "longformer", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
            "classifier.out_proj", lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|_global|dense)",
@@ -80,7 +81,7 @@ FAMILIES = (
     Family("ALBERT", ("albert",), "albert", r"\.albert_layer_groups\.(\d+)\.", ("classifier",), "classifier",
            top=("albert.pooler",), lora_targets=r".*albert_layer_groups\.\d+\..*(query|key|value|dense|ffn|ffn_output)"),
     Family("ELECTRA", ("electra",), "electra", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
-           lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+           lora_targets=BERT_LAYERS),
     Family("DeBERTa-v2 / v3", ("deberta-v2",), "deberta", r"\.encoder\.layer\.(\d+)\.", ("pooler", "classifier"), "classifier",
            lora_targets=r".*encoder\.layer\.\d+\..*(query_proj|key_proj|value_proj|dense)"),
     # DeBERTa (v1) projects query, key and value in one in_proj. Under autocast its attention masks bf16/fp16 scores
@@ -94,14 +95,13 @@ FAMILIES = (
            "classifier.out_proj",
            lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|conv_kernel_layer|conv_out_layer|dense)"),
     Family("RemBERT", ("rembert",), "rembert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier",
-           top=("rembert.pooler",), lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+           top=("rembert.pooler",), lora_targets=BERT_LAYERS),
     # MegatronBERT and XLM-RoBERTa-XL normalise before each sublayer and once more after the last layer: that final
     # LayerNorm feeds the head, so it sits with it (depth 0), as ModernBERT's final norm does.
     Family("MegatronBERT", ("megatron-bert",), "bert", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier",
-           top=("bert.encoder.ln", "bert.pooler"), lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)"),
+           top=("bert.encoder.ln", "bert.pooler"), lora_targets=BERT_LAYERS),
     Family("XLM-RoBERTa-XL", ("xlm-roberta-xl",), "roberta", r"\.encoder\.layer\.(\d+)\.", ("classifier",),
-           "classifier.out_proj", top=("roberta.encoder.LayerNorm",),
-           lora_targets=r".*encoder\.layer\.\d+\..*(query|key|value|dense)", position_offset=True),
+           "classifier.out_proj", top=("roberta.encoder.LayerNorm",), lora_targets=BERT_LAYERS, position_offset=True),
     Family("MPNet", ("mpnet",), "mpnet", r"\.encoder\.layer\.(\d+)\.", ("classifier",), "classifier.out_proj",
            lora_targets=r".*encoder\.layer\.\d+\..*(attn\.q|attn\.k|attn\.v|attn\.o|dense)", token_types=False,
            position_offset=True),
